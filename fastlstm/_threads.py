@@ -1,0 +1,156 @@
+"""Thread policy: how many OpenMP threads a kernel call uses, and keeping BLAS out of the way.
+
+- ``n_threads=None`` means the cores this process may use (CPU affinity), capped by the
+  OpenMP limit in force (``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits``).
+  Negative values count back from that (-1 = all, -2 = all but one); 0 is an error.
+- The threaded kernel path (each thread owns a block of batch rows) holds BLAS to one
+  thread while it runs, through one cached ``threadpoolctl.ThreadpoolController``, so that
+  OpenMP threads and BLAS threads never compete for the same cores.
+- GNU OpenMP's thread pool does not survive ``fork()``: a child process forked after the
+  parent ran a threaded kernel runs every kernel serially (results are identical).
+"""
+
+import numbers
+import os
+import threading
+
+from . import _forward
+
+__all__ = ["get_n_threads", "set_n_threads", "resolve_n_threads", "show_config"]
+
+_state = {"default": None, "forked_after_omp": False, "omp_used": False}
+_controller = None
+_controller_lock = threading.Lock()
+
+
+def _usable_cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _max_threads():
+    """Threads the kernels may use at most, right now."""
+    if not _forward.openmp_enabled() or _state["forked_after_omp"]:
+        return 1
+    return max(1, min(_usable_cores(), _forward.omp_max_threads()))
+
+
+def check_n_threads(n_threads, name="n_threads"):
+    """Validate a thread-count argument without resolving it."""
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
+        raise TypeError(f"{name} must be None or an int, got {type(n_threads).__name__}")
+    if n_threads == 0:
+        raise ValueError(f"{name}=0 is not allowed: use None for all usable cores, "
+                         "a positive count, or a negative count back from all cores")
+    return int(n_threads)
+
+
+def resolve_n_threads(n_threads=None):
+    """The number of threads a kernel call will use for ``n_threads`` (>= 1)."""
+    n_threads = check_n_threads(n_threads)
+    if n_threads is None:
+        n_threads = _state["default"]
+    top = _max_threads()
+    if n_threads is None:
+        return top
+    if n_threads < 0:
+        return max(1, top + 1 + n_threads)
+    return 1 if top == 1 else n_threads
+
+
+def set_n_threads(n_threads):
+    """Set the process-wide default used by models whose ``n_threads`` is None."""
+    _state["default"] = check_n_threads(n_threads)
+
+
+def get_n_threads():
+    """The number of threads a model with ``n_threads=None`` uses now."""
+    return resolve_n_threads(None)
+
+
+def controller():
+    """The cached threadpoolctl controller (built on first use)."""
+    global _controller
+    if _controller is None:
+        with _controller_lock:
+            if _controller is None:
+                from threadpoolctl import ThreadpoolController
+                _controller = ThreadpoolController()
+    return _controller
+
+
+class _BlasSingleThread:
+    """Context manager: BLAS limited to one thread while OpenMP threads run a kernel."""
+
+    _depth = 0
+    _lock = threading.Lock()
+
+    def __enter__(self):
+        _state["omp_used"] = True
+        with self._lock:
+            type(self)._depth += 1
+            if type(self)._depth == 1:
+                self._limiter = controller().limit(limits=1, user_api="blas")
+                type(self)._active = self._limiter
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            type(self)._depth -= 1
+            if type(self)._depth == 0:
+                type(self)._active.restore_original_limits()
+        return False
+
+
+blas_single_thread = _BlasSingleThread
+
+
+def _after_fork_in_child():
+    global _controller
+    _controller = None
+    _BlasSingleThread._depth = 0
+    if _state["omp_used"]:
+        _state["forked_after_omp"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def show_config(file=None):
+    """Print (and return as a dict) how fastlstm was built and what it will use."""
+    import numpy as np
+    import scipy
+
+    from ._version import __version__
+
+    blas = []
+    for info in controller().info():
+        if info.get("user_api") == "blas":
+            blas.append(
+                f"{info.get('internal_api')} {info.get('version')} "
+                f"({info.get('threading_layer', '?')} threading, {info.get('num_threads')} threads, "
+                f"{os.path.basename(info.get('filepath', ''))})"
+            )
+    config = {
+        "version": __version__,
+        "openmp": _forward.openmp_enabled(),
+        "n_threads": get_n_threads(),
+        "usable_cores": _usable_cores(),
+        "blas": blas,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+    lines = [
+        f"fastlstm {config['version']}",
+        f"  OpenMP:        {'on' if config['openmp'] else 'off (serial build)'}",
+        f"  threads:       {config['n_threads']} (usable cores {config['usable_cores']})",
+        "  BLAS:          " + ("; ".join(blas) if blas else "not found by threadpoolctl"),
+        f"  numpy {config['numpy']}, scipy {config['scipy']}",
+    ]
+    print("\n".join(lines), file=file)
+    return config

@@ -1,0 +1,607 @@
+"""The public models: ``LSTM`` (one layer), ``Bidirectional`` and ``MultiLSTM`` (a stack).
+
+This module validates every argument, allocates every output and dispatches to the
+compiled kernels; the kernels trust it.  Maths and layouts: SPEC.md Part A.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _forward, _threads
+from .init import check_random_state, glorot_uniform, orthogonal
+
+__all__ = ["LSTMState", "LSTM", "Bidirectional", "MultiLSTM"]
+
+ACTIVATIONS = {"tanh": 0, "relu": 1, "sigmoid": 2, "linear": 3}
+RECURRENT_ACTIVATIONS = {"sigmoid": 0, "hard_sigmoid": 1, "hard_sigmoid_keras2": 2}
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT_MAX = 2**31 - 1
+# Input projection workspace per call, in elements: bounds memory for long sequences.
+_WORKSPACE_ELEMENTS = 1 << 22
+# Below this many multiply-adds per time step the threaded path costs more than it saves.
+_MIN_FLOPS_PER_THREAD_STEP = 20_000
+
+
+class LSTMState(NamedTuple):
+    """The state of one layer: cell ``c`` (N, H) and output ``h`` (N, Hout), TF's order."""
+
+    c: np.ndarray
+    h: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks (shared by every model)
+
+
+def _check_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_size(value, name, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    if 4 * int(value) > _INT_MAX:
+        raise ValueError(f"{name}={value} is too large for 32-bit BLAS indices")
+    return int(value)
+
+
+def _check_clip(value, name):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be None or a non-negative float, got {value!r}")
+    value = float(value)
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError(f"{name} must be None or a non-negative float, got {value}")
+    return value
+
+
+def _check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def _numeric_array(value, name):
+    """``np.asarray`` that refuses what cannot be an LSTM input (complex, object, text)."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (float, int or bool), got dtype {arr.dtype}"
+        )
+    return arr
+
+
+def _as_input(X, dtype, input_size, time_major, name="X"):
+    """Validate a sequence input; returns a C-contiguous array of ``dtype``, N, T."""
+    X = _numeric_array(X, name)
+    layout = "[time, batch, features]" if time_major else "[batch, time, features]"
+    if X.ndim != 3:
+        raise ValueError(
+            f"{name} must be 3-D {layout} with features={input_size}, got shape {X.shape}"
+        )
+    if X.shape[2] != input_size:
+        raise ValueError(
+            f"{name} must have {input_size} features on its last axis {layout}, "
+            f"got shape {X.shape}"
+        )
+    T, N = (X.shape[0], X.shape[1]) if time_major else (X.shape[1], X.shape[0])
+    if N * T > _INT_MAX or N * max(input_size, 1) > _INT_MAX:
+        raise ValueError(
+            f"{name} of shape {X.shape} is too large: batch*time = {N * T} must stay "
+            f"below 2**31 for 32-bit BLAS"
+        )
+    return np.ascontiguousarray(X, dtype=dtype), N, T
+
+
+def _as_lengths(lengths, N, T):
+    """Validate per-row lengths; returns an int64 array, or None when all rows are full."""
+    if lengths is None:
+        return None
+    L = np.asarray(lengths)
+    if L.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {L.dtype}")
+    if L.shape != (N,):
+        raise ValueError(f"lengths must have shape ({N},) (one per batch row), got {L.shape}")
+    if N and (L.min() < 0 or L.max() > T):
+        raise ValueError(
+            f"lengths must be in [0, T={T}], got values from {L.min()} to {L.max()}"
+        )
+    L = np.ascontiguousarray(L, dtype=np.int64)
+    if N and L.min() == T:
+        return None
+    return L
+
+
+def _as_state(state, N, H, Hout, dtype, name):
+    """A fresh, writable copy of a (c, h) state in ``dtype``; zeros when ``state`` is None."""
+    if state is None:
+        return np.zeros((N, H), dtype), np.zeros((N, Hout), dtype)
+    if isinstance(state, np.ndarray) or not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(f"{name} must be an LSTMState(c, h) or a (c, h) pair of arrays")
+    c = _numeric_array(state[0], f"{name}.c")
+    h = _numeric_array(state[1], f"{name}.h")
+    if c.shape != (N, H):
+        raise ValueError(f"{name}.c must have shape ({N}, {H}) [batch, hidden_size], got {c.shape}")
+    if h.shape != (N, Hout):
+        raise ValueError(f"{name}.h must have shape ({N}, {Hout}) [batch, output_size], got {h.shape}")
+    return np.array(c, dtype=dtype, order="C", copy=True), np.array(h, dtype=dtype, order="C", copy=True)
+
+
+def _check_time_major(time_major):
+    if not isinstance(time_major, (bool, np.bool_)):
+        raise TypeError(f"time_major must be a bool, got {time_major!r}")
+    return bool(time_major)
+
+
+# ---------------------------------------------------------------------------------------
+# parameters in one flat buffer
+
+
+class _Module:
+    """Parameters kept as named views into one flat buffer (``flat_params``)."""
+
+    def _param_shapes(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _bind(self, buffer):
+        """Make the parameters views into ``buffer`` (1-D, this module's size)."""
+        views = {}
+        offset = 0
+        for name, shape in self._param_shapes():
+            size = int(np.prod(shape))
+            views[name] = buffer[offset:offset + size].reshape(shape)
+            offset += size
+        self._flat = buffer
+        return views
+
+    @property
+    def n_params(self):
+        return sum(int(np.prod(shape)) for _, shape in self._param_shapes())
+
+    @property
+    def flat_params(self):
+        """All parameters as one 1-D array; the named parameters are views into it."""
+        return self._flat
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+
+class LSTM(_Module):
+    """One LSTM layer (TF1 ``BasicLSTMCell`` / ``LSTMCell`` + ``dynamic_rnn``).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        Features per step (I) and cell units (H).
+    proj_size : int or None
+        Width P of the projection ``m @ P`` (TF ``num_proj``); the output and ``h`` are then
+        P wide.  None: no projection, output width H.
+    peepholes : bool
+        Diagonal peephole connections (TF ``use_peepholes``).
+    cell_clip, proj_clip : float or None
+        Clamp the cell state / the projected output to [-clip, clip] (TF semantics; 0.0
+        clamps to zero, None is off).  ``proj_clip`` is ignored without a projection.
+    forget_bias : float
+        Initial value of the forget-gate block of ``b`` (nothing is added at call time).
+    activation : {"tanh", "relu", "sigmoid", "linear"}
+        Cell activation, used on the candidate and on the cell output.
+    recurrent_activation : {"sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"}
+        Gate function; the hard sigmoids are Keras 3's ``clip(x/6 + 0.5)`` and Keras 2's
+        ``clip(0.2x + 0.5)``, for exact imports.
+    dtype : float32 (default) or float64
+    random_state : None, int, numpy Generator or RandomState
+    n_threads : int or None
+        OpenMP threads for this model's kernels; None uses the process default.
+
+    Attributes ``W`` (I, 4H), ``U`` (Hout, 4H), ``b`` (4H,), ``peepholes`` (3, H) or None
+    and ``P`` (H, Hout) or None are writable arrays in gate order (i, f, g, o); writing
+    into them (``layer.W[...] = ...`` or ``layer.W = ...``) changes the model.
+    """
+
+    def __init__(self, input_size, hidden_size, *, proj_size=None, peepholes=False,
+                 cell_clip=None, proj_clip=None, forget_bias=1.0, activation="tanh",
+                 recurrent_activation="sigmoid", dtype=np.float32, random_state=None,
+                 n_threads=None):
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.proj_size = _check_size(proj_size, "proj_size", allow_none=True)
+        if not isinstance(peepholes, (bool, np.bool_)):
+            raise TypeError(f"peepholes must be a bool, got {peepholes!r}")
+        self.use_peepholes = bool(peepholes)
+        self.cell_clip = _check_clip(cell_clip, "cell_clip")
+        self.proj_clip = _check_clip(proj_clip, "proj_clip")
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+            raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
+        self.activation = _check_choice(activation, "activation", ACTIVATIONS)
+        self.recurrent_activation = _check_choice(
+            recurrent_activation, "recurrent_activation", RECURRENT_ACTIVATIONS)
+        self._dtype = _check_dtype(dtype)
+        self.n_threads = _threads.check_n_threads(n_threads)
+        self._params = self._bind(np.empty(self.n_params, self._dtype))
+        self.reset_parameters(random_state)
+
+    # -- parameters --------------------------------------------------------------------
+
+    @property
+    def output_size(self):
+        """Width of the output and of ``h``: ``proj_size`` or ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def _param_shapes(self):
+        I, H, Ho = self.input_size, self.hidden_size, self.output_size
+        shapes = [("W", (I, 4 * H)), ("U", (Ho, 4 * H)), ("b", (4 * H,))]
+        if self.use_peepholes:
+            shapes.append(("peepholes", (3, H)))
+        if self.proj_size is not None:
+            shapes.append(("P", (H, Ho)))
+        return shapes
+
+    def _rebind(self, buffer):
+        buffer[...] = self._flat
+        self._params = self._bind(buffer)
+
+    def reset_parameters(self, random_state=None):
+        """Fresh default initialisation (see ``fastlstm.init``), reproducible from a seed."""
+        rng = check_random_state(random_state)
+        H, Ho, dt = self.hidden_size, self.output_size, self._dtype
+        p = self._params
+        p["W"][...] = glorot_uniform((self.input_size, 4 * H), rng, dt)
+        p["U"][...] = orthogonal((Ho, 4 * H), rng, dt)
+        p["b"][...] = 0
+        p["b"][H:2 * H] = self.forget_bias
+        if "peepholes" in p:
+            p["peepholes"][...] = 0
+        if "P" in p:
+            p["P"][...] = glorot_uniform((H, Ho), rng, dt)
+        return self
+
+    @property
+    def params(self):
+        """Dict of the live parameter arrays ("W", "U", "b", and "peepholes", "P" if on)."""
+        return dict(self._params)
+
+    def _get(name):
+        def fget(self):
+            return self._params.get(name)
+
+        def fset(self, value):
+            if name not in self._params:
+                raise AttributeError(f"this layer has no {name!r} (it was built without it)")
+            target = self._params[name]
+            value = _numeric_array(value, name)
+            if value.shape != target.shape:
+                raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            target[...] = value
+
+        return property(fget, fset)
+
+    W = _get("W")
+    U = _get("U")
+    b = _get("b")
+    peepholes = _get("peepholes")
+    P = _get("P")
+    del _get
+
+    def __repr__(self):
+        opts = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.proj_size is not None:
+            opts.append(f"proj_size={self.proj_size}")
+        if self.use_peepholes:
+            opts.append("peepholes=True")
+        for name in ("cell_clip", "proj_clip"):
+            if getattr(self, name) is not None:
+                opts.append(f"{name}={getattr(self, name)}")
+        if self.activation != "tanh":
+            opts.append(f"activation={self.activation!r}")
+        if self.recurrent_activation != "sigmoid":
+            opts.append(f"recurrent_activation={self.recurrent_activation!r}")
+        if self._dtype != np.float32:
+            opts.append(f"dtype={self._dtype.name}")
+        return f"LSTM({', '.join(opts)})"
+
+    # -- running -----------------------------------------------------------------------
+
+    def zero_state(self, batch_size):
+        """``LSTMState`` of zeros: c (batch_size, H), h (batch_size, Hout)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Integral, np.integer)) \
+                or batch_size < 0:
+            raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
+        return LSTMState(np.zeros((batch_size, self.hidden_size), self._dtype),
+                         np.zeros((batch_size, self.output_size), self._dtype))
+
+    def _threads_for(self, N):
+        n = _threads.resolve_n_threads(self.n_threads)
+        if n <= 1 or N < 2:
+            return 1
+        H, Ho = self.hidden_size, self.output_size
+        flops_per_row = 4 * H * (self.input_size + Ho) + (H * Ho if self.proj_size else 0)
+        n = min(n, N, max(1, (N * flops_per_row) // _MIN_FLOPS_PER_THREAD_STEP))
+        return int(n)
+
+    def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
+        """Call the forward kernel on validated arrays (state c, h updated in place)."""
+        p = self._params
+        kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
+        nt = self._threads_for(N)
+        cache = cache or {}
+        args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
+                c, h, Y2, lengths, reverse, ACTIVATIONS[self.activation],
+                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
+                self.proj_clip if self.proj_size else None, kb, nt,
+                cache.get("gates"), cache.get("c"), cache.get("m"), cache.get("hp"))
+        if nt > 1:
+            with _threads.blas_single_thread():
+                _forward.forward(*args)
+        else:
+            _forward.forward(*args)
+
+    def __call__(self, X, initial_state=None, lengths=None, time_major=False, reverse=False):
+        """Run the layer over a sequence (TF ``dynamic_rnn``).
+
+        X : (N, T, I), or (T, N, I) with ``time_major=True``; any real dtype, cast to the
+            layer's dtype.
+        initial_state : LSTMState / (c (N, H), h (N, Hout)) or None for zeros.
+        lengths : (N,) integers in [0, T] or None.  Outputs at t >= lengths[n] are 0 and
+            the state is carried unchanged; a length of 0 returns the initial state.
+        reverse : walk each row's valid prefix backwards (outputs stay in time order).
+
+        Returns ``Y`` (N, T, Hout) (or (T, N, Hout)) and the final ``LSTMState``.
+        The caller's arrays are never written.
+        """
+        time_major = _check_time_major(time_major)
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        L = _as_lengths(lengths, N, T)
+        c, h = _as_state(initial_state, N, self.hidden_size, self.output_size, self._dtype,
+                         "initial_state")
+        Y = self._run(X, N, T, time_major, c, h, L, bool(reverse))
+        return Y, LSTMState(c, h)
+
+    def _run(self, X, N, T, time_major, c, h, L, reverse, cache=None):
+        Ho = self.output_size
+        shape = (T, N, Ho) if time_major else (N, T, Ho)
+        Y = np.zeros(shape, self._dtype) if L is not None else np.empty(shape, self._dtype)
+        if N and T:
+            self._kernel(X.reshape(N * T, self.input_size), N, T, time_major, c, h,
+                         Y.reshape(N * T, Ho), L, reverse, cache)
+        return Y
+
+    def step(self, x, state=None):
+        """One time step (TF ``cell(x, state)``).
+
+        x : (N, I); state : LSTMState / (c, h) or None for zeros.
+        Returns ``output`` (N, Hout) and the new ``LSTMState`` (its ``h`` equals output).
+        """
+        x = _numeric_array(x, "x")
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(
+                f"x must be 2-D [batch, features] with features={self.input_size}, "
+                f"got shape {x.shape}")
+        N = x.shape[0]
+        x = np.ascontiguousarray(x, dtype=self._dtype)
+        c, h = _as_state(state, N, self.hidden_size, self.output_size, self._dtype, "state")
+        out = np.empty((N, self.output_size), self._dtype)
+        if N:
+            self._kernel(x, N, 1, False, c, h, out, None, False)
+        return out, LSTMState(c, h)
+
+
+class Bidirectional(_Module):
+    """A forward and a reverse LSTM over the same input (TF ``bidirectional_dynamic_rnn``).
+
+    The output is ``[forward | backward]`` on the feature axis; the state is
+    ``(forward_state, backward_state)``.  The backward layer walks each row's valid prefix
+    from its last valid step down to 0 (TF ``reverse_sequence``, ONNX ``reverse``).
+    """
+
+    def __init__(self, forward_layer, backward_layer):
+        for name, layer in (("forward_layer", forward_layer), ("backward_layer", backward_layer)):
+            if not isinstance(layer, LSTM):
+                raise TypeError(f"{name} must be a fastlstm.LSTM, got {type(layer).__name__}")
+        if forward_layer is backward_layer:
+            raise ValueError("forward_layer and backward_layer must be two different LSTM objects")
+        if forward_layer.input_size != backward_layer.input_size:
+            raise ValueError(
+                f"forward_layer.input_size={forward_layer.input_size} and "
+                f"backward_layer.input_size={backward_layer.input_size} must match")
+        if forward_layer.dtype != backward_layer.dtype:
+            raise TypeError("forward_layer and backward_layer must have the same dtype, got "
+                            f"{forward_layer.dtype} and {backward_layer.dtype}")
+        self.forward_layer = forward_layer
+        self.backward_layer = backward_layer
+        self._dtype = forward_layer.dtype
+        self._flat = np.empty(self.n_params, self._dtype)
+        self._rebind(self._flat)
+
+    def _param_shapes(self):
+        return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
+                + [("bw." + k, s) for k, s in self.backward_layer._param_shapes()])
+
+    def _rebind(self, buffer):
+        nf = self.forward_layer.n_params
+        self.forward_layer._rebind(buffer[:nf])
+        self.backward_layer._rebind(buffer[nf:])
+        self._flat = buffer
+
+    @property
+    def params(self):
+        out = {"fw." + k: v for k, v in self.forward_layer.params.items()}
+        out.update({"bw." + k: v for k, v in self.backward_layer.params.items()})
+        return out
+
+    @property
+    def input_size(self):
+        return self.forward_layer.input_size
+
+    @property
+    def output_size(self):
+        return self.forward_layer.output_size + self.backward_layer.output_size
+
+    def zero_state(self, batch_size):
+        return (self.forward_layer.zero_state(batch_size),
+                self.backward_layer.zero_state(batch_size))
+
+    def __repr__(self):
+        return f"Bidirectional({self.forward_layer!r}, {self.backward_layer!r})"
+
+    def _split_state(self, initial_state, name):
+        if initial_state is None:
+            return None, None
+        if isinstance(initial_state, LSTMState) or not isinstance(initial_state, (tuple, list)) \
+                or len(initial_state) != 2:
+            raise TypeError(f"{name} must be a (forward_state, backward_state) pair")
+        return initial_state
+
+    def __call__(self, X, initial_state=None, lengths=None, time_major=False):
+        """X (N, T, I) -> Y (N, T, Hout_fw + Hout_bw), (forward_state, backward_state)."""
+        time_major = _check_time_major(time_major)
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        L = _as_lengths(lengths, N, T)
+        Y, states = self._run_validated(X, N, T, time_major, initial_state, L, "initial_state")
+        return Y, states
+
+    def _run_validated(self, X, N, T, time_major, initial_state, L, name):
+        fw0, bw0 = self._split_state(initial_state, name)
+        out = []
+        states = []
+        for layer, s0, rev, tag in ((self.forward_layer, fw0, False, "[0]"),
+                                    (self.backward_layer, bw0, True, "[1]")):
+            c, h = _as_state(s0, N, layer.hidden_size, layer.output_size, self._dtype, name + tag)
+            out.append(layer._run(X, N, T, time_major, c, h, L, rev))
+            states.append(LSTMState(c, h))
+        return np.concatenate(out, axis=-1), tuple(states)
+
+
+class MultiLSTM(_Module):
+    """A stack of layers (TF ``MultiRNNCell``), bottom first.
+
+    ``layers`` holds ``LSTM`` and ``Bidirectional`` items; layer k+1's ``input_size`` must
+    equal layer k's ``output_size``.  The state is a tuple with one state per layer; only
+    the top layer's output is returned.  All parameters live in one flat buffer
+    (``flat_params``); the layers' arrays become views into it.
+    """
+
+    def __init__(self, layers):
+        layers = list(layers) if not isinstance(layers, (LSTM, Bidirectional)) else None
+        if not layers:
+            raise ValueError("layers must be a non-empty list of LSTM / Bidirectional layers")
+        seen = set()
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, (LSTM, Bidirectional)):
+                raise TypeError(f"layers[{k}] must be an LSTM or Bidirectional, "
+                                f"got {type(layer).__name__}")
+            if id(layer) in seen:
+                raise ValueError(f"layers[{k}] appears twice: each layer needs its own object")
+            seen.add(id(layer))
+            if layer.dtype != layers[0].dtype:
+                raise TypeError(f"all layers must share one dtype: layers[0] is "
+                                f"{layers[0].dtype}, layers[{k}] is {layer.dtype}")
+            if k and layer.input_size != layers[k - 1].output_size:
+                raise ValueError(
+                    f"layers[{k}].input_size={layer.input_size} must equal "
+                    f"layers[{k - 1}].output_size={layers[k - 1].output_size}")
+        self.layers = layers
+        self._dtype = layers[0].dtype
+        self._flat = np.empty(self.n_params, self._dtype)
+        self._rebind(self._flat)
+
+    def _param_shapes(self):
+        return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)
+                for name, shape in layer._param_shapes()]
+
+    def _rebind(self, buffer):
+        offset = 0
+        for layer in self.layers:
+            n = layer.n_params
+            layer._rebind(buffer[offset:offset + n])
+            offset += n
+        self._flat = buffer
+
+    @property
+    def params(self):
+        return {f"{k}.{name}": v for k, layer in enumerate(self.layers)
+                for name, v in layer.params.items()}
+
+    @property
+    def input_size(self):
+        return self.layers[0].input_size
+
+    @property
+    def output_size(self):
+        return self.layers[-1].output_size
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, k):
+        return self.layers[k]
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"MultiLSTM([\n  {inner}\n])"
+
+    def zero_state(self, batch_size):
+        return tuple(layer.zero_state(batch_size) for layer in self.layers)
+
+    def _layer_states(self, initial_state, name):
+        if initial_state is None:
+            return [None] * len(self.layers)
+        if isinstance(initial_state, LSTMState) or not isinstance(initial_state, (tuple, list)) \
+                or len(initial_state) != len(self.layers):
+            raise TypeError(f"{name} must be a tuple with one state per layer "
+                            f"({len(self.layers)} layers), bottom layer first")
+        return list(initial_state)
+
+    def __call__(self, X, initial_state=None, lengths=None, time_major=False):
+        """X (N, T, I) -> top layer's Y (N, T, Hout_top), tuple of per-layer final states."""
+        time_major = _check_time_major(time_major)
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        L = _as_lengths(lengths, N, T)
+        s0 = self._layer_states(initial_state, "initial_state")
+        states = []
+        inp = X
+        for k, layer in enumerate(self.layers):
+            name = f"initial_state[{k}]"
+            if isinstance(layer, Bidirectional):
+                inp, s = layer._run_validated(inp, N, T, time_major, s0[k], L, name)
+            else:
+                c, h = _as_state(s0[k], N, layer.hidden_size, layer.output_size, self._dtype, name)
+                inp = layer._run(inp, N, T, time_major, c, h, L, False)
+                s = LSTMState(c, h)
+            states.append(s)
+        return inp, tuple(states)
+
+    def step(self, x, state=None):
+        """One time step through every layer: x (N, I) -> top output, tuple of states."""
+        for k, layer in enumerate(self.layers):
+            if isinstance(layer, Bidirectional):
+                raise TypeError(f"layers[{k}] is Bidirectional, which cannot run one step at a "
+                                "time (its backward half needs the whole sequence)")
+        s0 = self._layer_states(state, "state")
+        states = []
+        out = x
+        for k, layer in enumerate(self.layers):
+            try:
+                out, s = layer.step(out, s0[k])
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"layer {k}: {exc}") from exc
+            states.append(s)
+        return out, tuple(states)

@@ -1,0 +1,203 @@
+/* Vectorisable activations and the fused LSTM pointwise stages, float and double.
+ *
+ * The loops are plain C that gcc -O3 auto-vectorises (no libm calls inside them, no
+ * branches that depend on the data).  exp() is a Cephes-style range reduction with a
+ * polynomial (float) or Pade approximant (double), accurate to about 1 ulp; sigmoid and
+ * tanh are built on it.  Clamps are written as comparisons that keep NaN, so a NaN input
+ * propagates to the outputs of its own row and nowhere else.
+ *
+ * Gate blocks are (i, f, g, o), each H wide.
+ */
+#ifndef FL_POINTWISE_H
+#define FL_POINTWISE_H
+
+#include <stdint.h>
+#include <string.h>
+
+#define FL_ACT_TANH 0
+#define FL_ACT_RELU 1
+#define FL_ACT_SIGMOID 2
+#define FL_ACT_LINEAR 3
+
+#define FL_REC_SIGMOID 0
+#define FL_REC_HARD_SIGMOID 1     /* Keras 3: clip(x / 6 + 0.5, 0, 1) */
+#define FL_REC_HARD_SIGMOID_K2 2  /* Keras 2: clip(0.2 x + 0.5, 0, 1) */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_INLINE static inline __attribute__((always_inline))
+#else
+#define FL_INLINE static inline
+#endif
+
+/* ---- exp -------------------------------------------------------------------------- */
+
+FL_INLINE float fl_expf(float x)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float t, n, r, p, scale;
+    uint32_t ti, mi, e;
+    x = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
+    x = x > 88.0f ? 88.0f : x;
+    t = x * 1.44269504088896341f + magic;
+    n = t - magic;
+    r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    p = 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    memcpy(&ti, &t, 4);
+    memcpy(&mi, &magic, 4);
+    e = (ti - mi + 127u) << 23;
+    memcpy(&scale, &e, 4);
+    return p * scale;
+}
+
+FL_INLINE double fl_exp(double x)
+{
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    double t, n, r, rr, px, qx, scale;
+    uint64_t ti, mi, e;
+    x = x < -708.0 ? -708.0 : x;
+    x = x > 709.0 ? 709.0 : x;
+    t = x * 1.4426950408889634073599 + magic;
+    n = t - magic;
+    r = x - n * 6.93145751953125E-1;
+    r = r - n * 1.42860682030941723212E-6;
+    rr = r * r;
+    px = r * ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr
+              + 9.99999999999999999910E-1);
+    qx = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr
+          + 2.27265548208155028766E-1) * rr + 2.00000000000000000009E0;
+    r = 1.0 + 2.0 * (px / (qx - px));
+    memcpy(&ti, &t, 8);
+    memcpy(&mi, &magic, 8);
+    e = (ti - mi + 1023u) << 52;
+    memcpy(&scale, &e, 8);
+    return r * scale;
+}
+
+/* ---- activations over arrays (in place) ------------------------------------------- */
+
+#define FL_DEFINE_ACTIVATIONS(T, SUF, EXP)                                              \
+FL_INLINE T fl_sigmoid##SUF(T x) { return (T)1 / ((T)1 + EXP(-x)); }                   \
+FL_INLINE T fl_tanh##SUF(T x)                                                          \
+{                                                                                      \
+    T ax = x < 0 ? -x : x;                                                             \
+    T y = EXP((T)-2 * ax);                                                             \
+    T r = ((T)1 - y) / ((T)1 + y);                                                     \
+    return x < 0 ? -r : r;                                                             \
+}                                                                                      \
+static void fl_act_inplace##SUF(int kind, T *restrict a, int n)                        \
+{                                                                                      \
+    int j;                                                                             \
+    switch (kind) {                                                                    \
+    case FL_ACT_TANH:                                                                  \
+        for (j = 0; j < n; j++) a[j] = fl_tanh##SUF(a[j]);                             \
+        break;                                                                         \
+    case FL_ACT_RELU:                                                                  \
+        for (j = 0; j < n; j++) a[j] = a[j] < 0 ? (T)0 : a[j];                         \
+        break;                                                                         \
+    case FL_ACT_SIGMOID:                                                               \
+        for (j = 0; j < n; j++) a[j] = fl_sigmoid##SUF(a[j]);                          \
+        break;                                                                         \
+    default:                                                                           \
+        break;                                                                         \
+    }                                                                                  \
+}                                                                                      \
+static void fl_rec_inplace##SUF(int kind, T *restrict a, int n)                        \
+{                                                                                      \
+    int j;                                                                             \
+    T v;                                                                               \
+    switch (kind) {                                                                    \
+    case FL_REC_SIGMOID:                                                               \
+        for (j = 0; j < n; j++) a[j] = fl_sigmoid##SUF(a[j]);                          \
+        break;                                                                         \
+    case FL_REC_HARD_SIGMOID:                                                          \
+        for (j = 0; j < n; j++) {                                                      \
+            v = a[j] / (T)6 + (T)0.5;                                                  \
+            v = v < 0 ? (T)0 : v;                                                      \
+            a[j] = v > 1 ? (T)1 : v;                                                   \
+        }                                                                              \
+        break;                                                                         \
+    default:                                                                           \
+        for (j = 0; j < n; j++) {                                                      \
+            v = (T)0.2 * a[j] + (T)0.5;                                                \
+            v = v < 0 ? (T)0 : v;                                                      \
+            a[j] = v > 1 ? (T)1 : v;                                                   \
+        }                                                                              \
+        break;                                                                         \
+    }                                                                                  \
+}
+
+FL_DEFINE_ACTIVATIONS(float, f, fl_expf)
+FL_DEFINE_ACTIVATIONS(double, d, fl_exp)
+
+/* ---- fused forward step for one batch row ------------------------------------------
+ *
+ *   gates[0:4H] = z + gx + b  (+ peephole terms)  -> activated (i, f, g, o)
+ *   c_raw       = f * c_prev + i * g ;  c = clip(c_raw)  (clip only when use_clip)
+ *   m           = o * act(c)
+ *
+ * z: recurrent product h_prev @ U (4H); gx: input product x_t @ W (4H); b: bias (4H);
+ * peep: (3, H) peepholes p_i, p_f, p_o, or NULL; c: in c_prev, out the new (clipped) c;
+ * m: out (H); gates: out, post-activation gates (4H); c_raw: out, pre-clip c, or NULL.
+ */
+#define FL_DEFINE_POINTWISE(T, SUF)                                                     \
+static void fl_pointwise_fwd##SUF(int H, const T *restrict z, const T *restrict gx,    \
+                                  const T *restrict b, const T *restrict peep,          \
+                                  int use_clip, T clip, int act, int rec,               \
+                                  T *restrict c, T *restrict m, T *restrict gates,      \
+                                  T *restrict c_raw)                                    \
+{                                                                                      \
+    int j;                                                                             \
+    const int H4 = 4 * H;                                                              \
+    for (j = 0; j < H4; j++) gates[j] = z[j] + gx[j] + b[j];                           \
+    if (peep != NULL) {                                                                \
+        for (j = 0; j < H; j++) {                                                      \
+            gates[j] += peep[j] * c[j];                                                \
+            gates[H + j] += peep[H + j] * c[j];                                        \
+        }                                                                              \
+    } else {                                                                           \
+        fl_rec_inplace##SUF(rec, gates + 3 * H, H);                                    \
+    }                                                                                  \
+    fl_rec_inplace##SUF(rec, gates, 2 * H);                                            \
+    fl_act_inplace##SUF(act, gates + 2 * H, H);                                        \
+    for (j = 0; j < H; j++) {                                                          \
+        T cn = gates[H + j] * c[j] + gates[j] * gates[2 * H + j];                      \
+        if (c_raw != NULL) c_raw[j] = cn;                                              \
+        c[j] = cn;                                                                     \
+    }                                                                                  \
+    if (use_clip) {                                                                    \
+        for (j = 0; j < H; j++) {                                                      \
+            T v = c[j];                                                                \
+            v = v < -clip ? -clip : v;                                                 \
+            c[j] = v > clip ? clip : v;                                                \
+        }                                                                              \
+    }                                                                                  \
+    if (peep != NULL) {                                                                \
+        for (j = 0; j < H; j++) gates[3 * H + j] += peep[2 * H + j] * c[j];            \
+        fl_rec_inplace##SUF(rec, gates + 3 * H, H);                                    \
+    }                                                                                  \
+    for (j = 0; j < H; j++) m[j] = c[j];                                               \
+    fl_act_inplace##SUF(act, m, H);                                                    \
+    for (j = 0; j < H; j++) m[j] *= gates[3 * H + j];                                  \
+}                                                                                      \
+/* v = clip(v) in place (NaN kept) */                                                  \
+static void fl_clip_inplace##SUF(T *restrict v, int n, T clip)                         \
+{                                                                                      \
+    int j;                                                                             \
+    for (j = 0; j < n; j++) {                                                          \
+        T x = v[j];                                                                    \
+        x = x < -clip ? -clip : x;                                                     \
+        v[j] = x > clip ? clip : x;                                                    \
+    }                                                                                  \
+}
+
+FL_DEFINE_POINTWISE(float, f)
+FL_DEFINE_POINTWISE(double, d)
+
+#endif
