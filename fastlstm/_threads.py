@@ -23,7 +23,7 @@ _controller = None
 _controller_lock = threading.Lock()
 
 
-def _usable_cores():
+def usable_cores():
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
@@ -34,7 +34,7 @@ def _max_threads():
     """Threads the kernels may use at most, right now."""
     if not _forward.openmp_enabled() or _state["forked_after_omp"]:
         return 1
-    return max(1, min(_usable_cores(), _forward.omp_max_threads()))
+    return max(1, min(usable_cores(), _forward.omp_max_threads()))
 
 
 def check_n_threads(n_threads, name="n_threads"):
@@ -89,8 +89,12 @@ class _BlasSingleThread:
     _depth = 0
     _lock = threading.Lock()
 
+    def __init__(self, openmp=True):
+        self.openmp = openmp
+
     def __enter__(self):
-        _state["omp_used"] = True
+        if self.openmp:
+            _state["omp_used"] = True
         with self._lock:
             type(self)._depth += 1
             if type(self)._depth == 1:
@@ -140,7 +144,7 @@ def show_config(file=None):
         "version": __version__,
         "openmp": _forward.openmp_enabled(),
         "n_threads": get_n_threads(),
-        "usable_cores": _usable_cores(),
+        "usable_cores": usable_cores(),
         "blas": blas,
         "numpy": np.__version__,
         "scipy": scipy.__version__,

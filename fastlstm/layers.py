@@ -20,8 +20,13 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT_MAX = 2**31 - 1
 # Input projection workspace per call, in elements: bounds memory for long sequences.
 _WORKSPACE_ELEMENTS = 1 << 22
-# Below this many multiply-adds per time step the threaded path costs more than it saves.
-_MIN_FLOPS_PER_THREAD_STEP = 20_000
+# Row blocks: a call whose batch holds at least this many multiply-adds per time step and
+# row block is split into row blocks that run independently (and in parallel when
+# n_threads > 1).  The split depends on the problem and the machine's usable cores only,
+# never on n_threads, so every n_threads gives bit-identical results.
+_MIN_FLOPS_PER_CHUNK_STEP = 20_000
+_MIN_ROWS_PER_CHUNK = 4
+_CHUNK_CORES = _threads.usable_cores()
 
 
 class LSTMState(NamedTuple):
@@ -328,28 +333,29 @@ class LSTM(_Module):
         return LSTMState(np.zeros((batch_size, self.hidden_size), self._dtype),
                          np.zeros((batch_size, self.output_size), self._dtype))
 
-    def _threads_for(self, N):
-        n = _threads.resolve_n_threads(self.n_threads)
-        if n <= 1 or N < 2:
-            return 1
+    def _chunks_for(self, N):
+        """How many row blocks a batch of N rows is split into (independent of n_threads)."""
         H, Ho = self.hidden_size, self.output_size
         flops_per_row = 4 * H * (self.input_size + Ho) + (H * Ho if self.proj_size else 0)
-        n = min(n, N, max(1, (N * flops_per_row) // _MIN_FLOPS_PER_THREAD_STEP))
-        return int(n)
+        by_work = (N * flops_per_row) // _MIN_FLOPS_PER_CHUNK_STEP
+        return int(max(1, min(_CHUNK_CORES, N // _MIN_ROWS_PER_CHUNK, by_work)))
 
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""
         p = self._params
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
-        nt = self._threads_for(N)
+        chunks = self._chunks_for(N)
+        nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
         cache = cache or {}
         args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
                 c, h, Y2, lengths, reverse, ACTIVATIONS[self.activation],
                 RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
-                self.proj_clip if self.proj_size else None, kb, nt,
+                self.proj_clip if self.proj_size else None, kb, chunks, nt,
                 cache.get("gates"), cache.get("c"), cache.get("m"), cache.get("hp"))
-        if nt > 1:
-            with _threads.blas_single_thread():
+        if chunks > 1:
+            # Row blocks run with single-threaded BLAS whatever n_threads is, so that the
+            # gemms (and so the results) are the same for every thread count.
+            with _threads.blas_single_thread(openmp=nt > 1):
                 _forward.forward(*args)
         else:
             _forward.forward(*args)

@@ -216,7 +216,7 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
             const floating[:, ::1] peepholes, const floating[:, ::1] P,
             floating[:, ::1] c, floating[:, ::1] h, floating[:, ::1] Y,
             const long long[::1] lengths, bint reverse, int act, int rec,
-            cell_clip, proj_clip, int kb, int n_threads,
+            cell_clip, proj_clip, int kb, int n_chunks, int n_threads,
             floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None,
             floating[:, ::1] cache_m=None, floating[:, ::1] cache_hp=None):
     """Run one layer and direction over a sequence, in place on ``c``, ``h`` and ``Y``.
@@ -226,12 +226,14 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     initial state on entry and the final state on return; Y: (N*T, Ho), zero-filled by the
     caller when ``lengths`` is given; lengths: (N,) int64 in [0, T] or None; act, rec:
     activation codes of ``fl_pointwise.h``; cell_clip, proj_clip: float or None;
-    kb: time steps per input-projection block; n_threads: >= 1.
+    kb: time steps per input-projection block; n_chunks: the batch rows are split into
+    this many contiguous blocks, each run on its own (gemms included), so the result does
+    not depend on n_threads (>= 1), the number of OpenMP threads sharing the blocks.
     cache_*: optional training cache, rows as Y: gates (N*T, 4H), raw cell (N*T, H),
     pre-projection output (N*T, H), raw projection (N*T, Ho).
     """
     cdef Config s
-    cdef int status = 0, nblocks, blk, r0, r1
+    cdef int status = 0, nblocks, nteam, blk, r0, r1
     cdef const floating *px = &X[0, 0]
     cdef const floating *pw = &W[0, 0]
     cdef const floating *pu = &U[0, 0]
@@ -265,13 +267,17 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     s.use_pclip = proj_clip is not None and P is not None
     s.pclip = proj_clip if proj_clip is not None else 0.0
 
-    nblocks = n_threads if n_threads < N else N
+    nblocks = n_chunks if n_chunks < N else N
+    nteam = n_threads if n_threads < nblocks else nblocks
     with nogil:
-        if nblocks <= 1:
-            status = _run_rows(&s, 0, N, px, pw, pu, pb, pp, pP, pc, ph, py, pl,
-                               cg, cc, cm, chp)
+        if nteam <= 1:
+            for blk in range(nblocks):
+                r0 = <int> ((<i64> blk * N) // nblocks)
+                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
+                status += _run_rows(&s, r0, r1, px, pw, pu, pb, pp, pP, pc, ph, py, pl,
+                                    cg, cc, cm, chp)
         else:
-            for blk in prange(nblocks, num_threads=nblocks, schedule='static', chunksize=1):
+            for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
                 r0 = <int> ((<i64> blk * N) // nblocks)
                 r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
                 status += _run_rows(&s, r0, r1, px, pw, pu, pb, pp, pP, pc, ph, py, pl,

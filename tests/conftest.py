@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import reference as ref
+
+TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=2e-6),
+       np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}
+
+
+def tol(dtype):
+    return TOL[np.dtype(dtype)]
+
+
+def ref_params(layer):
+    """A layer's parameters in float64, for the reference."""
+    return {k: np.asarray(v, np.float64) for k, v in layer.params.items()}
+
+
+def ref_options(layer):
+    return dict(cell_clip=layer.cell_clip,
+                proj_clip=layer.proj_clip if layer.proj_size else None,
+                activation=layer.activation,
+                recurrent_activation=layer.recurrent_activation)
+
+
+def randomize(layer, rng, scale=0.5):
+    """Non-default values everywhere (bias, peepholes) so every term is exercised."""
+    for name, value in layer.params.items():
+        value[...] = rng.normal(scale=scale, size=value.shape)
+    return layer
+
+
+def reference_stack(model):
+    """``reference.stack_forward`` items for a MultiLSTM."""
+    items = []
+    for layer in model.layers:
+        if isinstance(layer, fl.Bidirectional):
+            items.append(("bidirectional",
+                          (ref_params(layer.forward_layer), ref_options(layer.forward_layer)),
+                          (ref_params(layer.backward_layer), ref_options(layer.backward_layer))))
+        else:
+            items.append(("lstm", ref_params(layer), ref_options(layer)))
+    return items
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+__all__ = ["TOL", "tol", "ref_params", "ref_options", "randomize", "reference_stack", "ref"]

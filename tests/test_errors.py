@@ -1,0 +1,150 @@
+"""Bad input raises a clear ValueError / TypeError naming the argument, before any kernel."""
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+
+
+@pytest.fixture
+def layer():
+    return fl.LSTM(3, 4, random_state=0)
+
+
+GOOD_X = np.zeros((2, 5, 3), np.float32)
+
+CALL_CASES = [
+    ("X 2-D", dict(X=np.zeros((5, 3))), ValueError, r"X must be 3-D \[batch, time, features\]"),
+    ("X 4-D", dict(X=np.zeros((1, 2, 5, 3))), ValueError, "X must be 3-D"),
+    ("features", dict(X=np.zeros((2, 5, 4))), ValueError, "X must have 3 features"),
+    ("complex", dict(X=np.zeros((2, 5, 3), complex)), TypeError, "X must hold real numbers"),
+    ("object", dict(X=np.array([[[None] * 3] * 5] * 2)), TypeError, "X must hold real numbers"),
+    ("strings", dict(X=np.full((2, 5, 3), "a")), TypeError, "X must hold real numbers"),
+    ("ragged", dict(X=[[[1, 2, 3]], [[1, 2]]]), TypeError, "X must be a numeric array"),
+    ("lengths float", dict(lengths=np.array([1.0, 2.0])), TypeError, "lengths must be integers"),
+    ("lengths shape", dict(lengths=[1, 2, 3]), ValueError, r"lengths must have shape \(2,\)"),
+    ("lengths 2-D", dict(lengths=[[1, 2]]), ValueError, r"lengths must have shape \(2,\)"),
+    ("lengths negative", dict(lengths=[-1, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
+    ("lengths > T", dict(lengths=[6, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
+    ("lengths str", dict(lengths=["a", "b"]), TypeError, "lengths must be integers"),
+    ("state c shape", dict(initial_state=(np.zeros((2, 3)), np.zeros((2, 4)))), ValueError,
+     r"initial_state.c must have shape \(2, 4\)"),
+    ("state h shape", dict(initial_state=(np.zeros((2, 4)), np.zeros((1, 4)))), ValueError,
+     r"initial_state.h must have shape \(2, 4\)"),
+    ("state one array", dict(initial_state=np.zeros((2, 4))), TypeError,
+     r"initial_state must be an LSTMState\(c, h\)"),
+    ("state triple", dict(initial_state=(np.zeros((2, 4)),) * 3), TypeError, "initial_state"),
+    ("state complex", dict(initial_state=(np.zeros((2, 4), complex), np.zeros((2, 4)))),
+     TypeError, "initial_state.c must hold real numbers"),
+    ("time_major str", dict(time_major="yes"), TypeError, "time_major must be a bool"),
+]
+
+
+@pytest.mark.parametrize("case", CALL_CASES, ids=[c[0] for c in CALL_CASES])
+def test_call_errors(layer, case):
+    _, kwargs, exc, match = case
+    kwargs = dict(kwargs)
+    X = kwargs.pop("X", GOOD_X)
+    with pytest.raises(exc, match=match):
+        layer(X, **kwargs)
+
+
+def test_time_major_message_names_layout(layer):
+    with pytest.raises(ValueError, match=r"\[time, batch, features\]"):
+        layer(np.zeros((5, 3)), time_major=True)
+
+
+STEP_CASES = [
+    ("x 1-D", dict(x=np.zeros(3)), ValueError, r"x must be 2-D \[batch, features\]"),
+    ("x features", dict(x=np.zeros((1, 4))), ValueError, "features=3"),
+    ("x complex", dict(x=np.zeros((1, 3), complex)), TypeError, "x must hold real numbers"),
+    ("state shape", dict(state=(np.zeros((1, 4)), np.zeros((1, 5)))), ValueError,
+     r"state.h must have shape \(1, 4\)"),
+]
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_step_errors(layer, case):
+    _, kwargs, exc, match = case
+    kwargs = dict(kwargs)
+    x = kwargs.pop("x", np.zeros((1, 3)))
+    with pytest.raises(exc, match=match):
+        layer.step(x, **kwargs)
+
+
+CTOR_CASES = [
+    (dict(input_size=0, hidden_size=4), ValueError, "input_size must be a positive int"),
+    (dict(input_size=3.0, hidden_size=4), TypeError, "input_size must be a positive int"),
+    (dict(input_size=3, hidden_size=-1), ValueError, "hidden_size must be a positive int"),
+    (dict(input_size=3, hidden_size=True), TypeError, "hidden_size"),
+    (dict(input_size=3, hidden_size=2**30), ValueError, "too large for 32-bit BLAS"),
+    (dict(input_size=3, hidden_size=4, proj_size=0), ValueError, "proj_size"),
+    (dict(input_size=3, hidden_size=4, cell_clip=-1.0), ValueError, "cell_clip"),
+    (dict(input_size=3, hidden_size=4, cell_clip=float("nan")), ValueError, "cell_clip"),
+    (dict(input_size=3, hidden_size=4, proj_clip="1"), TypeError, "proj_clip"),
+    (dict(input_size=3, hidden_size=4, activation="gelu"), ValueError, "activation must be one of"),
+    (dict(input_size=3, hidden_size=4, recurrent_activation="tanh"), ValueError,
+     "recurrent_activation must be one of"),
+    (dict(input_size=3, hidden_size=4, dtype=np.float16), TypeError, "dtype must be float32 or float64"),
+    (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+    (dict(input_size=3, hidden_size=4, dtype="nonsense"), TypeError, "dtype must be float32 or float64"),
+    (dict(input_size=3, hidden_size=4, n_threads=0), ValueError, "n_threads=0"),
+    (dict(input_size=3, hidden_size=4, n_threads=1.5), TypeError, "n_threads must be None or an int"),
+    (dict(input_size=3, hidden_size=4, n_threads="2"), TypeError, "n_threads must be None or an int"),
+    (dict(input_size=3, hidden_size=4, random_state="x"), TypeError, "random_state"),
+    (dict(input_size=3, hidden_size=4, peepholes="yes"), TypeError, "peepholes must be a bool"),
+    (dict(input_size=3, hidden_size=4, forget_bias=None), TypeError, "forget_bias"),
+]
+
+
+@pytest.mark.parametrize("case", CTOR_CASES, ids=[str(i) for i in range(len(CTOR_CASES))])
+def test_constructor_errors(case):
+    kwargs, exc, match = case
+    with pytest.raises(exc, match=match):
+        fl.LSTM(**kwargs)
+
+
+def test_stack_errors():
+    with pytest.raises(ValueError, match="non-empty"):
+        fl.MultiLSTM([])
+    with pytest.raises(ValueError, match=r"layers\[1\].input_size=5 must equal layers\[0\].output_size=4"):
+        fl.MultiLSTM([fl.LSTM(6, 4), fl.LSTM(5, 5)])
+    with pytest.raises(TypeError, match=r"layers\[1\] must be an LSTM or Bidirectional"):
+        fl.MultiLSTM([fl.LSTM(6, 4), "layer"])
+    with pytest.raises(TypeError, match="share one dtype"):
+        fl.MultiLSTM([fl.LSTM(6, 4), fl.LSTM(4, 5, dtype=np.float64)])
+    a = fl.LSTM(4, 4)
+    with pytest.raises(ValueError, match="appears twice"):
+        fl.MultiLSTM([a, a])
+    stack = fl.MultiLSTM([fl.LSTM(6, 4), fl.LSTM(4, 5)])
+    with pytest.raises(TypeError, match="one state per layer"):
+        stack(np.zeros((2, 3, 6)), initial_state=stack.zero_state(2)[:1])
+    with pytest.raises(ValueError, match=r"initial_state\[1\].c must have shape \(2, 5\)"):
+        stack(np.zeros((2, 3, 6)), initial_state=(stack.zero_state(2)[0], (np.zeros((2, 4)),) * 2))
+    bi = fl.MultiLSTM([fl.Bidirectional(fl.LSTM(6, 2), fl.LSTM(6, 2))])
+    with pytest.raises(TypeError, match="Bidirectional, which cannot run one step"):
+        bi.step(np.zeros((1, 6)))
+
+
+def test_bidirectional_errors():
+    with pytest.raises(ValueError, match="input_size"):
+        fl.Bidirectional(fl.LSTM(3, 4), fl.LSTM(2, 4))
+    with pytest.raises(TypeError, match="forward_layer must be a fastlstm.LSTM"):
+        fl.Bidirectional("a", fl.LSTM(2, 4))
+    bi = fl.Bidirectional(fl.LSTM(3, 4), fl.LSTM(3, 4))
+    with pytest.raises(TypeError, match=r"\(forward_state, backward_state\)"):
+        bi(np.zeros((2, 5, 3)), initial_state=fl.LSTMState(np.zeros((2, 4)), np.zeros((2, 4))))
+
+
+def test_errors_leave_inputs_untouched(layer):
+    X = np.ones((2, 5, 3))
+    with pytest.raises(ValueError):
+        layer(X, lengths=[9, 9])
+    assert np.all(X == 1)
+
+
+def test_too_large_for_blas_is_refused(layer):
+    # a broadcast view: no memory behind it, so the check must come before any copy
+    X = np.broadcast_to(np.zeros((1, 1, 3), np.float32), (2**16, 2**15 + 1, 3))
+    with pytest.raises(ValueError, match="too large"):
+        layer(X)
