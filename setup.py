@@ -25,7 +25,7 @@ extensions = [
         extra_link_args=OMP_LINK,
         define_macros=macros,
     )
-    for name in ("_forward",)
+    for name in ("_forward", "_backward")
 ]
 
 setup(

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _forward, _threads
+from . import _forward, _threads, _training
 from .init import check_random_state, glorot_uniform, orthogonal
 
 __all__ = ["LSTMState", "LSTM", "Bidirectional", "MultiLSTM"]
@@ -164,14 +164,19 @@ class _Module:
     def _param_shapes(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _bind(self, buffer):
-        """Make the parameters views into ``buffer`` (1-D, this module's size)."""
+    def _views(self, buffer):
+        """Named views into ``buffer`` (1-D, this module's size), in parameter order."""
         views = {}
         offset = 0
         for name, shape in self._param_shapes():
             size = int(np.prod(shape))
             views[name] = buffer[offset:offset + size].reshape(shape)
             offset += size
+        return views
+
+    def _bind(self, buffer):
+        """Make the parameters views into ``buffer`` (1-D, this module's size)."""
+        views = self._views(buffer)
         self._flat = buffer
         return views
 
@@ -183,6 +188,27 @@ class _Module:
     def flat_params(self):
         """All parameters as one 1-D array; the named parameters are views into it."""
         return self._flat
+
+    # -- training (forward with a cache, backward: fastlstm/_training.py) ----------------
+
+    @property
+    def grads(self):
+        """Dict of the gradient arrays, same keys and shapes as ``params``.
+
+        ``backward`` overwrites them (it does not accumulate); they are views into
+        ``flat_grads``.
+        """
+        return self._views(self._gflat)
+
+    @property
+    def flat_grads(self):
+        """All gradients as one 1-D array, laid out like ``flat_params``."""
+        return self._gflat
+
+    def zero_grad(self):
+        """Set every gradient to 0 (for summing the grads of several backward calls by hand)."""
+        self._gflat[...] = 0
+        return self
 
     @property
     def dtype(self):
@@ -242,6 +268,7 @@ class LSTM(_Module):
         self._dtype = _check_dtype(dtype)
         self.n_threads = _threads.check_n_threads(n_threads)
         self._params = self._bind(np.empty(self.n_params, self._dtype))
+        self._gflat = np.zeros(self.n_params, self._dtype)
         self.reset_parameters(random_state)
 
     # -- parameters --------------------------------------------------------------------
@@ -263,6 +290,10 @@ class LSTM(_Module):
     def _rebind(self, buffer):
         buffer[...] = self._flat
         self._params = self._bind(buffer)
+
+    def _rebind_grads(self, buffer):
+        buffer[...] = self._gflat
+        self._gflat = buffer
 
     def reset_parameters(self, random_state=None):
         """Fresh default initialisation (see ``fastlstm.init``), reproducible from a seed."""
@@ -390,6 +421,29 @@ class LSTM(_Module):
                          Y.reshape(N * T, Ho), L, reverse, cache)
         return Y
 
+    def forward(self, X, initial_state=None, lengths=None, time_major=False, reverse=False):
+        """Training forward: like calling the layer, and also returns a cache for ``backward``.
+
+        Returns ``Y``, the final ``LSTMState`` and an opaque ``TrainingCache``.  The cache
+        keeps a reference to ``X`` (do not modify it before ``backward``) and serves one
+        ``backward`` call.
+        """
+        return _training.lstm_forward(self, X, initial_state, lengths, time_major, reverse)
+
+    def backward(self, dY, cache, dstate=None):
+        """Backpropagation through time for the ``forward`` call that made ``cache``.
+
+        dY : (N, T, Hout) (or time-major), the loss gradient w.r.t. ``Y``; entries at
+            padded steps (t >= lengths[n]) are ignored.
+        dstate : LSTMState / (dc (N, H), dh (N, Hout)), the gradient w.r.t. the final
+            state, or None for zeros.
+
+        Returns ``dX`` (shaped like X) and ``dstate0``, the ``LSTMState`` of gradients
+        w.r.t. the initial state.  Fills ``grads`` (and ``flat_grads``), overwriting what
+        was there; use ``zero_grad`` and sum by hand to accumulate over several calls.
+        """
+        return _training.lstm_backward(self, dY, cache, dstate)
+
     def step(self, x, state=None):
         """One time step (TF ``cell(x, state)``).
 
@@ -436,6 +490,7 @@ class Bidirectional(_Module):
         self._dtype = forward_layer.dtype
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
+        self._rebind_grads(np.zeros(self.n_params, self._dtype))
 
     def _param_shapes(self):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
@@ -446,6 +501,29 @@ class Bidirectional(_Module):
         self.forward_layer._rebind(buffer[:nf])
         self.backward_layer._rebind(buffer[nf:])
         self._flat = buffer
+
+    def _rebind_grads(self, buffer):
+        nf = self.forward_layer.n_params
+        self.forward_layer._rebind_grads(buffer[:nf])
+        self.backward_layer._rebind_grads(buffer[nf:])
+        self._gflat = buffer
+
+    def forward(self, X, initial_state=None, lengths=None, time_major=False):
+        """Training forward: like calling the model, and also returns a cache for ``backward``.
+
+        Returns ``Y`` (N, T, Hout_fw + Hout_bw), ``(forward_state, backward_state)`` and an
+        opaque ``TrainingCache`` (usable for one ``backward`` call).
+        """
+        return _training.bidirectional_forward(self, X, initial_state, lengths, time_major)
+
+    def backward(self, dY, cache, dstate=None):
+        """Gradients of a training forward; see ``LSTM.backward``.
+
+        dY : like ``Y``; dstate : (forward, backward) pair of (dc, dh) or None.  Returns
+        ``dX`` and the (forward, backward) pair of initial-state gradients; fills ``grads``
+        ("fw.W", ..., "bw.W", ...), overwriting them.
+        """
+        return _training.bidirectional_backward(self, dY, cache, dstate)
 
     @property
     def params(self):
@@ -528,6 +606,7 @@ class MultiLSTM(_Module):
         self._dtype = layers[0].dtype
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
+        self._rebind_grads(np.zeros(self.n_params, self._dtype))
 
     def _param_shapes(self):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)
@@ -540,6 +619,32 @@ class MultiLSTM(_Module):
             layer._rebind(buffer[offset:offset + n])
             offset += n
         self._flat = buffer
+
+    def _rebind_grads(self, buffer):
+        offset = 0
+        for layer in self.layers:
+            n = layer.n_params
+            layer._rebind_grads(buffer[offset:offset + n])
+            offset += n
+        self._gflat = buffer
+
+    def forward(self, X, initial_state=None, lengths=None, time_major=False):
+        """Training forward: like calling the model, and also returns a cache for ``backward``.
+
+        Returns the top layer's ``Y``, the tuple of final states and an opaque
+        ``TrainingCache`` (usable for one ``backward`` call).
+        """
+        return _training.multi_forward(self, X, initial_state, lengths, time_major)
+
+    def backward(self, dY, cache, dstate=None):
+        """Gradients of a training forward; see ``LSTM.backward``.
+
+        dY : like the top layer's ``Y``; dstate : a tuple with one final-state gradient per
+        layer (shaped like the state; any entry may be None) or None.  Returns ``dX`` and
+        the tuple of initial-state gradients; fills ``grads`` ("0.W", "1.fw.U", ...),
+        overwriting them.
+        """
+        return _training.multi_backward(self, dY, cache, dstate)
 
     @property
     def params(self):

@@ -1,0 +1,308 @@
+"""Training passes behind ``LSTM``/``Bidirectional``/``MultiLSTM.forward`` and ``.backward``.
+
+``forward`` is the inference kernel run with a training cache (post-activation gates, raw
+cell states, and with a projection the pre-projection output and the raw projection);
+this module adds what the backward pass needs besides: the initial state, the ``h`` each
+step read (``Hprev``) and the layer input with padded rows zeroed.
+
+``backward`` runs ``_backward.recurrence`` (the reverse time loop, which overwrites the
+gate cache with the gate gradients -- so a cache serves exactly one backward pass) and
+then ``_backward.param_grads`` (one gemm each for dX, dW, dU, db, dP).  Gradients are
+written over the model's gradient buffer (``flat_grads``), never accumulated.
+
+Maths: SPEC.md Part A.  Validation lives here and in ``layers.py``; kernels trust it.
+"""
+
+import numpy as np
+
+from . import _backward, _threads
+from . import layers as _layers
+
+__all__ = ["TrainingCache"]
+
+
+class TrainingCache:
+    """What a training ``forward`` keeps for one ``backward`` call (treat it as opaque).
+
+    It holds references to the forward's input and one buffer per gate and cell value:
+    roughly ``N*T*(I + 6H + Hout)`` numbers per layer and direction.  ``backward``
+    overwrites its gate buffer with gradients, so a cache can be used for one backward
+    pass only; run ``forward`` again for another.
+    """
+
+    __slots__ = ("model", "N", "T", "time_major", "lengths", "y_shape", "parts", "used")
+
+    def __init__(self, model, N, T, time_major, lengths, y_shape, parts):
+        self.model = model
+        self.N = N
+        self.T = T
+        self.time_major = time_major
+        self.lengths = lengths
+        self.y_shape = y_shape
+        self.parts = parts
+        self.used = False
+
+    def __repr__(self):
+        state = "used" if self.used else "ready"
+        return (f"TrainingCache({type(self.model).__name__}, N={self.N}, T={self.T}, "
+                f"time_major={self.time_major}, {state})")
+
+
+# ---------------------------------------------------------------------------------------
+# helpers on validated arrays
+
+
+def _masked_input(X, L, time_major):
+    """X as (N*T, I) rows with the padded rows (t >= L[n]) set to 0 (a copy when needed)."""
+    T, N = (X.shape[0], X.shape[1]) if time_major else (X.shape[1], X.shape[0])
+    X2 = X.reshape(N * T, X.shape[2])
+    if L is None:
+        return X2
+    pad = np.arange(T)[None, :] >= L[:, None]          # (N, T)
+    if not pad.any():
+        return X2
+    Xm = X.copy()
+    Xm[pad.T if time_major else pad] = 0
+    return Xm.reshape(N * T, X.shape[2])
+
+
+def _hprev(Y, h0, L, time_major, reverse):
+    """The h each step read, rows as Y: the previous output in walking order, or h0."""
+    Hp = np.empty_like(Y)
+    Yt = Y if time_major else Y.swapaxes(0, 1)          # (T, N, Ho) views
+    Ht = Hp if time_major else Hp.swapaxes(0, 1)
+    T = Yt.shape[0]
+    if not reverse:
+        Ht[0] = h0
+        Ht[1:] = Yt[:-1]
+    else:
+        Ht[:-1] = Yt[1:]
+        Ht[-1] = h0
+        if L is not None:
+            rows = np.nonzero((L > 0) & (L < T))[0]
+            Ht[L[rows] - 1, rows] = h0[rows]
+    return Hp.reshape(-1, Y.shape[2])
+
+
+def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
+    """Training forward of one layer on validated input; c, h become the final state.
+
+    X: validated input (N, T, I) / (T, N, I); X2m: its (N*T, I) rows with padding zeroed.
+    Returns Y and the per-layer cache dict.
+    """
+    H, Ho = layer.hidden_size, layer.output_size
+    R = N * T
+    alloc = np.zeros if L is not None else np.empty     # padded rows must read as zeros
+    dt = layer.dtype
+    part = {"gates": alloc((R, 4 * H), dt), "c": alloc((R, H), dt)}
+    if layer.proj_size is not None:
+        part["m"] = alloc((R, H), dt)
+        if layer.proj_clip is not None:
+            part["hp"] = alloc((R, Ho), dt)
+    part["c0"] = c.copy()
+    h0 = h.copy()
+    Y = layer._run(X, N, T, time_major, c, h, L, reverse, cache=part)
+    part["X"] = X2m
+    part["hprev"] = _hprev(Y, h0, L, time_major, reverse) if R else np.empty((0, Ho), dt)
+    part["reverse"] = reverse
+    return Y, part
+
+
+def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulate):
+    """Backward of one layer: grads overwritten, dc/dh become d(initial state).
+
+    dY2: (N*T, Ho) C-contiguous; dX2: (N*T, I) output or None, overwritten (or added to
+    with ``accumulate``).
+    """
+    p = layer._params
+    g = layer._views(layer._gflat)
+    R = N * T
+    if R == 0:
+        layer._gflat[...] = 0
+        if dX2 is not None and not accumulate:
+            dX2[...] = 0
+        return
+    H, Ho = layer.hidden_size, layer.output_size
+    has_p = layer.proj_size is not None
+    dhp = np.zeros((R, Ho), layer.dtype) if has_p else None
+    chunks = layer._chunks_for(N)
+    nt = _threads.resolve_n_threads(layer.n_threads) if chunks > 1 else 1
+    dpeep = np.zeros((chunks, 3 * H), layer.dtype) if layer.use_peepholes else None
+    args = (dY2, N, T, time_major, p["U"], p.get("peepholes"), p.get("P"), part["gates"],
+            part["c"], part.get("hp"), part["c0"], dc, dh, dhp, L, part["reverse"],
+            _layers.ACTIVATIONS[layer.activation],
+            _layers.RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip,
+            layer.proj_clip if has_p else None, dpeep, chunks, nt)
+    if chunks > 1:
+        with _threads.blas_single_thread(openmp=nt > 1):
+            _backward.recurrence(*args)
+    else:
+        _backward.recurrence(*args)
+    _backward.param_grads(part["gates"], part["X"], part["hprev"], p["W"], dX2, accumulate,
+                          g["W"], g["U"], g["b"], part.get("m"), dhp, g.get("P"))
+    if dpeep is not None:
+        g["peepholes"][...] = dpeep.sum(axis=0).reshape(3, H)
+
+
+def _bidir_forward(model, X, X2m, N, T, time_major, state0, L, name):
+    fw0, bw0 = model._split_state(state0, name)
+    Ys, states, parts = [], [], []
+    for layer, s0, rev, tag in ((model.forward_layer, fw0, False, "[0]"),
+                                (model.backward_layer, bw0, True, "[1]")):
+        c, h = _layers._as_state(s0, N, layer.hidden_size, layer.output_size, model.dtype,
+                                 name + tag)
+        Y, part = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, rev)
+        Ys.append(Y)
+        states.append(_layers.LSTMState(c, h))
+        parts.append(part)
+    return np.concatenate(Ys, axis=-1), tuple(states), parts
+
+
+def _bidir_dstate(model, dstate, N, name):
+    dfw, dbw = model._split_state(dstate, name)
+    out = []
+    for layer, d, tag in ((model.forward_layer, dfw, "[0]"), (model.backward_layer, dbw, "[1]")):
+        out.append(_layers._as_state(d, N, layer.hidden_size, layer.output_size, model.dtype,
+                                     name + tag))
+    return out
+
+
+def _bidir_backward(model, dY2, parts, N, T, time_major, L, dstates, dX2):
+    """dY2: (N*T, Hf + Hb); dstates: [(dc, dh) fw, (dc, dh) bw], updated in place."""
+    Hf = model.forward_layer.output_size
+    halves = (np.ascontiguousarray(dY2[:, :Hf]), np.ascontiguousarray(dY2[:, Hf:]))
+    for j, layer in enumerate((model.forward_layer, model.backward_layer)):
+        dc, dh = dstates[j]
+        _lstm_backward(layer, halves[j], parts[j], N, T, time_major, L, dc, dh, dX2,
+                       accumulate=j == 1)
+
+
+def _check_cache(model, cache):
+    if not isinstance(cache, TrainingCache):
+        raise TypeError(f"cache must be the TrainingCache returned by this model's forward(), "
+                        f"got {type(cache).__name__}")
+    if cache.model is not model:
+        raise ValueError("cache was made by another model's forward(); pass the cache "
+                         "returned by this model's forward()")
+    if cache.used:
+        raise ValueError("cache was already used by a backward pass (backward overwrites "
+                         "it); run forward() again")
+
+
+def _check_dY(dY, cache, dtype):
+    dY = _layers._numeric_array(dY, "dY")
+    if dY.shape != cache.y_shape:
+        layout = "[time, batch, features]" if cache.time_major else "[batch, time, features]"
+        raise ValueError(f"dY must have the shape of the forward output {cache.y_shape} "
+                         f"{layout}, got {dY.shape}")
+    dY = np.ascontiguousarray(dY, dtype=dtype)
+    return dY.reshape(cache.N * cache.T, cache.y_shape[2])
+
+
+def _prepare(model, X, lengths, time_major):
+    time_major = _layers._check_time_major(time_major)
+    X, N, T = _layers._as_input(X, model.dtype, model.input_size, time_major)
+    L = _layers._as_lengths(lengths, N, T)
+    return X, N, T, time_major, L, _masked_input(X, L, time_major)
+
+
+# ---------------------------------------------------------------------------------------
+# public entries (called by the methods in layers.py)
+
+
+def lstm_forward(layer, X, initial_state, lengths, time_major, reverse):
+    X, N, T, time_major, L, X2m = _prepare(layer, X, lengths, time_major)
+    c, h = _layers._as_state(initial_state, N, layer.hidden_size, layer.output_size,
+                             layer.dtype, "initial_state")
+    Y, part = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, bool(reverse))
+    cache = TrainingCache(layer, N, T, time_major, L, Y.shape, part)
+    return Y, _layers.LSTMState(c, h), cache
+
+
+def lstm_backward(layer, dY, cache, dstate):
+    _check_cache(layer, cache)
+    dY2 = _check_dY(dY, cache, layer.dtype)
+    N, T = cache.N, cache.T
+    dc, dh = _layers._as_state(dstate, N, layer.hidden_size, layer.output_size, layer.dtype,
+                               "dstate")
+    cache.used = True
+    dX = np.empty(cache.y_shape[:2] + (layer.input_size,), layer.dtype)
+    _lstm_backward(layer, dY2, cache.parts, N, T, cache.time_major, cache.lengths, dc, dh,
+                   dX.reshape(N * T, layer.input_size), False)
+    return dX, _layers.LSTMState(dc, dh)
+
+
+def bidirectional_forward(model, X, initial_state, lengths, time_major):
+    X, N, T, time_major, L, X2m = _prepare(model, X, lengths, time_major)
+    Y, states, parts = _bidir_forward(model, X, X2m, N, T, time_major, initial_state, L,
+                                      "initial_state")
+    return Y, states, TrainingCache(model, N, T, time_major, L, Y.shape, parts)
+
+
+def bidirectional_backward(model, dY, cache, dstate):
+    _check_cache(model, cache)
+    dY2 = _check_dY(dY, cache, model.dtype)
+    N, T = cache.N, cache.T
+    dstates = _bidir_dstate(model, dstate, N, "dstate")
+    cache.used = True
+    dX = np.empty(cache.y_shape[:2] + (model.input_size,), model.dtype)
+    _bidir_backward(model, dY2, cache.parts, N, T, cache.time_major, cache.lengths, dstates,
+                    dX.reshape(N * T, model.input_size))
+    return dX, tuple(_layers.LSTMState(dc, dh) for dc, dh in dstates)
+
+
+def multi_forward(model, X, initial_state, lengths, time_major):
+    X, N, T, time_major, L, X2m = _prepare(model, X, lengths, time_major)
+    s0 = model._layer_states(initial_state, "initial_state")
+    states, parts = [], []
+    inp, inp2 = X, X2m
+    for k, layer in enumerate(model.layers):
+        name = f"initial_state[{k}]"
+        if isinstance(layer, _layers.Bidirectional):
+            Y, s, part = _bidir_forward(layer, inp, inp2, N, T, time_major, s0[k], L, name)
+        else:
+            c, h = _layers._as_state(s0[k], N, layer.hidden_size, layer.output_size,
+                                     model.dtype, name)
+            Y, part = _lstm_forward(layer, inp, inp2, N, T, time_major, c, h, L, False)
+            s = _layers.LSTMState(c, h)
+        states.append(s)
+        parts.append(part)
+        inp = Y
+        inp2 = Y.reshape(N * T, Y.shape[2])             # padded outputs are already 0
+    return inp, tuple(states), TrainingCache(model, N, T, time_major, L, inp.shape, parts)
+
+
+def multi_backward(model, dY, cache, dstate):
+    _check_cache(model, cache)
+    dY2 = _check_dY(dY, cache, model.dtype)
+    N, T = cache.N, cache.T
+    ds = model._layer_states(dstate, "dstate")
+    dstates = []
+    for k, layer in enumerate(model.layers):
+        name = f"dstate[{k}]"
+        if isinstance(layer, _layers.Bidirectional):
+            dstates.append(_bidir_dstate(layer, ds[k], N, name))
+        else:
+            dstates.append(_layers._as_state(ds[k], N, layer.hidden_size, layer.output_size,
+                                             model.dtype, name))
+    cache.used = True
+    d_out = dY2
+    for k in range(len(model.layers) - 1, -1, -1):
+        layer = model.layers[k]
+        dX2 = np.empty((N * T, layer.input_size), model.dtype)
+        if isinstance(layer, _layers.Bidirectional):
+            _bidir_backward(layer, d_out, cache.parts[k], N, T, cache.time_major,
+                            cache.lengths, dstates[k], dX2)
+        else:
+            dc, dh = dstates[k]
+            _lstm_backward(layer, d_out, cache.parts[k], N, T, cache.time_major,
+                           cache.lengths, dc, dh, dX2, False)
+        d_out = dX2
+    dX = d_out.reshape(cache.y_shape[:2] + (model.input_size,))
+    out = []
+    for k, layer in enumerate(model.layers):
+        if isinstance(layer, _layers.Bidirectional):
+            out.append(tuple(_layers.LSTMState(dc, dh) for dc, dh in dstates[k]))
+        else:
+            out.append(_layers.LSTMState(*dstates[k]))
+    return dX, tuple(out)

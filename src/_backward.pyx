@@ -1,0 +1,385 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Backward kernel (backpropagation through time): one LSTM layer, one direction.
+
+The caller (``fastlstm/layers.py``) validates every argument and allocates every output;
+this module trusts it.  Rows are laid out as in ``_forward``: the row of batch item ``n``
+at time ``t`` is ``n * rn + t * rt`` (``rn, rt = T, 1`` batch-major, ``1, N`` time-major),
+shared by X, Y, dY, dX and the training cache.
+
+Two entries:
+
+- ``recurrence``: the reverse time loop.  Per block of batch rows it carries only ``dh``
+  (N, Hout) and ``dc`` (N, H); per step it forms the gate pre-activation gradients ``dG_t``
+  (4H per row) in one fused pointwise pass per active row, written over the gate cache,
+  then ``dh_{t-1} = dG_t @ U^T`` (one gemm; with a projection another gemm
+  ``dm = dhp @ P^T`` comes first).  Rows with ``t >= L[n]`` are skipped: their ``dh``,
+  ``dc`` pass through unchanged and their gate-cache rows are left as the caller allocated
+  them (zeros), so they contribute nothing below.  With ``n_threads > 1`` each thread owns
+  a block of batch rows for the whole call (the caller holds BLAS to one thread); the
+  row blocks do not depend on the thread count, so neither do the results.
+- ``param_grads``: after the loop, one big gemm each over all N*T rows:
+  ``dX = dG @ W^T``, ``dW = X^T @ dG``, ``dU = Hprev^T @ dG``, ``db = 1^T @ dG`` and
+  ``dP = M^T @ dHP`` (multi-threaded BLAS).  The caller passes an X whose padded rows are
+  zero and a finite ``Hprev``, so NaN/Inf in padding cannot reach a parameter gradient.
+
+Derivatives are taken from the post-activation values kept by the forward pass:
+sigmoid ``y (1 - y)``, tanh ``1 - y^2``, relu ``y > 0``, hard sigmoids their slope where
+``0 < y < 1``; a clip passes the gradient where ``|v| <= clip`` and blocks it elsewhere.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy
+
+from _blas cimport gemm
+
+cdef extern from *:
+    """
+    #include "fl_pointwise.h"
+
+    /* Backward of one forward step for one batch row (see fl_pointwise_fwd).
+     *
+     *   dm:     dL/dm_t, gradient at the cell output o * act(c) (H)
+     *   dc:     in dL/dc_t from the later steps, out dL/dc_{t-1} (H)
+     *   c_raw:  pre-clip cell state of this step (H)
+     *   c_prev: the cell state this step started from (already clipped) (H)
+     *   g:      in the post-activation gates (i, f, g, o) (4H), out dL/dz (4H)
+     *   peep:   (3, H) peepholes or NULL; dpeep: (3, H) accumulator, or NULL
+     *   w:      scratch of 2H
+     */
+    #define FL_DEFINE_BWD(T, SUF)                                                          \\
+    static void fl_pointwise_bwd##SUF(int H, const T *restrict dm, T *restrict dc,         \\
+                                      const T *restrict c_raw, const T *restrict c_prev,   \\
+                                      T *restrict g, const T *restrict peep,               \\
+                                      int use_clip, T clip, int act, int rec,              \\
+                                      T *restrict dpeep, T *restrict w)                    \\
+    {                                                                                      \\
+        int j;                                                                             \\
+        T *restrict cn = w, *restrict ac = w + H;                                          \\
+        T slope = rec == FL_REC_HARD_SIGMOID ? (T)1 / (T)6 : (T)0.2;                       \\
+        for (j = 0; j < H; j++) {                                                          \\
+            T v = c_raw[j];                                                                \\
+            if (use_clip) { v = v < -clip ? -clip : v; v = v > clip ? clip : v; }          \\
+            cn[j] = v;                                                                     \\
+            ac[j] = v;                                                                     \\
+        }                                                                                  \\
+        fl_act_inplace##SUF(act, ac, H);                                                   \\
+        for (j = 0; j < H; j++) {                                                          \\
+            T ig = g[j], fg = g[H + j], gg = g[2 * H + j], og = g[3 * H + j];              \\
+            T di, df, dg, dO, da, dzo, dcn, dcr, dzi, dzf, dzg;                            \\
+            switch (rec) {                                                                 \\
+            case FL_REC_SIGMOID:                                                           \\
+                di = ig * ((T)1 - ig); df = fg * ((T)1 - fg); dO = og * ((T)1 - og);       \\
+                break;                                                                     \\
+            default:                                                                       \\
+                di = (ig > 0 && ig < 1) ? slope : (T)0;                                    \\
+                df = (fg > 0 && fg < 1) ? slope : (T)0;                                    \\
+                dO = (og > 0 && og < 1) ? slope : (T)0;                                    \\
+                break;                                                                     \\
+            }                                                                              \\
+            switch (act) {                                                                 \\
+            case FL_ACT_TANH:                                                              \\
+                dg = (T)1 - gg * gg; da = (T)1 - ac[j] * ac[j];                            \\
+                break;                                                                     \\
+            case FL_ACT_RELU:                                                              \\
+                dg = gg > 0 ? (T)1 : (T)0; da = ac[j] > 0 ? (T)1 : (T)0;                   \\
+                break;                                                                     \\
+            case FL_ACT_SIGMOID:                                                           \\
+                dg = gg * ((T)1 - gg); da = ac[j] * ((T)1 - ac[j]);                        \\
+                break;                                                                     \\
+            default:                                                                       \\
+                dg = (T)1; da = (T)1;                                                      \\
+                break;                                                                     \\
+            }                                                                              \\
+            dzo = dm[j] * ac[j] * dO;                                                      \\
+            dcn = dc[j] + dm[j] * og * da;                                                 \\
+            if (peep != NULL) dcn += dzo * peep[2 * H + j];                                \\
+            dcr = dcn;                                                                     \\
+            if (use_clip) dcr = (c_raw[j] >= -clip && c_raw[j] <= clip) ? dcn : (T)0;      \\
+            dzi = dcr * gg * di;                                                           \\
+            dzf = dcr * c_prev[j] * df;                                                    \\
+            dzg = dcr * ig * dg;                                                           \\
+            dc[j] = dcr * fg;                                                              \\
+            if (peep != NULL) dc[j] += dzi * peep[j] + dzf * peep[H + j];                  \\
+            if (dpeep != NULL) {                                                           \\
+                dpeep[j] += dzi * c_prev[j];                                               \\
+                dpeep[H + j] += dzf * c_prev[j];                                           \\
+                dpeep[2 * H + j] += dzo * cn[j];                                           \\
+            }                                                                              \\
+            g[j] = dzi; g[H + j] = dzf; g[2 * H + j] = dzg; g[3 * H + j] = dzo;            \\
+        }                                                                                  \\
+    }
+    FL_DEFINE_BWD(float, f)
+    FL_DEFINE_BWD(double, d)
+    """
+    void fl_pointwise_bwdf(int H, const float *dm, float *dc, const float *c_raw,
+                           const float *c_prev, float *g, const float *peep, int use_clip,
+                           float clip, int act, int rec, float *dpeep, float *w) noexcept nogil
+    void fl_pointwise_bwdd(int H, const double *dm, double *dc, const double *c_raw,
+                           const double *c_prev, double *g, const double *peep, int use_clip,
+                           double clip, int act, int rec, double *dpeep, double *w) noexcept nogil
+
+ctypedef long long i64
+
+
+cdef struct Config:
+    int N, T, H, Ho
+    i64 rn, rt
+    bint reverse
+    int act, rec
+    bint use_cclip, use_pclip
+    double cclip, pclip
+
+
+cdef inline void _pointwise(int H, const floating *dm, floating *dc, const floating *c_raw,
+                            const floating *c_prev, floating *g, const floating *peep,
+                            bint use_clip, double clip, int act, int rec, floating *dpeep,
+                            floating *w) noexcept nogil:
+    if floating is float:
+        fl_pointwise_bwdf(H, dm, dc, c_raw, c_prev, g, peep, use_clip, <float> clip, act, rec,
+                          dpeep, w)
+    else:
+        fl_pointwise_bwdd(H, dm, dc, c_raw, c_prev, g, peep, use_clip, clip, act, rec, dpeep, w)
+
+
+cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
+                   const floating *U, const floating *peep, const floating *P,
+                   floating *G, const floating *CC, const floating *CHP,
+                   const floating *c0, floating *dc, floating *dh, floating *dHP,
+                   const i64 *lengths, floating *dpeep) noexcept nogil:
+    """Reverse time loop for batch rows [r0, r1).  Returns 0, or -1 if out of memory."""
+    cdef int nr = r1 - r0
+    cdef int H = s.H, H4 = 4 * s.H, Ho = s.Ho, T = s.T
+    cdef i64 rn = s.rn, rt = s.rt
+    cdef floating *DG
+    cdef floating *DH
+    cdef floating *DM = NULL
+    cdef floating *DMC = NULL
+    cdef floating *tmp
+    cdef floating *cpb
+    cdef floating *work
+    cdef floating *v
+    cdef const floating *dmc
+    cdef const floating *cp
+    cdef const floating *src
+    cdef const floating *hp
+    cdef floating clip
+    cdef int n, k, j, t, L, kmax
+    cdef bint all_active
+    cdef i64 row, prow
+
+    DG = <floating *> calloc(<size_t> nr * H4, sizeof(floating))
+    DH = <floating *> malloc(<size_t> nr * Ho * sizeof(floating))
+    tmp = <floating *> malloc(<size_t> (Ho if Ho > H else H) * sizeof(floating))
+    cpb = <floating *> malloc(<size_t> H * sizeof(floating))
+    work = <floating *> malloc(<size_t> 2 * H * sizeof(floating))
+    if P != NULL:
+        DM = <floating *> calloc(<size_t> nr * Ho, sizeof(floating))
+        DMC = <floating *> malloc(<size_t> nr * H * sizeof(floating))
+    if DG == NULL or DH == NULL or tmp == NULL or cpb == NULL or work == NULL \
+            or (P != NULL and (DM == NULL or DMC == NULL)):
+        free(DG); free(DH); free(tmp); free(cpb); free(work); free(DM); free(DMC)
+        return -1
+
+    kmax = 0
+    for n in range(r0, r1):
+        L = <int> lengths[n] if lengths != NULL else T
+        if L > kmax:
+            kmax = L
+
+    for k in range(kmax - 1, -1, -1):
+        all_active = True
+        # ---- projection: dm = (dh + dY) * clip-pass, then dm_cell = dm @ P^T ----
+        if P != NULL:
+            for n in range(r0, r1):
+                L = <int> lengths[n] if lengths != NULL else T
+                if k >= L:
+                    all_active = False
+                    continue
+                t = L - 1 - k if s.reverse else k
+                row = n * rn + t * rt
+                v = DM + <i64> (n - r0) * Ho
+                src = dY + row * Ho
+                for j in range(Ho):
+                    v[j] = dh[<i64> n * Ho + j] + src[j]
+                if s.use_pclip:
+                    clip = <floating> s.pclip
+                    hp = CHP + row * Ho
+                    for j in range(Ho):
+                        if not (hp[j] >= -clip and hp[j] <= clip):
+                            v[j] = 0
+                memcpy(dHP + row * Ho, v, Ho * sizeof(floating))
+            gemm(False, True, nr, H, Ho, <floating> 1, DM, Ho, P, Ho, <floating> 0, DMC, H)
+        # ---- pointwise: gate gradients, dc ----
+        for n in range(r0, r1):
+            L = <int> lengths[n] if lengths != NULL else T
+            if k >= L:
+                all_active = False
+                continue
+            if s.reverse:
+                t = L - 1 - k
+                prow = n * rn + (t + 1) * rt
+            else:
+                t = k
+                prow = n * rn + (t - 1) * rt
+            row = n * rn + t * rt
+            if P != NULL:
+                dmc = DMC + <i64> (n - r0) * H
+            else:
+                src = dY + row * Ho
+                for j in range(Ho):
+                    tmp[j] = dh[<i64> n * Ho + j] + src[j]
+                dmc = tmp
+            if k == 0:
+                cp = c0 + <i64> n * H
+            elif s.use_cclip:
+                clip = <floating> s.cclip
+                src = CC + prow * H
+                for j in range(H):
+                    cpb[j] = src[j]
+                    if cpb[j] < -clip:
+                        cpb[j] = -clip
+                    if cpb[j] > clip:
+                        cpb[j] = clip
+                cp = cpb
+            else:
+                cp = CC + prow * H
+            _pointwise(H, dmc, dc + <i64> n * H, CC + row * H, cp, G + row * H4, peep,
+                       s.use_cclip, s.cclip, s.act, s.rec, dpeep, work)
+            memcpy(DG + <i64> (n - r0) * H4, G + row * H4, H4 * sizeof(floating))
+        # ---- dh_{t-1} = dG_t @ U^T (inactive rows of DG are zero and keep their dh) ----
+        if all_active:
+            gemm(False, True, nr, Ho, H4, <floating> 1, DG, H4, U, H4, <floating> 0,
+                 dh + <i64> r0 * Ho, Ho)
+        else:
+            gemm(False, True, nr, Ho, H4, <floating> 1, DG, H4, U, H4, <floating> 0, DH, Ho)
+            for n in range(r0, r1):
+                L = <int> lengths[n] if lengths != NULL else T
+                if k < L:
+                    memcpy(dh + <i64> n * Ho, DH + <i64> (n - r0) * Ho, Ho * sizeof(floating))
+
+    free(DG); free(DH); free(tmp); free(cpb); free(work); free(DM); free(DMC)
+    return 0
+
+
+def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
+               const floating[:, ::1] U, const floating[:, ::1] peepholes,
+               const floating[:, ::1] P, floating[:, ::1] gates, const floating[:, ::1] cell,
+               const floating[:, ::1] hp, const floating[:, ::1] c0,
+               floating[:, ::1] dc, floating[:, ::1] dh, floating[:, ::1] dhp,
+               const long long[::1] lengths, bint reverse, int act, int rec,
+               cell_clip, proj_clip, floating[:, ::1] dpeep, int n_chunks, int n_threads):
+    """Reverse time loop, in place on ``gates`` (-> dG), ``dc``, ``dh``, ``dhp``, ``dpeep``.
+
+    dY: (N*T, Ho) output gradient rows (rows past a length are ignored);
+    U: (Ho, 4H); peepholes: (3, H) or None; P: (H, Ho) or None;
+    gates: (N*T, 4H) the forward's post-activation gate cache, overwritten with dL/dz on
+    valid rows (padded rows are not touched: the caller zero-fills them);
+    cell: (N*T, H) the forward's raw (pre-clip) cell cache; hp: (N*T, Ho) the raw
+    projection cache (only read with ``proj_clip``) or None; c0: (N, H) initial cell state;
+    dc: (N, H) and dh: (N, Ho), dL/d(final state) on entry and dL/d(initial state) on
+    return; dhp: (N*T, Ho) output, dL/d(projection) on valid rows (only with P);
+    lengths: (N,) int64 or None; act, rec: activation codes of ``fl_pointwise.h``;
+    dpeep: (n_chunks, 3H) zero-filled accumulators, one row per row block (only with
+    peepholes); n_chunks: the batch rows are split into min(n_chunks, N) contiguous
+    blocks, each run on its own, so the result does not depend on n_threads (>= 1), the
+    number of OpenMP threads sharing the blocks.
+    """
+    cdef Config s
+    cdef int status = 0, nblocks, nteam, blk, r0, r1, H3
+    cdef const floating *pdy = &dY[0, 0]
+    cdef const floating *pu = &U[0, 0]
+    cdef const floating *pp = &peepholes[0, 0] if peepholes is not None else NULL
+    cdef const floating *pP = &P[0, 0] if P is not None else NULL
+    cdef floating *pg = &gates[0, 0]
+    cdef const floating *pc = &cell[0, 0]
+    cdef const floating *php = &hp[0, 0] if hp is not None else NULL
+    cdef const floating *pc0 = &c0[0, 0]
+    cdef floating *pdc = &dc[0, 0]
+    cdef floating *pdh = &dh[0, 0]
+    cdef floating *pdhp = &dhp[0, 0] if dhp is not None else NULL
+    cdef const i64 *pl = &lengths[0] if lengths is not None else NULL
+    cdef floating *pdp = &dpeep[0, 0] if dpeep is not None else NULL
+
+    if N <= 0 or T <= 0:
+        return
+    s.N = N
+    s.T = T
+    s.H = gates.shape[1] // 4
+    s.Ho = U.shape[0]
+    s.rn = 1 if time_major else T
+    s.rt = N if time_major else 1
+    s.reverse = reverse
+    s.act = act
+    s.rec = rec
+    s.use_cclip = cell_clip is not None
+    s.cclip = cell_clip if cell_clip is not None else 0.0
+    s.use_pclip = proj_clip is not None and P is not None
+    s.pclip = proj_clip if proj_clip is not None else 0.0
+    H3 = 3 * s.H
+
+    nblocks = n_chunks if n_chunks < N else N
+    nteam = n_threads if n_threads < nblocks else nblocks
+    with nogil:
+        if nteam <= 1:
+            for blk in range(nblocks):
+                r0 = <int> ((<i64> blk * N) // nblocks)
+                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
+                status += _bwd_rows(&s, r0, r1, pdy, pu, pp, pP, pg, pc, php, pc0, pdc, pdh,
+                                    pdhp, pl, pdp + blk * H3 if pdp != NULL else NULL)
+        else:
+            for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
+                r0 = <int> ((<i64> blk * N) // nblocks)
+                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
+                status += _bwd_rows(&s, r0, r1, pdy, pu, pp, pP, pg, pc, php, pc0, pdc, pdh,
+                                    pdhp, pl, pdp + blk * H3 if pdp != NULL else NULL)
+    if status != 0:
+        raise MemoryError("fastlstm: could not allocate the backward workspace")
+
+
+def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
+                const floating[:, ::1] Hprev, const floating[:, ::1] W,
+                floating[:, ::1] dX, bint accumulate_dX,
+                floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
+                const floating[:, ::1] M, const floating[:, ::1] dHP, floating[:, ::1] dP):
+    """The big gemms after the time loop, over all R = N*T rows (gradients overwritten).
+
+    dG: (R, 4H) gate gradients (zero on padded rows); X: (R, I) the layer input with
+    padded rows zeroed; Hprev: (R, Ho) the h each step read; W: (I, 4H);
+    dX: (R, I) or None, written (or added to, with ``accumulate_dX``) as dG @ W^T;
+    dW: (I, 4H) = X^T dG; dU: (Ho, 4H) = Hprev^T dG; db: (4H,) = column sums of dG;
+    M: (R, H) pre-projection outputs, dHP: (R, Ho) projection gradients (zero on padded
+    rows), dP: (H, Ho) = M^T dHP -- all three None without a projection.
+    """
+    cdef int R = dG.shape[0], H4 = dG.shape[1], I = X.shape[1], Ho = Hprev.shape[1]
+    cdef int H = H4 // 4, Hp = dP.shape[1] if dP is not None else 0
+    cdef floating *ones
+    cdef int r
+    cdef const floating *pg = &dG[0, 0]
+    cdef floating beta_x = 1 if accumulate_dX else 0
+
+    if R == 0:
+        dW[...] = 0
+        dU[...] = 0
+        db[...] = 0
+        if dP is not None:
+            dP[...] = 0
+        return
+    ones = <floating *> malloc(<size_t> R * sizeof(floating))
+    if ones == NULL:
+        raise MemoryError("fastlstm: could not allocate the backward workspace")
+    with nogil:
+        for r in range(R):
+            ones[r] = 1
+        if dX is not None:
+            gemm(False, True, R, I, H4, <floating> 1, pg, H4, &W[0, 0], H4, beta_x,
+                 &dX[0, 0], I)
+        gemm(True, False, I, H4, R, <floating> 1, &X[0, 0], I, pg, H4, <floating> 0,
+             &dW[0, 0], H4)
+        gemm(True, False, Ho, H4, R, <floating> 1, &Hprev[0, 0], Ho, pg, H4, <floating> 0,
+             &dU[0, 0], H4)
+        gemm(False, False, 1, H4, R, <floating> 1, ones, R, pg, H4, <floating> 0, &db[0], H4)
+        if dP is not None:
+            gemm(True, False, H, Hp, R, <floating> 1, &M[0, 0], H, &dHP[0, 0], Hp,
+                 <floating> 0, &dP[0, 0], Hp)
+        free(ones)

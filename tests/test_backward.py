@@ -1,0 +1,443 @@
+"""Backward pass (``forward`` with a cache + ``backward``) of LSTM, Bidirectional, MultiLSTM.
+
+Oracles: the NumPy reference backward (``reference.lstm_backward`` and friends, itself
+checked against finite differences in test_reference.py) and central finite differences
+in float64 through the public inference call ``model(...)``.  The loss is a random linear
+functional of every output: L = sum(dY*Y) + sum(dc*c_T) + sum(dh*h_T).
+"""
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import _threads
+from conftest import randomize, ref, ref_options, ref_params, reference_stack, tol
+
+EPS = 1e-6
+RTOL = 1e-6
+
+# every option of SPEC.md Part A; "lengths": "mixed" gives [0, T, 2, ...]
+CASES = [
+    ("plain", {}),
+    ("no_initial_state", {"initial_state": False}),
+    ("no_dstate", {"dstate": False}),
+    ("peepholes", {"peepholes": True}),
+    ("cell_clip", {"cell_clip": 0.3}),
+    ("cell_clip_peepholes", {"cell_clip": 0.3, "peepholes": True}),
+    ("projection", {"proj_size": 3}),
+    ("projection_clip", {"proj_size": 3, "proj_clip": 0.2}),
+    ("relu", {"activation": "relu"}),
+    ("sigmoid_act", {"activation": "sigmoid"}),
+    ("linear_act", {"activation": "linear"}),
+    ("hard_sigmoid", {"recurrent_activation": "hard_sigmoid"}),
+    ("hard_sigmoid_keras2", {"recurrent_activation": "hard_sigmoid_keras2"}),
+    ("reverse", {"reverse": True}),
+    ("lengths", {"lengths": "mixed"}),
+    ("lengths_reverse", {"lengths": "mixed", "reverse": True}),
+    ("time_major", {"time_major": True, "lengths": "mixed"}),
+    ("time_major_reverse", {"time_major": True, "lengths": "mixed", "reverse": True}),
+    ("everything", {"peepholes": True, "proj_size": 3, "cell_clip": 0.3, "proj_clip": 0.2,
+                    "lengths": "mixed", "reverse": True}),
+    ("everything_keras2_relu", {"peepholes": True, "proj_size": 3, "cell_clip": 0.4,
+                                "proj_clip": 0.2, "lengths": "mixed", "time_major": True,
+                                "recurrent_activation": "hard_sigmoid_keras2",
+                                "activation": "relu"}),
+]
+LAYER_KEYS = ("proj_size", "peepholes", "cell_clip", "proj_clip", "activation",
+              "recurrent_activation")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def numeric_grad(loss, arr, eps=EPS):
+    """Central differences of the scalar ``loss()`` w.r.t. ``arr`` (perturbed in place)."""
+    g = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        orig = arr[idx]
+        arr[idx] = orig + eps
+        lp = loss()
+        arr[idx] = orig - eps
+        lm = loss()
+        arr[idx] = orig
+        g[idx] = (lp - lm) / (2 * eps)
+    return g
+
+
+def rel_err(ana, num):
+    scale = max(np.abs(num).max(initial=0), np.abs(ana).max(initial=0), 1e-300)
+    return np.abs(ana - num).max(initial=0) / scale
+
+
+def check_fd(named, loss, analytic):
+    for name, arr in named.items():
+        ana = analytic[name]
+        assert ana.shape == arr.shape, name
+        num = numeric_grad(loss, arr)
+        assert np.abs(num).max() > 0, f"{name}: gradient is identically zero, test is void"
+        err = rel_err(ana, num)
+        assert err <= RTOL, f"{name}: relative error {err:.3g}"
+
+
+def to_layout(A, time_major):
+    return np.ascontiguousarray(A.transpose(1, 0, 2)) if time_major else A
+
+
+def make_case(opts, rng, dtype=np.float64, N=3, T=5, I=3, H=4, n_threads=1, scale=0.5):
+    kw = {k: opts[k] for k in LAYER_KEYS if k in opts}
+    layer = randomize(fl.LSTM(I, H, dtype=dtype, n_threads=n_threads, **kw), rng, scale)
+    Ho = layer.output_size
+    X = rng.normal(size=(N, T, I))
+    if opts.get("initial_state", True):
+        s0 = (rng.normal(size=(N, H)), rng.normal(size=(N, Ho)))
+    else:
+        s0 = None
+    lengths = None
+    if opts.get("lengths") == "mixed":
+        lengths = np.array(([0, T, 2] + [1, T - 1, 3] * N)[:N])
+    dY = rng.normal(size=(N, T, Ho))
+    ds = (rng.normal(size=(N, H)), rng.normal(size=(N, Ho))) if opts.get("dstate", True) \
+        else None
+    return layer, X, s0, lengths, dY, ds
+
+
+def state_term(state, dstate):
+    if dstate is None:
+        return 0.0
+    return float(np.sum(state[0] * dstate[0]) + np.sum(state[1] * dstate[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM: finite differences (float64) and the reference (float32 and float64, 1 and 2 threads)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,opts", CASES, ids=[c[0] for c in CASES])
+def test_lstm_finite_differences(name, opts, rng):
+    layer, X, s0, lengths, dY, ds = make_case(opts, rng)
+    tm, rev = opts.get("time_major", False), opts.get("reverse", False)
+    N, H, Ho = X.shape[0], layer.hidden_size, layer.output_size
+    c0, h0 = s0 if s0 is not None else (np.zeros((N, H)), np.zeros((N, Ho)))
+    Xl, dYl = to_layout(X, tm), to_layout(dY, tm)
+
+    def loss():
+        Y, s = layer(Xl, (c0, h0), lengths=lengths, time_major=tm, reverse=rev)
+        return float(np.sum(Y * dYl)) + state_term(s, ds)
+
+    Y, state, cache = layer.forward(Xl, s0, lengths=lengths, time_major=tm, reverse=rev)
+    Y2, state2 = layer(Xl, s0, lengths=lengths, time_major=tm, reverse=rev)
+    np.testing.assert_array_equal(Y, Y2)            # the training forward is the inference one
+    np.testing.assert_array_equal(state.c, state2.c)
+    dX, d0 = layer.backward(dYl, cache, ds)
+    assert isinstance(d0, fl.LSTMState)
+    analytic = dict(layer.grads, X=dX, c0=d0.c, h0=d0.h)
+    named = dict(layer.params, X=Xl, c0=c0, h0=h0)
+    check_fd(named, loss, analytic)
+
+    # the clip options must actually clip somewhere, or the case tests nothing
+    if "cell_clip" in opts:
+        assert (np.abs(cache.parts["c"]) > opts["cell_clip"]).any()
+    if "proj_clip" in opts:
+        assert (np.abs(cache.parts["hp"]) > opts["proj_clip"]).any()
+
+
+def reference_grads(layer, X, s0, lengths, dY, ds, rev):
+    return ref.lstm_backward(dY, X, ref_params(layer), dstate=ds, initial_state=s0,
+                             lengths=lengths, reverse=rev, **ref_options(layer))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,opts", CASES, ids=[c[0] for c in CASES])
+def test_lstm_matches_reference(name, opts, dtype, n_threads, rng):
+    # big enough that the batch is split into row blocks (run by 2 threads with n_threads=2)
+    opts = dict(opts, proj_size=16) if "proj_size" in opts else opts
+    layer, X, s0, lengths, dY, ds = make_case(opts, rng, dtype, N=12, T=7, I=16, H=32,
+                                              n_threads=n_threads, scale=0.25)
+    if _threads.usable_cores() >= 2:
+        assert layer._chunks_for(12) == 2
+    tm, rev = opts.get("time_major", False), opts.get("reverse", False)
+    Y, _, cache = layer.forward(to_layout(X, tm), s0, lengths=lengths, time_major=tm,
+                                reverse=rev)
+    dX, d0 = layer.backward(to_layout(dY, tm), cache, ds)
+    g = reference_grads(layer, X, s0, lengths, dY, ds, rev)
+    t = tol(dtype)
+    # gradients sum over many terms: scale the absolute tolerance by the gradient's size
+    for name_, ana in dict(layer.grads, X=to_layout(dX, tm), c0=d0.c, h0=d0.h).items():
+        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name_, g.get(name_))
+        assert ana.dtype == np.dtype(dtype)
+        scale = max(1.0, np.abs(want).max())
+        np.testing.assert_allclose(ana, want, rtol=t["rtol"] * 10, atol=t["atol"] * 10 * scale,
+                                   err_msg=name_)
+
+
+def test_threads_bit_identical(rng):
+    opts = {"peepholes": True, "proj_size": 12, "cell_clip": 0.5, "lengths": "mixed"}
+    out = []
+    for n_threads in (1, 2):
+        layer, X, s0, lengths, dY, ds = make_case(opts, np.random.default_rng(7), np.float32,
+                                                  N=16, T=9, I=8, H=32, n_threads=n_threads)
+        assert layer._chunks_for(16) > 1
+        _, _, cache = layer.forward(X, s0, lengths=np.resize(lengths, 16))
+        dX, d0 = layer.backward(dY, cache, ds)
+        out.append((layer.flat_grads.copy(), dX, d0.c, d0.h))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# padding semantics
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_padding_is_inert(reverse, time_major, rng):
+    """NaN/Inf in padded inputs and anything in padded dY changes nothing."""
+    layer, X, s0, _, dY, ds = make_case({"peepholes": True, "proj_size": 3}, rng, N=4, T=6)
+    lengths = np.array([6, 0, 3, 1])
+    pad = np.arange(6)[None, :] >= lengths[:, None]
+    results = []
+    for fill in (0.0, np.nan, np.inf):
+        Xp, dYp = X.copy(), dY.copy()
+        Xp[pad] = fill
+        dYp[pad] = -fill if fill == 0 else 1e30
+        _, _, cache = layer.forward(to_layout(Xp, time_major), s0, lengths=lengths,
+                                    time_major=time_major, reverse=reverse)
+        dX, d0 = layer.backward(to_layout(dYp, time_major), cache, ds)
+        dX = to_layout(dX, time_major)
+        assert np.isfinite(layer.flat_grads).all()
+        assert (dX[pad] == 0).all()
+        results.append((layer.flat_grads.copy(), dX, d0.c, d0.h))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    # a row of length 0 passes dstate straight through
+    np.testing.assert_array_equal(results[0][2][1], ds[0][1])
+    np.testing.assert_array_equal(results[0][3][1], ds[1][1])
+
+
+def test_all_rows_empty(rng):
+    layer, X, s0, _, dY, ds = make_case({}, rng)
+    layer.flat_grads[...] = 5
+    _, _, cache = layer.forward(X, s0, lengths=np.zeros(3, int))
+    dX, d0 = layer.backward(dY, cache, ds)
+    assert (layer.flat_grads == 0).all() and (dX == 0).all()
+    np.testing.assert_array_equal(d0.c, ds[0])
+
+
+def test_empty_batch():
+    layer = fl.LSTM(3, 4, random_state=0)
+    layer.flat_grads[...] = 1
+    Y, _, cache = layer.forward(np.zeros((0, 5, 3)))
+    dX, d0 = layer.backward(np.zeros_like(Y), cache)
+    assert dX.shape == (0, 5, 3) and d0.c.shape == (0, 4)
+    assert (layer.flat_grads == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bidirectional and MultiLSTM
+# ---------------------------------------------------------------------------------------------
+
+def bidir(rng, I, dtype, n_threads=1, w=1):
+    return fl.Bidirectional(
+        randomize(fl.LSTM(I, 4 * w, dtype=dtype, n_threads=n_threads, peepholes=True), rng),
+        randomize(fl.LSTM(I, 3 * w, dtype=dtype, n_threads=n_threads, proj_size=2 * w,
+                          cell_clip=0.5), rng))
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_bidirectional_finite_differences(time_major, rng):
+    model = bidir(rng, 3, np.float64)
+    N, T = 3, 5
+    X = rng.normal(size=(N, T, 3))
+    lengths = np.array([5, 0, 2])
+    s0 = tuple((rng.normal(size=(N, L.hidden_size)), rng.normal(size=(N, L.output_size)))
+               for L in (model.forward_layer, model.backward_layer))
+    ds = tuple((rng.normal(size=(N, L.hidden_size)), rng.normal(size=(N, L.output_size)))
+               for L in (model.forward_layer, model.backward_layer))
+    dY = rng.normal(size=(N, T, model.output_size))
+    Xl, dYl = to_layout(X, time_major), to_layout(dY, time_major)
+
+    def loss():
+        Y, s = model(Xl, s0, lengths=lengths, time_major=time_major)
+        return float(np.sum(Y * dYl)) + state_term(s[0], ds[0]) + state_term(s[1], ds[1])
+
+    _, _, cache = model.forward(Xl, s0, lengths=lengths, time_major=time_major)
+    dX, d0 = model.backward(dYl, cache, ds)
+    analytic = dict(model.grads, X=dX, fc0=d0[0].c, fh0=d0[0].h, bc0=d0[1].c, bh0=d0[1].h)
+    named = dict(model.params, X=Xl, fc0=s0[0][0], fh0=s0[0][1], bc0=s0[1][0], bh0=s0[1][1])
+    check_fd(named, loss, analytic)
+
+    g = ref.bidirectional_backward(
+        dY, X, ref_params(model.forward_layer), ref_params(model.backward_layer), dstate=ds,
+        initial_state=s0, lengths=lengths, fw_options=ref_options(model.forward_layer),
+        bw_options=ref_options(model.backward_layer))
+    for k, v in model.grads.items():
+        np.testing.assert_allclose(v, g[k], **tol(np.float64), err_msg=k)
+    np.testing.assert_allclose(to_layout(dX, time_major), g["X"], **tol(np.float64))
+
+
+def stack(rng, dtype, n_threads=1, w=1):
+    """Three layers (w scales the widths): clip, bidirectional with peepholes/projection,
+    relu with a clipped projection."""
+    return fl.MultiLSTM([
+        randomize(fl.LSTM(3, 5 * w, dtype=dtype, n_threads=n_threads, cell_clip=0.6), rng),
+        bidir(rng, 5 * w, dtype, n_threads, w),
+        randomize(fl.LSTM(6 * w, 4 * w, dtype=dtype, n_threads=n_threads, proj_size=3 * w,
+                          proj_clip=0.4, activation="relu"), rng),
+    ])
+
+
+def stack_states(model, rng, N):
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, fl.Bidirectional):
+            out.append(tuple((rng.normal(size=(N, L.hidden_size)),
+                              rng.normal(size=(N, L.output_size)))
+                             for L in (layer.forward_layer, layer.backward_layer)))
+        else:
+            out.append((rng.normal(size=(N, layer.hidden_size)),
+                        rng.normal(size=(N, layer.output_size))))
+    return tuple(out)
+
+
+def flatten_states(states):
+    """[(name, array)] for a stack state (nested pairs of arrays)."""
+    out = []
+    for k, s in enumerate(states):
+        pairs = s if isinstance(s[0], tuple) else (s,)
+        for j, (c, h) in enumerate(pairs):
+            out += [(f"s{k}.{j}.c", c), (f"s{k}.{j}.h", h)]
+    return out
+
+
+def test_multilstm_finite_differences(rng):
+    model = stack(rng, np.float64)
+    N, T = 3, 4
+    X = rng.normal(size=(N, T, 3))
+    lengths = np.array([4, 1, 0])
+    s0 = stack_states(model, rng, N)
+    ds = stack_states(model, rng, N)
+    dY = rng.normal(size=(N, T, model.output_size))
+
+    def loss():
+        Y, s = model(X, s0, lengths=lengths)
+        return float(np.sum(Y * dY)) + sum(np.sum(a * b) for (_, a), (_, b) in
+                                           zip(flatten_states(s), flatten_states(ds)))
+
+    Y, _, cache = model.forward(X, s0, lengths=lengths)
+    dX, d0 = model.backward(dY, cache, ds)
+    analytic = dict(model.grads, X=dX, **dict(flatten_states(d0)))
+    named = dict(model.params, X=X, **dict(flatten_states(s0)))
+    check_fd(named, loss, analytic)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multilstm_matches_reference(dtype, n_threads, rng):
+    model = stack(rng, dtype, n_threads, w=6)
+    N, T = 12, 6
+    if _threads.usable_cores() >= 2:
+        assert model.layers[0]._chunks_for(N) == 2
+    X = rng.normal(size=(N, T, 3))
+    lengths = rng.integers(0, T + 1, N)
+    s0 = stack_states(model, rng, N)
+    ds = stack_states(model, rng, N)
+    dY = rng.normal(size=(N, T, model.output_size))
+    Xt, dYt = to_layout(X, True), to_layout(dY, True)
+    _, _, cache = model.forward(Xt, s0, lengths=lengths, time_major=True)
+    dX, d0 = model.backward(dYt, cache, ds)
+    g = ref.stack_backward(dY, X, reference_stack(model), dstate=ds, initial_state=s0,
+                           lengths=lengths)
+    t = tol(dtype)
+    for k, v in model.grads.items():
+        scale = max(1.0, np.abs(g[k]).max())
+        np.testing.assert_allclose(v, g[k], rtol=10 * t["rtol"], atol=10 * t["atol"] * scale,
+                                   err_msg=k)
+    np.testing.assert_allclose(to_layout(dX, True), g["X"], rtol=10 * t["rtol"],
+                               atol=10 * t["atol"] * max(1.0, np.abs(g["X"]).max()))
+    for (name, a), (_, b) in zip(flatten_states(d0), flatten_states(g["state0"])):
+        np.testing.assert_allclose(a, b, rtol=10 * t["rtol"], atol=10 * t["atol"] * 10,
+                                   err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient buffers and the API contract
+# ---------------------------------------------------------------------------------------------
+
+def test_grads_share_one_flat_buffer(rng):
+    model = stack(rng, np.float32)
+    assert model.flat_grads.shape == model.flat_params.shape
+    assert set(model.grads) == set(model.params)
+    for k, v in model.params.items():
+        assert model.grads[k].shape == v.shape
+        assert np.shares_memory(model.grads[k], model.flat_grads)
+    # the layers' own grads live in the stack's buffer
+    inner = model.layers[1].backward_layer
+    assert np.shares_memory(inner.grads["U"], model.flat_grads)
+    X = rng.normal(size=(2, 3, 3))
+    Y, _, cache = model.forward(X)
+    model.backward(np.ones_like(Y), cache)
+    offset = 0
+    for name, v in model.params.items():
+        np.testing.assert_array_equal(model.flat_grads[offset:offset + v.size],
+                                      model.grads[name].ravel())
+        offset += v.size
+    np.testing.assert_array_equal(model.grads["1.bw.U"], inner.grads["U"])
+    assert model.zero_grad() is model
+    assert not model.flat_grads.any() and not inner.grads["U"].any()
+
+
+def test_backward_overwrites_grads(rng):
+    layer = randomize(fl.LSTM(3, 4, dtype=np.float64), rng)
+    X = rng.normal(size=(2, 3, 3))
+    dY = rng.normal(size=(2, 3, 4))
+    firsts = []
+    for _ in range(2):
+        _, _, cache = layer.forward(X)
+        layer.backward(dY, cache)
+        firsts.append(layer.flat_grads.copy())
+    np.testing.assert_array_equal(firsts[0], firsts[1])
+
+
+def test_caller_arrays_untouched(rng):
+    layer = randomize(fl.LSTM(3, 4, dtype=np.float64, proj_size=2), rng)
+    X = rng.normal(size=(2, 3, 3))
+    s0 = (rng.normal(size=(2, 4)), rng.normal(size=(2, 2)))
+    dY = rng.normal(size=(2, 3, 2))
+    ds = (rng.normal(size=(2, 4)), rng.normal(size=(2, 2)))
+    copies = [a.copy() for a in (X, *s0, dY, *ds)]
+    _, _, cache = layer.forward(X, s0)
+    layer.backward(dY, cache, ds)
+    for a, b in zip((X, *s0, dY, *ds), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cache_errors(rng):
+    layer = fl.LSTM(3, 4)
+    other = fl.LSTM(3, 4)
+    X = rng.normal(size=(2, 3, 3))
+    Y, _, cache = layer.forward(X)
+    with pytest.raises(TypeError, match="cache"):
+        layer.backward(Y, {"gates": None})
+    with pytest.raises(ValueError, match="another model"):
+        other.backward(Y, cache)
+    with pytest.raises(ValueError, match=r"dY must have the shape .*\(2, 3, 4\)"):
+        layer.backward(Y[:, :2], cache)
+    with pytest.raises(ValueError, match=r"dstate.c must have shape \(2, 4\)"):
+        layer.backward(Y, cache, (np.zeros((3, 4)), np.zeros((2, 4))))
+    with pytest.raises(TypeError, match="dY must hold real numbers"):
+        layer.backward(Y.astype(complex), cache)
+    layer.backward(Y, cache)                     # the failed calls did not consume it
+    with pytest.raises(ValueError, match="already used"):
+        layer.backward(Y, cache)
+
+
+def test_multilstm_dstate_errors(rng):
+    model = stack(rng, np.float32)
+    Y, _, cache = model.forward(rng.normal(size=(2, 3, 3)))
+    with pytest.raises(TypeError, match="dstate must be a tuple with one state per layer"):
+        model.backward(Y, cache, dstate=(None,))
+    with pytest.raises(ValueError, match=r"dstate\[1\]\[0\].c"):
+        model.backward(Y, cache, dstate=(None, ((np.zeros((2, 3)), np.zeros((2, 4))), None),
+                                         None))
