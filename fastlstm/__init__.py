@@ -3,6 +3,9 @@
 from ._threads import get_n_threads, set_n_threads, show_config
 from ._version import __version__
 from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM
+from .interop import (from_keras, from_onnx, from_tf1, from_tf1_checkpoint, from_torch,
+                      to_keras_weights, to_onnx, to_tf1_checkpoint, to_torch)
+from .io import load, save
 
 __all__ = [
     "LSTM",
@@ -12,5 +15,16 @@ __all__ = [
     "get_n_threads",
     "set_n_threads",
     "show_config",
+    "from_keras",
+    "from_onnx",
+    "from_tf1",
+    "from_tf1_checkpoint",
+    "from_torch",
+    "to_keras_weights",
+    "to_onnx",
+    "to_tf1_checkpoint",
+    "to_torch",
+    "save",
+    "load",
     "__version__",
 ]

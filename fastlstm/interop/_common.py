@@ -1,0 +1,150 @@
+"""Helpers shared by the converters: gate-block permutations, array intake, layer building.
+
+Gate block orders (SPEC.md §8): fastlstm, Keras and torch use (i, f, g, o); TF1 uses
+(i, g, f, o); ONNX uses (i, o, f, g).  ``blocks(A, perm, axis)`` splits ``A`` into four
+equal blocks along ``axis`` and concatenates them in the order ``perm``: index k of
+``perm`` names the destination block, its value the source block.
+"""
+
+import numpy as np
+
+from ..layers import LSTM, Bidirectional, MultiLSTM
+
+# fastlstm (i, f, g, o) <-> TF (i, g, f, o): self-inverse
+PERM_TF = (0, 2, 1, 3)
+# ONNX (i, o, f, g) -> fastlstm (i, f, g, o)
+PERM_FROM_ONNX = (0, 2, 3, 1)
+# fastlstm (i, f, g, o) -> ONNX (i, o, f, g)
+PERM_TO_ONNX = (0, 3, 1, 2)
+
+
+def blocks(A, perm, axis):
+    """Reorder the four gate blocks of ``A`` along ``axis`` (see the module docstring)."""
+    parts = np.split(np.asarray(A), 4, axis=axis)
+    return np.concatenate([parts[k] for k in perm], axis=axis)
+
+
+def as_array(value, name):
+    """A NumPy array from an array-like or a torch tensor (detached, on the CPU), not copied
+    more than needed.  Refuses what is not a real floating or integer array."""
+    if value is None:
+        raise ValueError(f"{name} is missing")
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, duck-typed
+        value = value.detach().cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    elif hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # tf / keras tensors
+        value = value.numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from exc
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_shape(arr, shape, name, meaning=""):
+    if arr.shape != tuple(shape):
+        extra = f" {meaning}" if meaning else ""
+        raise ValueError(f"{name} must have shape {tuple(shape)}{extra}, got {arr.shape}")
+    return arr
+
+
+def pick_dtype(dtype, arrays):
+    """``dtype`` if given, else float64 when any of ``arrays`` is float64, else float32."""
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        return dt
+    if any(a is not None and a.dtype == np.float64 for a in arrays):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
+                proj_clip=None, activation="tanh", recurrent_activation="sigmoid",
+                forget_bias=1.0, name="layer"):
+    """A fastlstm ``LSTM`` holding the given parameters in fastlstm layout.
+
+    W (I, 4H), U (Hout, 4H), b (4H,), peepholes (3, H) or None, P (H, Hout) or None.
+    """
+    W = np.asarray(W)
+    U = np.asarray(U)
+    if W.ndim != 2 or W.shape[1] % 4 or W.shape[1] == 0:
+        raise ValueError(f"{name}: input kernel must be 2-D (input_size, 4*hidden_size), "
+                         f"got shape {W.shape}")
+    I, H4 = W.shape
+    H = H4 // 4
+    Hout = P.shape[1] if P is not None else H
+    check_shape(U, (Hout, 4 * H), f"{name}: recurrent kernel", "(output_size, 4*hidden_size)")
+    b = np.zeros(4 * H) if b is None else np.asarray(b)
+    check_shape(b, (4 * H,), f"{name}: bias", "(4*hidden_size,)")
+    if peepholes is not None:
+        check_shape(np.asarray(peepholes), (3, H), f"{name}: peepholes", "(3, hidden_size)")
+    if P is not None:
+        P = np.asarray(P)
+        if P.ndim != 2 or P.shape[0] != H:
+            raise ValueError(f"{name}: projection kernel must have shape ({H}, proj_size), "
+                             f"got {P.shape}")
+    dt = pick_dtype(dtype, [W, U, b, P, None if peepholes is None else np.asarray(peepholes)])
+    layer = LSTM(I, H, proj_size=None if P is None else P.shape[1],
+                 peepholes=peepholes is not None, cell_clip=cell_clip, proj_clip=proj_clip,
+                 forget_bias=forget_bias, activation=activation,
+                 recurrent_activation=recurrent_activation, dtype=dt, random_state=0)
+    layer.W[...] = W
+    layer.U[...] = U
+    layer.b[...] = b
+    if peepholes is not None:
+        layer.peepholes[...] = peepholes
+    if P is not None:
+        layer.P[...] = P
+    return layer
+
+
+def assemble(items):
+    """One item -> that item; several -> a MultiLSTM.  Items are LSTM or (fw, bw) pairs."""
+    out = [Bidirectional(*it) if isinstance(it, tuple) else it for it in items]
+    return out[0] if len(out) == 1 else MultiLSTM(out)
+
+
+def layers_of(model, name="model"):
+    """The layers of a fastlstm model as a list of LSTM / Bidirectional items."""
+    if isinstance(model, (LSTM, Bidirectional)):
+        return [model]
+    if isinstance(model, MultiLSTM):
+        return list(model.layers)
+    raise TypeError(f"{name} must be a fastlstm LSTM, Bidirectional or MultiLSTM, "
+                    f"got {type(model).__name__}")
+
+
+def directions(item):
+    """The LSTM objects of one layer item, forward first."""
+    if isinstance(item, Bidirectional):
+        return [item.forward_layer, item.backward_layer]
+    return [item]
+
+
+def refuse_unrepresentable(layer, target, *, peepholes=False, projection=False,
+                           cell_clip=False, proj_clip=False, activations=("tanh",),
+                           recurrent_activations=("sigmoid",), where="layer"):
+    """Raise ValueError listing every feature of ``layer`` that ``target`` cannot represent."""
+    problems = []
+    if layer.use_peepholes and not peepholes:
+        problems.append("peepholes")
+    if layer.proj_size is not None and not projection:
+        problems.append(f"a projection (proj_size={layer.proj_size})")
+    if layer.cell_clip is not None and not cell_clip:
+        problems.append(f"cell_clip={layer.cell_clip}")
+    if layer.proj_size is not None and layer.proj_clip is not None and not proj_clip:
+        problems.append(f"proj_clip={layer.proj_clip}")
+    if layer.activation not in activations:
+        problems.append(f"activation={layer.activation!r} (supported: {', '.join(activations)})")
+    if layer.recurrent_activation not in recurrent_activations:
+        problems.append(f"recurrent_activation={layer.recurrent_activation!r} "
+                        f"(supported: {', '.join(recurrent_activations)})")
+    if problems:
+        raise ValueError(f"{where} cannot be represented exactly in {target}: it has "
+                         + "; ".join(problems))

@@ -1,0 +1,242 @@
+"""Keras ``LSTM`` <-> fastlstm (SPEC.md §6, §8).
+
+fastlstm's parameter layout *is* the Keras layout: ``kernel`` (I, 4H) = ``W``,
+``recurrent_kernel`` (H, 4H) = ``U``, ``bias`` (4H,) = ``b``, gate blocks (i, f, c, o).
+What needs care:
+
+- ``hard_sigmoid`` is ``clip(0.2x + 0.5, 0, 1)`` in Keras 2 (and tf.keras before TF 2.16)
+  but ``relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1)`` in Keras 3.  fastlstm names them
+  ``"hard_sigmoid_keras2"`` and ``"hard_sigmoid"``.  From a layer object the Keras version
+  is read from the package that defined the layer; from a weights list pass
+  ``keras_version``.
+- Keras orders states ``[h, c]``; fastlstm ``LSTMState(c, h)``.
+- With a mask, Keras repeats the previous output on padded steps where fastlstm writes 0
+  (states agree): ``keras_masked_outputs`` converts fastlstm's outputs to Keras' rule.
+- ``go_backwards`` returns outputs in reversed time order; it is refused.
+"""
+
+import importlib
+
+import numpy as np
+
+from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
+                      refuse_unrepresentable)
+from ..layers import ACTIVATIONS, Bidirectional, LSTM
+
+__all__ = ["from_keras", "to_keras_weights", "keras_config", "keras_masked_outputs"]
+
+_KERAS_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "linear": "linear"}
+
+
+def _fn_name(fn, what):
+    if fn is None:
+        return "linear"
+    if isinstance(fn, str):
+        return fn
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if not isinstance(name, str):
+        raise ValueError(f"cannot tell which function {what}={fn!r} is")
+    return name
+
+
+def _keras_major(layer):
+    """2 or 3 from the package that defined ``layer``; None when unknown."""
+    top = type(layer).__module__.split(".")[0]
+    if top == "tf_keras":
+        return 2
+    if top == "tensorflow":
+        try:
+            import tensorflow as tf
+            version = tf.keras.__version__ if hasattr(tf.keras, "__version__") else "2"
+        except Exception:  # pragma: no cover - depends on the installed tensorflow
+            return None
+        return int(str(version).split(".")[0])
+    try:
+        version = importlib.import_module(top).__version__
+    except Exception:
+        return None
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return None
+
+
+def _recurrent_name(name, keras_version):
+    if name == "hard_sigmoid":
+        if keras_version not in (2, 3):
+            raise ValueError(
+                "recurrent_activation='hard_sigmoid' differs between Keras 2 (0.2x + 0.5) and "
+                "Keras 3 (x/6 + 0.5): pass keras_version=2 or 3, or name the function "
+                "'hard_sigmoid_keras2' (Keras 2) / 'hard_sigmoid_keras3' (Keras 3)")
+        return "hard_sigmoid_keras2" if keras_version == 2 else "hard_sigmoid"
+    if name == "hard_sigmoid_keras3":
+        return "hard_sigmoid"
+    if name in ("sigmoid", "hard_sigmoid_keras2"):
+        return name
+    raise ValueError(f"recurrent_activation={name!r} cannot be represented exactly in fastlstm "
+                     "(supported: sigmoid, hard_sigmoid of Keras 2 or 3)")
+
+
+def _activation_name(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation={name!r} cannot be represented exactly in fastlstm "
+                         f"(supported: {', '.join(ACTIVATIONS)})")
+    return name
+
+
+def _from_weights(weights, activation, recurrent_activation, keras_version, dtype, name):
+    weights = list(weights)
+    if len(weights) not in (2, 3):
+        raise ValueError(f"{name}: expected [kernel, recurrent_kernel, bias] (or without bias), "
+                         f"got a list of {len(weights)} arrays")
+    kernel = as_array(weights[0], "kernel")
+    rec = as_array(weights[1], "recurrent_kernel")
+    if kernel.ndim != 2 or kernel.shape[1] % 4 or not kernel.shape[1]:
+        raise ValueError(f"{name}: kernel must have shape (input_size, 4*units), got {kernel.shape}")
+    H = kernel.shape[1] // 4
+    check_shape(rec, (H, 4 * H), f"{name}: recurrent_kernel", "(units, 4*units)")
+    bias = None
+    if len(weights) == 3:
+        bias = as_array(weights[2], "bias")
+        if bias.shape == (8 * H,):  # CuDNN layout: input and recurrent biases, summed
+            bias = bias[:4 * H] + bias[4 * H:]
+        check_shape(bias, (4 * H,), f"{name}: bias", "(4*units,)")
+    return build_layer(kernel, rec, bias, dtype=dtype,
+                       activation=_activation_name(_fn_name(activation, "activation")),
+                       recurrent_activation=_recurrent_name(
+                           _fn_name(recurrent_activation, "recurrent_activation"), keras_version),
+                       name=name)
+
+
+def _from_layer(layer, keras_version, dtype):
+    if hasattr(layer, "forward_layer") and hasattr(layer, "backward_layer"):
+        mode = getattr(layer, "merge_mode", "concat")
+        if mode != "concat":
+            raise ValueError(f"Bidirectional merge_mode={mode!r} cannot be represented: fastlstm "
+                             "concatenates [forward | backward]")
+        fw = _from_layer(layer.forward_layer, keras_version, dtype)
+        bw_layer = layer.backward_layer
+        if not getattr(bw_layer, "go_backwards", False):
+            raise ValueError("the backward layer of a Keras Bidirectional must have "
+                             "go_backwards=True")
+        bw = _single(bw_layer, keras_version, dtype, allow_backwards=True)
+        return Bidirectional(fw, bw)
+    return _single(layer, keras_version, dtype)
+
+
+def _single(layer, keras_version, dtype, allow_backwards=False):
+    kind = type(layer).__name__
+    if "LSTM" not in kind or not hasattr(layer, "get_weights"):
+        raise TypeError(f"expected a Keras LSTM layer, got {kind}")
+    if getattr(layer, "go_backwards", False) and not allow_backwards:
+        raise ValueError("go_backwards=True returns outputs in reversed time order, which "
+                         "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
+                         "the input yourself")
+    weights = layer.get_weights()
+    if not weights:
+        raise ValueError(f"the Keras layer {getattr(layer, 'name', kind)!r} is not built yet "
+                         "(call it once or build it with an input shape)")
+    cell = getattr(layer, "cell", layer)
+    act = getattr(cell, "activation", getattr(layer, "activation", "tanh"))
+    rec = getattr(cell, "recurrent_activation",
+                  getattr(layer, "recurrent_activation", "sigmoid"))
+    if kind.startswith("CuDNN"):
+        act, rec = "tanh", "sigmoid"
+    version = keras_version if keras_version is not None else _keras_major(layer)
+    return _from_weights(weights, act, rec, version, dtype,
+                         f"Keras layer {getattr(layer, 'name', kind)!r}")
+
+
+def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", keras_version=None,
+               dtype=None):
+    """A fastlstm layer with the same outputs and final states as a Keras ``LSTM``.
+
+    layer : a ``keras.layers.LSTM`` (or ``Bidirectional(LSTM(...), merge_mode="concat")``)
+        object, or its ``get_weights()`` list ``[kernel (I, 4H), recurrent_kernel (H, 4H),
+        bias (4H,)]`` (bias may be left out; an (8H,) CuDNN bias is summed).
+    activation, recurrent_activation : used only with a weights list (a layer object brings
+        its own).  Names or functions: activation in tanh / relu / sigmoid / linear;
+        recurrent_activation in sigmoid / hard_sigmoid / hard_sigmoid_keras2 /
+        hard_sigmoid_keras3.
+    keras_version : 2 or 3.  Needed to read ``"hard_sigmoid"``, whose formula changed in
+        Keras 3; read from the layer's package when a layer object is given.
+    dtype : float32 / float64; default float64 for float64 weights, else float32.
+
+    Returns ``LSTM`` (or ``Bidirectional``).  Anything fastlstm cannot compute exactly is
+    a ValueError.
+    """
+    if isinstance(layer, (list, tuple)):
+        return _from_weights(layer, activation, recurrent_activation, keras_version, dtype,
+                             "weights")
+    return _from_layer(layer, keras_version, dtype)
+
+
+def to_keras_weights(model):
+    """The ``set_weights`` list for the equivalent Keras layer(s).
+
+    ``LSTM`` -> ``[kernel, recurrent_kernel, bias]``; ``Bidirectional`` -> the forward
+    list followed by the backward list (Keras ``Bidirectional`` order); ``MultiLSTM`` ->
+    one such list per layer (for a stack of Keras layers with ``return_sequences=True``).
+    Refuses peepholes, projections and clips (Keras has none).  Build the Keras layer with
+    the options from ``keras_config``.
+    """
+    items = layers_of(model)
+    out = []
+    for k, item in enumerate(items):
+        ws = []
+        for d, layer in enumerate(directions(item)):
+            refuse_unrepresentable(layer, "Keras LSTM", activations=tuple(_KERAS_ACTIVATIONS),
+                                   recurrent_activations=tuple(RECURRENT_NAMES),
+                                   where=f"layer {k}" + (" (backward)" if d else ""))
+            ws += [layer.W.copy(), layer.U.copy(), layer.b.copy()]
+        out.append(ws)
+    return out[0] if isinstance(model, (LSTM, Bidirectional)) else out
+
+
+RECURRENT_NAMES = {"sigmoid": {2: "sigmoid", 3: "sigmoid"},
+                   "hard_sigmoid": {3: "hard_sigmoid"},
+                   "hard_sigmoid_keras2": {2: "hard_sigmoid"}}
+
+
+def keras_config(layer, keras_version=3):
+    """Keyword arguments for ``keras.layers.LSTM`` matching one fastlstm ``LSTM``.
+
+    ``recurrent_activation`` is named for ``keras_version`` (2 or 3); a hard sigmoid of the
+    other version has no Keras name there and is refused.
+    """
+    if not isinstance(layer, LSTM):
+        raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
+    if keras_version not in (2, 3):
+        raise ValueError(f"keras_version must be 2 or 3, got {keras_version!r}")
+    refuse_unrepresentable(layer, "Keras LSTM", activations=tuple(_KERAS_ACTIVATIONS),
+                           recurrent_activations=tuple(RECURRENT_NAMES))
+    rec = RECURRENT_NAMES[layer.recurrent_activation].get(keras_version)
+    if rec is None:
+        raise ValueError(f"recurrent_activation={layer.recurrent_activation!r} has no "
+                         f"Keras {keras_version} equivalent")
+    return dict(units=layer.hidden_size, activation=_KERAS_ACTIVATIONS[layer.activation],
+                recurrent_activation=rec, use_bias=True, return_sequences=True,
+                return_state=True)
+
+
+def keras_masked_outputs(Y, lengths):
+    """fastlstm outputs -> what a masked Keras ``LSTM(return_sequences=True)`` returns.
+
+    Y (N, T, F) batch-major; lengths (N,).  On padded steps (t >= lengths[n]) Keras
+    repeats the last valid output (0 when lengths[n] == 0) where fastlstm writes 0.  Only
+    right-padded masks (a valid prefix per row) are covered.  Returns a new array.
+    """
+    Y = np.asarray(Y)
+    if Y.ndim != 3:
+        raise ValueError(f"Y must be 3-D (batch, time, features), got shape {Y.shape}")
+    N, T = Y.shape[:2]
+    L = np.asarray(lengths)
+    if L.shape != (N,) or L.dtype.kind not in "iu":
+        raise ValueError(f"lengths must be ({N},) integers, got {L.shape} {L.dtype}")
+    if N and (L.min() < 0 or L.max() > T):
+        raise ValueError(f"lengths must be in [0, T={T}]")
+    out = Y.copy()
+    for n in range(N):
+        if 0 < L[n] < T:
+            out[n, L[n]:] = Y[n, L[n] - 1]
+    return out

@@ -1,0 +1,425 @@
+"""ONNX ``LSTM`` nodes <-> fastlstm (SPEC.md §5, §8).  Needs the ``onnx`` extra.
+
+ONNX keeps ``W`` (D, 4H, I), ``R`` (D, 4H, H), ``B`` (D, 8H) (input and recurrent bias,
+summed), ``P`` (D, 3H) (peepholes p_i, p_o, p_f), gate blocks in the order (i, o, f, c);
+direction 0 is forward, 1 the reverse half of a bidirectional node.  ONNX has no
+projection and no cell-state clip; its ``clip`` clamps the gate pre-activations and
+``input_forget`` ties f = 1 - i, neither of which fastlstm computes: such models are
+refused, as are activations fastlstm does not compute exactly.
+
+Where the rules differ: a row with ``sequence_lens = 0`` gives ``Y_h = Y_c = 0`` in ONNX
+but the initial state in fastlstm (TF's rule).  Both agree whenever the initial state is
+zero; ``onnx_state`` applies ONNX's rule to a fastlstm state explicitly.
+
+``activation_alpha`` / ``activation_beta`` are read and written the way onnxruntime reads
+them: consumed in order by the functions that take parameters (HardSigmoid, Affine).
+"""
+
+import os
+
+import numpy as np
+
+from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer,
+                      directions, layers_of, refuse_unrepresentable)
+from ..layers import ACTIVATIONS, Bidirectional, LSTMState
+
+__all__ = ["to_onnx", "from_onnx", "onnx_state"]
+
+DEFAULT_OPSET = 14
+_HARD_SIGMOID = {"hard_sigmoid": 1.0 / 6.0, "hard_sigmoid_keras2": 0.2}
+_ACT_TO_ONNX = {"tanh": ("Tanh",), "relu": ("Relu",), "sigmoid": ("Sigmoid",),
+                "linear": ("Affine", 1.0, 0.0)}
+_NEEDS_PARAMS = {"affine": 2, "hardsigmoid": 2, "leakyrelu": 1, "thresholdedrelu": 1,
+                 "scaledtanh": 2, "elu": 1}
+_DEFAULT_PARAMS = {"affine": (1.0, 0.0), "hardsigmoid": (0.2, 0.5), "leakyrelu": (0.01, 0.0),
+                   "thresholdedrelu": (1.0, 0.0), "scaledtanh": (1.0, 1.0), "elu": (1.0, 0.0)}
+# ops that only move data between stacked LSTM nodes
+_SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+
+
+# ---------------------------------------------------------------------------------------
+# export
+
+
+def _activations(layer):
+    """[(name, alpha, beta) for f, g, h] of one direction."""
+    ra = layer.recurrent_activation
+    f = ("Sigmoid",) if ra == "sigmoid" else ("HardSigmoid", _HARD_SIGMOID[ra], 0.5)
+    g = _ACT_TO_ONNX[layer.activation]
+    return [f, g, g]
+
+
+def _check_exportable(item, k):
+    dirs = directions(item)
+    for d, layer in enumerate(dirs):
+        refuse_unrepresentable(layer, "ONNX LSTM", activations=tuple(ACTIVATIONS),
+                               recurrent_activations=("sigmoid",) + tuple(_HARD_SIGMOID),
+                               peepholes=True, where=f"layer {k}" + (" (backward)" if d else ""))
+    if len({layer.hidden_size for layer in dirs}) > 1:
+        raise ValueError(f"layer {k}: ONNX's bidirectional LSTM has one hidden_size; the two "
+                         f"directions have {[layer.hidden_size for layer in dirs]}")
+
+
+def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=False,
+            initial_state=False, dtype=None, graph_name="fastlstm"):
+    """An ONNX model computing what a fastlstm model computes, with standard LSTM nodes.
+
+    One ``LSTM`` node per layer (``direction="bidirectional"`` for ``Bidirectional``),
+    between them ``Transpose`` + ``Reshape`` that turn ``Y`` [T, D, N, H] into the
+    [T, N, D*H] input of the next layer (``[forward | backward]``, fastlstm's order).
+
+    Graph inputs: ``X`` [N, T, I] (or [T, N, I] with ``time_major=True``; nodes use
+    ``layout=0``, which onnxruntime requires, with ``Transpose`` around them);
+    ``sequence_lens`` [N] int32 when ``lengths=True``; ``initial_h_k`` / ``initial_c_k``
+    [D, N, H] per layer when ``initial_state=True``.
+    Graph outputs: ``Y`` like fastlstm's output, and ``Y_h_k`` / ``Y_c_k`` [D, N, H] per
+    layer k (fastlstm's state of layer k, direction d is ``(Y_c_k[d], Y_h_k[d])``).
+
+    dtype : float32 / float64 (default: the model's).  onnxruntime runs float32 only.
+    path : if given, the model is also saved there.  Returns the ``onnx.ModelProto``.
+
+    Refused (ValueError): projections, ``cell_clip`` (ONNX's ``clip`` is a different
+    operation), and bidirectional layers whose two directions differ in size.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    items = layers_of(model)
+    for k, item in enumerate(items):
+        _check_exportable(item, k)
+    dt = np.dtype(dtype) if dtype is not None else model.dtype
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    if not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an int >= 14 (the layout attribute), got {opset!r}")
+    elem = TensorProto.FLOAT if dt == np.float32 else TensorProto.DOUBLE
+    I = model.input_size
+    x_shape = ["time", "batch", I] if time_major else ["batch", "time", I]
+    inputs = [helper.make_tensor_value_info("X", elem, x_shape)]
+    outputs = []
+    nodes, inits = [], []
+    if lengths:
+        inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["batch"]))
+    cur = "X"
+    if not time_major:
+        nodes.append(helper.make_node("Transpose", ["X"], ["X_time_major"], perm=[1, 0, 2]))
+        cur = "X_time_major"
+    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "concat_shape"))
+    for k, item in enumerate(items):
+        dirs = directions(item)
+        D, H = len(dirs), dirs[0].hidden_size
+        W = np.stack([blocks(layer.W.T, PERM_TO_ONNX, 0) for layer in dirs]).astype(dt)
+        R = np.stack([blocks(layer.U.T, PERM_TO_ONNX, 0) for layer in dirs]).astype(dt)
+        B = np.stack([np.concatenate([blocks(layer.b, PERM_TO_ONNX, 0), np.zeros(4 * H)])
+                      for layer in dirs]).astype(dt)
+        names = [cur, f"W_{k}", f"R_{k}", f"B_{k}"]
+        inits += [numpy_helper.from_array(W, f"W_{k}"), numpy_helper.from_array(R, f"R_{k}"),
+                  numpy_helper.from_array(B, f"B_{k}")]
+        names.append("sequence_lens" if lengths else "")
+        if initial_state:
+            for s in ("h", "c"):
+                inputs.append(helper.make_tensor_value_info(f"initial_{s}_{k}", elem,
+                                                            [D, "batch", H]))
+            names += [f"initial_h_{k}", f"initial_c_{k}"]
+        else:
+            names += ["", ""]
+        if any(layer.use_peepholes for layer in dirs):
+            P = np.stack([np.concatenate([layer.peepholes[0], layer.peepholes[2],
+                                          layer.peepholes[1]]) if layer.use_peepholes
+                          else np.zeros(3 * H) for layer in dirs]).astype(dt)
+            inits.append(numpy_helper.from_array(P, f"P_{k}"))
+            names.append(f"P_{k}")
+        while names[-1] == "":
+            names.pop()
+        attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+        acts = [a for layer in dirs for a in _activations(layer)]
+        if any(a[0] != d for a, d in zip(acts, ["Sigmoid", "Tanh", "Tanh"] * D)):
+            attrs["activations"] = [a[0] for a in acts]
+            if any(len(a) > 1 for a in acts):
+                attrs["activation_alpha"] = [float(a[1]) for a in acts if len(a) > 1]
+                attrs["activation_beta"] = [float(a[2]) for a in acts if len(a) > 1]
+        nodes.append(helper.make_node("LSTM", names, [f"Y4_{k}", f"Y_h_{k}", f"Y_c_{k}"],
+                                      name=f"lstm_{k}", **attrs))
+        nodes.append(helper.make_node("Transpose", [f"Y4_{k}"], [f"Y4t_{k}"], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [f"Y4t_{k}", "concat_shape"], [f"Y_{k}"]))
+        outputs += [helper.make_tensor_value_info(f"Y_h_{k}", elem, [D, "batch", H]),
+                    helper.make_tensor_value_info(f"Y_c_{k}", elem, [D, "batch", H])]
+        cur = f"Y_{k}"
+    F = model.output_size
+    if time_major:
+        nodes.append(helper.make_node("Identity", [cur], ["Y"]))
+        y_shape = ["time", "batch", F]
+    else:
+        nodes.append(helper.make_node("Transpose", [cur], ["Y"], perm=[1, 0, 2]))
+        y_shape = ["batch", "time", F]
+    outputs.insert(0, helper.make_tensor_value_info("Y", elem, y_shape))
+    graph = helper.make_graph(nodes, graph_name, inputs, outputs, inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                   producer_name="fastlstm")
+    onnx.checker.check_model(onnx_model)
+    if path is not None:
+        onnx.save(onnx_model, os.fspath(path))
+    return onnx_model
+
+
+# ---------------------------------------------------------------------------------------
+# import
+
+
+def _attr_dict(node):
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, (list, tuple)):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def _parse_activations(attrs, D, where):
+    """[(activation, recurrent_activation)] per direction, or ValueError."""
+    names = attrs.get("activations")
+    if names is None:
+        return [("tanh", "sigmoid")] * D
+    names = [str(n) for n in names]
+    if len(names) != 3 * D:
+        raise ValueError(f"{where}: activations must list 3 functions per direction "
+                         f"({3 * D}), got {names}")
+    alphas = list(attrs.get("activation_alpha", []))
+    betas = list(attrs.get("activation_beta", []))
+    parsed = []
+    for name in names:
+        low = name.lower()
+        n = _NEEDS_PARAMS.get(low, 0)
+        a, b = _DEFAULT_PARAMS.get(low, (None, None))
+        if n:
+            a = alphas.pop(0) if alphas else a
+            if n > 1:
+                b = betas.pop(0) if betas else b
+        parsed.append((low, a, b))
+    out = []
+    for d in range(D):
+        f, g, h = parsed[3 * d:3 * d + 3]
+        if f[0] == "sigmoid":
+            rec = "sigmoid"
+        elif f[0] == "hardsigmoid" and np.float32(f[2]) == np.float32(0.5) and \
+                np.float32(f[1]) in (np.float32(0.2), np.float32(1.0 / 6.0)):
+            rec = "hard_sigmoid_keras2" if np.float32(f[1]) == np.float32(0.2) else "hard_sigmoid"
+        else:
+            raise ValueError(f"{where}: gate activation {names[3 * d]}"
+                             + (f"(alpha={f[1]}, beta={f[2]})" if f[1] is not None else "")
+                             + " cannot be represented exactly (fastlstm has Sigmoid and "
+                             "HardSigmoid with alpha 0.2 or 1/6 and beta 0.5)")
+        if g != h:
+            raise ValueError(f"{where}: activations g={names[3 * d + 1]} and "
+                             f"h={names[3 * d + 2]} differ; fastlstm uses one function for both")
+        if g[0] in ("tanh", "relu", "sigmoid"):
+            act = g[0]
+        elif g[0] == "affine" and g[1] == 1.0 and g[2] == 0.0:
+            act = "linear"
+        else:
+            raise ValueError(f"{where}: activation {names[3 * d + 1]} cannot be represented "
+                             "exactly (fastlstm has Tanh, Relu, Sigmoid and Affine(1, 0))")
+        out.append((act, rec))
+    return out
+
+
+def _load(model):
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        return onnx.load(os.fspath(model))
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if hasattr(model, "read"):
+        return onnx.load(model)
+    raise TypeError(f"model must be a path, bytes, a file or an onnx.ModelProto, "
+                    f"got {type(model).__name__}")
+
+
+def from_onnx(model, *, return_initial_state=False, dtype=None):
+    """A fastlstm model from the ``LSTM`` nodes of an ONNX model.
+
+    model : path, bytes, file object or ``onnx.ModelProto``.  Its LSTM nodes, in graph
+        order, must form a stack: each node's ``X`` comes from the previous node's ``Y``
+        through shape operations only (the first from a graph input).  W, R, B and P must
+        be stored in the model (initializers or Constant nodes).
+    return_initial_state : also return the initial states stored in the model (a per-layer
+        tuple like the model's state, None for a layer without stored state).  Stored
+        non-zero initial states are otherwise refused, since the model alone would not
+        reproduce them.
+    dtype : float32 / float64, default: that of the weights.
+
+    Returns ``LSTM`` / ``Bidirectional`` / ``MultiLSTM`` (and the initial states).
+    Refused: ``clip``, ``input_forget=1``, ``direction="reverse"`` (fastlstm has no
+    stand-alone reverse layer), activations fastlstm does not compute, and graphs whose LSTM
+    nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only concern the call:
+    pass ``lengths=`` (and ``time_major=``) to the fastlstm model.
+    """
+    from onnx import numpy_helper
+
+    proto = _load(model)
+    graph = proto.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attrs = _attr_dict(node)
+            if "value" in attrs:
+                consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
+        for out in node.output:
+            producer[out] = node
+    graph_inputs = {i.name for i in graph.input}
+    lstms = [n for n in graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+    if not lstms:
+        raise ValueError("the ONNX model has no LSTM node")
+    items, states = [], []
+    for k, node in enumerate(lstms):
+        where = f"LSTM node {k} ({node.name or 'unnamed'})"
+        _check_source(node, k, lstms, producer, graph_inputs, where)
+        item, state = _node_to_item(node, consts, graph_inputs, where, dtype)
+        items.append(item)
+        states.append(state)
+    result = assemble(items)
+    if return_initial_state:
+        return result, (states[0] if len(items) == 1 else tuple(states))
+    for k, s in enumerate(states):
+        if s is not None and any(np.any(a != 0) for part in _flat_state(s) for a in part):
+            raise ValueError(f"LSTM node {k} stores a non-zero initial state, which a fastlstm "
+                             "model does not hold: pass return_initial_state=True and give it "
+                             "to the model as initial_state")
+    return result
+
+
+def _flat_state(s):
+    return [s] if isinstance(s, LSTMState) else list(s)
+
+
+def _check_source(node, k, lstms, producer, graph_inputs, where):
+    name = node.input[0]
+    saw_concat_transpose = False
+    while name in producer and producer[name].op_type in _SHAPE_OPS:
+        p = producer[name]
+        if p.op_type == "Transpose":
+            perm = [a.ints for a in p.attribute if a.name == "perm"]
+            saw_concat_transpose |= bool(perm) and list(perm[0]) == [0, 2, 1, 3]
+        name = p.input[0]
+    if k == 0:
+        if name in producer and producer[name].op_type == "LSTM":
+            raise ValueError(f"{where}: the first LSTM node reads another LSTM's output")
+        if name not in graph_inputs and name in producer:
+            raise ValueError(f"{where}: its input X is computed by a {producer[name].op_type} "
+                             "node; only shape operations may precede the first LSTM")
+        return
+    prev = lstms[k - 1]
+    if name != prev.output[0]:
+        raise ValueError(f"{where}: its input does not come from the previous LSTM node's Y "
+                         "through shape operations only; the LSTM nodes are not a plain stack")
+    prev_attrs = _attr_dict(prev)
+    if prev_attrs.get("direction", "forward") == "bidirectional" and \
+            prev_attrs.get("layout", 0) == 0 and not saw_concat_transpose:
+        raise ValueError(f"{where}: the bidirectional Y [T, 2, N, H] before it is not "
+                         "transposed with perm [0, 2, 1, 3], so its features are not "
+                         "[forward | backward]")
+
+
+def _const(node, idx, consts, graph_inputs, where, what, required=False):
+    name = node.input[idx] if len(node.input) > idx else ""
+    if name == "":
+        if required:
+            raise ValueError(f"{where}: input {what} is missing")
+        return None
+    if name in consts:
+        return np.asarray(consts[name])
+    if required:
+        raise ValueError(f"{where}: {what} ({name!r}) is not stored in the model (it is computed "
+                         "or a graph input), so it cannot be read")
+    return "runtime"
+
+
+def _node_to_item(node, consts, graph_inputs, where, dtype):
+    attrs = _attr_dict(node)
+    if "clip" in attrs:
+        raise ValueError(f"{where}: clip={attrs['clip']} clamps the gate pre-activations, "
+                         "which fastlstm does not compute (its cell_clip clamps the cell state)")
+    if attrs.get("input_forget", 0):
+        raise ValueError(f"{where}: input_forget=1 (f = 1 - i) cannot be represented in fastlstm")
+    direction = attrs.get("direction", "forward")
+    if direction == "reverse":
+        raise ValueError(f"{where}: direction='reverse' has no stand-alone fastlstm layer; "
+                         "call an LSTM built from its weights with reverse=True instead")
+    if direction not in ("forward", "bidirectional"):
+        raise ValueError(f"{where}: unknown direction {direction!r}")
+    D = 2 if direction == "bidirectional" else 1
+    layout = attrs.get("layout", 0)
+    W = _const(node, 1, consts, graph_inputs, where, "W", required=True)
+    R = _const(node, 2, consts, graph_inputs, where, "R", required=True)
+    if W.ndim != 3 or W.shape[0] != D or W.shape[1] % 4:
+        raise ValueError(f"{where}: W must have shape ({D}, 4*hidden_size, input_size), "
+                         f"got {W.shape}")
+    H = W.shape[1] // 4
+    if attrs.get("hidden_size", H) != H:
+        raise ValueError(f"{where}: hidden_size={attrs['hidden_size']} but W has 4*{H} rows")
+    if R.shape != (D, 4 * H, H):
+        raise ValueError(f"{where}: R must have shape ({D}, {4 * H}, {H}), got {R.shape}")
+    B = _const(node, 3, consts, graph_inputs, where, "B")
+    P = _const(node, 7, consts, graph_inputs, where, "P")
+    for what, arr, shape in (("B", B, (D, 8 * H)), ("P", P, (D, 3 * H))):
+        if isinstance(arr, str):
+            raise ValueError(f"{where}: {what} is not stored in the model")
+        if arr is not None and arr.shape != shape:
+            raise ValueError(f"{where}: {what} must have shape {shape}, got {arr.shape}")
+    acts = _parse_activations(attrs, D, where)
+    h0 = _const(node, 5, consts, graph_inputs, where, "initial_h")
+    c0 = _const(node, 6, consts, graph_inputs, where, "initial_c")
+    made = []
+    for d in range(D):
+        b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
+        peep = None
+        if P is not None:
+            p = P[d]
+            peep = np.stack([p[:H], p[2 * H:], p[H:2 * H]])  # (p_i, p_o, p_f) -> (i, f, o)
+        made.append(build_layer(blocks(W[d], PERM_FROM_ONNX, 0).T,
+                                blocks(R[d], PERM_FROM_ONNX, 0).T, b, peepholes=peep,
+                                dtype=dtype, activation=acts[d][0],
+                                recurrent_activation=acts[d][1],
+                                name=where + (" reverse" if d else "")))
+    item = tuple(made) if D == 2 else made[0]
+    state = None
+    if isinstance(h0, np.ndarray) or isinstance(c0, np.ndarray):
+        if not (isinstance(h0, np.ndarray) and isinstance(c0, np.ndarray)):
+            raise ValueError(f"{where}: only one of initial_h / initial_c is stored in the model")
+        if layout == 1:  # [N, D, H] -> [D, N, H]
+            h0, c0 = np.swapaxes(h0, 0, 1), np.swapaxes(c0, 0, 1)
+        if h0.ndim != 3 or h0.shape[0] != D or h0.shape[2] != H or c0.shape != h0.shape:
+            raise ValueError(f"{where}: initial_h / initial_c must have shape ({D}, N, {H})")
+        dt = made[0].dtype
+        per_dir = [LSTMState(c0[d].astype(dt), h0[d].astype(dt)) for d in range(D)]
+        state = tuple(per_dir) if D == 2 else per_dir[0]
+    return item, state
+
+
+def onnx_state(state, lengths):
+    """A fastlstm final state with ONNX's rule for empty rows applied: rows whose length
+    is 0 become zeros (fastlstm, like TF, returns their initial state).  ``state`` is any
+    nesting of ``LSTMState``; returns new arrays."""
+    L = np.asarray(lengths)
+    if L.ndim != 1 or L.dtype.kind not in "iu":
+        raise ValueError(f"lengths must be a 1-D integer array, got {L.shape} {L.dtype}")
+    empty = L == 0
+    if isinstance(state, LSTMState):
+        c, h = (np.asarray(a).copy() for a in state)
+        if c.shape[0] != L.shape[0]:
+            raise ValueError(f"state rows ({c.shape[0]}) and lengths ({L.shape[0]}) differ")
+        c[empty] = 0
+        h[empty] = 0
+        return LSTMState(c, h)
+    if isinstance(state, (tuple, list)):
+        return tuple(onnx_state(s, L) for s in state)
+    raise TypeError(f"state must be an LSTMState or a tuple of them, got {type(state).__name__}")

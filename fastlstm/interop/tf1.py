@@ -1,0 +1,328 @@
+"""TensorFlow 1 ``BasicLSTMCell`` / ``LSTMCell`` / ``MultiRNNCell`` weights <-> fastlstm.
+
+No TensorFlow is needed: the converters read NumPy arrays (SPEC.md §1-§4, §8).
+
+A TF1 cell keeps one ``kernel`` (I + Hout, 4H) whose first I rows multiply the input
+and the rest the previous output, a ``bias`` (4H,), gate blocks in the order (i, j, f, o),
+and adds ``forget_bias`` (a Python float, not a variable) to the f pre-activation on every
+call.  fastlstm folds ``forget_bias`` into ``b`` and splits the kernel into ``W`` and
+``U``.  Peepholes (``w_i_diag``, ``w_f_diag``, ``w_o_diag``), the projection
+(``projection/kernel`` (H, P)), ``cell_clip`` and ``proj_clip`` have the same meaning in
+both.  ``cell_clip``, ``proj_clip``, ``forget_bias`` and the activation are constructor
+arguments in TF, not checkpoint variables: pass them to the importer.
+"""
+
+import re
+
+import numpy as np
+
+from ._common import (PERM_TF, as_array, blocks, build_layer, check_shape, directions,
+                      layers_of, pick_dtype, refuse_unrepresentable)
+from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM
+
+__all__ = ["from_tf1", "from_tf1_checkpoint", "to_tf1", "to_tf1_checkpoint", "activation_name"]
+
+_ACT_ALIASES = {"identity": "linear", "linear": "linear", "tanh": "tanh", "relu": "relu",
+                "sigmoid": "sigmoid"}
+
+
+def activation_name(activation):
+    """fastlstm's name for a TF activation given as a string or a function (tf.tanh,
+    tf.nn.relu, np.tanh, ...).  None means tanh (TF's default)."""
+    if activation is None:
+        return "tanh"
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
+    key = str(name).lower() if name is not None else None
+    if key not in _ACT_ALIASES:
+        raise ValueError(f"activation={activation!r} cannot be represented exactly in fastlstm "
+                         f"(supported: {', '.join(ACTIVATIONS)})")
+    return _ACT_ALIASES[key]
+
+
+def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None,
+             w_o_diag=None, projection_kernel=None, cell_clip=None, proj_clip=None,
+             activation="tanh", dtype=None):
+    """A fastlstm ``LSTM`` with the same outputs and states as one TF1 cell.
+
+    kernel : (I + Hout, 4H) TF ``kernel`` (or TF <= 1.1 ``weights``).
+    bias : (4H,) TF ``bias`` (``biases``); None for zeros.
+    forget_bias : the cell's ``forget_bias`` constructor argument (default 1.0 in TF); it
+        is folded into the f block of ``b``.
+    w_i_diag, w_f_diag, w_o_diag : (H,) peepholes (all three or none).
+    projection_kernel : (H, P) ``projection/kernel`` (``num_proj=P``).
+    cell_clip, proj_clip : the cell's clip arguments (None = off; 0.0 clamps to 0).
+    activation : name or function (tanh, relu, sigmoid, identity/linear).
+    dtype : float32 / float64; default float64 for float64 weights, else float32.
+    """
+    kernel = as_array(kernel, "kernel")
+    if kernel.ndim != 2 or kernel.shape[1] % 4 or not kernel.shape[1]:
+        raise ValueError(f"kernel must have shape (input_size + output_size, 4*num_units), "
+                         f"got {kernel.shape}")
+    H = kernel.shape[1] // 4
+    P = None
+    if projection_kernel is not None:
+        P = as_array(projection_kernel, "projection_kernel")
+        if P.ndim != 2 or P.shape[0] != H:
+            raise ValueError(f"projection_kernel must have shape ({H}, num_proj), got {P.shape}")
+    Hout = H if P is None else P.shape[1]
+    I = kernel.shape[0] - Hout
+    if I <= 0:
+        raise ValueError(f"kernel has {kernel.shape[0]} rows: it must have input_size + "
+                         f"{Hout} (the output width) rows with input_size >= 1")
+    diags = [w_i_diag, w_f_diag, w_o_diag]
+    peep = None
+    if any(d is not None for d in diags):
+        if any(d is None for d in diags):
+            raise ValueError("w_i_diag, w_f_diag and w_o_diag must be given together")
+        peep = np.stack([check_shape(as_array(d, n), (H,), n, "(num_units,)")
+                         for d, n in zip(diags, ("w_i_diag", "w_f_diag", "w_o_diag"))])
+    b = np.zeros(4 * H, kernel.dtype) if bias is None else \
+        check_shape(as_array(bias, "bias"), (4 * H,), "bias", "(4*num_units,)")
+    dt = pick_dtype(dtype, [kernel, b, P, peep])
+    if isinstance(forget_bias, bool) or not np.isscalar(forget_bias):
+        raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
+    b = b.astype(dt, copy=True)
+    b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
+    return build_layer(blocks(kernel[:I], PERM_TF, 1), blocks(kernel[I:], PERM_TF, 1),
+                       blocks(b, PERM_TF, 0), peepholes=peep, P=P, dtype=dt,
+                       cell_clip=cell_clip, proj_clip=proj_clip,
+                       activation=activation_name(activation), forget_bias=float(forget_bias),
+                       name="TF1 cell")
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints
+
+_CELL_RE = re.compile(r"^(?:cell_?|Cell)(\d+)$")
+
+
+def _classify(name):
+    """(cell path, variable kind) for a TF variable name, or None if not an LSTM variable."""
+    name = name[:-2] if name.endswith(":0") else name
+    parts = name.split("/")
+    low = [p.lower() for p in parts]
+    if len(parts) >= 3 and low[-2:] == ["linear", "matrix"]:
+        kind, parts, low = "kernel", parts[:-2], low[:-2]
+    elif len(parts) >= 3 and low[-2:] == ["linear", "bias"]:
+        kind, parts, low = "bias", parts[:-2], low[:-2]
+    elif len(parts) >= 2 and low[-1] in ("kernel", "weights", "matrix"):
+        kind, parts, low = "kernel", parts[:-1], low[:-1]
+    elif len(parts) >= 2 and low[-1] in ("bias", "biases"):
+        kind, parts, low = "bias", parts[:-1], low[:-1]
+    elif len(parts) >= 2 and low[-1] in ("w_i_diag", "w_f_diag", "w_o_diag"):
+        kind, parts, low = low[-1], parts[:-1], low[:-1]
+    else:
+        return None
+    if low and low[-1] == "projection":
+        if kind != "kernel":
+            return None
+        kind, parts = "projection", parts[:-1]
+    if not parts:
+        return None
+    return "/".join(parts), kind
+
+
+def _per_layer(value, n, name):
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries for {n} layers")
+        return list(value)
+    return [value] * n
+
+
+def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=None,
+                        proj_clip=None, activation="tanh", dtype=None):
+    """A fastlstm model from TF1 checkpoint variables keyed by their TF names.
+
+    variables : mapping name -> array, e.g. ``{"rnn/multi_rnn_cell/cell_0/basic_lstm_cell/
+        kernel": ..., ".../bias": ...}``.  Understood: ``kernel``/``bias`` (TF >= 1.2),
+        ``weights``/``biases`` (TF <= 1.1), ``Linear/Matrix``/``Linear/Bias`` (TF 0.x),
+        ``w_i_diag``/``w_f_diag``/``w_o_diag`` and ``projection/kernel``; a trailing
+        ``:0`` is ignored, as are other variables (optimizer slots, other layers).
+    scope : keep only variables under this name prefix (needed when the mapping holds
+        several RNNs).
+    forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
+        stored in checkpoints); one value for all layers or a list with one per layer.
+
+    Layouts: one cell -> ``LSTM``; ``multi_rnn_cell/cell_k`` -> ``MultiLSTM``;
+    ``fw``/``bw`` (``bidirectional_dynamic_rnn``) -> ``Bidirectional``;
+    ``cell_k/.../fw`` (``stack_bidirectional_dynamic_rnn``) -> ``MultiLSTM`` of
+    ``Bidirectional``.  ``bidirectional_dynamic_rnn`` over two ``MultiRNNCell`` stacks runs
+    each stack whole in one direction, which is not a stack of bidirectional layers: load
+    each side with ``scope=".../fw"`` / ``".../bw"`` and run them with
+    ``fastlstm.tf1.bidirectional_dynamic_rnn``.
+    """
+    if not hasattr(variables, "items"):
+        raise TypeError(f"variables must be a mapping of TF names to arrays, "
+                        f"got {type(variables).__name__}")
+    cells = {}
+    for name, value in variables.items():
+        if not isinstance(name, str):
+            raise TypeError(f"variable names must be strings, got {name!r}")
+        if scope is not None and not (name == scope or name.startswith(scope.rstrip("/") + "/")):
+            continue
+        found = _classify(name)
+        if found is None:
+            continue
+        path, kind = found
+        entry = cells.setdefault(path, {})
+        if kind in entry:
+            raise ValueError(f"two variables give {kind!r} for cell {path!r}")
+        entry[kind] = (name, value)
+    cells = {p: v for p, v in cells.items() if "kernel" in v}
+    if not cells:
+        raise ValueError("no TF1 LSTM cell variables (.../kernel, .../weights) found"
+                         + (f" under scope {scope!r}" if scope else ""))
+    groups = {}
+    for path, entry in cells.items():
+        parts = path.split("/")
+        layer, direction, li, di = 0, None, None, None
+        for j, p in enumerate(parts):
+            m = _CELL_RE.match(p)
+            if m:
+                layer, li = int(m.group(1)), j
+            elif p in ("fw", "bw"):
+                direction, di = (0 if p == "fw" else 1), j
+        key = tuple("*" if j in (li, di) else p for j, p in enumerate(parts))
+        groups.setdefault(key, {})[(layer, direction)] = (path, entry, li, di)
+    if len(groups) > 1:
+        raise ValueError("the variables hold several RNNs ("
+                         + ", ".join("/".join(k) for k in sorted(groups)) + "); pass scope=")
+    (cells_by_pos,) = groups.values()
+    layer_ids = sorted({k[0] for k in cells_by_pos})
+    if layer_ids != list(range(len(layer_ids))):
+        raise ValueError(f"cell indices must be 0..L-1, found {layer_ids}")
+    dirs = sorted({k[1] for k in cells_by_pos}, key=lambda d: -1 if d is None else d)
+    if dirs not in ([None], [0, 1]):
+        raise ValueError(f"found only one direction ({'fw' if dirs == [0] else 'bw'}) of a "
+                         "bidirectional RNN; pass scope= to load it as a single direction")
+    L = len(layer_ids)
+    if dirs == [0, 1] and L > 1:
+        any_entry = next(iter(cells_by_pos.values()))
+        if any_entry[2] is not None and any_entry[3] is not None and any_entry[3] < any_entry[2]:
+            raise ValueError(
+                "these are two MultiRNNCell stacks run by bidirectional_dynamic_rnn (fw/.../"
+                "cell_k): each stack runs whole in one direction, which a stack of "
+                "bidirectional layers cannot represent; load each with scope='<prefix>/fw' and "
+                "'<prefix>/bw' and run them with fastlstm.tf1.bidirectional_dynamic_rnn")
+    opts = dict(forget_bias=_per_layer(forget_bias, L, "forget_bias"),
+                cell_clip=_per_layer(cell_clip, L, "cell_clip"),
+                proj_clip=_per_layer(proj_clip, L, "proj_clip"),
+                activation=_per_layer(activation, L, "activation"))
+    items = []
+    for k in range(L):
+        made = []
+        for d in ([None] if dirs == [None] else [0, 1]):
+            if (k, d) not in cells_by_pos:
+                raise ValueError(f"layer {k} {'fw' if d == 0 else 'bw'} is missing")
+            path, entry, _, _ = cells_by_pos[(k, d)]
+            get = lambda kind: as_array(entry[kind][1], entry[kind][0]) if kind in entry else None
+            try:
+                made.append(from_tf1(get("kernel"), get("bias"), opts["forget_bias"][k],
+                                     w_i_diag=get("w_i_diag"), w_f_diag=get("w_f_diag"),
+                                     w_o_diag=get("w_o_diag"),
+                                     projection_kernel=get("projection"),
+                                     cell_clip=opts["cell_clip"][k],
+                                     proj_clip=opts["proj_clip"][k],
+                                     activation=opts["activation"][k], dtype=dtype))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"cell {path!r}: {exc}") from exc
+        items.append(Bidirectional(*made) if len(made) == 2 else made[0])
+    if L == 1:
+        return items[0]
+    for k in range(1, L):
+        if items[k].input_size != items[k - 1].output_size:
+            raise ValueError(f"cell {k} reads {items[k].input_size} features but cell {k - 1} "
+                             f"outputs {items[k - 1].output_size}")
+    dts = {it.dtype for it in items}
+    if len(dts) > 1 and dtype is None:
+        items = [_recast(it, np.float64) for it in items]
+    return MultiLSTM(items)
+
+
+def _recast(item, dtype):
+    if item.dtype == dtype:
+        return item
+    if isinstance(item, Bidirectional):
+        return Bidirectional(_recast(item.forward_layer, dtype), _recast(item.backward_layer, dtype))
+    p = item.params
+    return build_layer(p["W"], p["U"], p["b"], peepholes=p.get("peepholes"), P=p.get("P"),
+                       dtype=dtype, cell_clip=item.cell_clip, proj_clip=item.proj_clip,
+                       activation=item.activation, forget_bias=item.forget_bias)
+
+
+# ---------------------------------------------------------------------------------------
+# export
+
+
+def to_tf1(layer, forget_bias=1.0):
+    """The TF1 variables of one fastlstm ``LSTM`` as a dict.
+
+    Keys: ``kernel`` (I + Hout, 4H), ``bias`` (4H,), and when present ``w_i_diag``,
+    ``w_f_diag``, ``w_o_diag`` (H,) and ``projection/kernel`` (H, P).  ``forget_bias`` is
+    the value the TF cell will be built with: it is subtracted from the f block of the
+    bias, which rounds once in the last bit; ``forget_bias=0.0`` makes the bias bit-exact.
+    Build the cell as ``LSTMCell(H, use_peepholes=..., cell_clip=layer.cell_clip,
+    num_proj=layer.proj_size, proj_clip=layer.proj_clip, forget_bias=forget_bias,
+    activation=...)``.  Refuses gate functions other than the sigmoid (TF cells have no
+    other).
+    """
+    if not isinstance(layer, LSTM):
+        raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
+    refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
+                           cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS))
+    H = layer.hidden_size
+    b = blocks(layer.b, PERM_TF, 0).copy()
+    b[2 * H:3 * H] -= b.dtype.type(forget_bias)
+    out = {"kernel": np.concatenate([blocks(layer.W, PERM_TF, 1), blocks(layer.U, PERM_TF, 1)]),
+           "bias": b}
+    if layer.use_peepholes:
+        out.update(w_i_diag=layer.peepholes[0].copy(), w_f_diag=layer.peepholes[1].copy(),
+                   w_o_diag=layer.peepholes[2].copy())
+    if layer.proj_size is not None:
+        out["projection/kernel"] = layer.P.copy()
+    return out
+
+
+def _cell_name(layer):
+    plain = not (layer.use_peepholes or layer.proj_size or layer.cell_clip is not None)
+    return "basic_lstm_cell" if plain else "lstm_cell"
+
+
+def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
+    """TF1 checkpoint variables (name -> array) for a fastlstm model.
+
+    ``LSTM`` -> ``{scope}/{cell}/kernel`` (scope ``rnn``); ``MultiLSTM`` of ``LSTM`` ->
+    ``{scope}/multi_rnn_cell/cell_k/{cell}/...``; ``Bidirectional`` ->
+    ``{scope}/fw/{cell}/...`` and ``.../bw/...`` (scope ``bidirectional_rnn``); a
+    ``MultiLSTM`` of ``Bidirectional`` -> ``stack_bidirectional_dynamic_rnn``'s
+    ``{scope}/cell_k/bidirectional_rnn/fw/{cell}/...`` (scope ``stack_bidirectional_rnn``).
+    ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell`` (or
+    ``cell_name``).  ``forget_bias``: see ``to_tf1``.
+    """
+    items = layers_of(model)
+    bidir = [isinstance(it, Bidirectional) for it in items]
+    if any(bidir) and not all(bidir):
+        raise ValueError("TF1 has no standard variable names for a stack mixing "
+                         "unidirectional and bidirectional layers")
+    out = {}
+
+    def put(prefix, layer):
+        name = cell_name or _cell_name(layer)
+        for k, v in to_tf1(layer, forget_bias).items():
+            out[f"{prefix}/{name}/{k}"] = v
+
+    if isinstance(model, LSTM):
+        put(scope or "rnn", model)
+    elif isinstance(model, Bidirectional):
+        for tag, layer in zip(("fw", "bw"), directions(model)):
+            put(f"{scope or 'bidirectional_rnn'}/{tag}", layer)
+    elif not any(bidir):
+        for k, layer in enumerate(items):
+            put(f"{scope or 'rnn'}/multi_rnn_cell/cell_{k}", layer)
+    else:
+        for k, item in enumerate(items):
+            for tag, layer in zip(("fw", "bw"), directions(item)):
+                put(f"{scope or 'stack_bidirectional_rnn'}/cell_{k}/bidirectional_rnn/{tag}",
+                    layer)
+    return out

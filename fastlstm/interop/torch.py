@@ -1,0 +1,249 @@
+"""PyTorch ``nn.LSTM`` / ``nn.LSTMCell`` <-> fastlstm (SPEC.md §7, §8).
+
+torch keeps ``weight_ih`` (4H, I), ``weight_hh`` (4H, Hout), two biases whose sum is the
+bias, and ``weight_hr`` (P, H) for a projection; its gate order (i, f, g, o) is fastlstm's,
+so a conversion is transposes and one bias sum.  torch is imported only by ``to_torch`` and
+when a module is passed in; a plain ``state_dict`` of arrays needs no torch.
+
+``batch_first`` only changes torch's input layout, never the weights: fastlstm models are
+batch-major by default (``time_major=True`` gives torch's default layout).  ``dropout``
+acts only in torch's training mode and has no fastlstm counterpart; inference is exact.
+"""
+
+import re
+
+import numpy as np
+
+from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
+                      pick_dtype, refuse_unrepresentable)
+from ..layers import Bidirectional, LSTM
+
+__all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
+
+_SIZE_ARGS = ("input_size", "hidden_size", "num_layers", "bidirectional", "proj_size", "bias")
+
+
+def _is_module(obj):
+    return hasattr(obj, "state_dict") and hasattr(obj, "parameters") and callable(obj.state_dict)
+
+
+def _strip_prefix(state_dict, prefix):
+    """Keys of an LSTM inside a larger state_dict: find (or check) the common prefix."""
+    keys = list(state_dict)
+    if prefix is None:
+        found = sorted({k[:-len(tail)] for k in keys for tail in ("weight_ih_l0", "weight_ih")
+                        if k.endswith(tail)
+                        and (tail == "weight_ih_l0" or not k.endswith("_l0"))})
+        if not found:
+            raise ValueError("state_dict has no 'weight_ih_l0' (nn.LSTM) or 'weight_ih' "
+                             f"(nn.LSTMCell) entry; keys: {keys[:12]}")
+        if len(found) > 1:
+            raise ValueError(f"state_dict holds several LSTMs (prefixes {found}); pass prefix=")
+        prefix = found[0]
+    sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"no state_dict key starts with prefix={prefix!r}")
+    return sub
+
+
+def _check_given(given, name, found):
+    if given is not None and given != found:
+        raise ValueError(f"{name}={given!r} does not match the state_dict, which has "
+                         f"{name}={found!r}")
+
+
+def from_torch(module, *, dtype=None, prefix=None, **sizes):
+    """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
+
+    module : ``nn.LSTM``, ``nn.LSTMCell``, or a ``state_dict`` (a mapping of names to
+        tensors or NumPy arrays; no torch needed).  With a state_dict the sizes are read
+        from the shapes; ``input_size``, ``hidden_size``, ``num_layers``, ``bidirectional``,
+        ``proj_size`` and ``bias`` may be passed as keywords and are then checked.  A
+        state_dict of a larger model works too: the LSTM's key prefix is found (or give
+        ``prefix=``).
+    dtype : float32 / float64, default: float64 when the weights are float64, else float32.
+
+    Returns ``LSTM`` (one layer, one direction; also for ``nn.LSTMCell``, whose ``step``
+    is the cell call), ``Bidirectional`` (one layer) or ``MultiLSTM`` (``num_layers > 1``).
+    torch's state ``(h, c)`` with shape ``[L*D, N, .]`` maps to fastlstm's per-layer
+    ``LSTMState(c, h)``: layer k, direction d is index ``k*D + d``.
+    """
+    unknown = set(sizes) - set(_SIZE_ARGS)
+    if unknown:
+        raise TypeError(f"from_torch() got unexpected keyword arguments {sorted(unknown)}")
+    if _is_module(module):
+        kind = type(module).__name__
+        mode = getattr(module, "mode", "LSTM")
+        if mode != "LSTM" or kind not in ("LSTM", "LSTMCell"):
+            raise TypeError(f"module must be a torch nn.LSTM or nn.LSTMCell, got {kind}"
+                            + (f" (mode {mode})" if mode != "LSTM" else ""))
+        given = {k: getattr(module, k) for k in _SIZE_ARGS if hasattr(module, k)}
+        for k, v in sizes.items():
+            _check_given(v, k, given.get(k))
+        state_dict = module.state_dict()
+    elif hasattr(module, "keys") and hasattr(module, "__getitem__"):
+        state_dict = dict(module)
+        given = sizes
+    else:
+        raise TypeError("module must be a torch nn.LSTM / nn.LSTMCell or a state_dict mapping, "
+                        f"got {type(module).__name__}")
+    sd = {k: as_array(v, k) for k, v in _strip_prefix(state_dict, prefix).items()}
+    if "weight_ih" in sd:
+        return _from_cell(sd, given, dtype)
+    return _from_lstm(sd, given, dtype)
+
+
+def _from_cell(sd, given, dtype):
+    unknown = set(sd) - {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    if unknown:
+        raise ValueError(f"unexpected nn.LSTMCell state_dict entries {sorted(unknown)}")
+    w_ih, w_hh = sd["weight_ih"], sd["weight_hh"]
+    if w_ih.ndim != 2 or w_ih.shape[0] % 4:
+        raise ValueError(f"weight_ih must have shape (4*hidden_size, input_size), got {w_ih.shape}")
+    H, I = w_ih.shape[0] // 4, w_ih.shape[1]
+    _check_given(given.get("input_size"), "input_size", I)
+    _check_given(given.get("hidden_size"), "hidden_size", H)
+    check_shape(w_hh, (4 * H, H), "weight_hh", "(4*hidden_size, hidden_size)")
+    b = _bias(sd, "", H, given.get("bias"))
+    dt = pick_dtype(dtype, [w_ih, w_hh, b])
+    return build_layer(w_ih.T, w_hh.T, b, dtype=dt, name="nn.LSTMCell")
+
+
+def _bias(sd, suffix, H, bias_flag):
+    has = [f"bias_ih{suffix}" in sd, f"bias_hh{suffix}" in sd]
+    if has[0] != has[1]:
+        raise ValueError(f"state_dict has only one of bias_ih{suffix} / bias_hh{suffix}")
+    _check_given(bias_flag, "bias", has[0])
+    if not has[0]:
+        return None
+    b_ih = check_shape(sd[f"bias_ih{suffix}"], (4 * H,), f"bias_ih{suffix}")
+    b_hh = check_shape(sd[f"bias_hh{suffix}"], (4 * H,), f"bias_hh{suffix}")
+    # torch adds the two biases to the pre-activations; their sum is fastlstm's b
+    return b_ih + b_hh
+
+
+def _from_lstm(sd, given, dtype):
+    names = set(sd)
+    layer_ids = sorted({int(m.group(1)) for k in names
+                        for m in [re.fullmatch(r"weight_ih_l(\d+)(_reverse)?", k)] if m})
+    L = len(layer_ids)
+    if layer_ids != list(range(L)):
+        raise ValueError(f"state_dict layers must be numbered 0..L-1, found {layer_ids}")
+    D = 2 if "weight_ih_l0_reverse" in names else 1
+    _check_given(given.get("num_layers"), "num_layers", L)
+    _check_given(given.get("bidirectional"), "bidirectional", D == 2)
+    expected = set()
+    for k in range(L):
+        for sfx in ([""] if D == 1 else ["", "_reverse"]):
+            expected |= {f"{w}_l{k}{sfx}" for w in
+                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+    unknown = names - expected
+    if unknown:
+        raise ValueError(f"unexpected nn.LSTM state_dict entries {sorted(unknown)}")
+    w_hh0 = sd["weight_hh_l0"]
+    if w_hh0.ndim != 2 or w_hh0.shape[0] % 4:
+        raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, .), got {w_hh0.shape}")
+    H = w_hh0.shape[0] // 4
+    has_proj = "weight_hr_l0" in names
+    Ho = sd["weight_hr_l0"].shape[0] if has_proj else H
+    _check_given(given.get("hidden_size"), "hidden_size", H)
+    if given.get("proj_size") is not None:
+        _check_given(given["proj_size"], "proj_size", Ho if has_proj else 0)
+    I = sd["weight_ih_l0"].shape[1] if sd["weight_ih_l0"].ndim == 2 else None
+    _check_given(given.get("input_size"), "input_size", I)
+    for k in range(L):
+        for sfx in ([""] if D == 1 else ["", "_reverse"]):
+            for w in ("weight_ih", "weight_hh"):
+                if f"{w}_l{k}{sfx}" not in sd:
+                    raise ValueError(f"state_dict has no {w}_l{k}{sfx}")
+    dt = pick_dtype(dtype, list(sd.values()))
+    items = []
+    in_size = I
+    for k in range(L):
+        layer_dirs = []
+        for sfx in ([""] if D == 1 else ["", "_reverse"]):
+            tag = f"l{k}{sfx}"
+            w_ih = check_shape(sd[f"weight_ih_{tag}"], (4 * H, in_size), f"weight_ih_{tag}",
+                               "(4*hidden_size, input width)")
+            w_hh = check_shape(sd[f"weight_hh_{tag}"], (4 * H, Ho), f"weight_hh_{tag}",
+                               "(4*hidden_size, proj_size or hidden_size)")
+            P = None
+            if has_proj:
+                if f"weight_hr_{tag}" not in sd:
+                    raise ValueError(f"weight_hr_{tag} is missing (weight_hr_l0 is present)")
+                P = check_shape(sd[f"weight_hr_{tag}"], (Ho, H), f"weight_hr_{tag}",
+                                "(proj_size, hidden_size)").T
+            b = _bias(sd, "_" + tag, H, given.get("bias"))
+            layer_dirs.append(build_layer(w_ih.T, w_hh.T, b, P=P, dtype=dt,
+                                          name=f"layer {k}{' reverse' if sfx else ''}"))
+        items.append(tuple(layer_dirs) if D == 2 else layer_dirs[0])
+        in_size = D * Ho
+    return assemble(items)
+
+
+def to_torch_state_dict(model):
+    """``(config, state_dict)`` for ``torch.nn.LSTM(**config)``; plain NumPy, no torch.
+
+    Refuses (ValueError) what torch cannot represent: peepholes, cell_clip, proj_clip,
+    activations other than tanh, gate functions other than the sigmoid, a projection as
+    wide as the cell (torch needs ``proj_size < hidden_size``), and stacks whose layers
+    differ in width or direction.  ``bias_hh`` is written as zeros (any split of the sum
+    is equivalent).
+    """
+    items = layers_of(model)
+    D = 2 if isinstance(items[0], Bidirectional) else 1
+    first = directions(items[0])[0]
+    H, P = first.hidden_size, first.proj_size
+    for k, item in enumerate(items):
+        if (2 if isinstance(item, Bidirectional) else 1) != D:
+            raise ValueError("torch nn.LSTM needs every layer to have the same direction "
+                             f"setting; layer 0 is {'bi' if D == 2 else 'uni'}directional, "
+                             f"layer {k} is not")
+        for d, layer in enumerate(directions(item)):
+            where = f"layer {k}" + (" (backward)" if d else "")
+            refuse_unrepresentable(layer, "torch nn.LSTM", projection=True, where=where)
+            if layer.hidden_size != H or layer.proj_size != P:
+                raise ValueError(
+                    f"torch nn.LSTM needs one hidden_size and proj_size for all layers; {where} "
+                    f"has hidden_size={layer.hidden_size}, proj_size={layer.proj_size}, layer 0 "
+                    f"has {H}, {P}")
+    if P is not None and P >= H:
+        raise ValueError(f"torch needs proj_size < hidden_size, got proj_size={P}, "
+                         f"hidden_size={H}")
+    config = dict(input_size=first.input_size, hidden_size=H, num_layers=len(items),
+                  bias=True, bidirectional=D == 2, proj_size=P or 0)
+    sd = {}
+    for k, item in enumerate(items):
+        for d, layer in enumerate(directions(item)):
+            tag = f"l{k}{'_reverse' if d else ''}"
+            sd[f"weight_ih_{tag}"] = np.ascontiguousarray(layer.W.T)
+            sd[f"weight_hh_{tag}"] = np.ascontiguousarray(layer.U.T)
+            sd[f"bias_ih_{tag}"] = layer.b.copy()
+            sd[f"bias_hh_{tag}"] = np.zeros_like(layer.b)
+            if P is not None:
+                sd[f"weight_hr_{tag}"] = np.ascontiguousarray(layer.P.T)
+    return config, sd
+
+
+def to_torch(model, *, batch_first=True, cell=False):
+    """A torch module with the same outputs as a fastlstm model.
+
+    Returns ``nn.LSTM`` (``batch_first=True`` by default, like fastlstm's default layout),
+    or with ``cell=True`` an ``nn.LSTMCell`` (single ``LSTM`` layer without projection
+    only).  The module has the model's dtype.  Refusals: see ``to_torch_state_dict``.
+    """
+    import torch
+
+    config, sd = to_torch_state_dict(model)
+    tdtype = torch.float64 if model.dtype == np.float64 else torch.float32
+    if cell:
+        if not isinstance(model, LSTM) or config["proj_size"]:
+            raise ValueError("cell=True needs a single LSTM layer without projection "
+                             "(nn.LSTMCell has neither stacking, direction nor projection)")
+        module = torch.nn.LSTMCell(config["input_size"], config["hidden_size"], bias=True,
+                                   dtype=tdtype)
+        sd = {k[:-3]: v for k, v in sd.items()}  # weight_ih_l0 -> weight_ih
+    else:
+        module = torch.nn.LSTM(batch_first=batch_first, dtype=tdtype, **config)
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    return module

@@ -1,0 +1,136 @@
+"""Save and load models as ``.npz`` files (no pickle: loading cannot run code).
+
+Format version 1.  The archive holds:
+
+- ``meta_json``: a 0-d unicode array with a JSON object
+  ``{"format": "fastlstm", "format_version": 1, "fastlstm_version": ..., "model": SPEC}``
+  where ``SPEC`` describes the structure:
+  ``{"type": "LSTM", "input_size", "hidden_size", "proj_size", "peepholes", "cell_clip",
+  "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}``,
+  ``{"type": "Bidirectional", "forward": SPEC, "backward": SPEC}`` or
+  ``{"type": "MultiLSTM", "layers": [SPEC, ...]}``;
+- ``param/<name>`` for every entry of ``model.params`` (e.g. ``param/W``,
+  ``param/fw.U``, ``param/1.bw.b``), in the model's dtype and fastlstm layout (SPEC.md
+  Part A).
+
+``load`` reads with ``allow_pickle=False``, checks every name, shape and dtype, and
+refuses newer format versions.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from ._version import __version__
+from .layers import LSTM, Bidirectional, MultiLSTM
+
+__all__ = ["save", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_PREFIX = "param/"
+
+
+def _spec(model):
+    if isinstance(model, LSTM):
+        return dict(type="LSTM", input_size=model.input_size, hidden_size=model.hidden_size,
+                    proj_size=model.proj_size, peepholes=model.use_peepholes,
+                    cell_clip=model.cell_clip, proj_clip=model.proj_clip,
+                    forget_bias=model.forget_bias, activation=model.activation,
+                    recurrent_activation=model.recurrent_activation, dtype=model.dtype.name)
+    if isinstance(model, Bidirectional):
+        return dict(type="Bidirectional", forward=_spec(model.forward_layer),
+                    backward=_spec(model.backward_layer))
+    if isinstance(model, MultiLSTM):
+        return dict(type="MultiLSTM", layers=[_spec(layer) for layer in model.layers])
+    raise TypeError(f"model must be a fastlstm LSTM, Bidirectional or MultiLSTM, "
+                    f"got {type(model).__name__}")
+
+
+def save(model, path, *, compressed=False):
+    """Write ``model`` to ``path`` (a path or a binary file; ``.npz`` is appended to a
+    path without it, as NumPy does).  ``compressed=True`` uses zip deflate."""
+    spec = _spec(model)
+    meta = dict(format="fastlstm", format_version=FORMAT_VERSION, fastlstm_version=__version__,
+                model=spec)
+    arrays = {_PREFIX + name: np.ascontiguousarray(value)
+              for name, value in model.params.items()}
+    arrays["meta_json"] = np.array(json.dumps(meta))
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+
+
+_LSTM_KEYS = {"type", "input_size", "hidden_size", "proj_size", "peepholes", "cell_clip",
+              "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}
+
+
+def _build(spec, where="model"):
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"{where}: malformed model description")
+    kind = spec["type"]
+    try:
+        if kind == "LSTM":
+            missing = _LSTM_KEYS - set(spec)
+            if missing:
+                raise ValueError(f"missing fields {sorted(missing)}")
+            if spec["dtype"] not in ("float32", "float64"):
+                raise ValueError(f"dtype must be float32 or float64, got {spec['dtype']!r}")
+            return LSTM(spec["input_size"], spec["hidden_size"], proj_size=spec["proj_size"],
+                        peepholes=spec["peepholes"], cell_clip=spec["cell_clip"],
+                        proj_clip=spec["proj_clip"], forget_bias=spec["forget_bias"],
+                        activation=spec["activation"],
+                        recurrent_activation=spec["recurrent_activation"],
+                        dtype=np.dtype(spec["dtype"]), random_state=0)
+        if kind == "Bidirectional":
+            return Bidirectional(_build(spec["forward"], where + ".forward"),
+                                 _build(spec["backward"], where + ".backward"))
+        if kind == "MultiLSTM":
+            layers = spec["layers"]
+            if not isinstance(layers, list):
+                raise ValueError("layers must be a list")
+            return MultiLSTM([_build(s, f"{where}.layers[{k}]") for k, s in enumerate(layers)])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{where}: invalid {kind} description: {exc}") from exc
+    raise ValueError(f"{where}: unknown model type {kind!r}")
+
+
+def load(path):
+    """Read a model written by ``save``.  Raises ValueError for files that are not fastlstm
+    models, newer format versions, or parameters of the wrong name, shape or dtype."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path!r} is not a fastlstm .npz file (or needs pickle): {exc}") from exc
+    if not hasattr(archive, "files"):
+        raise ValueError(f"{path!r} is a single .npy array, not a fastlstm .npz model")
+    with archive:
+        if "meta_json" not in archive.files:
+            raise ValueError(f"{path!r} has no meta_json entry: not a fastlstm model file")
+        try:
+            meta = json.loads(str(archive["meta_json"][()]))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path!r}: meta_json is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != "fastlstm":
+            raise ValueError(f"{path!r} is not a fastlstm model file")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"{path!r}: invalid format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path!r} has format version {version}; this fastlstm "
+                             f"({__version__}) reads versions up to {FORMAT_VERSION}")
+        model = _build(meta.get("model"))
+        params = model.params
+        stored = {k[len(_PREFIX):] for k in archive.files if k.startswith(_PREFIX)}
+        if stored != set(params):
+            raise ValueError(f"{path!r}: parameters {sorted(stored)} do not match the model "
+                             f"description, which needs {sorted(params)}")
+        for name, target in params.items():
+            value = archive[_PREFIX + name]
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise ValueError(f"{path!r}: parameter {name!r} has shape {value.shape} and "
+                                 f"dtype {value.dtype}, expected {target.shape} {target.dtype}")
+            target[...] = value
+    return model

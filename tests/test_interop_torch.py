@@ -1,0 +1,354 @@
+"""PyTorch interop: golden files without torch; real torch 2.x (random configurations,
+outputs, states and float64 gradients) when it is installed."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm.interop import to_torch_state_dict
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-12)}
+
+
+def torch_state_to_fl(h0, c0, model):
+    """torch (h [L*D, N, Hout], c [L*D, N, H]) -> fastlstm's nested LSTMState."""
+    items = model.layers if isinstance(model, fl.MultiLSTM) else [model]
+    D = 2 if isinstance(items[0], fl.Bidirectional) else 1
+    per_layer = []
+    for k in range(len(items)):
+        dirs = tuple(fl.LSTMState(c0[k * D + d], h0[k * D + d]) for d in range(D))
+        per_layer.append(dirs if D == 2 else dirs[0])
+    return per_layer[0] if len(items) == 1 else tuple(per_layer)
+
+
+def fl_state_flat(state):
+    """Nested fastlstm state -> list of LSTMState in torch's [layer*D + direction] order."""
+    if isinstance(state, fl.LSTMState):
+        return [state]
+    return [s for part in state for s in fl_state_flat(part)]
+
+
+# ---------------------------------------------------------------------------------------
+# golden files: no torch needed
+
+
+@pytest.mark.parametrize("suffix", ["f32", "f64"])
+def test_golden_two_layer_bidirectional_from_state_dict(suffix):
+    g = np.load(os.path.join(DATA, f"torch_lstm_2layer_bidir_{suffix}.npz"))
+    sd = {k: g[k] for k in g.files if k.startswith(("weight", "bias"))}
+    model = fl.from_torch(sd, input_size=6, hidden_size=4, num_layers=2, bidirectional=True)
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 2
+    assert all(isinstance(layer, fl.Bidirectional) for layer in model.layers)
+    dt = np.float32 if suffix == "f32" else np.float64
+    assert model.dtype == dt
+    s0 = torch_state_to_fl(g["h0"], g["c0"], model)
+    Y, state = model(g["input"], initial_state=s0)  # batch_first=True in the golden call
+    tol = TOL[dt]
+    np.testing.assert_allclose(Y, g["output"], **tol)
+    flat = fl_state_flat(state)
+    np.testing.assert_allclose(np.stack([s.h for s in flat]), g["h_n"], **tol)
+    np.testing.assert_allclose(np.stack([s.c for s in flat]), g["c_n"], **tol)
+
+
+def test_golden_xfw_torch_layout_matches_tf_outputs():
+    g = np.load(os.path.join(DATA, "xfw_basic_tutorial_seqlen_f64.npz"))
+    sd = {k[len("torch."):]: g[k] for k in g.files if k.startswith("torch.")}
+    layer = fl.from_torch(sd)
+    Y, s = layer(g["inputs"], initial_state=(g["initial_state.c"], g["initial_state.h"]),
+                 lengths=g["sequence_length"])
+    np.testing.assert_allclose(Y, g["outputs"], **TOL[np.float64])
+    np.testing.assert_allclose(s.c, g["final_state.c"], **TOL[np.float64])
+    np.testing.assert_allclose(s.h, g["final_state.h"], **TOL[np.float64])
+    # and back: the state_dict of the converted layer reproduces the weights' sums
+    config, sd2 = to_torch_state_dict(layer)
+    assert config == dict(input_size=6, hidden_size=4, num_layers=1, bias=True,
+                          bidirectional=False, proj_size=0)
+    np.testing.assert_array_equal(sd2["weight_ih_l0"], sd["weight_ih_l0"])
+    np.testing.assert_allclose(sd2["bias_ih_l0"] + sd2["bias_hh_l0"],
+                               sd["bias_ih_l0"] + sd["bias_hh_l0"], rtol=0, atol=0)
+
+
+def test_state_dict_checks_and_prefix():
+    g = np.load(os.path.join(DATA, "torch_lstm_2layer_bidir_f64.npz"))
+    sd = {"encoder.lstm." + k: g[k] for k in g.files if k.startswith(("weight", "bias"))}
+    sd["decoder.weight"] = np.zeros((3, 3))
+    model = fl.from_torch(sd)  # prefix found
+    np.testing.assert_array_equal(model.layers[1].backward_layer.W,
+                                  g["weight_ih_l1_reverse"].T)
+    with pytest.raises(ValueError, match="hidden_size=5 does not match"):
+        fl.from_torch(sd, hidden_size=5)
+    with pytest.raises(ValueError, match="num_layers"):
+        fl.from_torch(sd, num_layers=3)
+    with pytest.raises(ValueError, match="no state_dict key starts"):
+        fl.from_torch(sd, prefix="nothing.")
+    bad = {k: v for k, v in sd.items() if not k.endswith("weight_hh_l1")}
+    with pytest.raises(ValueError, match="no weight_hh_l1"):
+        fl.from_torch(bad)
+    wrong = dict(sd)
+    wrong["encoder.lstm.weight_ih_l1"] = np.zeros((16, 7))
+    with pytest.raises(ValueError, match=r"weight_ih_l1 must have shape \(16, 8\)"):
+        fl.from_torch(wrong)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        fl.from_torch(sd, hidden=4)
+
+
+# ---------------------------------------------------------------------------------------
+# real torch
+
+CONFIGS = [
+    # num_layers, bidirectional, proj_size, bias, batch_first
+    (1, False, 0, True, True),
+    (1, False, 0, False, False),
+    (1, True, 0, True, True),
+    (2, False, 2, True, False),
+    (2, True, 3, True, True),
+    (3, True, 0, False, False),
+    (3, False, 0, True, True),
+]
+
+
+def _torch():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+def _random_lstm(torch, dtype, L, bidir, proj, bias, batch_first, seed):
+    torch.manual_seed(seed)
+    m = torch.nn.LSTM(5, 6, num_layers=L, bidirectional=bidir, proj_size=proj, bias=bias,
+                      batch_first=batch_first, dtype=dtype)
+    with torch.no_grad():  # non-zero, distinct biases so their sum matters
+        for name, p in m.named_parameters():
+            p.uniform_(-0.6, 0.6)
+    return m
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "L{}{}_p{}_{}_{}".format(
+    c[0], "bi" if c[1] else "", c[2], "bias" if c[3] else "nobias", "bf" if c[4] else "tm"))
+def test_from_torch_matches_torch(cfg, dtype):
+    torch = _torch()
+    L, bidir, proj, bias, batch_first = cfg
+    tdt = getattr(torch, dtype)
+    m = _random_lstm(torch, tdt, L, bidir, proj, bias, batch_first, seed=hash(cfg) % 1000)
+    model = fl.from_torch(m)
+    assert model.dtype == np.dtype(dtype)
+    D = 2 if bidir else 1
+    Ho = proj or 6
+    rng = np.random.default_rng(1)
+    N, T = 4, 7
+    X = rng.normal(size=(N, T, 5) if batch_first else (T, N, 5)).astype(dtype)
+    h0 = rng.normal(size=(L * D, N, Ho)).astype(dtype)
+    c0 = rng.normal(size=(L * D, N, 6)).astype(dtype)
+    with torch.no_grad():
+        out, (hn, cn) = m(torch.from_numpy(X), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    Y, state = model(X, initial_state=torch_state_to_fl(h0, c0, model),
+                     time_major=not batch_first)
+    tol = TOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(Y, out.numpy(), **tol)
+    flat = fl_state_flat(state)
+    np.testing.assert_allclose(np.stack([s.h for s in flat]), hn.numpy(), **tol)
+    np.testing.assert_allclose(np.stack([s.c for s in flat]), cn.numpy(), **tol)
+
+
+@pytest.mark.parametrize("cfg", [(1, False, 0), (2, True, 0), (2, False, 3)])
+def test_from_torch_packed_lengths(cfg):
+    torch = _torch()
+    L, bidir, proj = cfg
+    m = _random_lstm(torch, torch.float64, L, bidir, proj, True, True, seed=7)
+    model = fl.from_torch(m)
+    rng = np.random.default_rng(2)
+    N, T = 5, 6
+    X = rng.normal(size=(N, T, 5))
+    X[0, 2:] = np.nan  # padding never leaks
+    lengths = np.array([2, 6, 1, 4, 6])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(np.nan_to_num(X)),
+                                                     torch.from_numpy(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        out_p, (hn, cn) = m(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, batch_first=True, total_length=T)
+    Y, state = model(X, lengths=lengths)
+    np.testing.assert_allclose(Y, out.numpy(), **TOL[np.float64])
+    flat = fl_state_flat(state)
+    np.testing.assert_allclose(np.stack([s.h for s in flat]), hn.numpy(), **TOL[np.float64])
+    np.testing.assert_allclose(np.stack([s.c for s in flat]), cn.numpy(), **TOL[np.float64])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_from_torch_lstm_cell(dtype):
+    torch = _torch()
+    torch.manual_seed(3)
+    cell = torch.nn.LSTMCell(4, 5, dtype=getattr(torch, dtype))
+    layer = fl.from_torch(cell)
+    assert isinstance(layer, fl.LSTM) and layer.input_size == 4 and layer.hidden_size == 5
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4)).astype(dtype)
+    h = rng.normal(size=(3, 5)).astype(dtype)
+    c = rng.normal(size=(3, 5)).astype(dtype)
+    with torch.no_grad():
+        h1, c1 = cell(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
+    out, s = layer.step(x, (c, h))
+    tol = TOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(out, h1.numpy(), **tol)
+    np.testing.assert_allclose(s.c, c1.numpy(), **tol)
+    # and from its state_dict, without the module
+    layer2 = fl.from_torch({k: v.numpy() for k, v in cell.state_dict().items()})
+    np.testing.assert_array_equal(layer2.flat_params, layer.flat_params)
+
+
+def test_from_torch_refuses_other_modules():
+    torch = _torch()
+    with pytest.raises(TypeError, match="nn.LSTM"):
+        fl.from_torch(torch.nn.GRU(3, 4))
+    with pytest.raises(TypeError, match="nn.LSTM"):
+        fl.from_torch(torch.nn.Linear(3, 4))
+
+
+def _random_fl_model(kind, dtype, rng):
+    def lstm(i, h, **kw):
+        layer = fl.LSTM(i, h, dtype=dtype, random_state=int(rng.integers(1 << 30)), **kw)
+        layer.b[...] = rng.normal(scale=0.5, size=layer.b.shape)
+        return layer
+    if kind == "lstm":
+        return lstm(5, 6)
+    if kind == "proj":
+        return lstm(5, 6, proj_size=4)
+    if kind == "bidir":
+        return fl.Bidirectional(lstm(5, 6), lstm(5, 6))
+    if kind == "stack_proj":
+        return fl.MultiLSTM([lstm(5, 6, proj_size=3), lstm(3, 6, proj_size=3)])
+    if kind == "stack_bidir":
+        return fl.MultiLSTM([fl.Bidirectional(lstm(5, 4), lstm(5, 4)),
+                             fl.Bidirectional(lstm(8, 4), lstm(8, 4))])
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["lstm", "proj", "bidir", "stack_proj", "stack_bidir"])
+def test_to_torch_matches_fastlstm(kind, dtype):
+    torch = _torch()
+    rng = np.random.default_rng(5)
+    model = _random_fl_model(kind, np.dtype(dtype), rng)
+    m = fl.to_torch(model)
+    assert m.batch_first
+    X = rng.normal(size=(3, 6, 5)).astype(dtype)
+    Y, state = model(X)
+    with torch.no_grad():
+        out, (hn, cn) = m(torch.from_numpy(X))
+    tol = TOL[np.dtype(dtype).type]
+    np.testing.assert_allclose(out.numpy(), Y, **tol)
+    flat = fl_state_flat(state)
+    np.testing.assert_allclose(hn.numpy(), np.stack([s.h for s in flat]), **tol)
+    np.testing.assert_allclose(cn.numpy(), np.stack([s.c for s in flat]), **tol)
+    # round trip is exact
+    back = fl.from_torch(m)
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)
+
+
+def test_to_torch_cell():
+    torch = _torch()
+    layer = fl.LSTM(3, 4, dtype=np.float64, random_state=0)
+    cell = fl.to_torch(layer, cell=True)
+    assert isinstance(cell, torch.nn.LSTMCell)
+    x = np.random.default_rng(0).normal(size=(2, 3))
+    with torch.no_grad():
+        h, c = cell(torch.from_numpy(x))
+    out, s = layer.step(x)
+    np.testing.assert_allclose(h.numpy(), out, **TOL[np.float64])
+    np.testing.assert_allclose(c.numpy(), s.c, **TOL[np.float64])
+    with pytest.raises(ValueError, match="cell=True"):
+        fl.to_torch(fl.LSTM(3, 4, proj_size=2), cell=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(peepholes=True), "peepholes"),
+    (dict(cell_clip=1.0), "cell_clip"),
+    (dict(proj_size=2, proj_clip=0.5), "proj_clip"),
+    (dict(activation="relu"), "activation='relu'"),
+    (dict(recurrent_activation="hard_sigmoid"), "recurrent_activation='hard_sigmoid'"),
+    (dict(proj_size=4), "proj_size < hidden_size"),
+])
+def test_to_torch_refuses(kwargs, match):
+    layer = fl.LSTM(3, 4, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        to_torch_state_dict(layer)
+
+
+def test_to_torch_refuses_uneven_stacks():
+    with pytest.raises(ValueError, match="same direction"):
+        to_torch_state_dict(fl.MultiLSTM([fl.LSTM(3, 4), fl.Bidirectional(fl.LSTM(4, 4),
+                                                                         fl.LSTM(4, 4))]))
+    with pytest.raises(ValueError, match="one hidden_size"):
+        to_torch_state_dict(fl.MultiLSTM([fl.LSTM(3, 4), fl.LSTM(4, 5)]))
+
+
+# ---------------------------------------------------------------------------------------
+# gradients (float64): fastlstm's backward against torch autograd
+
+
+@pytest.mark.parametrize("kind", ["lstm", "proj", "bidir", "stack_bidir"])
+def test_gradients_match_torch(kind):
+    torch = _torch()
+    rng = np.random.default_rng(11)
+    model = _random_fl_model(kind, np.dtype(np.float64), rng)
+    if not hasattr(model, "backward"):
+        pytest.skip("this fastlstm has no training API")
+    m = fl.to_torch(model)
+    N, T = 3, 5
+    X = rng.normal(size=(N, T, 5))
+    lengths = np.array([5, 2, 4])
+    s0 = model.zero_state(N)
+    s0 = _map_state(s0, lambda a: rng.normal(size=a.shape))
+    flat0 = fl_state_flat(s0)
+    Y, state, cache = model.forward(X, initial_state=s0, lengths=lengths)
+    dY = rng.normal(size=Y.shape)
+    dstate = _map_state(state, lambda a: rng.normal(size=a.shape))
+    dX, dstate0 = model.backward(dY, cache, dstate)
+
+    Xt = torch.tensor(X, requires_grad=True)
+    h0 = torch.tensor(np.stack([s.h for s in flat0]), requires_grad=True)
+    c0 = torch.tensor(np.stack([s.c for s in flat0]), requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(Xt, torch.from_numpy(lengths),
+                                                     batch_first=True, enforce_sorted=False)
+    out_p, (hn, cn) = m(packed, (h0, c0))
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_p, batch_first=True, total_length=T)
+    dflat = fl_state_flat(dstate)
+    loss = (out * torch.from_numpy(dY)).sum() \
+        + (hn * torch.from_numpy(np.stack([s.h for s in dflat]))).sum() \
+        + (cn * torch.from_numpy(np.stack([s.c for s in dflat]))).sum()
+    loss.backward()
+    tol = dict(rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(Y, out.detach().numpy(), **tol)
+    np.testing.assert_allclose(dX, Xt.grad.numpy(), **tol)
+    g0 = fl_state_flat(dstate0)
+    np.testing.assert_allclose(np.stack([s.h for s in g0]), h0.grad.numpy(), **tol)
+    np.testing.assert_allclose(np.stack([s.c for s in g0]), c0.grad.numpy(), **tol)
+    # parameters: fastlstm grads mapped into torch's names and layout
+    _, grads_as_torch = to_torch_state_dict(_with_params(model, model.grads))
+    tgrads = {k: p.grad.numpy() for k, p in m.named_parameters()}
+    for name, g in tgrads.items():
+        if name.startswith("bias_hh"):
+            continue  # fastlstm's single b: its grad equals both torch biases' grads
+        np.testing.assert_allclose(grads_as_torch[name], g, err_msg=name, **tol)
+        if name.startswith("bias_ih"):
+            np.testing.assert_allclose(tgrads[name.replace("bias_ih", "bias_hh")], g, **tol)
+
+
+def _map_state(state, fn):
+    if isinstance(state, fl.LSTMState):
+        return fl.LSTMState(fn(state.c), fn(state.h))
+    return tuple(_map_state(s, fn) for s in state)
+
+
+def _with_params(model, values):
+    """A copy of ``model`` whose parameters are ``values`` (a dict like ``params``)."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for name, arr in twin.params.items():
+        arr[...] = values[name]
+    return twin
