@@ -1,0 +1,326 @@
+"""ONNX interop: export run by onnxruntime (float32), import of golden onnxruntime results,
+round trips and refusals."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm.interop import onnx_state
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TOL32 = dict(rtol=1e-5, atol=1e-5)
+
+
+def run_ort(model_proto, feeds):
+    sess = ort.InferenceSession(model_proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds)))
+
+
+def lstm_graph(X_shape, inits, node_inputs, attrs, runtime_inputs=(), opset=14):
+    """One LSTM node; ``inits`` name -> array become initializers."""
+    node = helper.make_node("LSTM", node_inputs, ["Y", "Y_h", "Y_c"], **attrs)
+    ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, X_shape)]
+    ins += [helper.make_tensor_value_info(n, t, s) for n, t, s in runtime_inputs]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")]
+    graph = helper.make_graph([node], "g", ins, outs,
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def onnx_y_to_fl(Y):
+    """ONNX Y [T, D, N, H] -> fastlstm batch-major [N, T, D*H]."""
+    T, D, N, H = Y.shape
+    return Y.transpose(2, 0, 1, 3).reshape(N, T, D * H)
+
+
+def fl_states(state):
+    """A layer's state (LSTMState or (fw, bw)) -> (h [D, N, H], c [D, N, H])."""
+    dirs = [state] if isinstance(state, fl.LSTMState) else list(state)
+    return np.stack([s.h for s in dirs]), np.stack([s.c for s in dirs])
+
+
+# ---------------------------------------------------------------------------------------
+# golden onnxruntime results -> from_onnx
+
+
+@pytest.mark.parametrize("name", ["onnx_lstm_forward_f32", "onnx_lstm_bidir_seqlens_f32"])
+def test_golden_from_onnx(name):
+    g = np.load(os.path.join(DATA, name + ".npz"))
+    bidir = "bidir" in name
+    attrs = dict(hidden_size=g["W"].shape[1] // 4,
+                 direction="bidirectional" if bidir else "forward")
+    inputs = ["X", "W", "R", "B", "sequence_lens" if "sequence_lens" in g.files else "",
+              "initial_h", "initial_c"]
+    runtime = [("initial_h", TensorProto.FLOAT, None), ("initial_c", TensorProto.FLOAT, None)]
+    if "sequence_lens" in g.files:
+        runtime.append(("sequence_lens", TensorProto.INT32, None))
+    proto = lstm_graph(list(g["X"].shape), {k: g[k] for k in ("W", "R", "B")}, inputs, attrs,
+                       runtime)
+    model = fl.from_onnx(proto)
+    assert isinstance(model, fl.Bidirectional if bidir else fl.LSTM)
+    D = 2 if bidir else 1
+    s0 = [fl.LSTMState(g["initial_c"][d], g["initial_h"][d]) for d in range(D)]
+    lengths = g["sequence_lens"] if "sequence_lens" in g.files else None
+    Y, state = model(g["X"], initial_state=tuple(s0) if bidir else s0[0], lengths=lengths,
+                     time_major=True)
+    if lengths is not None:
+        state = onnx_state(state, lengths)  # ONNX's rule for empty rows (if any)
+    np.testing.assert_allclose(Y, g["Y"].transpose(0, 2, 1, 3).reshape(Y.shape), **TOL32)
+    h, c = fl_states(state)
+    np.testing.assert_allclose(h, g["Y_h"], **TOL32)
+    np.testing.assert_allclose(c, g["Y_c"], **TOL32)
+
+
+def test_golden_xfw_onnx_layout():
+    g = np.load(os.path.join(DATA, "xfw_basic_tutorial_seqlen_f64.npz"))
+    proto = lstm_graph([3, 2, 6], {k: g["onnx." + k] for k in ("W", "R", "B")},
+                       ["X", "W", "R", "B"], dict(hidden_size=4))
+    layer = fl.from_onnx(proto)
+    assert layer.dtype == np.float64
+    Y, s = layer(g["inputs"], initial_state=(g["initial_state.c"], g["initial_state.h"]),
+                 lengths=g["sequence_length"])
+    np.testing.assert_allclose(Y, g["outputs"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s.c, g["final_state.c"], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# to_onnx, run by onnxruntime
+
+
+def _rand_layer(rng, i, h, **kw):
+    layer = fl.LSTM(i, h, random_state=int(rng.integers(1 << 30)), **kw)
+    for v in layer.params.values():
+        v[...] = rng.normal(scale=0.5, size=v.shape)
+    return layer
+
+
+def _model(kind, rng):
+    if kind == "lstm":
+        return _rand_layer(rng, 5, 4)
+    if kind == "peepholes":
+        return _rand_layer(rng, 5, 4, peepholes=True)
+    if kind == "relu_hard_sigmoid":
+        return _rand_layer(rng, 5, 4, activation="relu", recurrent_activation="hard_sigmoid")
+    if kind == "sigmoid_keras2":
+        return _rand_layer(rng, 5, 4, activation="sigmoid",
+                           recurrent_activation="hard_sigmoid_keras2", peepholes=True)
+    if kind == "linear":
+        return _rand_layer(rng, 5, 4, activation="linear")
+    if kind == "bidir":
+        return fl.Bidirectional(_rand_layer(rng, 5, 4), _rand_layer(rng, 5, 4, peepholes=True))
+    if kind == "bidir_mixed_acts":
+        return fl.Bidirectional(_rand_layer(rng, 5, 4),
+                                _rand_layer(rng, 5, 4, activation="linear",
+                                            recurrent_activation="hard_sigmoid_keras2"))
+    if kind == "stack":
+        return fl.MultiLSTM([fl.Bidirectional(_rand_layer(rng, 5, 3), _rand_layer(rng, 5, 3)),
+                             _rand_layer(rng, 6, 4, peepholes=True),
+                             fl.Bidirectional(_rand_layer(rng, 4, 2), _rand_layer(rng, 4, 2))])
+    raise KeyError(kind)
+
+
+KINDS = ["lstm", "peepholes", "relu_hard_sigmoid", "sigmoid_keras2", "linear", "bidir",
+         "bidir_mixed_acts", "stack"]
+
+
+def _layers(model):
+    return model.layers if isinstance(model, fl.MultiLSTM) else [model]
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_to_onnx_runs_in_onnxruntime(kind, with_lengths):
+    rng = np.random.default_rng(KINDS.index(kind))
+    model = _model(kind, rng)
+    N, T = 4, 6
+    X = rng.normal(size=(N, T, 5)).astype(np.float32)
+    lengths = np.array([6, 3, 1, 5], np.int32) if with_lengths else None
+    s0 = tuple(_map(layer.zero_state(N), lambda a: rng.normal(size=a.shape).astype(np.float32))
+               for layer in _layers(model))
+    proto = fl.to_onnx(model, lengths=with_lengths, initial_state=True)
+    feeds = {"X": X}
+    if with_lengths:
+        feeds["sequence_lens"] = lengths
+    for k, s in enumerate(s0):
+        h, c = fl_states(s)
+        feeds[f"initial_h_{k}"], feeds[f"initial_c_{k}"] = h, c
+    got = run_ort(proto, feeds)
+    Y, state = model(X, initial_state=s0 if isinstance(model, fl.MultiLSTM) else s0[0],
+                     lengths=lengths)
+    states = state if isinstance(model, fl.MultiLSTM) else (state,)
+    np.testing.assert_allclose(got["Y"], Y, **TOL32)
+    for k, s in enumerate(states):
+        h, c = fl_states(s)
+        np.testing.assert_allclose(got[f"Y_h_{k}"], h, **TOL32)
+        np.testing.assert_allclose(got[f"Y_c_{k}"], c, **TOL32)
+    # the file reads back into the same parameters, exactly (a direction without
+    # peepholes in a node that has P comes back with zero peepholes)
+    back = fl.from_onnx(proto)
+    assert type(back) is type(model)
+    for a, b in zip(_layers(back), _layers(model)):
+        for la, lb in zip(_dirs(a), _dirs(b)):
+            assert (la.activation, la.recurrent_activation) == \
+                (lb.activation, lb.recurrent_activation)
+            for name, value in la.params.items():
+                if name in lb.params:
+                    np.testing.assert_array_equal(value, lb.params[name])
+                else:
+                    assert name == "peepholes" and not value.any()
+
+
+def _dirs(item):
+    return [item.forward_layer, item.backward_layer] if isinstance(item, fl.Bidirectional) \
+        else [item]
+
+
+def _map(state, fn):
+    if isinstance(state, fl.LSTMState):
+        return fl.LSTMState(fn(state.c), fn(state.h))
+    return tuple(_map(s, fn) for s in state)
+
+
+def test_to_onnx_time_major_and_path(tmp_path):
+    rng = np.random.default_rng(3)
+    model = fl.MultiLSTM([_rand_layer(rng, 5, 4), _rand_layer(rng, 4, 3)])
+    path = tmp_path / "m.onnx"
+    proto = fl.to_onnx(model, path, time_major=True)
+    assert path.exists()
+    X = rng.normal(size=(7, 2, 5)).astype(np.float32)
+    got = run_ort(proto, {"X": X})
+    Y, (s0, s1) = model(X, time_major=True)
+    np.testing.assert_allclose(got["Y"], Y, **TOL32)
+    np.testing.assert_allclose(got["Y_c_1"][0], s1.c, **TOL32)
+    back = fl.from_onnx(str(path))
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)
+    with open(path, "rb") as f:
+        np.testing.assert_array_equal(fl.from_onnx(f.read()).flat_params, model.flat_params)
+
+
+def test_zero_length_rows_follow_onnx_only_through_onnx_state():
+    rng = np.random.default_rng(4)
+    model = _rand_layer(rng, 5, 4)
+    X = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    lengths = np.array([4, 0, 2], np.int32)
+    s0 = fl.LSTMState(rng.normal(size=(3, 4)).astype(np.float32),
+                      rng.normal(size=(3, 4)).astype(np.float32))
+    proto = fl.to_onnx(model, lengths=True, initial_state=True)
+    got = run_ort(proto, {"X": X, "sequence_lens": lengths, "initial_h_0": s0.h[None],
+                          "initial_c_0": s0.c[None]})
+    Y, s = model(X, initial_state=s0, lengths=lengths)
+    np.testing.assert_allclose(got["Y"], Y, **TOL32)
+    # fastlstm (TF rule) returns the initial state for the empty row, ONNX returns zeros
+    np.testing.assert_array_equal(s.c[1], s0.c[1])
+    np.testing.assert_array_equal(got["Y_c_0"][0, 1], 0)
+    so = onnx_state(s, lengths)
+    np.testing.assert_allclose(got["Y_h_0"][0], so.h, **TOL32)
+    np.testing.assert_allclose(got["Y_c_0"][0], so.c, **TOL32)
+
+
+def test_float64_export_is_valid_and_reads_back():
+    rng = np.random.default_rng(5)
+    model = fl.Bidirectional(fl.LSTM(3, 2, dtype=np.float64, random_state=1),
+                             fl.LSTM(3, 2, dtype=np.float64, random_state=2))
+    proto = fl.to_onnx(model)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.DOUBLE
+    back = fl.from_onnx(proto)
+    assert back.dtype == np.float64
+    np.testing.assert_array_equal(back.flat_params, model.flat_params)
+    proto32 = fl.to_onnx(model, dtype=np.float32)  # onnxruntime runs float32 only
+    X = rng.normal(size=(2, 3, 3))
+    got = run_ort(proto32, {"X": X.astype(np.float32)})
+    np.testing.assert_allclose(got["Y"], model(X)[0], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# refusals
+
+
+@pytest.mark.parametrize("model, match", [
+    (fl.LSTM(3, 4, proj_size=2), "projection"),
+    (fl.LSTM(3, 4, cell_clip=1.0), "cell_clip"),
+    (fl.Bidirectional(fl.LSTM(3, 4), fl.LSTM(3, 5)), "one hidden_size"),
+])
+def test_to_onnx_refuses(model, match):
+    with pytest.raises(ValueError, match=match):
+        fl.to_onnx(model)
+
+
+def _single_node(attrs, rng, H=3, I=2, D=1, extra_inits=None, inputs=None):
+    inits = {"W": rng.normal(size=(D, 4 * H, I)).astype(np.float32),
+             "R": rng.normal(size=(D, 4 * H, H)).astype(np.float32)}
+    inits.update(extra_inits or {})
+    return lstm_graph([5, 2, I], inits, inputs or ["X", "W", "R"], dict(hidden_size=H, **attrs))
+
+
+@pytest.mark.parametrize("attrs, match", [
+    (dict(clip=3.0), "clip=3.0 clamps the gate pre-activations"),
+    (dict(input_forget=1), "input_forget"),
+    (dict(direction="reverse"), "reverse"),
+    (dict(activations=["Sigmoid", "Tanh", "Relu"]), "differ"),
+    (dict(activations=["Sigmoid", "LeakyRelu", "LeakyRelu"]), "cannot be represented"),
+    (dict(activations=["HardSigmoid", "Tanh", "Tanh"], activation_alpha=[0.3],
+          activation_beta=[0.5]), "HardSigmoid"),
+    (dict(activations=["Tanh", "Tanh", "Tanh"]), "gate activation Tanh"),
+    (dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[2.0, 2.0],
+          activation_beta=[0.0, 0.0]), "Affine"),
+])
+def test_from_onnx_refuses(attrs, match):
+    with pytest.raises(ValueError, match=match):
+        fl.from_onnx(_single_node(attrs, np.random.default_rng(0)))
+
+
+def test_from_onnx_hard_sigmoid_defaults_and_keras3():
+    rng = np.random.default_rng(0)
+    m = fl.from_onnx(_single_node(dict(activations=["HardSigmoid", "Tanh", "Tanh"]), rng))
+    assert m.recurrent_activation == "hard_sigmoid_keras2"  # ONNX default alpha 0.2, beta 0.5
+    m = fl.from_onnx(_single_node(dict(activations=["HardSigmoid", "Affine", "Affine"],
+                                       activation_alpha=[1 / 6, 1.0, 1.0],
+                                       activation_beta=[0.5, 0.0, 0.0]), rng))
+    assert (m.recurrent_activation, m.activation) == ("hard_sigmoid", "linear")
+
+
+def test_from_onnx_stored_initial_state():
+    rng = np.random.default_rng(1)
+    h0 = rng.normal(size=(1, 2, 3)).astype(np.float32)
+    c0 = rng.normal(size=(1, 2, 3)).astype(np.float32)
+    proto = _single_node({}, rng, extra_inits={"h0": h0, "c0": c0},
+                         inputs=["X", "W", "R", "", "", "h0", "c0"])
+    with pytest.raises(ValueError, match="return_initial_state=True"):
+        fl.from_onnx(proto)
+    model, s0 = fl.from_onnx(proto, return_initial_state=True)
+    np.testing.assert_array_equal(s0.h, h0[0])
+    np.testing.assert_array_equal(s0.c, c0[0])
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    got = run_ort(proto, {"X": X})
+    Y, s = model(X, initial_state=s0, time_major=True)
+    np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
+    np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
+
+
+def test_from_onnx_refuses_non_stack_graphs():
+    rng = np.random.default_rng(2)
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)))]
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], [f"Y{k}"], hidden_size=H)
+             for k in range(2)]  # two LSTMs side by side on the same input
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(f"Y{k}", TensorProto.FLOAT, None)
+                               for k in range(2)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(ValueError, match="not a plain stack"):
+        fl.from_onnx(proto)
+    empty = helper.make_model(helper.make_graph([], "g", [], []))
+    with pytest.raises(ValueError, match="no LSTM node"):
+        fl.from_onnx(empty)
+    with pytest.raises(TypeError, match="onnx.ModelProto"):
+        fl.from_onnx(12)
