@@ -175,7 +175,8 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                          + (f" under scope {scope!r}" if scope else ""))
     groups = {}
     for path, entry in cells.items():
-        parts = path.split("/")
+        rel = path[len(scope.rstrip("/")) + 1:] if scope and path != scope else path
+        parts = rel.split("/")
         layer, direction, li, di = 0, None, None, None
         for j, p in enumerate(parts):
             m = _CELL_RE.match(p)

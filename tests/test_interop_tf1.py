@@ -1,0 +1,281 @@
+"""TF1 weights interop without TensorFlow: golden TF numbers, and a NumPy transcription of
+TF1's LSTMCell / dynamic_rnn / reverse_sequence (SPEC.md §1-§4) as the oracle."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm.interop import to_tf1
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+       np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}
+
+
+# ---------------------------------------------------------------------------------------
+# TF1's maths, transcribed
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+TF_ACT = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "sigmoid": _sigmoid,
+          "linear": lambda x: x}
+
+
+def tf_cell_step(x, c, m, v, forget_bias=1.0, cell_clip=None, proj_clip=None,
+                 activation="tanh"):
+    """TF1 LSTMCell.call; ``v`` holds the variables by their TF names."""
+    act = TF_ACT[activation]
+    z = np.concatenate([x, m], axis=1) @ v["kernel"] + v["bias"]
+    i, j, f, o = np.split(z, 4, axis=1)
+    if "w_f_diag" in v:
+        c_new = _sigmoid(f + forget_bias + v["w_f_diag"] * c) * c \
+            + _sigmoid(i + v["w_i_diag"] * c) * act(j)
+    else:
+        c_new = _sigmoid(f + forget_bias) * c + _sigmoid(i) * act(j)
+    if cell_clip is not None:
+        c_new = np.clip(c_new, -cell_clip, cell_clip)
+    if "w_o_diag" in v:
+        m_new = _sigmoid(o + v["w_o_diag"] * c_new) * act(c_new)
+    else:
+        m_new = _sigmoid(o) * act(c_new)
+    if "projection/kernel" in v:
+        m_new = m_new @ v["projection/kernel"]
+        if proj_clip is not None:
+            m_new = np.clip(m_new, -proj_clip, proj_clip)
+    return m_new, c_new
+
+
+def tf_dynamic_rnn(X, cells, lengths=None, **opts):
+    """dynamic_rnn over MultiRNNCell(cells) (a list of variable dicts), zero state."""
+    N, T, _ = X.shape
+    L = np.full(N, T) if lengths is None else np.asarray(lengths)
+    states = []
+    for v in cells:
+        H = v["bias"].shape[0] // 4
+        Ho = v["projection/kernel"].shape[1] if "projection/kernel" in v else H
+        states.append((np.zeros((N, H)), np.zeros((N, Ho))))
+    outs = np.zeros((N, T, states[-1][1].shape[1]))
+    for t in range(T):
+        inp = X[:, t]
+        alive = (t < L)[:, None]
+        for k, v in enumerate(cells):
+            c, m = states[k]
+            m_new, c_new = tf_cell_step(inp, c, m, v, **opts)
+            states[k] = (np.where(alive, c_new, c), np.where(alive, m_new, m))
+            inp = m_new
+        outs[:, t] = np.where(alive, inp, 0.0)
+    return outs, states
+
+
+def reverse_sequence(X, lengths):
+    out = X.copy()
+    for n, length in enumerate(lengths):
+        out[n, :length] = X[n, :length][::-1]
+    return out
+
+
+def random_vars(rng, I, H, P=None, peepholes=False, scale=0.6):
+    Ho = P or H
+    v = {"kernel": rng.normal(scale=scale, size=(I + Ho, 4 * H)),
+         "bias": rng.normal(scale=scale, size=4 * H)}
+    if peepholes:
+        for k in ("w_i_diag", "w_f_diag", "w_o_diag"):
+            v[k] = rng.normal(scale=scale, size=H)
+    if P:
+        v["projection/kernel"] = rng.normal(scale=scale, size=(H, P))
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# golden TF numbers
+
+
+@pytest.mark.parametrize("suffix", ["f32", "f64"])
+def test_golden_basic_cell_step(suffix):
+    g = np.load(os.path.join(DATA, f"tf1_basic_cell_step_{suffix}.npz"))
+    layer = fl.from_tf1(g["kernel"], g["bias"], float(g["forget_bias"]))
+    out, s = layer.step(g["x"], (g["state.c"], g["state.h"]))
+    tol = TOL[layer.dtype]
+    np.testing.assert_allclose(out, g["output"], **tol)
+    np.testing.assert_allclose(s.c, g["new_state.c"], **tol)
+    np.testing.assert_allclose(s.h, g["new_state.h"], **tol)
+
+
+@pytest.mark.parametrize("name", ["tf1_multirnn_4_5_tutorial_f32", "tf1_multirnn_4_5_tutorial_f64",
+                                  "tf1_multirnn_4_5_tutorial_seqlen_f32",
+                                  "tf1_multirnn_4_5_tutorial_seqlen_f64"])
+@pytest.mark.parametrize("naming", ["tf12", "tf11", "tf0"])
+def test_golden_multirnn_checkpoint(name, naming):
+    g = np.load(os.path.join(DATA, name + ".npz"))
+    names = {"tf12": "rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell/{v}",
+             "tf11": "rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell/{v}:0",
+             "tf0": "RNN/MultiRNNCell/Cell{k}/BasicLSTMCell/Linear/{v}"}[naming]
+    leaf = {"tf12": {"kernel": "kernel", "bias": "bias"},
+            "tf11": {"kernel": "weights", "bias": "biases"},
+            "tf0": {"kernel": "Matrix", "bias": "Bias"}}[naming]
+    variables = {names.format(k=k, v=leaf[v]): g[f"cell_{k}.{v}"]
+                 for k in range(2) for v in ("kernel", "bias")}
+    # optimizer slots and unrelated variables are ignored
+    variables[names.format(k=0, v=leaf["kernel"]) + "/Adam"] = np.zeros(3)
+    variables["global_step"] = np.array(7)
+    model = fl.from_tf1_checkpoint(variables, forget_bias=float(g["forget_bias"]))
+    assert isinstance(model, fl.MultiLSTM)
+    assert [layer.hidden_size for layer in model.layers] == [4, 5]
+    lengths = g["sequence_length"] if "sequence_length" in g.files else None
+    Y, states = model(g["inputs"], lengths=lengths)
+    tol = TOL[model.dtype]
+    np.testing.assert_allclose(Y, g["outputs"], **tol)
+    for k in range(2):
+        np.testing.assert_allclose(states[k].c, g[f"final_state.{k}.c"], **tol)
+        np.testing.assert_allclose(states[k].h, g[f"final_state.{k}.h"], **tol)
+
+
+# ---------------------------------------------------------------------------------------
+# LSTMCell options against the transcription
+
+OPTIONS = {
+    "basic": (dict(), dict()),
+    "forget_bias_0": (dict(), dict(forget_bias=0.0)),
+    "peepholes": (dict(peepholes=True), dict(forget_bias=0.5)),
+    "clip": (dict(peepholes=True), dict(cell_clip=0.4)),
+    "clip_zero": (dict(), dict(cell_clip=0.0)),
+    "proj": (dict(P=3), dict()),
+    "proj_clip": (dict(P=3, peepholes=True), dict(cell_clip=1.0, proj_clip=0.1)),
+    "relu": (dict(), dict(activation="relu")),
+    "identity": (dict(P=2), dict(activation="linear", cell_clip=2.0)),
+}
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_cell_options_match_tf_formulas(option, with_lengths):
+    var_kw, call_kw = OPTIONS[option]
+    rng = np.random.default_rng(list(OPTIONS).index(option))
+    v0 = random_vars(rng, 5, 4, **var_kw)
+    v1 = random_vars(rng, var_kw.get("P") or 4, 3, **var_kw)
+    X = rng.normal(size=(3, 6, 5))
+    lengths = np.array([6, 0, 3]) if with_lengths else None
+    want, wstates = tf_dynamic_rnn(X, [v0, v1], lengths, **call_kw)
+    layers = [fl.from_tf1(v["kernel"], v["bias"], call_kw.get("forget_bias", 1.0),
+                          w_i_diag=v.get("w_i_diag"), w_f_diag=v.get("w_f_diag"),
+                          w_o_diag=v.get("w_o_diag"), projection_kernel=v.get("projection/kernel"),
+                          cell_clip=call_kw.get("cell_clip"), proj_clip=call_kw.get("proj_clip"),
+                          activation=call_kw.get("activation", "tanh")) for v in (v0, v1)]
+    Y, states = fl.MultiLSTM(layers)(X, lengths=lengths)
+    tol = TOL[np.dtype(np.float64)]
+    np.testing.assert_allclose(Y, want, **tol)
+    for s, (c, m) in zip(states, wstates):
+        np.testing.assert_allclose(s.c, c, **tol)
+        np.testing.assert_allclose(s.h, m, **tol)
+    # export gives back TF's variables (the forget bias round trip rounds once)
+    for layer, v in zip(layers, (v0, v1)):
+        out = to_tf1(layer, forget_bias=call_kw.get("forget_bias", 1.0))
+        assert set(out) == set(v)
+        for k in v:
+            np.testing.assert_allclose(out[k], v[k], rtol=0, atol=1e-15)
+
+
+def test_bidirectional_checkpoint_matches_reverse_sequence():
+    rng = np.random.default_rng(7)
+    vf, vb = random_vars(rng, 5, 4, peepholes=True), random_vars(rng, 5, 4, peepholes=True)
+    variables = {f"bidirectional_rnn/{d}/lstm_cell/{k}": a
+                 for d, v in (("fw", vf), ("bw", vb)) for k, a in v.items()}
+    model = fl.from_tf1_checkpoint(variables, cell_clip=0.8)
+    assert isinstance(model, fl.Bidirectional)
+    X = rng.normal(size=(3, 5, 5))
+    lengths = np.array([5, 2, 0])
+    yf, (sf,) = tf_dynamic_rnn(X, [vf], lengths, cell_clip=0.8)
+    yb_rev, (sb,) = tf_dynamic_rnn(reverse_sequence(X, lengths), [vb], lengths, cell_clip=0.8)
+    yb = reverse_sequence(yb_rev, lengths)
+    Y, (s_fw, s_bw) = model(X, lengths=lengths)
+    tol = TOL[np.dtype(np.float64)]
+    np.testing.assert_allclose(Y, np.concatenate([yf, yb], -1), **tol)
+    np.testing.assert_allclose(s_fw.c, sf[0], **tol)
+    np.testing.assert_allclose(s_bw.h, sb[1], **tol)
+    # export -> import is the same model
+    again = fl.from_tf1_checkpoint(fl.to_tf1_checkpoint(model, forget_bias=0.0), cell_clip=0.8,
+                                   forget_bias=0.0)
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+
+
+def test_stack_bidirectional_checkpoint():
+    rng = np.random.default_rng(8)
+    vs = {(k, d): random_vars(rng, 5 if k == 0 else 6, 3) for k in range(2) for d in ("fw", "bw")}
+    variables = {f"stack_bidirectional_rnn/cell_{k}/bidirectional_rnn/{d}/basic_lstm_cell/{n}": a
+                 for (k, d), v in vs.items() for n, a in v.items()}
+    model = fl.from_tf1_checkpoint(variables)
+    assert isinstance(model, fl.MultiLSTM)
+    assert all(isinstance(layer, fl.Bidirectional) for layer in model.layers)
+    X = rng.normal(size=(2, 4, 5))
+    inp = X
+    L = np.array([4, 4])
+    for k in range(2):
+        yf, _ = tf_dynamic_rnn(inp, [vs[(k, "fw")]])
+        yb = reverse_sequence(tf_dynamic_rnn(reverse_sequence(inp, L), [vs[(k, "bw")]])[0], L)
+        inp = np.concatenate([yf, yb], -1)
+    np.testing.assert_allclose(model(X)[0], inp, **TOL[np.dtype(np.float64)])
+    names = fl.to_tf1_checkpoint(model)
+    assert set(names) == set(variables)
+
+
+def test_two_stacks_under_fw_bw_are_refused_but_load_by_scope():
+    rng = np.random.default_rng(9)
+    variables = {}
+    for d in ("fw", "bw"):
+        for k in range(2):
+            for n, a in random_vars(rng, 5 if k == 0 else 4, 4).items():
+                variables[f"bidirectional_rnn/{d}/multi_rnn_cell/cell_{k}/basic_lstm_cell/{n}"] = a
+    with pytest.raises(ValueError, match="two MultiRNNCell stacks"):
+        fl.from_tf1_checkpoint(variables)
+    fw = fl.from_tf1_checkpoint(variables, scope="bidirectional_rnn/fw")
+    assert isinstance(fw, fl.MultiLSTM) and len(fw) == 2
+
+
+def test_checkpoint_errors():
+    rng = np.random.default_rng(10)
+    a, b = random_vars(rng, 5, 4), random_vars(rng, 3, 2)
+    variables = {f"enc/rnn/basic_lstm_cell/{k}": v for k, v in a.items()}
+    variables.update({f"dec/rnn/basic_lstm_cell/{k}": v for k, v in b.items()})
+    with pytest.raises(ValueError, match="several RNNs"):
+        fl.from_tf1_checkpoint(variables)
+    dec = fl.from_tf1_checkpoint(variables, scope="dec")
+    assert (dec.input_size, dec.hidden_size) == (3, 2)
+    with pytest.raises(ValueError, match="no TF1 LSTM cell variables"):
+        fl.from_tf1_checkpoint({"dense/kernel2": np.zeros(3)})
+    with pytest.raises(ValueError, match="only one direction"):
+        fl.from_tf1_checkpoint({"bidirectional_rnn/fw/lstm_cell/kernel": a["kernel"]})
+    with pytest.raises(ValueError, match="cell_clip has 3 entries for 1 layers"):
+        fl.from_tf1_checkpoint(variables, scope="dec", cell_clip=[1, 2, 3])
+    with pytest.raises(ValueError, match="must be given together"):
+        fl.from_tf1(a["kernel"], a["bias"], w_i_diag=np.zeros(4))
+    with pytest.raises(ValueError, match="kernel must have shape"):
+        fl.from_tf1(np.zeros((5, 7)))
+    with pytest.raises(ValueError, match="activation=.*elu"):
+        fl.from_tf1(a["kernel"], a["bias"], activation="elu")
+    with pytest.raises(ValueError, match="projection_kernel must have shape"):
+        fl.from_tf1(a["kernel"], a["bias"], projection_kernel=np.zeros((3, 2)))
+
+
+def test_activation_given_as_function():
+    rng = np.random.default_rng(11)
+    v = random_vars(rng, 3, 2)
+
+    def relu(x):
+        return x
+
+    assert fl.from_tf1(v["kernel"], v["bias"], activation=relu).activation == "relu"
+    assert fl.from_tf1(v["kernel"], v["bias"], activation=np.tanh).activation == "tanh"
+    assert fl.from_tf1(v["kernel"], v["bias"], activation=None).activation == "tanh"
+
+
+def test_to_tf1_refuses_hard_sigmoid():
+    with pytest.raises(ValueError, match="recurrent_activation='hard_sigmoid'"):
+        to_tf1(fl.LSTM(3, 4, recurrent_activation="hard_sigmoid"))
+    with pytest.raises(ValueError, match="mixing"):
+        fl.to_tf1_checkpoint(fl.MultiLSTM([fl.LSTM(3, 4),
+                                           fl.Bidirectional(fl.LSTM(4, 2), fl.LSTM(4, 2))]))
