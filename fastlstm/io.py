@@ -110,8 +110,12 @@ def load(path):
         if "meta_json" not in archive.files:
             raise ValueError(f"{path!r} has no meta_json entry: not a fastlstm model file")
         try:
-            meta = json.loads(str(archive["meta_json"][()]))
-        except (ValueError, TypeError) as exc:
+            raw = archive["meta_json"]
+        except ValueError as exc:  # an object array: would need pickle
+            raise ValueError(f"{path!r}: meta_json cannot be read without pickle: {exc}") from exc
+        try:
+            meta = json.loads(str(raw[()]))
+        except (ValueError, TypeError, IndexError) as exc:
             raise ValueError(f"{path!r}: meta_json is not valid JSON: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != "fastlstm":
             raise ValueError(f"{path!r} is not a fastlstm model file")

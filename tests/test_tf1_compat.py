@@ -1,0 +1,235 @@
+"""The TF1-style module ``fastlstm.tf1``: TF's names, structures and default initialisation,
+checked against golden TF numbers and the NumPy reference."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+import fastlstm.tf1 as tf
+from fastlstm import reference as ref
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+       np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}
+TUTORIAL_X = np.array([[[1, 2, 3, 4, 3, 2], [1, 2, 1, 1, 1, 2], [1, 2, 2, 2, 2, 2]],
+                       [[1, 2, 3, 4, 3, 2], [3, 2, 2, 1, 1, 2], [0, 0, 0, 0, 3, 2]]])
+
+
+def _params(layer):
+    return {k: np.asarray(v, np.float64) for k, v in layer.params.items()}
+
+
+def _opts(layer):
+    return dict(cell_clip=layer.cell_clip, proj_clip=layer.proj_clip if layer.proj_size else None,
+                activation=layer.activation, recurrent_activation=layer.recurrent_activation)
+
+
+@pytest.mark.parametrize("name", ["tf1_multirnn_4_5_tutorial", "tf1_multirnn_4_5_tutorial_seqlen"])
+@pytest.mark.parametrize("suffix", ["f32", "f64"])
+def test_tutorial_against_golden(name, suffix):
+    g = np.load(os.path.join(DATA, f"{name}_{suffix}.npz"))
+    np.testing.assert_array_equal(g["inputs"], TUTORIAL_X)
+    dtype = tf.float32 if suffix == "f32" else tf.float64
+    # --- the tutorial's lines ---
+    cells = [tf.contrib.rnn.BasicLSTMCell(num_units=n) for n in [4, 5]]
+    stacked = tf.contrib.rnn.MultiRNNCell(cells)
+    # --- (TF would restore a checkpoint here) ---
+    for k, cell in enumerate(cells):
+        cell.set_weights([g[f"cell_{k}.kernel"], g[f"cell_{k}.bias"]])
+    lengths = g["sequence_length"] if "sequence_length" in g.files else None
+    outputs, state = tf.nn.dynamic_rnn(stacked, g["inputs"], sequence_length=lengths,
+                                       dtype=dtype)
+    tol = TOL[np.dtype(dtype)]
+    assert outputs.dtype == dtype and outputs.shape == (2, 3, 5)
+    np.testing.assert_allclose(outputs, g["outputs"], **tol)
+    assert isinstance(state, tuple) and len(state) == 2
+    for k in range(2):
+        assert isinstance(state[k], tf.LSTMStateTuple)
+        np.testing.assert_allclose(state[k].c, g[f"final_state.{k}.c"], **tol)
+        np.testing.assert_allclose(state[k].h, g[f"final_state.{k}.h"], **tol)
+    # get_weights gives TF's variables back
+    for k, cell in enumerate(cells):
+        kernel, bias = cell.get_weights()
+        np.testing.assert_array_equal(kernel, g[f"cell_{k}.kernel"])
+        np.testing.assert_allclose(bias, g[f"cell_{k}.bias"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", ["f32", "f64"])
+def test_cell_call_against_golden(suffix):
+    g = np.load(os.path.join(DATA, f"tf1_basic_cell_step_{suffix}.npz"))
+    cell = tf.nn.rnn_cell.BasicLSTMCell(4, forget_bias=float(g["forget_bias"]))
+    cell.set_weights([g["kernel"], g["bias"]])
+    output, new_state = cell(g["x"], tf.LSTMStateTuple(g["state.c"], g["state.h"]))
+    tol = TOL[np.dtype(g["x"].dtype)]
+    np.testing.assert_allclose(output, g["output"], **tol)
+    np.testing.assert_allclose(new_state.c, g["new_state.c"], **tol)
+    np.testing.assert_array_equal(new_state.h, output)
+    assert cell.state_size == (4, 4) and cell.output_size == 4
+
+
+def test_default_initialisation_is_tf1s():
+    I, H, P = 6, 7, 3
+    cell = tf.LSTMCell(H, use_peepholes=True, num_proj=P, random_state=0)
+    assert not cell.built and cell.get_weights() == []
+    cell(np.zeros((1, I), np.float32), cell.zero_state(1, tf.float32))
+    kernel, bias, wf, wi, wo, proj = cell.get_weights()
+    assert kernel.shape == (I + P, 4 * H) and proj.shape == (H, P)
+    np.testing.assert_array_equal(bias, 0)
+    for arr, limit in ((kernel, np.sqrt(6 / (I + P + 4 * H))), (wf, np.sqrt(3 / H)),
+                       (proj, np.sqrt(6 / (H + P)))):
+        assert np.abs(arr).max() <= limit
+    # the kernel's spread is that of U(-limit, limit) over the combined shape
+    big = tf.BasicLSTMCell(64, random_state=1).build(200).get_weights()[0]
+    limit = np.sqrt(6 / (200 + 64 + 256))
+    assert abs(big.std() - limit / np.sqrt(3)) < 0.02 * limit
+    assert np.abs(big).max() > 0.99 * limit
+    # reproducible from random_state; the layer's b holds the folded forget bias
+    again = tf.LSTMCell(H, use_peepholes=True, num_proj=P, random_state=0).build(I)
+    np.testing.assert_array_equal(again.get_weights()[0], kernel)
+    np.testing.assert_array_equal(cell.layer.b[H:2 * H], 1.0)
+
+
+def test_initializer_argument():
+    init = tf.random_uniform_initializer(-0.1, 0.1, seed=3)
+    cell = tf.LSTMCell(4, use_peepholes=True, num_proj=2, initializer=init).build(5)
+    kernel, bias, *rest = cell.get_weights()
+    for arr in [kernel] + rest:
+        assert np.abs(arr).max() <= 0.1
+    np.testing.assert_array_equal(bias, 0)  # the initializer never touches the bias
+    const = tf.LSTMCell(3, initializer=tf.constant_initializer(0.5)).build(2)
+    np.testing.assert_array_equal(const.get_weights()[0], 0.5)
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        tf.LSTMCell(3, initializer=0.5)
+
+
+def test_lstmcell_options_against_reference():
+    rng = np.random.default_rng(0)
+    cell = tf.LSTMCell(5, use_peepholes=True, cell_clip=0.7, num_proj=3, proj_clip=0.4,
+                       forget_bias=0.3, activation=tf.nn.relu, random_state=1)
+    X = rng.normal(size=(3, 4, 6))
+    outputs, state = tf.nn.dynamic_rnn(cell, X, sequence_length=[4, 1, 0], dtype=tf.float64)
+    layer = cell.layer
+    assert (layer.activation, layer.cell_clip, layer.proj_size) == ("relu", 0.7, 3)
+    want, (c, h) = ref.lstm_forward(X, _params(layer), lengths=[4, 1, 0], **_opts(layer))
+    np.testing.assert_allclose(outputs, want, **TOL[np.dtype(np.float64)])
+    np.testing.assert_allclose(state.c, c, **TOL[np.dtype(np.float64)])
+    assert state.h.shape == (3, 3) and cell.state_size == (5, 3)
+    np.testing.assert_array_equal(state.c[2], 0)  # length 0 keeps the (zero) initial state
+
+
+def test_state_is_tuple_false():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    a = tf.BasicLSTMCell(3, random_state=5)
+    b = tf.BasicLSTMCell(3, state_is_tuple=False, random_state=5)
+    ya, sa = tf.nn.dynamic_rnn(a, X, dtype=tf.float32)
+    s0 = rng.normal(size=(2, 6)).astype(np.float32)
+    yb, sb = tf.nn.dynamic_rnn(b, X, initial_state=np.zeros((2, 6), np.float32))
+    np.testing.assert_array_equal(ya, yb)
+    assert sb.shape == (2, 6) and b.state_size == 6
+    np.testing.assert_array_equal(sb, np.concatenate([sa.c, sa.h], 1))
+    yc, _ = tf.nn.dynamic_rnn(b, X, initial_state=s0)
+    yd, _ = tf.nn.dynamic_rnn(a, X, initial_state=tf.LSTMStateTuple(s0[:, :3], s0[:, 3:]))
+    np.testing.assert_array_equal(yc, yd)
+    multi = tf.nn.rnn_cell.MultiRNNCell([tf.BasicLSTMCell(3, state_is_tuple=False),
+                                         tf.BasicLSTMCell(2, state_is_tuple=False)],
+                                        state_is_tuple=False)
+    y, s = tf.nn.dynamic_rnn(multi, X, dtype=tf.float32)
+    assert s.shape == (2, 10) and multi.state_size == 10
+    with pytest.raises(ValueError, match="state_is_tuple is not set"):
+        tf.MultiRNNCell([tf.BasicLSTMCell(3)], state_is_tuple=False)
+
+
+def test_time_major_and_step_through_multirnncell():
+    rng = np.random.default_rng(2)
+    cells = tf.MultiRNNCell([tf.BasicLSTMCell(4, random_state=1), tf.BasicLSTMCell(3, random_state=2)])
+    X = rng.normal(size=(5, 2, 6))  # [time, batch, depth]
+    outputs, state = tf.nn.dynamic_rnn(cells, X, time_major=True, dtype=tf.float64)
+    assert outputs.shape == (5, 2, 3)
+    s = cells.zero_state(2, tf.float64)
+    for t in range(5):
+        out, s = cells(X[t], s)
+        np.testing.assert_allclose(out, outputs[t], **TOL[np.dtype(np.float64)])
+    np.testing.assert_allclose(s[1].c, state[1].c, **TOL[np.dtype(np.float64)])
+    assert isinstance(cells.model, fl.MultiLSTM)
+
+
+def test_bidirectional_dynamic_rnn():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3, 5, 4))
+    lengths = np.array([5, 2, 3])
+    fw, bw = tf.LSTMCell(3, random_state=1), tf.LSTMCell(3, use_peepholes=True, random_state=2)
+    (out_fw, out_bw), (st_fw, st_bw) = tf.nn.bidirectional_dynamic_rnn(
+        fw, bw, X, sequence_length=lengths, dtype=tf.float64)
+    want, (sf, sb) = ref.bidirectional_forward(X, _params(fw.layer), _params(bw.layer),
+                                               lengths=lengths)
+    tol = TOL[np.dtype(np.float64)]
+    np.testing.assert_allclose(np.concatenate([out_fw, out_bw], -1), want, **tol)
+    np.testing.assert_allclose(st_bw.c, sb[0], **tol)
+    # stacks: each runs whole in its direction (not a stack of bidirectional layers)
+    mf = tf.MultiRNNCell([tf.BasicLSTMCell(3, random_state=3), tf.BasicLSTMCell(2, random_state=4)])
+    mb = tf.MultiRNNCell([tf.BasicLSTMCell(3, random_state=5), tf.BasicLSTMCell(2, random_state=6)])
+    (o_f, o_b), (s_f, s_b) = tf.nn.bidirectional_dynamic_rnn(mf, mb, X, sequence_length=lengths,
+                                                             dtype=tf.float64)
+    inp = X
+    for layer in mb.model.layers:
+        inp, last = ref.lstm_forward(inp, _params(layer), lengths=lengths, reverse=True)
+    np.testing.assert_allclose(o_b, inp, **tol)
+    np.testing.assert_allclose(s_b[1].h, last[1], **tol)
+    with pytest.raises(ValueError, match="two different cell objects"):
+        tf.nn.bidirectional_dynamic_rnn(fw, fw, X, dtype=tf.float64)
+
+
+def test_errors_follow_tf():
+    cell = tf.BasicLSTMCell(3)
+    X = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="you must give a dtype"):
+        tf.nn.dynamic_rnn(cell, X)
+    with pytest.raises(ValueError, match="3-D"):
+        tf.nn.dynamic_rnn(cell, X[0], dtype=tf.float32)
+    tf.nn.dynamic_rnn(cell, X, dtype=tf.float32)
+    with pytest.raises(ValueError, match="built for input width 4"):
+        tf.nn.dynamic_rnn(cell, np.zeros((2, 3, 5)), dtype=tf.float32)
+    with pytest.raises(ValueError, match="sequence_length|lengths"):
+        tf.nn.dynamic_rnn(cell, X, sequence_length=[4, 1], dtype=tf.float32)
+    with pytest.raises(ValueError, match="its own object"):
+        tf.MultiRNNCell([cell, cell])
+    with pytest.raises(ValueError, match="num_units"):
+        tf.BasicLSTMCell(0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        tf.BasicLSTMCell(3, use_peepholes=True)
+    with pytest.raises(ValueError, match="expected 2 arrays"):
+        tf.BasicLSTMCell(3).set_weights([np.zeros((7, 12))])
+    with pytest.raises(ValueError, match="activation"):
+        tf.BasicLSTMCell(3, activation=np.exp)
+
+
+def test_namespaces():
+    assert tf.contrib.rnn.BasicLSTMCell is tf.nn.rnn_cell.BasicLSTMCell is tf.BasicLSTMCell
+    assert tf.compat.v1.nn.rnn_cell.LSTMCell is tf.LSTMCell
+    assert tf.compat.v1.nn.dynamic_rnn is tf.dynamic_rnn
+    assert tf.LSTMStateTuple is fl.LSTMState
+
+
+def _doc_blocks():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "interop.md")
+    with open(path) as f:
+        text = f.read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("k", range(len(_doc_blocks())))
+def test_docs_examples_run(k, tmp_path, monkeypatch):
+    block = _doc_blocks()[k]
+    if "import torch" in block:
+        pytest.importorskip("torch")
+    if "onnx" in block:
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    if "import tensorflow" in block:
+        pytest.skip("the original TF1 code, shown for comparison")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, f"docs/interop.md block {k}", "exec"), {})
