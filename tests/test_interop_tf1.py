@@ -120,9 +120,11 @@ def test_golden_multirnn_checkpoint(name, naming):
             "tf0": {"kernel": "Matrix", "bias": "Bias"}}[naming]
     variables = {names.format(k=k, v=leaf[v]): g[f"cell_{k}.{v}"]
                  for k in range(2) for v in ("kernel", "bias")}
-    # optimizer slots and unrelated variables are ignored
+    # optimizer slots and unrelated variables (a Dense layer on top) are ignored
     variables[names.format(k=0, v=leaf["kernel"]) + "/Adam"] = np.zeros(3)
     variables["global_step"] = np.array(7)
+    variables["dense/kernel"] = np.zeros((5, 8))
+    variables["dense/bias"] = np.zeros(8)
     model = fl.from_tf1_checkpoint(variables, forget_bias=float(g["forget_bias"]))
     assert isinstance(model, fl.MultiLSTM)
     assert [layer.hidden_size for layer in model.layers] == [4, 5]

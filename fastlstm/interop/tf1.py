@@ -170,6 +170,11 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
             raise ValueError(f"two variables give {kind!r} for cell {path!r}")
         entry[kind] = (name, value)
     cells = {p: v for p, v in cells.items() if "kernel" in v}
+    # other layers (a Dense "dense/kernel", ...) share the kernel/bias names: when some
+    # cells carry TF's LSTM cell names, keep only those
+    lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()}
+    if lstm_named:
+        cells = lstm_named
     if not cells:
         raise ValueError("no TF1 LSTM cell variables (.../kernel, .../weights) found"
                          + (f" under scope {scope!r}" if scope else ""))
