@@ -324,3 +324,37 @@ def test_from_onnx_refuses_non_stack_graphs():
         fl.from_onnx(empty)
     with pytest.raises(TypeError, match="onnx.ModelProto"):
         fl.from_onnx(12)
+
+
+def test_from_onnx_layout_1_initial_state():
+    rng = np.random.default_rng(3)
+    h0 = rng.normal(size=(2, 1, 3)).astype(np.float32)  # layout 1: [N, D, H]
+    c0 = rng.normal(size=(2, 1, 3)).astype(np.float32)
+    proto = _single_node(dict(layout=1), rng, extra_inits={"h0": h0, "c0": c0},
+                         inputs=["X", "W", "R", "", "", "h0", "c0"])
+    _, s0 = fl.from_onnx(proto, return_initial_state=True)
+    np.testing.assert_array_equal(s0.h, h0[:, 0])
+    np.testing.assert_array_equal(s0.c, c0[:, 0])
+
+
+def test_from_onnx_reads_torch_exported_graphs():
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(5, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(3, 2, 5)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=14, input_names=["X"])
+        except Exception as exc:  # pragma: no cover - depends on the torch build
+            pytest.skip(f"torch's ONNX exporter is unavailable: {exc}")
+    model = fl.from_onnx(buf.getvalue())
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 2
+    Y, _ = model(x.numpy(), time_major=True)
+    with torch.no_grad():
+        want = m(x)[0].numpy()
+    np.testing.assert_allclose(Y, want, **TOL32)

@@ -352,3 +352,14 @@ def _with_params(model, values):
     for name, arr in twin.params.items():
         arr[...] = values[name]
     return twin
+
+
+def test_import_fastlstm_needs_neither_torch_nor_onnx():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastlstm, fastlstm.tf1, fastlstm.interop; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
