@@ -26,7 +26,7 @@ import numpy as np
 
 from .init import check_random_state
 from .interop.tf1 import activation_name, from_tf1, to_tf1
-from .layers import LSTM, LSTMState, MultiLSTM
+from .layers import LSTMState, MultiLSTM
 
 __all__ = [
     "BasicLSTMCell",
@@ -142,8 +142,8 @@ class _LSTMCellBase(RNNCell):
     def __init__(self, num_units, *, use_peepholes, cell_clip, initializer, num_proj,
                  proj_clip, forget_bias, state_is_tuple, activation, name, dtype,
                  random_state):
-        if isinstance(num_units, bool) or not isinstance(num_units, (numbers.Integral, np.integer)) \
-                or num_units <= 0:
+        if isinstance(num_units, bool) or not isinstance(
+                num_units, (numbers.Integral, np.integer)) or num_units <= 0:
             raise ValueError(f"num_units must be a positive int, got {num_units!r}")
         if num_proj is not None and (isinstance(num_proj, bool) or not isinstance(
                 num_proj, (numbers.Integral, np.integer)) or num_proj <= 0):
@@ -422,7 +422,8 @@ class MultiRNNCell(RNNCell):
             dtype = cell.dtype
         dts = {c.dtype for c in self._cells}
         if len(dts) > 1:
-            raise TypeError(f"the cells of a MultiRNNCell must share one dtype, got {sorted(map(str, dts))}")
+            raise TypeError("the cells of a MultiRNNCell must share one dtype, got "
+                            f"{sorted(map(str, dts))}")
         key = tuple(id(c.layer) for c in self._cells)
         if self._model_key != key:
             self._model = MultiLSTM([c.layer for c in self._cells])

@@ -145,7 +145,8 @@ def test_state_is_tuple_false():
 
 def test_time_major_and_step_through_multirnncell():
     rng = np.random.default_rng(2)
-    cells = tf.MultiRNNCell([tf.BasicLSTMCell(4, random_state=1), tf.BasicLSTMCell(3, random_state=2)])
+    cells = tf.MultiRNNCell([tf.BasicLSTMCell(4, random_state=1),
+                             tf.BasicLSTMCell(3, random_state=2)])
     X = rng.normal(size=(5, 2, 6))  # [time, batch, depth]
     outputs, state = tf.nn.dynamic_rnn(cells, X, time_major=True, dtype=tf.float64)
     assert outputs.shape == (5, 2, 3)

@@ -19,7 +19,7 @@ import importlib
 
 import numpy as np
 
-from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
+from ._common import (as_array, build_layer, check_shape, directions, layers_of,
                       refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM
 
@@ -92,7 +92,8 @@ def _from_weights(weights, activation, recurrent_activation, keras_version, dtyp
     kernel = as_array(weights[0], "kernel")
     rec = as_array(weights[1], "recurrent_kernel")
     if kernel.ndim != 2 or kernel.shape[1] % 4 or not kernel.shape[1]:
-        raise ValueError(f"{name}: kernel must have shape (input_size, 4*units), got {kernel.shape}")
+        raise ValueError(f"{name}: kernel must have shape (input_size, 4*units), "
+                         f"got {kernel.shape}")
     H = kernel.shape[1] // 4
     check_shape(rec, (H, 4 * H), f"{name}: recurrent_kernel", "(units, 4*units)")
     bias = None

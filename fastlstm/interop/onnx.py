@@ -21,7 +21,7 @@ import numpy as np
 
 from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer,
                       directions, layers_of, refuse_unrepresentable)
-from ..layers import ACTIVATIONS, Bidirectional, LSTMState
+from ..layers import ACTIVATIONS, LSTMState
 
 __all__ = ["to_onnx", "from_onnx", "onnx_state"]
 

@@ -250,7 +250,8 @@ def _recast(item, dtype):
     if item.dtype == dtype:
         return item
     if isinstance(item, Bidirectional):
-        return Bidirectional(_recast(item.forward_layer, dtype), _recast(item.backward_layer, dtype))
+        return Bidirectional(_recast(item.forward_layer, dtype),
+                             _recast(item.backward_layer, dtype))
     p = item.params
     return build_layer(p["W"], p["U"], p["b"], peepholes=p.get("peepholes"), P=p.get("P"),
                        dtype=dtype, cell_clip=item.cell_clip, proj_clip=item.proj_clip,
