@@ -441,3 +441,93 @@ def test_multilstm_dstate_errors(rng):
     with pytest.raises(ValueError, match=r"dstate\[1\]\[0\].c"):
         model.backward(Y, cache, dstate=(None, ((np.zeros((2, 3)), np.zeros((2, 4))), None),
                                          None))
+
+
+# ---------------------------------------------------------------------------------------------
+# a real framework
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_matches_torch_autograd(bidirectional, rng):
+    """Gradients of a 2-layer stack equal torch.nn.LSTM's autograd (same gate order i,f,g,o)."""
+    torch = pytest.importorskip("torch")
+    I, H, N, T = 4, 6, 5, 7
+    net = torch.nn.LSTM(I, H, num_layers=2, batch_first=True, bidirectional=bidirectional,
+                        dtype=torch.float64)
+    D = 2 if bidirectional else 1
+    layers = []
+    for k in range(2):
+        dirs = []
+        for d, sfx in enumerate(["", "_reverse"][:D]):
+            layer = fl.LSTM(I if k == 0 else D * H, H, dtype=np.float64)
+            get = lambda n: getattr(net, f"{n}_l{k}{sfx}").detach().numpy()  # noqa: E731
+            layer.W = get("weight_ih").T
+            layer.U = get("weight_hh").T
+            layer.b = get("bias_ih") + get("bias_hh")
+            dirs.append(layer)
+        layers.append(fl.Bidirectional(*dirs) if bidirectional else dirs[0])
+    model = fl.MultiLSTM(layers)
+    X = rng.normal(size=(N, T, I))
+    dY = rng.normal(size=(N, T, D * H))
+    Xt = torch.tensor(X, requires_grad=True)
+    Yt, _ = net(Xt)
+    Yt.backward(torch.tensor(dY))
+    Y, _, cache = model.forward(X)
+    np.testing.assert_allclose(Y, Yt.detach().numpy(), rtol=1e-12, atol=1e-13)
+    dX, _ = model.backward(dY, cache)
+    np.testing.assert_allclose(dX, Xt.grad.numpy(), rtol=1e-11, atol=1e-12)
+    for k in range(2):
+        for d, sfx in enumerate(["", "_reverse"][:D]):
+            pre = f"{k}." + (("fw.", "bw.")[d] if bidirectional else "")
+            g = lambda n: getattr(net, f"{n}_l{k}{sfx}").grad.numpy()  # noqa: E731
+            np.testing.assert_allclose(model.grads[pre + "W"], g("weight_ih").T, rtol=1e-11,
+                                       atol=1e-12)
+            np.testing.assert_allclose(model.grads[pre + "U"], g("weight_hh").T, rtol=1e-11,
+                                       atol=1e-12)
+            np.testing.assert_allclose(model.grads[pre + "b"], g("bias_ih"), rtol=1e-11,
+                                       atol=1e-12)
+            np.testing.assert_allclose(g("bias_ih"), g("bias_hh"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the packing-free step product, on every instruction set this machine runs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(params=["baseline", "avx2"])
+def isa(request):
+    from fastlstm import _backward
+    used = _backward.set_isa(request.param)
+    try:
+        if used != request.param:
+            pytest.skip(f"this CPU cannot run the {request.param} path")
+        yield used
+    finally:
+        _backward.set_isa("auto")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_product_kernel(isa, dtype, rng):
+    from fastlstm import _backward
+    for m, n, K in [(1, 1, 1), (3, 5, 7), (4, 16, 64), (7, 3, 9), (8, 33, 130), (5, 2, 0)]:
+        A = rng.normal(size=(m, K)).astype(dtype)
+        B = rng.normal(size=(n, K)).astype(dtype)
+        C = np.full((m, n), np.nan, dtype)
+        _backward.dot_nt(A, B, C)
+        np.testing.assert_allclose(C, A.astype(np.float64) @ B.T.astype(np.float64),
+                                   **tol(dtype), err_msg=str((m, n, K)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_on_each_isa(isa, dtype, rng):
+    # 6 rows: one block of <= 8 rows, so the step products use the packing-free kernel
+    opts = {"peepholes": True, "proj_size": 5, "proj_clip": 0.3, "lengths": "mixed",
+            "reverse": True}
+    layer, X, s0, lengths, dY, ds = make_case(opts, rng, dtype, N=6, T=5, I=4, H=6)
+    _, _, cache = layer.forward(X, s0, lengths=lengths, reverse=True)
+    dX, d0 = layer.backward(dY, cache, ds)
+    g = reference_grads(layer, X, s0, lengths, dY, ds, True)
+    for name, ana in dict(layer.grads, X=dX, c0=d0.c, h0=d0.h).items():
+        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name, g.get(name))
+        np.testing.assert_allclose(ana, want, rtol=10 * tol(dtype)["rtol"],
+                                   atol=10 * tol(dtype)["atol"] * max(1, np.abs(want).max()),
+                                   err_msg=name)

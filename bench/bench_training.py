@@ -1,0 +1,167 @@
+"""Training step (forward with cache + backward) time: fastlstm beside torch.nn.LSTM.
+
+A training step here is: forward over the whole sequence, then backpropagation through
+time of a given output gradient dY into every parameter (torch: ``Y.backward(dY)``; the
+input needs no gradient in either, but fastlstm's ``backward`` always returns dX, so it
+does a little more work).  Same shapes as the performance issue, float32:
+
+    small   B=8,  T=100, I=64,  H=128, 1 layer
+    medium  B=32, T=100, I=128, H=256, 2 layers
+    large   B=64, T=200, I=256, H=512, 1 layer (opt-in: slow)
+
+Side by side (interleaved runs, 0.2 s gaps so an idle BLAS pool stops spinning before
+the other library runs; min and median of the repeats)::
+
+    python bench/bench_training.py                       # small, medium
+    python bench/bench_training.py --shapes small,medium,large --repeat 20
+
+pytest-benchmark (small only unless FASTLSTM_BENCH_SHAPES lists more)::
+
+    python -m pytest bench/bench_training.py --benchmark-only
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = {
+    "small": dict(B=8, T=100, I=64, H=128, layers=1),
+    "medium": dict(B=32, T=100, I=128, H=256, layers=2),
+    "large": dict(B=64, T=200, I=256, H=512, layers=1),
+}
+
+
+def make_fastlstm(shape, seed=0, n_threads=None):
+    import fastlstm as fl
+
+    layers, inp = [], shape["I"]
+    for k in range(shape["layers"]):
+        layers.append(fl.LSTM(inp, shape["H"], random_state=seed + k, n_threads=n_threads))
+        inp = shape["H"]
+    model = fl.MultiLSTM(layers)
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(shape["B"], shape["T"], shape["I"])).astype(np.float32)
+    dY = rng.normal(size=(shape["B"], shape["T"], shape["H"])).astype(np.float32)
+
+    def step():
+        _, _, cache = model.forward(X)
+        model.backward(dY, cache)
+
+    return step, model, X, dY
+
+
+def make_torch(shape, model=None, X=None, dY=None):
+    import torch
+
+    net = torch.nn.LSTM(shape["I"], shape["H"], num_layers=shape["layers"], batch_first=True)
+    if model is not None:                    # same weights, so the work is identical
+        with torch.no_grad():
+            for k, layer in enumerate(model.layers):
+                getattr(net, f"weight_ih_l{k}").copy_(torch.from_numpy(layer.W.T.copy()))
+                getattr(net, f"weight_hh_l{k}").copy_(torch.from_numpy(layer.U.T.copy()))
+                getattr(net, f"bias_ih_l{k}").copy_(torch.from_numpy(layer.b.copy()))
+                getattr(net, f"bias_hh_l{k}").zero_()
+    Xt = torch.from_numpy(X)
+    dYt = torch.from_numpy(dY)
+
+    def step():
+        for p in net.parameters():
+            p.grad = None
+        Y, _ = net(Xt)
+        Y.backward(dYt)
+
+    return step, net
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def side_by_side(names, repeat, gap=0.2, check=True):
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import fastlstm as fl
+
+    fl.show_config()
+    if torch is not None:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print()
+    print(f"{'shape':8s} {'impl':10s} {'min ms':>9s} {'median ms':>10s}")
+    rows = []
+    for name in names:
+        shape = SHAPES[name]
+        fstep, model, X, dY = make_fastlstm(shape)
+        impls = [("fastlstm", fstep)]
+        if torch is not None:
+            tstep, net = make_torch(shape, model, X, dY)
+            impls.append(("torch", tstep))
+            if check:   # the two compute the same gradients
+                fstep()
+                tstep()
+                g = net.weight_hh_l0.grad.numpy().T
+                err = np.abs(model.layers[0].grads["U"] - g).max() / np.abs(g).max()
+                print(f"{name}: relative difference of dU (layer 0) vs torch: {err:.1e}")
+        for _, fn in impls:     # warm up
+            fn()
+        times = {label: [] for label, _ in impls}
+        for _ in range(repeat):
+            for label, fn in impls:
+                time.sleep(gap)
+                times[label].append(_time(fn))
+        for label, _ in impls:
+            t = times[label]
+            rows.append((name, label, min(t) * 1e3, statistics.median(t) * 1e3))
+            print(f"{name:8s} {label:10s} {min(t) * 1e3:9.2f} {statistics.median(t) * 1e3:10.2f}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest-benchmark
+
+def _bench_shapes():
+    return os.environ.get("FASTLSTM_BENCH_SHAPES", "small").split(",")
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - script use without pytest
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("name", _bench_shapes())
+    def test_train_step_fastlstm(benchmark, name):
+        benchmark.group = f"train step {name}"
+        step, *_ = make_fastlstm(SHAPES[name])
+        benchmark(step)
+
+    @pytest.mark.parametrize("name", _bench_shapes())
+    def test_train_step_torch(benchmark, name):
+        pytest.importorskip("torch")
+        benchmark.group = f"train step {name}"
+        _, model, X, dY = make_fastlstm(SHAPES[name])
+        step, _ = make_torch(SHAPES[name], model, X, dY)
+        benchmark(step)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="small,medium",
+                        help="comma-separated from: " + ", ".join(SHAPES))
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args(argv)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"note: {var} is set; unset it for representative numbers", file=sys.stderr)
+    side_by_side(args.shapes.split(","), args.repeat)
+
+
+if __name__ == "__main__":
+    main()
