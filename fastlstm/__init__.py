@@ -6,6 +6,9 @@ from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM
 from .interop import (from_keras, from_onnx, from_tf1, from_tf1_checkpoint, from_torch,
                       to_keras_weights, to_onnx, to_tf1_checkpoint, to_torch)
 from .io import load, save
+from . import optim, readout
+from ._training import TrainingCache
+from .readout import Dense
 
 __all__ = [
     "LSTM",
@@ -26,5 +29,9 @@ __all__ = [
     "to_torch",
     "save",
     "load",
+    "Dense",
+    "TrainingCache",
+    "optim",
+    "readout",
     "__version__",
 ]

@@ -20,6 +20,10 @@ from . import layers as _layers
 
 __all__ = ["TrainingCache"]
 
+# The products after the time loop are split into row ranges of at least this many
+# multiply-adds each (at most one range per usable core; never depends on n_threads).
+_MIN_FLOPS_PER_PART = 2_000_000
+
 
 class TrainingCache:
     """What a training ``forward`` keeps for one ``backward`` call (treat it as opaque).
@@ -125,21 +129,25 @@ def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulat
     H, Ho = layer.hidden_size, layer.output_size
     has_p = layer.proj_size is not None
     dhp = np.zeros((R, Ho), layer.dtype) if has_p else None
+    I = layer.input_size
     chunks = layer._chunks_for(N)
-    nt = _threads.resolve_n_threads(layer.n_threads) if chunks > 1 else 1
+    flops = R * 4 * H * (2 * I + Ho) + (R * H * Ho if has_p else 0)
+    parts = int(max(1, min(_layers._CHUNK_CORES, flops // _MIN_FLOPS_PER_PART)))
+    nt = _threads.resolve_n_threads(layer.n_threads) if max(chunks, parts) > 1 else 1
     dpeep = np.zeros((chunks, 3 * H), layer.dtype) if layer.use_peepholes else None
-    args = (dY2, N, T, time_major, p["U"], p.get("peepholes"), p.get("P"), part["gates"],
+    # BLAS stays on one thread: the per-step products are too small to share, and the
+    # big ones are split into row ranges over the OpenMP threads (threaded BLAS on top
+    # of a busy machine measured up to 100x slower here).
+    with _threads.blas_single_thread(openmp=nt > 1):
+        _backward.recurrence(
+            dY2, N, T, time_major, p["U"], p.get("peepholes"), p.get("P"), part["gates"],
             part["c"], part.get("hp"), part["c0"], dc, dh, dhp, L, part["reverse"],
             _layers.ACTIVATIONS[layer.activation],
             _layers.RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip,
             layer.proj_clip if has_p else None, dpeep, chunks, nt)
-    if chunks > 1:
-        with _threads.blas_single_thread(openmp=nt > 1):
-            _backward.recurrence(*args)
-    else:
-        _backward.recurrence(*args)
-    _backward.param_grads(part["gates"], part["X"], part["hprev"], p["W"], dX2, accumulate,
-                          g["W"], g["U"], g["b"], part.get("m"), dhp, g.get("P"))
+        _backward.param_grads(part["gates"], part["X"], part["hprev"], p["W"], dX2,
+                              accumulate, g["W"], g["U"], g["b"], part.get("m"), dhp,
+                              g.get("P"), parts, nt)
     if dpeep is not None:
         g["peepholes"][...] = dpeep.sum(axis=0).reshape(3, H)
 

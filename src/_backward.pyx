@@ -17,10 +17,12 @@ Two entries:
   them (zeros), so they contribute nothing below.  With ``n_threads > 1`` each thread owns
   a block of batch rows for the whole call (the caller holds BLAS to one thread); the
   row blocks do not depend on the thread count, so neither do the results.
-- ``param_grads``: after the loop, one big gemm each over all N*T rows:
+- ``param_grads``: after the loop, one gemm per product over all N*T rows:
   ``dX = dG @ W^T``, ``dW = X^T @ dG``, ``dU = Hprev^T @ dG``, ``db = sum_rows dG`` and
-  ``dP = M^T @ dHP`` (multi-threaded BLAS).  The caller passes an X whose padded rows are
-  zero and a finite ``Hprev``, so NaN/Inf in padding cannot reach a parameter gradient.
+  ``dP = M^T @ dHP``, split over a fixed number of row ranges run by the OpenMP threads
+  with single-threaded BLAS (partial sums reduced in a fixed order).  The caller passes an
+  X whose padded rows are zero and a finite ``Hprev``, so NaN/Inf in padding cannot reach
+  a parameter gradient.
 
 Derivatives are taken from the post-activation values kept by the forward pass:
 sigmoid ``y (1 - y)``, tanh ``1 - y^2``, relu ``y > 0``, hard sigmoids their slope where
@@ -509,12 +511,40 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
         raise MemoryError("fastlstm: could not allocate the backward workspace")
 
 
+cdef int _grads_rows(int r0, int r1, int H4, int I, int Ho, int H, int Hp,
+                     const floating *dG, const floating *X, const floating *Hprev,
+                     const floating *W, floating *dX, floating beta_x, floating *dW,
+                     floating *dU, floating *db, const floating *M, const floating *dHP,
+                     floating *dP) noexcept nogil:
+    """Parameter gradients of rows [r0, r1) written (beta 0) into dW, dU, db, dP; dX rows."""
+    cdef int nr = r1 - r0, r, j
+    cdef const floating *g = dG + <i64> r0 * H4
+    cdef const floating *row
+    if dX != NULL:
+        gemm(False, True, nr, I, H4, <floating> 1, g, H4, W, H4, beta_x, dX + <i64> r0 * I, I)
+    gemm(True, False, I, H4, nr, <floating> 1, X + <i64> r0 * I, I, g, H4, <floating> 0,
+         dW, H4)
+    gemm(True, False, Ho, H4, nr, <floating> 1, Hprev + <i64> r0 * Ho, Ho, g, H4,
+         <floating> 0, dU, H4)
+    for j in range(H4):
+        db[j] = 0
+    for r in range(nr):
+        row = g + <i64> r * H4
+        for j in range(H4):
+            db[j] += row[j]
+    if dP != NULL:
+        gemm(True, False, H, Hp, nr, <floating> 1, M + <i64> r0 * H, H,
+             dHP + <i64> r0 * Hp, Hp, <floating> 0, dP, Hp)
+    return 0
+
+
 def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
                 const floating[:, ::1] Hprev, const floating[:, ::1] W,
                 floating[:, ::1] dX, bint accumulate_dX,
                 floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
-                const floating[:, ::1] M, const floating[:, ::1] dHP, floating[:, ::1] dP):
-    """The big gemms after the time loop, over all R = N*T rows (gradients overwritten).
+                const floating[:, ::1] M, const floating[:, ::1] dHP, floating[:, ::1] dP,
+                int n_parts, int n_threads):
+    """The products after the time loop, over all R = N*T rows (gradients overwritten).
 
     dG: (R, 4H) gate gradients (zero on padded rows); X: (R, I) the layer input with
     padded rows zeroed; Hprev: (R, Ho) the h each step read; W: (I, 4H);
@@ -522,14 +552,29 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
     dW: (I, 4H) = X^T dG; dU: (Ho, 4H) = Hprev^T dG; db: (4H,) = column sums of dG;
     M: (R, H) pre-projection outputs, dHP: (R, Ho) projection gradients (zero on padded
     rows), dP: (H, Ho) = M^T dHP -- all three None without a projection.
+    n_parts: the rows are split into this many contiguous ranges, each one gemm per
+    product (partial sums added in a fixed order afterwards, so the result does not
+    depend on n_threads, the OpenMP threads sharing the ranges; the caller holds BLAS to
+    one thread when n_parts > 1).
     """
     cdef int R = dG.shape[0], H4 = dG.shape[1], I = X.shape[1], Ho = Hprev.shape[1]
     cdef int H = H4 // 4, Hp = dP.shape[1] if dP is not None else 0
-    cdef int r, j
-    cdef const floating *pg = &dG[0, 0]
-    cdef const floating *row
-    cdef floating *pdb = &db[0]
+    cdef int nparts, nteam, part, r0, r1, status = 0
+    cdef i64 j, size, offs_u, offs_b, offs_p
     cdef floating beta_x = 1 if accumulate_dX else 0
+    cdef const floating *pg = &dG[0, 0] if R else NULL
+    cdef const floating *px = &X[0, 0] if R else NULL
+    cdef const floating *ph = &Hprev[0, 0] if R else NULL
+    cdef const floating *pw = &W[0, 0]
+    cdef floating *pdx = &dX[0, 0] if dX is not None and R else NULL
+    cdef floating *pdw = &dW[0, 0]
+    cdef floating *pdu = &dU[0, 0]
+    cdef floating *pdb = &db[0]
+    cdef const floating *pm = &M[0, 0] if M is not None and R else NULL
+    cdef const floating *pdhp = &dHP[0, 0] if dHP is not None and R else NULL
+    cdef floating *pdp = &dP[0, 0] if dP is not None else NULL
+    cdef floating *partial = NULL
+    cdef floating *mine
 
     if R == 0:
         dW[...] = 0
@@ -538,20 +583,53 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
         if dP is not None:
             dP[...] = 0
         return
+    nparts = n_parts if n_parts < R else R
+    if nparts < 1:
+        nparts = 1
+    nteam = n_threads if n_threads < nparts else nparts
+    # part 0 writes the outputs; parts 1.. write partial sums, added in order afterwards
+    offs_u = <i64> I * H4
+    offs_b = offs_u + <i64> Ho * H4
+    offs_p = offs_b + H4
+    size = offs_p + <i64> H * Hp
+    if nparts > 1:
+        partial = <floating *> malloc(<size_t> (nparts - 1) * size * sizeof(floating))
+        if partial == NULL:
+            raise MemoryError("fastlstm: could not allocate the backward workspace")
     with nogil:
-        if dX is not None:
-            gemm(False, True, R, I, H4, <floating> 1, pg, H4, &W[0, 0], H4, beta_x,
-                 &dX[0, 0], I)
-        gemm(True, False, I, H4, R, <floating> 1, &X[0, 0], I, pg, H4, <floating> 0,
-             &dW[0, 0], H4)
-        gemm(True, False, Ho, H4, R, <floating> 1, &Hprev[0, 0], Ho, pg, H4, <floating> 0,
-             &dU[0, 0], H4)
-        for j in range(H4):
-            pdb[j] = 0
-        for r in range(R):
-            row = pg + <long long> r * H4
+        if nteam <= 1:
+            for part in range(nparts):
+                r0 = <int> ((<i64> part * R) // nparts)
+                r1 = <int> ((<i64> (part + 1) * R) // nparts)
+                mine = partial + (part - 1) * size if part else NULL
+                if part == 0:
+                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                          beta_x, pdw, pdu, pdb, pm, pdhp, pdp)
+                else:
+                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                          beta_x, mine, mine + offs_u, mine + offs_b, pm,
+                                          pdhp, mine + offs_p if pdp != NULL else NULL)
+        else:
+            for part in prange(nparts, num_threads=nteam, schedule='static', chunksize=1):
+                r0 = <int> ((<i64> part * R) // nparts)
+                r1 = <int> ((<i64> (part + 1) * R) // nparts)
+                mine = partial + (part - 1) * size if part else NULL
+                if part == 0:
+                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                          beta_x, pdw, pdu, pdb, pm, pdhp, pdp)
+                else:
+                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                          beta_x, mine, mine + offs_u, mine + offs_b, pm,
+                                          pdhp, mine + offs_p if pdp != NULL else NULL)
+        for part in range(1, nparts):
+            mine = partial + (part - 1) * size
+            for j in range(offs_u):
+                pdw[j] += mine[j]
+            for j in range(offs_b - offs_u):
+                pdu[j] += mine[offs_u + j]
             for j in range(H4):
-                pdb[j] += row[j]
-        if dP is not None:
-            gemm(True, False, H, Hp, R, <floating> 1, &M[0, 0], H, &dHP[0, 0], Hp,
-                 <floating> 0, &dP[0, 0], Hp)
+                pdb[j] += mine[offs_b + j]
+            if pdp != NULL:
+                for j in range(size - offs_p):
+                    pdp[j] += mine[offs_p + j]
+    free(partial)

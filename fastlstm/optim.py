@@ -1,0 +1,265 @@
+"""Optimisers over flat parameter buffers: SGD (momentum, Nesterov), Adam, AdamW, and
+global gradient-norm clipping.
+
+Every fastlstm model keeps its parameters in one flat buffer (``flat_params``) and its
+gradients in another (``flat_grads``), so an optimiser step is one vectorised NumPy
+update per model, whatever the number of layers.  An optimiser takes a model, or a list
+of models (e.g. ``[rnn, readout]``), or ``(params, grads)`` pairs of 1-D arrays; it keeps
+its state (momentum, moments) in arrays of the same dtype.
+
+The update rules are PyTorch's (``torch.optim.SGD``, ``Adam``, ``AdamW``), so
+hyper-parameters carry over; ``weight_decay`` in ``SGD`` and ``Adam`` is the classic L2
+term added to the gradient, in ``AdamW`` it is decoupled (``p -= lr * wd * p``).
+"""
+
+import numbers
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm"]
+
+
+def _pairs(params):
+    """[(param, grad)] 1-D float arrays from a model, a list of models or of pairs."""
+    if hasattr(params, "flat_params") or (isinstance(params, tuple) and len(params) == 2
+                                          and isinstance(params[0], np.ndarray)):
+        params = [params]
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError("params must be a model (with flat_params and flat_grads), a list "
+                        f"of models, or (params, grads) pairs of arrays; got "
+                        f"{type(params).__name__}") from None
+    if not items:
+        raise ValueError("params is empty: give at least one model or (params, grads) pair")
+    out = []
+    for k, item in enumerate(items):
+        if hasattr(item, "flat_params") and hasattr(item, "flat_grads"):
+            p, g = item.flat_params, item.flat_grads
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            p, g = item
+        else:
+            raise TypeError(f"params[{k}] must be a model or a (params, grads) pair, "
+                            f"got {type(item).__name__}")
+        for name, a in (("params", p), ("grads", g)):
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind != "f" \
+                    or not a.flags.c_contiguous or not a.flags.writeable:
+                raise TypeError(f"params[{k}]: {name} must be a writable, contiguous 1-D "
+                                f"float array")
+        if p.shape != g.shape or p.dtype != g.dtype:
+            raise ValueError(f"params[{k}]: params {p.shape} {p.dtype} and grads {g.shape} "
+                             f"{g.dtype} must have the same shape and dtype")
+        out.append((p, g))
+    return out
+
+
+def _check_number(value, name, low=0.0, low_inclusive=True, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if value < low or (not low_inclusive and value == low) or (high is not None and value >= high):
+        rng = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be in {rng}, got {value}")
+    return value
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    params: as for the optimisers.  Returns the norm before clipping (as PyTorch's
+    ``clip_grad_norm_``; the scale is ``max_norm / (norm + 1e-6)`` when it is below 1).
+    A non-finite norm is returned as is and leaves the gradients unchanged.
+    """
+    max_norm = _check_number(max_norm, "max_norm")
+    pairs = _pairs(params)
+    total = float(np.sqrt(sum(float(np.dot(g, g)) for _, g in pairs)))
+    if np.isfinite(total):
+        scale = max_norm / (total + 1e-6)
+        if scale < 1.0:
+            for _, g in pairs:
+                g *= g.dtype.type(scale)
+    return total
+
+
+class _Optimizer:
+    _hyper = ()
+
+    def __init__(self, params, lr):
+        self._pairs = _pairs(params)
+        self.lr = _check_number(lr, "lr")
+        self.n_steps = 0
+
+    def zero_grad(self):
+        """Set every gradient buffer to 0."""
+        for _, g in self._pairs:
+            g[...] = 0
+
+    def _slots(self):
+        return {}
+
+    def state_dict(self):
+        """A dict of copies: hyper-parameters, step count and per-buffer state arrays."""
+        return {
+            "optimizer": type(self).__name__,
+            "hyper": {name: getattr(self, name) for name in ("lr",) + self._hyper},
+            "n_steps": self.n_steps,
+            "state": {name: [a.copy() for a in arrays] for name, arrays in self._slots().items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned (the same kind of optimiser on buffers of
+        the same shapes and dtypes)."""
+        if not isinstance(state, dict) or state.get("optimizer") != type(self).__name__:
+            got = state.get("optimizer") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a {type(self).__name__} state_dict, got {got!r}")
+        for name, saved in state["state"].items():
+            if len(saved) != len(self._pairs):
+                raise ValueError(f"state[{name!r}] has {len(saved)} buffers, this optimiser "
+                                 f"has {len(self._pairs)}")
+            for k, ((p, _), src) in enumerate(zip(self._pairs, saved)):
+                if np.shape(src) != p.shape:
+                    raise ValueError(f"state[{name!r}][{k}] has shape {np.shape(src)}, "
+                                     f"expected {p.shape}")
+        for name, value in state["hyper"].items():
+            setattr(self, name, tuple(value) if isinstance(value, list) else value)
+        self.n_steps = int(state["n_steps"])
+        self._alloc()
+        slots = self._slots()
+        if set(state["state"]) != set(slots):
+            raise ValueError(f"state holds {sorted(state['state'])}, expected {sorted(slots)}")
+        for name, arrays in slots.items():
+            for dst, src in zip(arrays, state["state"][name]):
+                dst[...] = src
+
+    def __repr__(self):
+        hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("lr",) + self._hyper)
+        return f"{type(self).__name__}({hyper})"
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent, optionally with momentum / Nesterov momentum.
+
+    Per step (``torch.optim.SGD`` with dampening 0): ``d = g + weight_decay * p``;
+    with momentum ``buf = momentum * buf + d`` and ``d = buf`` (or ``d + momentum * buf``
+    with ``nesterov``); ``p -= lr * d``.
+    """
+
+    _hyper = ("momentum", "nesterov", "weight_decay")
+
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _check_number(momentum, "momentum", high=1.0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self._alloc()
+
+    def _alloc(self):
+        """Zeroed state and scratch buffers for the current hyper-parameters."""
+        self._buf = [np.zeros_like(p) for p, _ in self._pairs] if self.momentum else []
+        self._decayed = [np.empty_like(p) for p, _ in self._pairs] if self.weight_decay else []
+        self._look = [np.empty_like(p) for p, _ in self._pairs] if self.nesterov else []
+
+    def _slots(self):
+        return {"momentum_buffer": self._buf}
+
+    def step(self):
+        """One update of every parameter from its current gradient."""
+        for k, (p, g) in enumerate(self._pairs):
+            dt = p.dtype.type
+            d = g
+            if self.weight_decay:
+                d = self._decayed[k]
+                np.multiply(p, dt(self.weight_decay), out=d)
+                d += g
+            if self.momentum:
+                buf = self._buf[k]
+                buf *= dt(self.momentum)
+                buf += d
+                if self.nesterov:
+                    look = self._look[k]
+                    np.multiply(buf, dt(self.momentum), out=look)
+                    look += d
+                    d = look
+                else:
+                    d = buf
+            p -= dt(self.lr) * d
+        self.n_steps += 1
+
+
+class Adam(_Optimizer):
+    """Adam (``torch.optim.Adam``); ``weight_decay`` is an L2 term added to the gradient.
+
+    Per step t: ``g += weight_decay * p``; ``m = b1 m + (1 - b1) g``;
+    ``v = b2 v + (1 - b2) g^2``; ``p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``.
+    With ``decoupled_weight_decay=True`` it is AdamW: ``p -= lr * weight_decay * p`` first,
+    and the gradient is left alone.
+    """
+
+    _hyper = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False):
+        super().__init__(params, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
+        self.betas = (_check_number(betas[0], "betas[0]", high=1.0),
+                      _check_number(betas[1], "betas[1]", high=1.0))
+        self.eps = _check_number(eps, "eps")
+        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        if not isinstance(decoupled_weight_decay, (bool, np.bool_)):
+            raise TypeError("decoupled_weight_decay must be a bool")
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self._alloc()
+
+    def _alloc(self):
+        """Zeroed state and scratch buffers for the current hyper-parameters."""
+        self._m = [np.zeros_like(p) for p, _ in self._pairs]
+        self._v = [np.zeros_like(p) for p, _ in self._pairs]
+        self._tmp = [np.empty_like(p) for p, _ in self._pairs]
+        self._tmp2 = [np.empty_like(p) for p, _ in self._pairs] if self.weight_decay else []
+
+    def _slots(self):
+        return {"exp_avg": self._m, "exp_avg_sq": self._v}
+
+    def step(self):
+        """One update of every parameter from its current gradient."""
+        self.n_steps += 1
+        b1, b2 = self.betas
+        t = self.n_steps
+        bc1 = 1.0 - b1 ** t
+        bc2_sqrt = np.sqrt(1.0 - b2 ** t)
+        for k, (p, g) in enumerate(self._pairs):
+            dt = p.dtype.type
+            m, v, tmp = self._m[k], self._v[k], self._tmp[k]
+            if self.weight_decay:
+                if self.decoupled_weight_decay:
+                    p *= dt(1.0 - self.lr * self.weight_decay)
+                else:
+                    g2 = self._tmp2[k]
+                    np.multiply(p, dt(self.weight_decay), out=g2)
+                    g2 += g
+                    g = g2
+            m *= dt(b1)
+            np.multiply(g, dt(1.0 - b1), out=tmp)
+            m += tmp
+            v *= dt(b2)
+            np.multiply(g, g, out=tmp)
+            tmp *= dt(1.0 - b2)
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp *= dt(1.0 / bc2_sqrt)
+            tmp += dt(self.eps)
+            np.divide(m, tmp, out=tmp)
+            tmp *= dt(self.lr / bc1)
+            p -= tmp
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``torch.optim.AdamW``; default weight_decay 0.01)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)

@@ -1,0 +1,254 @@
+"""A dense readout and the losses that make an LSTM trainable end to end.
+
+- ``Dense(in_features, out_features)``: ``out = H @ W + b`` on the last axis of any
+  array (a final state ``(N, F)`` or every step ``(N, T, F)``), with ``forward`` /
+  ``backward`` / ``params`` / ``grads`` / ``flat_params`` / ``flat_grads`` like the LSTM
+  models, so the optimisers in ``fastlstm.optim`` take it too.
+- ``last_output`` / ``last_output_backward``: each row's output at its last valid step.
+- ``sequence_mask``: which steps are valid, for losses over every step.
+- ``mse_loss`` and ``softmax_cross_entropy`` return ``(loss, dpred)``: the mean loss
+  over the valid samples and its gradient w.r.t. the predictions / logits.
+
+Gradients, like the LSTM's, are overwritten by each ``backward`` call.
+"""
+
+import numpy as np
+
+from . import init as _init
+from . import layers as _layers
+
+__all__ = ["Dense", "last_output", "last_output_backward", "sequence_mask", "mse_loss",
+           "softmax", "softmax_cross_entropy"]
+
+
+class Dense(_layers._Module):
+    """Linear layer ``out = H @ W + b`` on the last axis.
+
+    Parameters: ``W`` (in_features, out_features), Glorot-uniform; ``b`` (out_features,),
+    zero.  dtype float32 (default) or float64; random_state as for ``LSTM``.
+    """
+
+    def __init__(self, in_features, out_features, *, dtype=np.float32, random_state=None):
+        self.in_features = _layers._check_size(in_features, "in_features")
+        self.out_features = _layers._check_size(out_features, "out_features")
+        self._dtype = _layers._check_dtype(dtype)
+        self._params = self._bind(np.empty(self.n_params, self._dtype))
+        self._gflat = np.zeros(self.n_params, self._dtype)
+        self.reset_parameters(random_state)
+
+    def _param_shapes(self):
+        return [("W", (self.in_features, self.out_features)), ("b", (self.out_features,))]
+
+    def _rebind(self, buffer):
+        buffer[...] = self._flat
+        self._params = self._bind(buffer)
+
+    def _rebind_grads(self, buffer):
+        buffer[...] = self._gflat
+        self._gflat = buffer
+
+    def reset_parameters(self, random_state=None):
+        rng = _init.check_random_state(random_state)
+        self._params["W"][...] = _init.glorot_uniform((self.in_features, self.out_features),
+                                                      rng, self._dtype)
+        self._params["b"][...] = 0
+        return self
+
+    @property
+    def params(self):
+        return dict(self._params)
+
+    @property
+    def W(self):
+        return self._params["W"]
+
+    @W.setter
+    def W(self, value):
+        self._set("W", value)
+
+    @property
+    def b(self):
+        return self._params["b"]
+
+    @b.setter
+    def b(self, value):
+        self._set("b", value)
+
+    def _set(self, name, value):
+        target = self._params[name]
+        value = _layers._numeric_array(value, name)
+        if value.shape != target.shape:
+            raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+        target[...] = value
+
+    def __repr__(self):
+        dt = "" if self._dtype == np.float32 else f", dtype={self._dtype.name}"
+        return f"Dense({self.in_features}, {self.out_features}{dt})"
+
+    def _as_features(self, H, name):
+        H = _layers._numeric_array(H, name)
+        if H.ndim < 1 or H.shape[-1] != self.in_features:
+            raise ValueError(f"{name} must have {self.in_features} features on its last "
+                             f"axis, got shape {H.shape}")
+        return np.ascontiguousarray(H, dtype=self._dtype)
+
+    def __call__(self, H):
+        """H (..., in_features) -> (..., out_features)."""
+        H = self._as_features(H, "H")
+        return H @ self._params["W"] + self._params["b"]
+
+    def forward(self, H):
+        """Training forward: returns ``out`` and a cache for ``backward``."""
+        H = self._as_features(H, "H")
+        return H @ self._params["W"] + self._params["b"], H
+
+    def backward(self, dout, cache):
+        """dout (..., out_features) -> dH (..., in_features); overwrites ``grads``."""
+        H = cache
+        dout = _layers._numeric_array(dout, "dout")
+        if dout.shape != H.shape[:-1] + (self.out_features,):
+            raise ValueError(f"dout must have shape {H.shape[:-1] + (self.out_features,)}, "
+                             f"got {dout.shape}")
+        dout = np.ascontiguousarray(dout, dtype=self._dtype)
+        d2 = dout.reshape(-1, self.out_features)
+        g = self._views(self._gflat)
+        np.matmul(H.reshape(-1, self.in_features).T, d2, out=g["W"])
+        np.sum(d2, axis=0, out=g["b"])
+        return dout @ self._params["W"].T
+
+
+# ---------------------------------------------------------------------------------------
+# picking outputs
+
+
+def _lengths(lengths, N, T):
+    if lengths is None:
+        return None
+    L = np.asarray(lengths)
+    if L.dtype.kind not in "iu" or L.shape != (N,):
+        raise ValueError(f"lengths must be ({N},) integers, got {L.dtype} {L.shape}")
+    if N and (L.min() < 0 or L.max() > T):
+        raise ValueError(f"lengths must be in [0, T={T}]")
+    return L.astype(np.int64)
+
+
+def sequence_mask(lengths, T, time_major=False):
+    """Boolean mask of valid steps, (N, T) (or (T, N) with ``time_major``)."""
+    L = np.asarray(lengths)
+    if L.ndim != 1:
+        raise ValueError(f"lengths must be 1-D (one per batch row), got shape {L.shape}")
+    L = _lengths(L, L.shape[0], T)
+    mask = np.arange(T)[None, :] < L[:, None]
+    return mask.T if time_major else mask
+
+
+def last_output(Y, lengths=None, time_major=False):
+    """Each row's output at its last valid step, (N, F); zeros for rows of length 0.
+
+    For a forward LSTM this equals the final ``h``.  (For a Bidirectional, read the
+    final states instead: the reverse half's last step is t = 0.)
+    """
+    Y = np.asarray(Y)
+    if Y.ndim != 3:
+        raise ValueError(f"Y must be 3-D, got shape {Y.shape}")
+    Yb = Y.swapaxes(0, 1) if time_major else Y
+    N, T = Yb.shape[:2]
+    L = _lengths(lengths, N, T)
+    if L is None:
+        return Yb[:, T - 1].copy() if T else np.zeros((N, Y.shape[2]), Y.dtype)
+    out = Yb[np.arange(N), np.maximum(L - 1, 0)].copy()
+    out[L == 0] = 0
+    return out
+
+
+def last_output_backward(dlast, Y_shape, lengths=None, time_major=False):
+    """Gradient w.r.t. ``Y`` of ``last_output``: ``dlast`` (N, F) scattered into zeros."""
+    dY = np.zeros(Y_shape, np.asarray(dlast).dtype)
+    dYb = dY.swapaxes(0, 1) if time_major else dY
+    N, T = dYb.shape[:2]
+    L = _lengths(lengths, N, T)
+    if T == 0:
+        return dY
+    if L is None:
+        dYb[:, T - 1] = dlast
+    else:
+        rows = np.nonzero(L > 0)[0]
+        dYb[rows, L[rows] - 1] = np.asarray(dlast)[rows]
+    return dY
+
+
+# ---------------------------------------------------------------------------------------
+# losses: (mean loss over valid samples, gradient w.r.t. the prediction)
+
+
+def _weights(mask, lead_shape):
+    if mask is None:
+        return None
+    w = np.asarray(mask)
+    if w.shape != lead_shape:
+        raise ValueError(f"mask must have shape {lead_shape}, got {w.shape}")
+    return w.astype(bool)
+
+
+def mse_loss(pred, target, mask=None):
+    """Mean squared error over every valid element.
+
+    pred, target: same shape (..., F); mask: boolean over the leading axes (...), e.g.
+    ``sequence_mask`` for per-step outputs, or None.  Returns ``(loss, dpred)``.
+    """
+    pred = np.asarray(pred)
+    target = np.asarray(target, dtype=pred.dtype)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} must have one shape")
+    diff = pred - target
+    w = _weights(mask, pred.shape[:-1])
+    if w is not None:
+        diff = np.where(w[..., None], diff, 0)
+        count = int(w.sum()) * pred.shape[-1]
+    else:
+        count = diff.size
+    if count == 0:
+        return 0.0, np.zeros_like(diff)
+    loss = float(np.sum(diff * diff)) / count
+    return loss, (2.0 / count) * diff
+
+
+def softmax(logits):
+    """Softmax over the last axis (stable)."""
+    z = np.asarray(logits)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_cross_entropy(logits, labels, mask=None):
+    """Mean cross-entropy of ``softmax(logits)`` against integer class labels.
+
+    logits: (..., C); labels: (...) integers in [0, C); mask: boolean (...) or None.
+    Returns ``(loss, dlogits)``, ``dlogits = (softmax - onehot) / n_valid``.
+    """
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must have shape {logits.shape[:-1]}, got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    C = logits.shape[-1]
+    w = _weights(mask, labels.shape)
+    valid = np.ones(labels.shape, bool) if w is None else w
+    if labels[valid].size and (labels[valid].min() < 0 or labels[valid].max() >= C):
+        raise ValueError(f"labels must be in [0, {C})")
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logsum = np.log(np.exp(z).sum(axis=-1))
+    safe = np.where(valid, labels, 0)
+    picked = np.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
+    nll = logsum - picked
+    n = int(valid.sum())
+    if n == 0:
+        return 0.0, np.zeros_like(logits)
+    loss = float(np.sum(np.where(valid, nll, 0))) / n
+    d = np.exp(z - logsum[..., None])
+    np.put_along_axis(d, safe[..., None],
+                      np.take_along_axis(d, safe[..., None], axis=-1) - 1, axis=-1)
+    d = np.where(valid[..., None], d, 0) / n
+    return loss, d.astype(logits.dtype, copy=False)

@@ -1,0 +1,215 @@
+"""Optimisers (fastlstm.optim): against torch.optim when installed, and against the update
+rules written out element by element in plain Python (an independent oracle)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import optim
+
+N_STEPS = 5
+
+
+def scalar_sgd(p, grads, lr, momentum, nesterov, wd):
+    p = list(p)
+    buf = [0.0] * len(p)
+    for g in grads:
+        for i in range(len(p)):
+            d = g[i] + wd * p[i]
+            if momentum:
+                buf[i] = momentum * buf[i] + d
+                d = d + momentum * buf[i] if nesterov else buf[i]
+            p[i] -= lr * d
+    return np.array(p)
+
+
+def scalar_adam(p, grads, lr, b1, b2, eps, wd, decoupled):
+    p = list(p)
+    m = [0.0] * len(p)
+    v = [0.0] * len(p)
+    for t, g in enumerate(grads, start=1):
+        for i in range(len(p)):
+            gi = g[i]
+            if decoupled:
+                p[i] *= 1 - lr * wd
+            else:
+                gi += wd * p[i]
+            m[i] = b1 * m[i] + (1 - b1) * gi
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi
+            mhat = m[i] / (1 - b1 ** t)
+            vhat = v[i] / (1 - b2 ** t)
+            p[i] -= lr * mhat / (math.sqrt(vhat) + eps)
+    return np.array(p)
+
+
+SGD_CASES = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True),
+             dict(lr=0.05, momentum=0.5, weight_decay=0.1),
+             dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)]
+ADAM_CASES = [("Adam", dict(lr=0.01)), ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6)),
+              ("Adam", dict(lr=0.01, weight_decay=0.1)),
+              ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+              ("AdamW", dict(lr=0.01)), ("AdamW", dict(lr=0.01, weight_decay=0.3))]
+
+
+def run(opt_cls, kwargs, p0, grads, dtype=np.float64):
+    p = p0.astype(dtype)
+    g = np.zeros_like(p)
+    opt = opt_cls([(p, g)], **kwargs)
+    for gs in grads:
+        g[...] = gs
+        opt.step()
+    return p
+
+
+@pytest.fixture
+def problem(rng):
+    return rng.normal(size=17), [rng.normal(size=17) for _ in range(N_STEPS)]
+
+
+@pytest.mark.parametrize("kw", SGD_CASES, ids=str)
+def test_sgd_rule(kw, problem):
+    p0, grads = problem
+    want = scalar_sgd(p0, grads, kw["lr"], kw.get("momentum", 0), kw.get("nesterov", False),
+                      kw.get("weight_decay", 0))
+    np.testing.assert_allclose(run(optim.SGD, kw, p0, grads), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kw", ADAM_CASES, ids=str)
+def test_adam_rule(name, kw, problem):
+    p0, grads = problem
+    cls = getattr(optim, name)
+    b1, b2 = kw.get("betas", (0.9, 0.999))
+    decoupled = name == "AdamW" or kw.get("decoupled_weight_decay", False)
+    wd = kw.get("weight_decay", 0.01 if name == "AdamW" else 0.0)
+    want = scalar_adam(p0, grads, kw["lr"], b1, b2, kw.get("eps", 1e-8), wd, decoupled)
+    np.testing.assert_allclose(run(cls, kw, p0, grads), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw", [("SGD", k) for k in SGD_CASES] + ADAM_CASES, ids=str)
+def test_matches_torch(name, kw, dtype, problem):
+    torch = pytest.importorskip("torch")
+    p0, grads = problem
+    tp = torch.nn.Parameter(torch.tensor(p0.astype(dtype)))
+    topt = getattr(torch.optim, name)([tp], **kw)
+    for gs in grads:
+        tp.grad = torch.tensor(gs.astype(dtype))
+        topt.step()
+    got = run(getattr(optim, name), kw, p0, [g.astype(dtype) for g in grads], dtype)
+    assert got.dtype == dtype
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, tp.detach().numpy(), rtol=rtol, atol=rtol)
+
+
+def test_on_models_flat_buffers(rng):
+    """One step touches every parameter of every model through its flat buffer."""
+    rnn = fl.MultiLSTM([fl.LSTM(3, 4, random_state=0), fl.LSTM(4, 5, random_state=1)])
+    head = fl.readout.Dense(5, 2, random_state=0)
+    before = [rnn.flat_params.copy(), head.flat_params.copy()]
+    rnn.flat_grads[...] = rng.normal(size=rnn.flat_grads.shape)
+    head.flat_grads[...] = rng.normal(size=head.flat_grads.shape)
+    opt = optim.SGD([rnn, head], lr=0.5)
+    opt.step()
+    np.testing.assert_allclose(rnn.flat_params, before[0] - 0.5 * rnn.flat_grads, rtol=1e-6)
+    np.testing.assert_allclose(head.flat_params, before[1] - 0.5 * head.flat_grads, rtol=1e-6)
+    # the layers' named views see the update
+    off = rnn.layers[0].n_params + rnn.layers[1].W.size
+    np.testing.assert_array_equal(rnn.layers[1].U.ravel(), rnn.flat_params[off:off + 20 * 5])
+    opt.zero_grad()
+    assert not rnn.flat_grads.any() and not head.flat_grads.any()
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+                                     ("Adam", dict(lr=0.01, weight_decay=0.1)),
+                                     ("AdamW", dict(lr=0.01))])
+def test_state_dict_round_trip(name, kw, problem):
+    """Save after 3 steps, restore into a fresh optimiser: the next steps are identical."""
+    p0, grads = problem
+    cls = getattr(optim, name)
+    p, g = p0.copy(), np.zeros_like(p0)
+    opt = cls([(p, g)], **kw)
+    for gs in grads[:3]:
+        g[...] = gs
+        opt.step()
+    state = opt.state_dict()
+    p_saved = p.copy()
+    for gs in grads[3:]:
+        g[...] = gs
+        opt.step()
+    p2, g2 = p_saved.copy(), np.zeros_like(p0)
+    opt2 = cls([(p2, g2)], lr=123.0)              # hyper-parameters come from the state
+    opt2.load_state_dict(state)
+    assert opt2.lr == kw["lr"] and opt2.n_steps == 3
+    for gs in grads[3:]:
+        g2[...] = gs
+        opt2.step()
+    np.testing.assert_array_equal(p2, p)
+    # the saved state is a copy, not a view of the live buffers
+    for slot, arrays in state["state"].items():
+        for saved, live in zip(arrays, opt._slots()[slot]):
+            assert not np.shares_memory(saved, live)
+
+
+def test_state_dict_errors():
+    p, g = np.zeros(3), np.zeros(3)
+    opt = optim.Adam([(p, g)])
+    with pytest.raises(ValueError, match="Adam state_dict"):
+        opt.load_state_dict(optim.SGD([(p, g)], momentum=0.9).state_dict())
+    other = optim.Adam([(np.zeros(4), np.zeros(4))]).state_dict()
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(other)
+
+
+def test_clip_grad_norm(rng):
+    gs = [rng.normal(size=7), rng.normal(size=(5,))]
+    pairs = [(np.zeros_like(g), g.copy()) for g in gs]
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in gs))
+    got = optim.clip_grad_norm(pairs, 1.0)
+    assert got == pytest.approx(norm, rel=1e-12)
+    new = math.sqrt(sum(float((g ** 2).sum()) for _, g in pairs))
+    assert new == pytest.approx(1.0 / (norm + 1e-6) * norm, rel=1e-12)
+    for (_, g), g0 in zip(pairs, gs):
+        np.testing.assert_allclose(g, g0 * (1.0 / (norm + 1e-6)), rtol=1e-12)
+    # below the limit nothing changes
+    before = [g.copy() for _, g in pairs]
+    optim.clip_grad_norm(pairs, 10.0)
+    for (_, g), b in zip(pairs, before):
+        np.testing.assert_array_equal(g, b)
+
+
+def test_clip_grad_norm_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    gs = [rng.normal(size=9), rng.normal(size=4)]
+    ps = [torch.nn.Parameter(torch.zeros(len(g), dtype=torch.float64)) for g in gs]
+    for p, g in zip(ps, gs):
+        p.grad = torch.tensor(g)
+    tnorm = torch.nn.utils.clip_grad_norm_(ps, 0.5)
+    pairs = [(np.zeros_like(g), g.copy()) for g in gs]
+    norm = optim.clip_grad_norm(pairs, 0.5)
+    assert norm == pytest.approx(float(tnorm), rel=1e-12)
+    for (_, g), p in zip(pairs, ps):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-12)
+
+
+def test_argument_errors():
+    p, g = np.zeros(3), np.zeros(3)
+    with pytest.raises(TypeError, match="params"):
+        optim.SGD(42)
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([])
+    with pytest.raises(ValueError, match="same shape"):
+        optim.SGD([(p, np.zeros(4))])
+    with pytest.raises(TypeError, match="1-D float"):
+        optim.SGD([(p.reshape(3, 1), g.reshape(3, 1))])
+    with pytest.raises(ValueError, match="lr"):
+        optim.SGD([(p, g)], lr=-1)
+    with pytest.raises(ValueError, match="momentum"):
+        optim.SGD([(p, g)], momentum=1.5)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([(p, g)], nesterov=True)
+    with pytest.raises(ValueError, match=r"betas\[1\]"):
+        optim.Adam([(p, g)], betas=(0.9, 1.0))
+    with pytest.raises(TypeError, match="max_norm"):
+        optim.clip_grad_norm([(p, g)], float("nan"))
