@@ -35,3 +35,15 @@ __all__ = [
     "readout",
     "__version__",
 ]
+
+_ESTIMATORS = ("LSTMRegressor", "LSTMClassifier", "LSTMEncoder")
+
+
+def __getattr__(name):
+    # the scikit-learn estimators load on first use: scikit-learn is an optional extra
+    # (pip install fastlstm[sklearn]), so `import fastlstm` works without it
+    if name in _ESTIMATORS:
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")

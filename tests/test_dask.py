@@ -1,0 +1,204 @@
+"""fastlstm.dask: lazy batch inference over Dask arrays, on a real two-process cluster."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("sklearn")
+
+import fastlstm  # noqa: E402
+from fastlstm.dask import _aligned_chunks, _with_threads, predict_dask  # noqa: E402
+from fastlstm.estimators import LSTMClassifier, LSTMEncoder, LSTMRegressor  # noqa: E402
+
+N, T, F = 1500, 12, 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, T, F)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, N)
+    X[np.arange(T)[None, :] >= lengths[:, None]] = np.nan      # trailing NaN padding
+    y = np.nan_to_num(X[:, :, 0]).sum(axis=1)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "regressor": LSTMRegressor(hidden_sizes=(6,), max_iter=2, random_state=0).fit(X, y),
+            "classifier": LSTMClassifier(hidden_sizes=(5,), bidirectional=True, max_iter=2,
+                                         random_state=0).fit(X, np.digitize(y, [-1, 1])),
+            "encoder": LSTMEncoder(hidden_sizes=(4, 3), pooling="mean",
+                                   random_state=0).fit(X),
+        }
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, worker_dashboard_address=None, silence_logs=40)
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+CASES = [("regressor", "predict"), ("classifier", "predict"),
+         ("classifier", "predict_proba"), ("classifier", "predict_log_proba"),
+         ("encoder", "transform")]
+
+
+@pytest.mark.parametrize("name, method", CASES)
+def test_cluster_matches_in_process_exactly(client, data, fitted, name, method):
+    X, _ = data
+    est = fitted[name]
+    dX = da.from_array(X, chunks=(400, T, F))
+    out = predict_dask(est, dX, method=method)
+    assert isinstance(out, da.Array)
+    assert out.numblocks[0] > 1
+    expected = getattr(est, method)(X)
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    got = client.compute(out).result()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cluster_2d_input_and_explicit_lengths(client):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((700, 9))
+    lengths = rng.integers(1, 10, 700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = LSTMRegressor(hidden_sizes=(4,), max_iter=2, dtype="float64",
+                            random_state=0).fit(X, X[:, 0])
+    got = client.compute(predict_dask(est, da.from_array(X, chunks=150),
+                                      lengths=lengths)).result()
+    np.testing.assert_array_equal(got, est.predict(X, lengths=lengths))
+
+
+def test_cluster_bare_model_equals_each_chunk(client, data):
+    X = np.nan_to_num(data[0])
+    model = fastlstm.MultiLSTM([fastlstm.LSTM(F, 5, random_state=1),
+                                fastlstm.Bidirectional(fastlstm.LSTM(5, 4, random_state=2),
+                                                       fastlstm.LSTM(5, 4, random_state=3))])
+    dX = da.from_array(X, chunks=(500, T, F))
+    got = client.compute(predict_dask(model, dX)).result()
+    assert got.shape == (N, T, 8)
+    for s in range(0, N, 500):
+        np.testing.assert_array_equal(got[s:s + 500], model(X[s:s + 500])[0])
+    np.testing.assert_allclose(got, model(X)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_workers_run_single_threaded(client):
+    # the tasks' kernels run with n_threads=1 copies; the workers' BLAS is held to 1 thread
+    def probe():
+        from threadpoolctl import threadpool_info
+        return fastlstm.get_n_threads(), [i["num_threads"] for i in threadpool_info()
+                                          if i["user_api"] == "blas"]
+
+    for n_omp, blas in client.run(probe).values():
+        assert n_omp == 1
+        assert all(b == 1 for b in blas)
+
+
+# --- in-process pieces (threaded scheduler): no cluster needed ------------------------
+
+
+def test_with_threads_copies_without_touching_the_model():
+    model = fastlstm.MultiLSTM([fastlstm.LSTM(2, 3, n_threads=2),
+                                fastlstm.Bidirectional(fastlstm.LSTM(3, 2, n_threads=2),
+                                                       fastlstm.LSTM(3, 2, n_threads=2))])
+    copy = _with_threads(model, 1)
+    layers = [copy.layers[0], copy.layers[1].forward_layer, copy.layers[1].backward_layer]
+    assert all(layer.n_threads == 1 for layer in layers)
+    originals = [model.layers[0], model.layers[1].forward_layer, model.layers[1].backward_layer]
+    assert all(layer.n_threads == 2 for layer in originals)
+    assert copy.flat_params is model.flat_params
+    X = np.random.default_rng(0).standard_normal((5, 4, 2))
+    np.testing.assert_array_equal(copy(X)[0], model(X)[0])
+
+
+@pytest.mark.parametrize("chunks, batch, expected", [
+    ((300, 300, 300, 100), 256, (256, 256, 256, 232)),
+    ((100, 100, 100), 256, (300,)),
+    ((512, 512), 256, (512, 512)),
+    ((10, 600, 10), 256, (512, 108)),
+])
+def test_aligned_chunks(chunks, batch, expected):
+    assert _aligned_chunks(chunks, batch) == expected
+
+
+def test_lazy_until_computed(data, fitted):
+    import dask
+
+    X, _ = data
+    loads = []
+
+    def load(s):
+        loads.append(s)
+        return X[s:s + 500]
+
+    dX = da.concatenate([da.from_delayed(dask.delayed(load)(s), (500, T, F), X.dtype)
+                         for s in range(0, N, 500)])
+    out = predict_dask(fitted["regressor"], dX)
+    assert loads == []                       # building the graph read no data
+    np.testing.assert_array_equal(out.compute(scheduler="threads"),
+                                  fitted["regressor"].predict(X))
+    assert sorted(loads) == [0, 500, 1000]
+
+
+def test_argument_errors(data, fitted):
+    X, _ = data
+    dX = da.from_array(X, chunks=(500, T, F))
+    with pytest.raises(ValueError, match="method"):
+        predict_dask(fitted["regressor"], dX, method="predict_proba")
+    with pytest.raises(ValueError, match="n_threads"):
+        predict_dask(fitted["regressor"], dX, n_threads=-1)
+    with pytest.raises(TypeError, match="model_or_estimator"):
+        predict_dask(object(), dX)
+    with pytest.raises(ValueError, match="2-D .* or 3-D"):
+        predict_dask(fitted["regressor"], da.zeros((4, 3, 2, 1)))
+    model = fastlstm.LSTM(F + 1, 2)
+    with pytest.raises(ValueError, match="3-D"):
+        predict_dask(model, dX)
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        predict_dask(LSTMRegressor(), dX)
+
+
+def test_dask_ml_parallel_post_fit_recipe(data, fitted):
+    # the recipe of docs/scaling.md: 3-D sequences flattened for dask-ml, restored in a
+    # pipeline; explicit predict_meta / predict_proba_meta
+    wrappers = pytest.importorskip("dask_ml.wrappers")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = data
+    labels = np.digitize(y, [-1, 1])
+
+    def unflatten(Z):
+        return np.asarray(Z).reshape(len(Z), T, F)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = wrappers.ParallelPostFit(
+            make_pipeline(FunctionTransformer(unflatten),
+                          LSTMClassifier(hidden_sizes=(5,), bidirectional=True, max_iter=2,
+                                         random_state=0)),
+            predict_meta=np.empty((0,), dtype=np.int64),
+            predict_proba_meta=np.empty((0, 0), dtype=np.float64),
+        ).fit(X.reshape(N, T * F), labels)
+    dX = da.from_array(X, chunks=(512, T, F)).reshape(N, T * F)   # multiples of 256
+    got = wrapped.predict(dX).compute(scheduler="threads")
+    np.testing.assert_array_equal(got, fitted["classifier"].predict(X))
+    proba = wrapped.predict_proba(dX).compute(scheduler="threads")
+    np.testing.assert_array_equal(proba, fitted["classifier"].predict_proba(X))

@@ -1,0 +1,590 @@
+"""scikit-learn estimators: the common checks, the API round-trips, training behaviour."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from fastlstm.estimators import LSTMClassifier, LSTMEncoder, LSTMRegressor  # noqa: E402
+
+# Small networks and budgets keep the ~50 common checks per estimator fast.
+FAST = dict(hidden_sizes=(4,), max_iter=5, random_state=0)
+
+_FEATURES_ARE_STEPS = ("2-D X is (n_samples, n_timesteps): n_features_in_ is 1 feature per "
+                       "step, and fewer or more columns are shorter or longer sequences, "
+                       "which are valid input")
+
+
+def _expected_failed_checks(estimator):
+    failed = {
+        "check_n_features_in": _FEATURES_ARE_STEPS,
+        "check_n_features_in_after_fitting": _FEATURES_ARE_STEPS,
+    }
+    if isinstance(estimator, (LSTMRegressor, LSTMClassifier)):
+        failed["check_estimators_partial_fit_n_features"] = _FEATURES_ARE_STEPS
+    if isinstance(estimator, LSTMRegressor):
+        failed["check_regressors_train"] = (
+            "poor score: the checks' instance trains 4 units for 5 epochs, too little for "
+            "R2 > 0.5 on that data; test_regressor_learns_noisy_sine checks learning")
+    if isinstance(estimator, LSTMClassifier):
+        # the accuracy part of this check passes; it then expects predict(X.T) to fail
+        failed["check_classifiers_train"] = (
+            _FEATURES_ARE_STEPS + " (X.T is 2 sequences of 200 steps); the rest of the "
+            "check is repeated in test_classifier_outputs_like_check_classifiers_train")
+    if isinstance(estimator, LSTMEncoder):
+        failed["check_transformer_general"] = _FEATURES_ARE_STEPS
+    if isinstance(estimator, LSTMEncoder) and estimator.objective == "reservoir":
+        failed["check_transformer_n_iter"] = (
+            "the default objective='reservoir' trains nothing, so n_iter_ is 0 by design")
+    return failed
+
+
+@parametrize_with_checks(
+    [LSTMRegressor(**FAST), LSTMClassifier(**FAST), LSTMEncoder(**FAST),
+     LSTMEncoder(objective="regression", **FAST)],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# the assertion each expected failure stops at (source text of the failing line)
+_FAILS_AT = {
+    "check_n_features_in": "assert estimator.n_features_in_ == X.shape[1]",
+    "check_n_features_in_after_fitting": "assert estimator.n_features_in_ == X.shape[1]",
+    "check_estimators_partial_fit_n_features": "with raises(",
+    "check_regressors_train": "assert regressor.score(X, y_) > 0.5",
+    "check_classifiers_train": 'with raises(ValueError, err_msg=msg.format(name, "predict")):',
+    "check_transformer_general": "with raises(",
+    "check_transformer_n_iter": "assert estimator.n_iter_ >= 1",
+}
+
+
+@pytest.mark.parametrize("estimator", [LSTMRegressor(**FAST), LSTMClassifier(**FAST),
+                                       LSTMEncoder(**FAST)], ids=lambda e: type(e).__name__)
+def test_expected_failures_fail_where_stated(estimator):
+    # every expected failure is an assertion at the stated line, never a crash elsewhere
+    import traceback
+
+    from sklearn.utils import estimator_checks
+
+    for name in _expected_failed_checks(estimator):
+        check = getattr(estimator_checks, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(AssertionError) as info:
+                check(type(estimator).__name__, estimator)
+        frames = [f for f in traceback.extract_tb(info.value.__traceback__)
+                  if f.filename.endswith("estimator_checks.py")]
+        assert frames and _FAILS_AT[name] in frames[-1].line, (name, frames[-1].line)
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def _sequences(n, T, F, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, T, F)).astype(dtype)
+
+
+def _fit_quiet(est, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# input: 2-D / 3-D, n_features_in_, lengths and NaN padding
+
+
+def test_2d_is_univariate_3d():
+    X = _sequences(30, 7, 1)[:, :, 0]
+    y = X.sum(axis=1)
+    a = _fit_quiet(LSTMRegressor(**FAST), X, y)
+    b = _fit_quiet(LSTMRegressor(**FAST), X[:, :, None], y)
+    assert a.n_features_in_ == b.n_features_in_ == 1
+    np.testing.assert_array_equal(a.predict(X), b.predict(X[:, :, None]))
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    # sequences of another length are valid input
+    assert a.predict(X[:, :3]).shape == (30,)
+    assert a.predict(np.hstack([X, X])).shape == (30,)
+
+
+def test_n_features_in_is_per_step_and_checked():
+    X = _sequences(20, 5, 3)
+    est = _fit_quiet(LSTMClassifier(**FAST), X, np.arange(20) % 2)
+    assert est.n_features_in_ == 3
+    with pytest.raises(ValueError, match="2 features per time step.*expecting 3"):
+        est.predict(X[:, :, :2])
+    with pytest.raises(ValueError, match="expecting 3"):
+        est.predict(X[:, :, 0])                      # 2-D: 1 feature per step
+    with pytest.raises(ValueError, match="2D"):
+        est.predict(X[:, 0, 0])
+    with pytest.raises(ValueError, match="2-D .* or 3-D"):
+        est.predict(X[:, :, :, None])
+
+
+def _reference_features(est, X, lengths):
+    """Pooled features of the fitted stack, computed by the NumPy reference."""
+    from fastlstm import reference
+    from fastlstm.layers import Bidirectional
+
+    layers = []
+    for layer in est.model_.layers:
+        if isinstance(layer, Bidirectional):
+            layers.append(("bidirectional", (layer.forward_layer.params, None),
+                           (layer.backward_layer.params, None)))
+        else:
+            layers.append(("lstm", layer.params, None))
+    Y, states = reference.stack_forward(X, layers, lengths=lengths)
+    if est.pooling == "mean":
+        return Y.sum(axis=1) / lengths[:, None]
+    top = states[-1]
+    return np.hstack([top[0][1], top[1][1]]) if est.bidirectional else top[1]
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_predictions_against_numpy_reference(pooling, bidirectional):
+    X = _sequences(25, 6, 2, seed=1)
+    lengths = np.random.default_rng(2).integers(1, 7, 25)
+    y = np.random.default_rng(3).standard_normal((25, 2))
+    est = _fit_quiet(LSTMRegressor(hidden_sizes=(3, 4), bidirectional=bidirectional,
+                                   pooling=pooling, dtype="float64", max_iter=2,
+                                   random_state=0), X, y, lengths=lengths)
+    F = _reference_features(est, X, lengths)
+    W, b = est.readout_.params["W"], est.readout_.params["b"]
+    expected = (F @ W + b) * est._y_scale + est._y_mean
+    np.testing.assert_allclose(est.predict(X, lengths=lengths), expected, rtol=1e-10,
+                               atol=1e-12)
+    enc = _fit_quiet(LSTMEncoder(hidden_sizes=(3, 4), bidirectional=bidirectional,
+                                 pooling=pooling, dtype="float64", random_state=0),
+                     X, lengths=lengths)
+    np.testing.assert_allclose(enc.transform(X, lengths=lengths),
+                               _reference_features(enc, X, lengths), rtol=1e-10, atol=1e-12)
+
+
+def test_nan_padding_equals_lengths_and_leaves_input_alone():
+    X = _sequences(40, 8, 2, seed=4)
+    lengths = np.random.default_rng(5).integers(1, 9, 40)
+    pad = np.arange(8)[None, :] >= lengths[:, None]
+    X_nan = X.copy()
+    X_nan[pad] = np.nan
+    X_junk = X.copy()
+    X_junk[pad] = np.inf                              # past the lengths: ignored
+    y = np.arange(40) % 3
+    before = X_nan.copy()
+    a = _fit_quiet(LSTMClassifier(**FAST), X_nan, y)
+    b = _fit_quiet(LSTMClassifier(**FAST), X_junk, y, lengths=lengths)
+    np.testing.assert_array_equal(X_nan, before)
+    np.testing.assert_array_equal(a.predict_proba(X_nan), b.predict_proba(X_junk, lengths=lengths))
+    # each sample alone, truncated to its length, gives the same probabilities
+    single = np.vstack([a.predict_proba(X[i:i + 1, :lengths[i]]) for i in range(40)])
+    np.testing.assert_allclose(a.predict_proba(X_nan), single, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where, match", [
+    ((0, 0, slice(None)), "step 0 is NaN but step 1 is not"),
+    ((1, 7, 0), "both NaN and finite"),
+    ((2, slice(None), slice(None)), "every step of sample 2"),
+])
+def test_nan_errors(where, match):
+    X = _sequences(10, 8, 2)
+    X[where] = np.nan
+    with pytest.raises(ValueError, match=match):
+        LSTMRegressor(**FAST).fit(X, np.zeros(10))
+
+
+def test_lengths_errors_and_infinity():
+    X = _sequences(10, 8, 2)
+    est = LSTMRegressor(**FAST)
+    with pytest.raises(ValueError, match="lengths must be in"):
+        est.fit(X, np.zeros(10), lengths=np.zeros(10, int))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(10,\)"):
+        est.fit(X, np.zeros(10), lengths=np.ones(9, int))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        est.fit(X, np.zeros(10), lengths=np.ones(10))
+    X[3, 2, 1] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        est.fit(X, np.zeros(10))
+    with pytest.raises(ValueError, match="within the valid steps"):
+        est.fit(X, np.zeros(10), lengths=np.full(10, 8))
+
+
+# ---------------------------------------------------------------------------------------
+# training maths: gradients against central finite differences (float64)
+
+
+@pytest.mark.parametrize("cls", [LSTMRegressor, LSTMClassifier])
+@pytest.mark.parametrize("pooling, bidirectional", [("last", False), ("last", True),
+                                                     ("mean", False), ("mean", True)])
+def test_loss_gradients_against_finite_differences(cls, pooling, bidirectional):
+    from fastlstm.estimators import _batch_input
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((7, 6, 2))
+    L = np.array([6, 3, 1, 6, 5, 2, 4])
+    y = rng.standard_normal((7, 2)) if cls is LSTMRegressor else np.array([0, 1, 2, 1, 0, 2, 2])
+    est = _fit_quiet(cls(hidden_sizes=(3, 4), bidirectional=bidirectional, pooling=pooling,
+                         dtype="float64", max_iter=1, alpha=0.1, random_state=0),
+                     X, y, lengths=L)
+    t = est._encode_targets(y, 7, False)
+    Xb, Lb = _batch_input(X, slice(None), L, np.float64)
+    est._loss_grads(Xb, Lb, t)
+    grads = [est.model_.flat_grads.copy(), est.readout_.flat_grads.copy()]
+    for module, g in zip((est.model_, est.readout_), grads):
+        p = module.flat_params
+        picks = rng.choice(p.size, min(p.size, 16), replace=False)
+        fd = np.empty(picks.size)
+        for k, i in enumerate(picks):
+            old = p[i]
+            p[i] = old + 1e-5
+            up = est._loss_grads(Xb, Lb, t)
+            p[i] = old - 1e-5
+            down = est._loss_grads(Xb, Lb, t)
+            p[i] = old
+            fd[k] = (up - down) / 2e-5
+        np.testing.assert_allclose(g[picks], fd, rtol=1e-5, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# scikit-learn API round-trips
+
+
+@pytest.fixture(scope="module")
+def small_fitted():
+    X = _sequences(60, 9, 2, seed=7)
+    X[:10, 6:] = np.nan                                   # some padded sequences
+    y = np.nan_to_num(X[:, :, 0]).sum(axis=1)
+    return X, y, {
+        "regressor": _fit_quiet(LSTMRegressor(hidden_sizes=(5, 3), max_iter=3,
+                                              random_state=0), X, y),
+        "classifier": _fit_quiet(LSTMClassifier(hidden_sizes=(4,), bidirectional=True,
+                                                max_iter=3, random_state=0), X, y > 0),
+        "encoder": _fit_quiet(LSTMEncoder(hidden_sizes=(4,), objective="classification",
+                                          pooling="mean", max_iter=3, random_state=0),
+                              X, y > 0),
+        "reservoir": _fit_quiet(LSTMEncoder(hidden_sizes=(6,), random_state=0), X),
+    }
+
+
+def _outputs(est, X):
+    return [getattr(est, m)(X) for m in ("predict", "predict_proba", "transform")
+            if hasattr(est, m)]
+
+
+@pytest.mark.parametrize("name", ["regressor", "classifier", "encoder", "reservoir"])
+def test_pickle_and_deepcopy_round_trip(small_fitted, name):
+    import copy
+    import pickle
+
+    X, y, fitted = small_fitted
+    est = fitted[name]
+    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        for a, b in zip(_outputs(est, X), _outputs(other, X)):
+            np.testing.assert_array_equal(a, b)
+        assert other.get_params() == est.get_params()
+        assert other.loss_curve_ == est.loss_curve_
+
+
+@pytest.mark.parametrize("name", ["regressor", "classifier"])
+def test_unpickled_estimator_keeps_training_state(small_fitted, name):
+    # the loaded parameters stay live (the kernels and the optimiser share them) and the
+    # optimiser state travels: one more epoch gives the same result on both
+    import pickle
+
+    X, y, fitted = small_fitted
+    t = y if name == "regressor" else y > 0
+    a = pickle.loads(pickle.dumps(fitted[name]))
+    b = pickle.loads(pickle.dumps(a))
+    a.partial_fit(X, t)
+    b.partial_fit(X, t)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert not np.array_equal(a.predict(X), fitted[name].predict(X)) or name == "classifier"
+
+
+def test_clone_and_params_round_trip(small_fitted):
+    from sklearn.base import clone
+
+    est = small_fitted[2]["regressor"]
+    c = clone(est)
+    assert not hasattr(c, "model_")
+    assert c.get_params() == est.get_params()
+    c.set_params(hidden_sizes=[7], learning_rate=0.01)
+    assert c.get_params()["hidden_sizes"] == [7]
+    assert "LSTMRegressor(hidden_sizes=(5, 3), max_iter=3, random_state=0)" in repr(est)
+
+
+def test_readonly_memmap_and_float32_inputs(tmp_path, small_fitted):
+    X, y, fitted = small_fitted
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    Xm = np.load(path, mmap_mode="r")
+    assert not Xm.flags.writeable
+    for name in ("regressor", "classifier", "encoder"):
+        for a, b in zip(_outputs(fitted[name], X), _outputs(fitted[name], Xm)):
+            np.testing.assert_array_equal(a, b)
+    est = _fit_quiet(LSTMRegressor(**FAST), Xm, y)
+    ref = _fit_quiet(LSTMRegressor(**FAST), X, y)
+    np.testing.assert_array_equal(est.predict(Xm), ref.predict(X))
+    # float32 input to a float32 network: the same numbers, the same results
+    X32 = X.astype(np.float32)
+    np.testing.assert_array_equal(ref.predict(X32), ref.predict(X32.astype(np.float64)))
+    enc = _fit_quiet(LSTMEncoder(hidden_sizes=(3,), dtype="float64", random_state=0), X32)
+    assert enc.transform(X32).dtype == np.float64
+    assert fitted["reservoir"].transform(X).dtype == np.float32
+
+
+def test_pipeline_cross_val_score_and_grid_search():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = _sequences(80, 10, 1, seed=8)[:, :, 0]
+    lengths = np.random.default_rng(9).integers(3, 11, 80)
+    X[np.arange(10)[None, :] >= lengths[:, None]] = np.nan        # variable lengths
+    y = np.nansum(X, axis=1)
+    scale = FunctionTransformer(lambda Z: Z / 2.0)
+    pipe = make_pipeline(scale, LSTMEncoder(hidden_sizes=(8,), random_state=0), Ridge())
+    pipe.fit(X, y)
+    assert pipe.predict(X).shape == (80,)
+
+    reg = LSTMRegressor(hidden_sizes=(4,), max_iter=3, random_state=0)
+    cv = KFold(3, shuffle=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(make_pipeline(scale, reg), X, y, cv=cv)
+        assert scores.shape == (3,) and np.isfinite(scores).all()
+        grid = {"hidden_sizes": [(3,), (5,)], "learning_rate": [1e-3, 1e-2]}
+        serial = GridSearchCV(reg, grid, cv=2).fit(X, y)
+        parallel = GridSearchCV(reg, grid, cv=2, n_jobs=2).fit(X, y)   # joblib processes
+    # training is deterministic, in other processes too
+    np.testing.assert_array_equal(serial.cv_results_["mean_test_score"],
+                                  parallel.cv_results_["mean_test_score"])
+    assert parallel.best_params_ == serial.best_params_
+    np.testing.assert_array_equal(parallel.predict(X), serial.predict(X))
+
+
+# ---------------------------------------------------------------------------------------
+# training behaviour
+
+
+def test_reproducible_for_fixed_random_state_and_threads():
+    X = _sequences(64, 12, 2, seed=10, dtype=np.float32)
+    y = X[:, -2:, 0].sum(axis=1)
+
+    def run(seed, n_threads):
+        est = _fit_quiet(LSTMRegressor(hidden_sizes=(24,), max_iter=2, random_state=seed,
+                                       n_threads=n_threads), X, y)
+        return est.loss_curve_, est.predict(X)
+
+    a, b = run(0, 2), run(0, 2)
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    c = run(0, 1)                                 # the kernels give the same bits at 1 thread
+    assert c[0] == a[0]
+    np.testing.assert_array_equal(c[1], a[1])
+    d = run(1, 2)
+    assert d[0] != a[0]
+
+
+def test_partial_fit_is_one_epoch_of_fit():
+    X = _sequences(50, 6, 2, seed=11)
+    y = np.arange(50) % 3
+    full = _fit_quiet(LSTMClassifier(hidden_sizes=(4,), max_iter=1, random_state=0), X, y)
+    inc = LSTMClassifier(hidden_sizes=(4,), random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        inc.partial_fit(X, y)
+    inc.partial_fit(X, y, classes=[0, 1, 2])
+    np.testing.assert_array_equal(full.predict_proba(X), inc.predict_proba(X))
+    assert inc.n_iter_ == 1 and inc.t_ == 50
+    inc.partial_fit(X[:20], y[:20])
+    assert inc.n_iter_ == 2 and inc.t_ == 70 and len(inc.loss_curve_) == 2
+    with pytest.raises(ValueError, match="not in classes_"):
+        inc.partial_fit(X, y + 1)
+    reg = LSTMRegressor(hidden_sizes=(4,), random_state=0, learning_rate=0.01)
+    losses = [reg.partial_fit(X, y.astype(float)).loss_curve_[-1] for _ in range(8)]
+    assert losses[-1] < losses[0]
+
+
+def test_warm_start_continues():
+    X = _sequences(40, 6, 1, seed=12)
+    y = X[:, :, 0].sum(axis=1)
+    est = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=4, tol=0, random_state=0,
+                                   learning_rate=0.01), X, y)
+    weights = est.model_.flat_params.copy()
+    cold = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=4, tol=0, random_state=0,
+                                    learning_rate=0.01), X, y)
+    est.set_params(warm_start=True, max_iter=3)
+    _fit_quiet(est, X, y)
+    assert est.n_iter_ == 7 and len(est.loss_curve_) == 7
+    assert est.loss_curve_[4] < cold.loss_curve_[0]           # starts from trained weights
+    assert not np.array_equal(est.model_.flat_params, weights)
+    est.set_params(hidden_sizes=(5,))
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        est.fit(X, y)
+    est.set_params(hidden_sizes=(4,), warm_start=False)
+    _fit_quiet(est, X, y)
+    assert est.n_iter_ == 3                                   # a fresh fit
+
+
+def test_stopping_rules_and_curves():
+    X = _sequences(60, 6, 1, seed=13)
+    y = X[:, :, 0].sum(axis=1)
+    # without early stopping: the training loss must improve by tol (MLPRegressor's rule:
+    # epoch 1 improves on inf, then n_iter_no_change + 1 epochs without improvement)
+    est = LSTMRegressor(hidden_sizes=(4,), max_iter=50, tol=1e9, n_iter_no_change=2,
+                        random_state=0).fit(X, y)
+    assert est.n_iter_ == 4 == len(est.loss_curve_)
+    assert est.best_loss_ == min(est.loss_curve_)
+    assert est.validation_scores_ is None and est.best_validation_score_ is None
+    assert est.t_ == 4 * 60
+    # early stopping: held-out R², best weights kept
+    est = LSTMRegressor(hidden_sizes=(4,), max_iter=50, tol=1e9, n_iter_no_change=3,
+                        early_stopping=True, validation_fraction=0.25,
+                        random_state=0).fit(X, y)
+    assert est.n_iter_ == 5 == len(est.validation_scores_) == len(est.loss_curve_)
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.best_loss_ is None
+    assert est.t_ == 5 * 45
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        LSTMRegressor(hidden_sizes=(4,), max_iter=2, tol=0, random_state=0).fit(X, y)
+
+
+def test_early_stopping_restores_best_epoch():
+    X = _sequences(60, 6, 1, seed=14)
+    y = X[:, :, 0].sum(axis=1)
+    kw = dict(hidden_sizes=(4,), early_stopping=True, validation_fraction=0.25, tol=0,
+              n_iter_no_change=50, learning_rate=0.05, random_state=0)
+    est = _fit_quiet(LSTMRegressor(max_iter=12, **kw), X, y)
+    best = int(np.argmax(est.validation_scores_)) + 1
+    again = _fit_quiet(LSTMRegressor(max_iter=best, **kw), X, y)
+    np.testing.assert_array_equal(est.predict(X), again.predict(X))
+
+
+def test_verbose_prints_one_line_per_epoch(capsys):
+    X = _sequences(20, 5, 1, seed=15)
+    _fit_quiet(LSTMClassifier(hidden_sizes=(3,), max_iter=3, tol=0, verbose=1,
+                              early_stopping=True, validation_fraction=0.3, random_state=0),
+               X, np.arange(20) % 2)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Epoch")]
+    assert len(lines) == 3
+    assert all("loss = " in ln and "validation score = " in ln and " s" in ln for ln in lines)
+    assert lines[0].startswith("Epoch 1,") and lines[2].startswith("Epoch 3,")
+
+
+def test_regressor_learns_noisy_sine():
+    # next value of a sine with random phase and frequency, from 20 noisy steps
+    rng = np.random.default_rng(16)
+    n, T = 400, 20
+    phase = rng.uniform(0, 2 * np.pi, n)
+    freq = rng.uniform(0.15, 0.35, n)
+    t = np.arange(T + 1)
+    clean = np.sin(freq[:, None] * t[None, :] + phase[:, None])
+    X = (clean[:, :T] + 0.05 * rng.standard_normal((n, T)))[:, :, None]
+    y = clean[:, T]
+    est = _fit_quiet(LSTMRegressor(hidden_sizes=(16,), max_iter=60, learning_rate=0.01,
+                                   random_state=0), X[:300], y[:300])
+    assert est.score(X[300:], y[300:]) > 0.9
+
+
+def test_classifier_separates_two_sequence_classes():
+    # rising vs falling noisy ramps of random length (NaN padded)
+    rng = np.random.default_rng(17)
+    n, T = 300, 15
+    label = rng.integers(0, 2, n)
+    slope = np.where(label == 1, 1.0, -1.0) * rng.uniform(0.05, 0.2, n)
+    X = slope[:, None] * np.arange(T)[None, :] + 0.2 * rng.standard_normal((n, T))
+    lengths = rng.integers(5, T + 1, n)
+    X[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
+    names = np.array(["falling", "rising"])[label]
+    est = _fit_quiet(LSTMClassifier(hidden_sizes=(8,), max_iter=30, learning_rate=0.01,
+                                    random_state=0), X[:200], names[:200])
+    assert list(est.classes_) == ["falling", "rising"]
+    assert est.score(X[200:], names[200:]) > 0.95
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_classifier_outputs_like_check_classifiers_train(n_classes):
+    # what check_classifiers_train asserts after its predict(X.T) step (expected failure)
+    X = _sequences(60, 5, 2, seed=18)
+    y = np.array(["a", "b", "c"])[np.arange(60) % n_classes]
+    est = _fit_quiet(LSTMClassifier(**FAST), X, y)
+    proba = est.predict_proba(X)
+    assert proba.shape == (60, n_classes)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(est.classes_[np.argmax(proba, axis=1)], est.predict(X))
+    np.testing.assert_allclose(est.predict_log_proba(X), np.log(proba), rtol=1e-12)
+    assert est.predict(X).shape == (60,)
+    assert est.score(X, y) == np.mean(est.predict(X) == y)
+
+
+def test_encoder_modes():
+    X = _sequences(40, 7, 2, seed=19)
+    y = X[:, :, 0].sum(axis=1)
+    a = LSTMEncoder(hidden_sizes=(5,), random_state=3).fit(X)
+    b = LSTMEncoder(hidden_sizes=(5,), random_state=3).fit(X[:5], y[:5])   # y ignored
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    assert a.n_iter_ == 0 and a.readout_ is None
+    assert list(a.get_feature_names_out()) == [f"lstmencoder{i}" for i in range(5)]
+    np.testing.assert_array_equal(a.fit_transform(X), a.transform(X))
+    trained = _fit_quiet(LSTMEncoder(hidden_sizes=(5,), objective="regression", max_iter=3,
+                                     random_state=3), X, y)
+    assert trained.n_iter_ == 3
+    assert not np.array_equal(trained.transform(X), a.transform(X))
+    bi = LSTMEncoder(hidden_sizes=(5, 2), bidirectional=True, random_state=0).fit(X)
+    assert bi.transform(X).shape == (40, 4)
+    with pytest.raises(ValueError, match="requires y"):
+        LSTMEncoder(objective="classification").fit(X)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"hidden_sizes": (0,)}, "hidden_sizes"),
+    ({"hidden_sizes": ()}, "hidden_sizes"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"dtype": np.int32}, "dtype"),
+    ({"n_threads": 0}, "n_threads"),
+    ({"optimizer": "rmsprop"}, "optimizer"),
+    ({"pooling": "max"}, "pooling"),
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"validation_fraction": 1.0}, "validation_fraction"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_hyper_parameters_raise_in_fit(params, match):
+    est = LSTMRegressor(**params)                      # __init__ only stores them
+    with pytest.raises((ValueError, TypeError), match=match):
+        est.fit(np.zeros((4, 3)), np.zeros(4))
+
+
+def test_import_fastlstm_without_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fastlstm\n"
+            "assert fastlstm.LSTM\n"
+            "try:\n"
+            "    fastlstm.LSTMRegressor\n"
+            "except ImportError as exc:\n"
+            "    print('ImportError', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ImportError")
+
+
+def test_estimators_exported_from_package():
+    import fastlstm
+
+    assert fastlstm.LSTMRegressor is LSTMRegressor
+    assert fastlstm.LSTMClassifier is LSTMClassifier
+    assert fastlstm.LSTMEncoder is LSTMEncoder
