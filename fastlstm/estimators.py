@@ -103,7 +103,7 @@ def _check_lengths(lengths, X):
         raise ValueError(f"lengths must be in [1, n_timesteps={T}], got values from "
                          f"{L.min()} to {L.max()}")
     valid = np.arange(T)[None, :] < L[:, None]                  # (n, T)
-    if not np.isfinite(X[valid]).all():
+    if (~np.isfinite(X)).any(axis=2)[valid].any():
         raise ValueError("Input X contains NaN or infinity within the valid steps "
                          "(t < lengths); only the steps past a sample's length may hold them")
     L = L.astype(np.int64)
@@ -254,7 +254,7 @@ class _BaseLSTM(BaseEstimator):
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
-        "dtype": [StrOptions({"float32", "float64"}), type],
+        "dtype": [StrOptions({"float32", "float64"}), type, np.dtype],
         "n_threads": [Interval(numbers.Integral, None, None, closed="neither"), None],
     }
 

@@ -5,6 +5,7 @@ compiled kernels; the kernels trust it.  Maths and layouts: SPEC.md Part A.
 """
 
 import numbers
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -92,8 +93,32 @@ def _numeric_array(value, name):
     return arr
 
 
-def _as_input(X, dtype, input_size, time_major, name="X"):
-    """Validate a sequence input; returns a C-contiguous array of ``dtype``, N, T."""
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+_PHYS_MEMORY = _physical_memory()
+
+
+def _check_memory(nbytes, what):
+    """MemoryError naming the estimate, before anything is allocated, when a call's arrays
+    could not fit in this machine's physical memory."""
+    if _PHYS_MEMORY and nbytes > _PHYS_MEMORY:
+        raise MemoryError(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB ({nbytes} bytes) for its input "
+            f"copy and outputs, more than this machine's {_PHYS_MEMORY / 2**30:.1f} GiB "
+            f"of memory")
+
+
+def _as_input(X, dtype, input_size, time_major, name="X", out_size=0):
+    """Validate a sequence input; returns a C-contiguous array of ``dtype``, N, T.
+
+    ``out_size``: numbers per row and step the caller will allocate for its outputs; with
+    the input copy they must fit in memory (checked before anything is allocated).
+    """
     X = _numeric_array(X, name)
     layout = "[time, batch, features]" if time_major else "[batch, time, features]"
     if X.ndim != 3:
@@ -111,6 +136,9 @@ def _as_input(X, dtype, input_size, time_major, name="X"):
             f"{name} of shape {X.shape} is too large: batch*time = {N * T} must stay "
             f"below 2**31 for 32-bit BLAS"
         )
+    copy = 0 if X.flags.c_contiguous and X.dtype == dtype else input_size
+    _check_memory(N * T * (copy + out_size) * np.dtype(dtype).itemsize,
+                  f"{name} of shape {X.shape}")
     return np.ascontiguousarray(X, dtype=dtype), N, T
 
 
@@ -188,6 +216,19 @@ class _Module:
     def flat_params(self):
         """All parameters as one 1-D array; the named parameters are views into it."""
         return self._flat
+
+    def __getstate__(self):
+        # pickle/deepcopy turn views into copies: keep the flat buffers only and rebuild
+        # the views on loading, so that they stay live (spawn, joblib and Dask workers)
+        state = self.__dict__.copy()
+        state.pop("_params", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._rebind(self._flat)
+        if "_gflat" in state:
+            self._rebind_grads(self._gflat)
 
     # -- training (forward with a cache, backward: fastlstm/_training.py) ----------------
 
@@ -270,6 +311,15 @@ class LSTM(_Module):
         self._params = self._bind(np.empty(self.n_params, self._dtype))
         self._gflat = np.zeros(self.n_params, self._dtype)
         self.reset_parameters(random_state)
+
+    @property
+    def n_threads(self):
+        """OpenMP threads for this layer's kernels; None uses the process default."""
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value):
+        self._n_threads = _threads.check_n_threads(value)
 
     # -- parameters --------------------------------------------------------------------
 
@@ -405,7 +455,8 @@ class LSTM(_Module):
         The caller's arrays are never written.
         """
         time_major = _check_time_major(time_major)
-        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major,
+                            out_size=self.output_size)
         L = _as_lengths(lengths, N, T)
         c, h = _as_state(initial_state, N, self.hidden_size, self.output_size, self._dtype,
                          "initial_state")
@@ -456,6 +507,11 @@ class LSTM(_Module):
                 f"x must be 2-D [batch, features] with features={self.input_size}, "
                 f"got shape {x.shape}")
         N = x.shape[0]
+        if N > _INT_MAX:
+            raise ValueError(f"x of shape {x.shape} is too large: the batch must stay below "
+                             "2**31 for 32-bit BLAS")
+        _check_memory(N * (self.input_size + self.hidden_size + 2 * self.output_size)
+                      * self._dtype.itemsize, f"x of shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=self._dtype)
         c, h = _as_state(state, N, self.hidden_size, self.output_size, self._dtype, "state")
         out = np.empty((N, self.output_size), self._dtype)
@@ -557,21 +613,25 @@ class Bidirectional(_Module):
     def __call__(self, X, initial_state=None, lengths=None, time_major=False):
         """X (N, T, I) -> Y (N, T, Hout_fw + Hout_bw), (forward_state, backward_state)."""
         time_major = _check_time_major(time_major)
-        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major,
+                            out_size=2 * self.output_size)
         L = _as_lengths(lengths, N, T)
         Y, states = self._run_validated(X, N, T, time_major, initial_state, L, "initial_state")
         return Y, states
 
-    def _run_validated(self, X, N, T, time_major, initial_state, L, name):
+    def _check_states(self, initial_state, N, name):
+        """Both halves' (c, h), validated fresh copies: checked before either half runs."""
         fw0, bw0 = self._split_state(initial_state, name)
-        out = []
-        states = []
-        for layer, s0, rev, tag in ((self.forward_layer, fw0, False, "[0]"),
-                                    (self.backward_layer, bw0, True, "[1]")):
-            c, h = _as_state(s0, N, layer.hidden_size, layer.output_size, self._dtype, name + tag)
-            out.append(layer._run(X, N, T, time_major, c, h, L, rev))
-            states.append(LSTMState(c, h))
-        return np.concatenate(out, axis=-1), tuple(states)
+        return [_as_state(s0, N, layer.hidden_size, layer.output_size, self._dtype, name + tag)
+                for layer, s0, tag in ((self.forward_layer, fw0, "[0]"),
+                                       (self.backward_layer, bw0, "[1]"))]
+
+    def _run_validated(self, X, N, T, time_major, initial_state, L, name, checked=None):
+        checked = checked or self._check_states(initial_state, N, name)
+        out = [layer._run(X, N, T, time_major, c, h, L, rev)
+               for layer, (c, h), rev in zip((self.forward_layer, self.backward_layer),
+                                             checked, (False, True))]
+        return np.concatenate(out, axis=-1), tuple(LSTMState(c, h) for c, h in checked)
 
 
 class MultiLSTM(_Module):
@@ -684,17 +744,26 @@ class MultiLSTM(_Module):
     def __call__(self, X, initial_state=None, lengths=None, time_major=False):
         """X (N, T, I) -> top layer's Y (N, T, Hout_top), tuple of per-layer final states."""
         time_major = _check_time_major(time_major)
-        X, N, T = _as_input(X, self._dtype, self.input_size, time_major)
+        # peak: one layer's input and its outputs (twice for a Bidirectional's halves)
+        peak = max((k and self.layers[k - 1].output_size)
+                   + layer.output_size * (2 if isinstance(layer, Bidirectional) else 1)
+                   for k, layer in enumerate(self.layers))
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major, out_size=peak)
         L = _as_lengths(lengths, N, T)
         s0 = self._layer_states(initial_state, "initial_state")
+        # every layer's state is checked before the first layer runs
+        checked = [layer._check_states(s0[k], N, f"initial_state[{k}]")
+                   if isinstance(layer, Bidirectional) else
+                   _as_state(s0[k], N, layer.hidden_size, layer.output_size, self._dtype,
+                             f"initial_state[{k}]")
+                   for k, layer in enumerate(self.layers)]
         states = []
         inp = X
         for k, layer in enumerate(self.layers):
-            name = f"initial_state[{k}]"
             if isinstance(layer, Bidirectional):
-                inp, s = layer._run_validated(inp, N, T, time_major, s0[k], L, name)
+                inp, s = layer._run_validated(inp, N, T, time_major, None, L, None, checked[k])
             else:
-                c, h = _as_state(s0[k], N, layer.hidden_size, layer.output_size, self._dtype, name)
+                c, h = checked[k]
                 inp = layer._run(inp, N, T, time_major, c, h, L, False)
                 s = LSTMState(c, h)
             states.append(s)
@@ -707,6 +776,14 @@ class MultiLSTM(_Module):
                 raise TypeError(f"layers[{k}] is Bidirectional, which cannot run one step at a "
                                 "time (its backward half needs the whole sequence)")
         s0 = self._layer_states(state, "state")
+        x = _numeric_array(x, "x")
+        if x.ndim == 2:  # (a bad x is reported by layer 0) every state is checked first
+            for k, layer in enumerate(self.layers):
+                try:
+                    s0[k] = _as_state(s0[k], x.shape[0], layer.hidden_size, layer.output_size,
+                                      self._dtype, "state")
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"layer {k}: {exc}") from exc
         states = []
         out = x
         for k, layer in enumerate(self.layers):

@@ -338,8 +338,9 @@ def test_readonly_memmap_and_float32_inputs(tmp_path, small_fitted):
     # float32 input to a float32 network: the same numbers, the same results
     X32 = X.astype(np.float32)
     np.testing.assert_array_equal(ref.predict(X32), ref.predict(X32.astype(np.float64)))
-    enc = _fit_quiet(LSTMEncoder(hidden_sizes=(3,), dtype="float64", random_state=0), X32)
-    assert enc.transform(X32).dtype == np.float64
+    for dtype in ("float64", np.float64, np.dtype("float64")):
+        enc = _fit_quiet(LSTMEncoder(hidden_sizes=(3,), dtype=dtype, random_state=0), X32)
+        assert enc.transform(X32).dtype == np.float64
     assert fitted["reservoir"].transform(X).dtype == np.float32
 
 
