@@ -49,8 +49,7 @@ def check_n_threads(n_threads, name="n_threads"):
     return int(n_threads)
 
 
-def resolve_n_threads(n_threads=None):
-    """The number of threads a kernel call will use for ``n_threads`` (>= 1)."""
+def _resolve(n_threads):
     n_threads = check_n_threads(n_threads)
     if n_threads is None:
         n_threads = _state["default"]
@@ -62,6 +61,19 @@ def resolve_n_threads(n_threads=None):
     return 1 if top == 1 else n_threads
 
 
+def resolve_n_threads(n_threads=None):
+    """The number of threads a kernel call will use for ``n_threads`` (>= 1).
+
+    Kernels call this right before they run: a result above 1 marks the process as having
+    used OpenMP, so that a child forked later runs its kernels serially (whichever kernel
+    path opened the parallel region).
+    """
+    nt = _resolve(n_threads)
+    if nt > 1:
+        _state["omp_used"] = True
+    return nt
+
+
 def set_n_threads(n_threads):
     """Set the process-wide default used by models whose ``n_threads`` is None."""
     _state["default"] = check_n_threads(n_threads)
@@ -69,7 +81,7 @@ def set_n_threads(n_threads):
 
 def get_n_threads():
     """The number of threads a model with ``n_threads=None`` uses now."""
-    return resolve_n_threads(None)
+    return _resolve(None)
 
 
 def controller():
@@ -114,8 +126,11 @@ blas_single_thread = _BlasSingleThread
 
 
 def _after_fork_in_child():
-    global _controller
+    global _controller, _controller_lock
     _controller = None
+    # a lock held by another thread at fork time would stay held for ever in the child
+    _controller_lock = threading.Lock()
+    _BlasSingleThread._lock = threading.Lock()
     _BlasSingleThread._depth = 0
     if _state["omp_used"]:
         _state["forked_after_omp"] = True

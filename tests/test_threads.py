@@ -1,0 +1,279 @@
+"""Thread safety: concurrent Python threads, n_threads values, OpenMP limits.
+
+Calls from several Python threads at once must give exactly the serial results, whatever
+the models' ``n_threads`` and whether the batch is split into row blocks (OpenMP) or not.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from conftest import randomize, ref, ref_options, ref_params
+
+import fastlstm as fl
+from fastlstm import _threads
+
+N_PY_THREADS = 8
+
+
+def _models():
+    """Models of several kinds; batch 24 is split into row blocks for the big ones."""
+    rng = np.random.default_rng(7)
+    return [
+        randomize(fl.LSTM(16, 32, n_threads=2, random_state=0), rng),
+        randomize(fl.LSTM(16, 32, peepholes=True, proj_size=8, cell_clip=0.5, n_threads=None,
+                          dtype=np.float64, random_state=1), rng),
+        randomize(fl.LSTM(16, 4, n_threads=1, random_state=2), rng),   # one row block
+        fl.Bidirectional(randomize(fl.LSTM(16, 24, n_threads=-1, random_state=3), rng),
+                         randomize(fl.LSTM(16, 20, n_threads=2, random_state=4), rng)),
+        fl.MultiLSTM([randomize(fl.LSTM(16, 32, n_threads=2, random_state=5), rng),
+                      randomize(fl.LSTM(32, 16, proj_size=12, n_threads=2, random_state=6), rng)]),
+    ]
+
+
+def _inputs(k):
+    rng = np.random.default_rng(100 + k)
+    N = (24, 3, 24, 1, 24)[k % 5]
+    X = rng.normal(size=(N, 9, 16))
+    L = rng.integers(0, 10, size=N)
+    return X, L
+
+
+def _run(model, X, L, reverse):
+    if isinstance(model, fl.LSTM):
+        Y, s = model(X, lengths=L, reverse=reverse)
+        return [Y, s.c, s.h]
+    Y, states = model(X, lengths=L)
+    flat = [Y]
+    for s in states:
+        flat += [s[0][0], s[0][1], s[1][0], s[1][1]] if isinstance(s[0], fl.LSTMState) \
+            else [s.c, s.h]
+    return flat
+
+
+def _steps(model, X):
+    """A few ``step`` calls (single-layer models and plain stacks)."""
+    out, state = None, None
+    outs = []
+    for t in range(3):
+        out, state = model.step(X[:, t], state)
+        outs.append(out)
+    return outs
+
+
+def _tasks():
+    """(model index, input index, reverse, kind) tuples, cheap to iterate over."""
+    tasks = []
+    for m in range(5):
+        for k in range(5):
+            for reverse in (False, True):
+                tasks.append((m, k, reverse, "call"))
+            if m in (0, 1, 2, 4):
+                tasks.append((m, k, False, "step"))
+    return tasks
+
+
+def _do(models, inputs, task):
+    m, k, reverse, kind = task
+    X, L = inputs[k]
+    if kind == "step":
+        return _steps(models[m], X)
+    return _run(models[m], X, L, reverse)
+
+
+def _hammer(work, n_threads=N_PY_THREADS):
+    """Run ``work(thread_index)`` on n_threads threads that start together; re-raise errors."""
+    barrier = threading.Barrier(n_threads)
+    errors = []
+
+    def target(i):
+        try:
+            barrier.wait(timeout=60)
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+        assert not t.is_alive(), "a worker thread did not finish (hang)"
+    if errors:
+        raise errors[0]
+
+
+def test_serial_results_match_reference():
+    """The serial results the concurrency tests compare with are right in the first place."""
+    models = _models()
+    X, L = _inputs(0)
+    for m in (0, 1):
+        layer = models[m]
+        Y, c, h = _run(layer, X, L, True)
+        Yr, (cr, hr) = ref.lstm_forward(X.astype(layer.dtype).astype(np.float64),
+                                        ref_params(layer), lengths=L, reverse=True,
+                                        **ref_options(layer))
+        tol = dict(rtol=1e-5, atol=2e-6) if layer.dtype == np.float32 else dict(rtol=1e-12)
+        np.testing.assert_allclose(Y, Yr, **tol)
+        np.testing.assert_allclose(c, cr, **tol)
+    assert models[0]._chunks_for(24) > 1, "the big models must take the row-block path"
+    assert models[2]._chunks_for(3) == 1
+
+
+def test_same_models_from_eight_threads_equal_serial():
+    """8 threads share the same model objects; each of a few hundred calls is bit-exact."""
+    models = _models()
+    inputs = [_inputs(k) for k in range(5)]
+    tasks = _tasks()
+    serial = [_do(models, inputs, task) for task in tasks]
+    calls_per_thread = 40
+
+    def work(i):
+        order = np.random.default_rng(i).permutation(len(tasks))
+        for j in order[:calls_per_thread]:
+            got = _do(models, inputs, tasks[j])
+            for a, b in zip(got, serial[j]):
+                np.testing.assert_array_equal(a, b, err_msg=f"task {tasks[j]} thread {i}")
+
+    _hammer(work)
+
+
+def test_different_models_per_thread_equal_serial():
+    """Each thread owns its models (built from the same seeds); results equal serial calls."""
+    inputs = [_inputs(k) for k in range(5)]
+    tasks = _tasks()
+    serial = [_do(_models(), inputs, task) for task in tasks]
+    owned = [_models() for _ in range(N_PY_THREADS)]
+
+    def work(i):
+        for rep in range(2):
+            for j in np.random.default_rng(50 + i + rep).permutation(len(tasks))[:20]:
+                got = _do(owned[i], inputs, tasks[j])
+                for a, b in zip(got, serial[j]):
+                    np.testing.assert_array_equal(a, b)
+
+    _hammer(work)
+
+
+def test_inputs_shared_between_threads_are_not_written():
+    models = _models()
+    X, L = _inputs(0)
+    X.flags.writeable = False
+    c0 = np.ones((24, 32), np.float32)
+    before = c0.copy()
+
+    def work(i):
+        for _ in range(10):
+            models[0](X, initial_state=(c0, c0), lengths=L)
+
+    _hammer(work)
+    np.testing.assert_array_equal(c0, before)
+
+
+def _blas_threads():
+    return sorted(i["num_threads"] for i in _threads.controller().info()
+                  if i["user_api"] == "blas")
+
+
+def test_blas_limits_restored_after_concurrent_threaded_calls():
+    """The threaded path holds BLAS to one thread; overlapping calls restore it exactly once."""
+    from threadpoolctl import threadpool_limits
+
+    models = _models()
+    X, L = _inputs(0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        _hammer(lambda i: [models[0](X, lengths=L) for _ in range(15)])
+        assert _blas_threads() == before
+    assert _threads._BlasSingleThread._depth == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 7, 24, 200])
+def test_n_threads_values_give_identical_results(dtype, N):
+    rng = np.random.default_rng(N)
+    X = rng.normal(size=(N, 11, 16))
+    L = rng.integers(0, 12, size=N)
+    results = []
+    for n_threads in (1, 2, None, -1, 3):
+        layer = fl.LSTM(16, 32, peepholes=True, proj_size=8, dtype=dtype, random_state=0,
+                        n_threads=n_threads)
+        Y, s = layer(X, lengths=L, reverse=True)
+        results.append((n_threads, Y, s.c, s.h))
+    # the process-wide default applies to n_threads=None
+    old = _threads._state["default"]
+    try:
+        for default in (1, 2):
+            fl.set_n_threads(default)
+            layer = fl.LSTM(16, 32, peepholes=True, proj_size=8, dtype=dtype, random_state=0)
+            Y, s = layer(X, lengths=L, reverse=True)
+            results.append((f"default={default}", Y, s.c, s.h))
+    finally:
+        fl.set_n_threads(old)
+    first = results[0]
+    for other in results[1:]:
+        for a, b in zip(first[1:], other[1:]):
+            np.testing.assert_array_equal(a, b, err_msg=f"n_threads={other[0]}")
+
+
+def test_threadpoolctl_openmp_limit_is_honoured():
+    from threadpoolctl import threadpool_limits
+
+    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+        pytest.skip("serial build: OpenMP limits do not apply")
+    layer = fl.LSTM(16, 32, random_state=0, n_threads=None)
+    X = np.random.default_rng(0).normal(size=(64, 5, 16))
+    free_Y, _ = layer(X)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert fl.get_n_threads() == 1
+        assert _threads.resolve_n_threads(None) == 1
+        assert _threads.resolve_n_threads(-1) == 1
+        limited_Y, _ = layer(X)
+    np.testing.assert_array_equal(free_Y, limited_Y)
+    assert fl.get_n_threads() == min(_threads.usable_cores(), _threads._forward.omp_max_threads())
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import fastlstm as fl
+    from fastlstm import _threads
+    out = {"get_n_threads": fl.get_n_threads(),
+           "resolve_2": _threads.resolve_n_threads(2),
+           "resolve_-1": _threads.resolve_n_threads(-1),
+           "config": fl.show_config(file=open(os.devnull, "w"))["n_threads"]}
+    layer = fl.LSTM(16, 32, random_state=0, n_threads=None)
+    X = np.random.default_rng(0).normal(size=(64, 5, 16))
+    Y, s = layer(X)
+    np.save(sys.argv[1], Y)
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("omp_num_threads", ["1", "2"])
+def test_omp_num_threads_env_is_honoured(omp_num_threads, tmp_path):
+    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+        pytest.skip("serial build: OMP_NUM_THREADS does not apply")
+    env = dict(os.environ, OMP_NUM_THREADS=omp_num_threads)
+    env.pop("FASTLSTM_N_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "y.npy")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = min(int(omp_num_threads), _threads.usable_cores())
+    assert out["get_n_threads"] == expected
+    assert out["config"] == expected
+    assert out["resolve_-1"] == expected
+    # an explicit request is kept unless OpenMP is limited to one thread
+    assert out["resolve_2"] == (1 if expected == 1 else 2)
+    # and the numbers do not depend on it
+    layer = fl.LSTM(16, 32, random_state=0)
+    Y, _ = layer(np.random.default_rng(0).normal(size=(64, 5, 16)))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), Y)
