@@ -113,6 +113,34 @@ def test_workers_run_single_threaded(client):
 # --- in-process pieces (threaded scheduler): no cluster needed ------------------------
 
 
+class _Recording(fastlstm.LSTM):
+    """An LSTM that records its thread count and the BLAS threads at each call."""
+
+    seen = []
+
+    def __call__(self, X, *args, **kwargs):
+        from threadpoolctl import threadpool_info
+
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        self.seen.append((self.n_threads, max(blas, default=1)))
+        return super().__call__(X, *args, **kwargs)
+
+
+@pytest.mark.parametrize("n_threads, blas_max", [(1, 1), (2, None)])
+def test_tasks_use_their_thread_count(data, n_threads, blas_max):
+    X = np.nan_to_num(data[0])
+    model = _Recording(F, 3, n_threads=-1, random_state=0)
+    _Recording.seen = []
+    out = predict_dask(model, da.from_array(X, chunks=(300, T, F)), n_threads=n_threads)
+    out.compute(scheduler="threads")
+    assert len(_Recording.seen) == 5
+    assert all(nt == n_threads for nt, _ in _Recording.seen)
+    if blas_max is not None:
+        assert all(b <= blas_max for _, b in _Recording.seen)
+    assert model.n_threads == -1                                  # the model is untouched
+
+
+
 def test_with_threads_copies_without_touching_the_model():
     model = fastlstm.MultiLSTM([fastlstm.LSTM(2, 3, n_threads=2),
                                 fastlstm.Bidirectional(fastlstm.LSTM(3, 2, n_threads=2),
