@@ -1,0 +1,127 @@
+"""The build: OpenMP when the compiler has it, and a serial build that still works.
+
+``FASTLSTM_SKIP_OPENMP_TEST=1`` skips the check that this build has OpenMP (for platforms
+whose compiler lacks it).  The serial-fallback test builds a second copy of the extension
+with ``FASTLSTM_NO_OPENMP=1`` in a temporary directory and runs it in a subprocess.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import fastlstm as fl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_build_has_openmp():
+    if os.environ.get("FASTLSTM_SKIP_OPENMP_TEST", "") not in ("", "0"):
+        pytest.skip("FASTLSTM_SKIP_OPENMP_TEST is set")
+    config = fl.show_config(file=io.StringIO())
+    assert config["openmp"], (
+        "fastlstm was built without OpenMP: the kernels use one core.  Install a compiler "
+        "with OpenMP support and rebuild, or set FASTLSTM_SKIP_OPENMP_TEST=1 to accept it.")
+
+
+def test_show_config_reports_the_build():
+    out = io.StringIO()
+    config = fl.show_config(file=out)
+    text = out.getvalue()
+    assert config["openmp"] == fl._threads._forward.openmp_enabled()
+    assert ("OpenMP:        on" in text) == config["openmp"]
+    assert config["version"] == fl.__version__
+    assert config["n_threads"] == fl.get_n_threads() >= 1
+    assert 1 <= config["usable_cores"] <= (os.cpu_count() or 1)
+
+
+def test_serial_build_reports_the_openmp_probe_is_skipped(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from build_tools.openmp import openmp_flags
+    finally:
+        sys.path.remove(str(ROOT))
+    monkeypatch.setenv("FASTLSTM_NO_OPENMP", "1")
+    assert openmp_flags() == (False, [], [])
+
+
+CHECK = textwrap.dedent(
+    """
+    import io, json, sys
+    import numpy as np
+    import fastlstm as fl
+    from fastlstm import reference as ref
+    assert fl.__file__.startswith(sys.argv[1]), fl.__file__
+    out = io.StringIO()
+    config = fl.show_config(file=out)
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for dtype, options in [(np.float32, {}), (np.float64, dict(peepholes=True, proj_size=5)),
+                           (np.float64, dict(cell_clip=0.5))]:
+        layer = fl.LSTM(6, 32, dtype=dtype, random_state=0, n_threads=2, **options)
+        for v in layer.params.values():
+            v[...] = rng.normal(scale=0.5, size=v.shape)
+        X = rng.normal(size=(64, 7, 6))
+        L = rng.integers(0, 8, size=64)
+        for reverse in (False, True):
+            Y, s = layer(X, lengths=L, reverse=reverse)
+            params = {k: np.asarray(v, np.float64) for k, v in layer.params.items()}
+            Yr, (cr, hr) = ref.lstm_forward(X.astype(dtype).astype(np.float64), params,
+                                            lengths=L, reverse=reverse,
+                                            cell_clip=layer.cell_clip,
+                                            proj_clip=None)
+            tol = 1e-5 if dtype == np.float32 else 1e-11
+            np.testing.assert_allclose(Y, Yr, rtol=tol, atol=tol)
+            np.testing.assert_allclose(s.c, cr, rtol=tol, atol=tol)
+            worst = max(worst, float(np.abs(Y - Yr).max()))
+    stack = fl.MultiLSTM([fl.LSTM(6, 8, random_state=1),
+                          fl.Bidirectional(fl.LSTM(8, 4, random_state=2), fl.LSTM(8, 4, random_state=3))])
+    Xs = rng.normal(size=(20, 5, 6))
+    items = [("lstm", {k: np.asarray(v, np.float64) for k, v in stack.layers[0].params.items()}, None),
+             ("bidirectional",
+              ({k: np.asarray(v, np.float64) for k, v in stack.layers[1].forward_layer.params.items()}, None),
+              ({k: np.asarray(v, np.float64) for k, v in stack.layers[1].backward_layer.params.items()}, None))]
+    Ys, _ = stack(Xs)
+    Yr, _ = ref.stack_forward(Xs.astype(np.float32).astype(np.float64), items)
+    np.testing.assert_allclose(Ys, Yr, rtol=1e-5, atol=2e-6)
+    print(json.dumps({"openmp": config["openmp"], "text": out.getvalue(),
+                      "n_threads": config["n_threads"], "worst": worst}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_build_without_openmp(tmp_path):
+    """A build with OpenMP forced off compiles, says so, and computes the right numbers."""
+    if shutil.which(os.environ.get("CC", "gcc").split()[0]) is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    pytest.importorskip("Cython")
+    src = tmp_path / "src_copy"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "build")
+    for name in ("build_tools", "src", "fastlstm"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    env = dict(os.environ, FASTLSTM_NO_OPENMP="1")
+    env.pop("FASTLSTM_FAIL_NO_OPENMP", None)
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=src,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-5000:]
+    assert "-fopenmp" not in build.stdout + build.stderr
+    assert "FASTLSTM_OPENMP=0" in build.stdout + build.stderr
+
+    run_env = dict(os.environ, PYTHONPATH=str(src))
+    run = subprocess.run([sys.executable, "-c", CHECK, str(src)], cwd=tmp_path, env=run_env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-5000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["openmp"] is False
+    assert "off (serial build)" in result["text"]
+    assert result["n_threads"] == 1

@@ -1,0 +1,169 @@
+"""Numerics: float32 against float64 on long saturating sequences; denormal inputs.
+
+With |x| up to 1e4 every gate saturates, exp() would overflow without care, and 10 000
+steps give rounding errors room to pile up in the cell state.  The float32 model must stay
+within 1e-5 of the float64 model holding the same weights.
+
+At |x| = 1e4 the float32 input projection ``x @ W`` alone is only good to about 1e-3
+(float32 spacing at 1e4), whatever the implementation; the main test therefore uses
+integer inputs and weights on a 1/64 grid, whose products and sums float32 holds exactly,
+so that the difference measures what the kernel itself adds: activations, the recurrent
+product, the state update and clipping over 10 000 steps.  A second test keeps
+unrestricted weights and checks the error against that input-rounding bound.
+"""
+
+import numpy as np
+import pytest
+from conftest import ref, ref_options, ref_params
+
+import fastlstm as fl
+
+T_LONG = 10_000
+N, I, H = 4, 4, 16
+
+OPTIONS = {
+    "plain": {},
+    "peepholes_cell_clip": dict(peepholes=True, cell_clip=50.0),
+    "projection": dict(proj_size=6, proj_clip=3.0),
+    "hard_sigmoid": dict(recurrent_activation="hard_sigmoid", peepholes=True),
+    "sigmoid_act": dict(activation="sigmoid"),
+}
+
+
+def _saturating_inputs(seed, shape):
+    """Integers with log-uniform magnitudes in [1, 1e4] and random signs."""
+    rng = np.random.default_rng(seed)
+    magnitude = 10 ** rng.uniform(0, 4, size=shape)
+    magnitude.flat[::101] = 1e4  # the extreme itself, often
+    return np.round(np.sign(rng.normal(size=shape)) * magnitude)
+
+
+def _pair(options, seed, grid=True):
+    """A float32 layer and a float64 layer with the same weights."""
+    rng = np.random.default_rng(seed)
+    l32 = fl.LSTM(I, H, random_state=seed, **options)
+    for value in l32.params.values():
+        value[...] = rng.normal(scale=0.4, size=value.shape)
+        if grid:
+            value[...] = np.round(value * 64) / 64
+    l64 = fl.LSTM(I, H, dtype=np.float64, random_state=seed, **options)
+    l64.flat_params[...] = l32.flat_params
+    np.testing.assert_array_equal(l64.flat_params, l32.flat_params)
+    return l32, l64
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_float32_tracks_float64_on_long_saturating_sequences(option, reverse):
+    l32, l64 = _pair(OPTIONS[option], seed=len(option))
+    X = _saturating_inputs(1, (N, T_LONG, I))
+    assert np.abs(X).max() == 1e4 and np.abs(X).min() >= 1
+    L = np.array([T_LONG, T_LONG - 1, T_LONG // 2, 7])
+    s0 = (np.full((N, H), 0.5), np.full((N, l32.output_size), -0.25))
+    Y32, s32 = l32(X.astype(np.float32), initial_state=s0, lengths=L, reverse=reverse)
+    Y64, s64 = l64(X, initial_state=s0, lengths=L, reverse=reverse)
+    assert np.isfinite(Y32).all() and np.isfinite(s32.c).all()
+    np.testing.assert_allclose(Y32, Y64, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(s32.h, s64.h, rtol=0, atol=1e-5)
+    # the cell state is unbounded without a clip: compare relative to its size
+    np.testing.assert_allclose(s32.c, s64.c, rtol=1e-5, atol=1e-5)
+
+
+def test_perfect_memory_cell_over_10000_steps():
+    """Forget gate pinned open (f = 1): the cell sums 10 000 terms and grows to thousands.
+
+    Float32 then holds c to its own spacing at that size, so c is compared relatively, and
+    the outputs to within that spacing (eps32 * max |c|), which is all float32 can give.
+    """
+    l32, l64 = _pair({}, seed=11)
+    for layer in (l32, l64):
+        layer.W[:, H:2 * H] = 0
+        layer.U[:, H:2 * H] = 0
+        layer.b[H:2 * H] = 30.0
+    X = _saturating_inputs(4, (N, T_LONG, I))
+    Y32, s32 = l32(X.astype(np.float32))
+    Y64, s64 = l64(X)
+    assert np.abs(s64.c).max() > 100  # the state really accumulated
+    np.testing.assert_allclose(s32.c, s64.c, rtol=1e-5)
+    np.testing.assert_allclose(Y32, Y64, rtol=0,
+                               atol=np.finfo(np.float32).eps * np.abs(s64.c).max())
+
+
+def test_float64_long_saturating_sequence_matches_reference():
+    """The float64 side of the comparison is itself right (NumPy reference, 10 000 steps)."""
+    _, l64 = _pair(OPTIONS["peepholes_cell_clip"], seed=3)
+    X = _saturating_inputs(2, (2, T_LONG, I))
+    with np.errstate(over="ignore"):
+        Yr, (cr, hr) = ref.lstm_forward(X, ref_params(l64), **ref_options(l64))
+    Y, s = l64(X)
+    np.testing.assert_allclose(Y, Yr, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s.c, cr, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_error_with_arbitrary_weights_is_input_rounding_only():
+    """Unrestricted weights: the float32 error stays within what rounding x @ W to float32
+    allows (a gate's slope is at most 1/4 ... 1, so the output error is at most about the
+    rounding of the largest pre-activation, eps32 * sum |x| |W|)."""
+    l32, l64 = _pair(OPTIONS["plain"], seed=5, grid=False)
+    X = _saturating_inputs(3, (N, T_LONG, I)).astype(np.float32)
+    Y32, _ = l32(X)
+    Y64, _ = l64(X.astype(np.float64))
+    assert np.isfinite(Y32).all()
+    bound = np.finfo(np.float32).eps * float((np.abs(X) @ np.abs(l64.W)).max())
+    assert np.abs(Y32 - Y64).max() <= bound
+    assert np.mean(np.abs(Y32 - Y64) > 1e-5) < 1e-3  # and only rarely above 1e-5
+
+
+def test_extreme_inputs_give_finite_saturated_outputs():
+    """|x| up to the float32 maximum: no overflow to inf/NaN inside the activations."""
+    for dtype in (np.float32, np.float64):
+        layer = fl.LSTM(I, H, dtype=dtype, random_state=0, peepholes=True)
+        big = np.finfo(np.float32).max / 16
+        X = np.array([big, -big, 1e30, -1e30], dtype)[None, None, :].repeat(3, 1)
+        Y, s = layer(X)
+        assert np.isfinite(Y).all() and np.isfinite(s.c).all()
+        assert np.abs(Y).max() <= 1.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            Yr, _ = ref.lstm_forward(X.astype(np.float64), ref_params(layer))
+        np.testing.assert_allclose(Y, Yr, rtol=1e-5, atol=2e-6)
+
+
+# -- denormals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_denormal_inputs_and_state_are_correct(dtype, n_threads):
+    tiny = np.finfo(dtype).tiny  # smallest normal; the values below are subnormal
+    rng = np.random.default_rng(0)
+    layer = fl.LSTM(I, 32, dtype=dtype, random_state=0, peepholes=True, n_threads=n_threads)
+    for value in layer.params.values():
+        value[...] = rng.normal(scale=0.5, size=value.shape)
+    Nd = 40
+    X = rng.uniform(-1, 1, size=(Nd, 6, I)) * tiny * 2.0 ** -rng.integers(1, 20, size=(Nd, 6, I))
+    X = X.astype(dtype)
+    assert (np.abs(X[X != 0]) < tiny).all() and np.count_nonzero(X) > X.size // 2
+    c0 = (rng.uniform(-1, 1, size=(Nd, 32)) * tiny / 8).astype(dtype)
+    h0 = (rng.uniform(-1, 1, size=(Nd, 32)) * tiny / 8).astype(dtype)
+    Y, s = layer(X, initial_state=(c0, h0))
+    Yr, (cr, hr) = ref.lstm_forward(X.astype(np.float64), ref_params(layer),
+                                    initial_state=(c0.astype(np.float64), h0.astype(np.float64)),
+                                    **ref_options(layer))
+    tol = dict(rtol=1e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(Y, Yr, **tol)
+    np.testing.assert_allclose(s.c, cr, **tol)
+    # steps with denormal state and input
+    out, st = layer.step(X[:, 0], (c0, h0))
+    np.testing.assert_allclose(out, Yr[:, 0], **tol)
+
+
+def test_denormal_results_are_kept_outside_the_kernels():
+    """Flush-to-zero, if a kernel sets it, must not leak into the caller's thread."""
+    dtype = np.float32
+    tiny = np.finfo(dtype).tiny
+    layer = fl.LSTM(I, 32, random_state=0)
+    layer(np.full((64, 4, I), tiny / 4, dtype))
+    layer.step(np.full((2, I), tiny / 4, dtype))
+    a = np.full(64, tiny, dtype)
+    assert (a * dtype(0.25) > 0).all()               # a subnormal result is not flushed
+    assert (np.full(64, tiny / 4, dtype) * dtype(2) > 0).all()  # nor a subnormal operand
