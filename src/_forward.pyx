@@ -13,7 +13,7 @@ the cache.  With ``n_threads > 1`` each thread owns a block of batch rows for th
 (no barrier per step) and the caller holds BLAS to one thread.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy
 
@@ -29,6 +29,77 @@ cdef extern from "fl_pointwise.h" nogil:
                            double *c, double *m, double *gates, double *c_raw) noexcept
     void fl_clip_inplacef(float *v, int n, float clip) noexcept
     void fl_clip_inplaced(double *v, int n, double clip) noexcept
+
+cdef extern from "fl_packed.h" nogil:
+    ctypedef struct fl_pk_cfgf:
+        int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
+        long long rn, rt
+        float clip
+        const long long *lengths
+        const float *X
+        const float *packed
+        const float *zero_row
+        float *c
+        float *h
+        float *hbuf0
+        float *hbuf1
+        float *Y
+        float *cache_gates
+        float *cache_c
+    ctypedef struct fl_pk_cfgd:
+        int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
+        long long rn, rt
+        double clip
+        const long long *lengths
+        const double *X
+        const double *packed
+        const double *zero_row
+        double *c
+        double *h
+        double *hbuf0
+        double *hbuf1
+        double *Y
+        double *cache_gates
+        double *cache_c
+    int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
+    size_t fl_pk_packed_sizef(int I, int H) noexcept
+    size_t fl_pk_packed_sized(int I, int H) noexcept
+    int fl_pk_npanelsf(int H) noexcept
+    int fl_pk_npanelsd(int H) noexcept
+    void fl_pk_packf(int I, int H, const float *W, const float *U, const float *b,
+                     const float *peep, float *out) noexcept
+    void fl_pk_packd(int I, int H, const double *W, const double *U, const double *b,
+                     const double *peep, double *out) noexcept
+    void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
+                    float *z, const float **xrows) noexcept
+    void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
+                    double *z, const double **xrows) noexcept
+    void *fl_pk_alloc(size_t nbytes) noexcept
+    void fl_pk_free(void *p) noexcept
+    int fl_pk_set_isa(int isa) noexcept
+    int fl_pk_get_isa() noexcept
+    int fl_pk_team_size() noexcept
+    int fl_pk_nblocks(int N) noexcept
+    int fl_pk_team_id() noexcept
+
+cimport numpy as cnp
+from cpython.tuple cimport PyTuple_GET_SIZE
+
+cdef extern from "fl_small.h" nogil:
+    int FL_SMALL_MAX_H
+    void fl_small_forwardf(int N, int Tn, int I, int H, long long rn, long long rt,
+                           const float *X, const float *W, const float *U, const float *b,
+                           const float *peep, const long long *lengths, int reverse, int act,
+                           int rec, int use_clip, float clip, float *c, float *h, float *Y,
+                           float *cache_gates, float *cache_c) noexcept
+    void fl_small_forwardd(int N, int Tn, int I, int H, long long rn, long long rt,
+                           const double *X, const double *W, const double *U,
+                           const double *b, const double *peep, const long long *lengths,
+                           int reverse, int act, int rec, int use_clip, double clip,
+                           double *c, double *h, double *Y, double *cache_gates,
+                           double *cache_c) noexcept
+
+cnp.import_array()
 
 ctypedef long long i64
 
@@ -284,3 +355,261 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
                                     cg, cc, cm, chp)
     if status != 0:
         raise MemoryError("fastlstm: could not allocate the kernel workspace")
+
+
+# ---------------------------------------------------------------------------------------
+# packed-weight path (fl_packed.h): inference and the training cache, without projection
+
+
+def packed_isa(isa=None):
+    """The instruction set of the packed kernel: 1 = AVX2 + FMA, 0 = baseline.
+
+    ``isa`` (tests): -1 automatic, 0 force the baseline, 1 AVX2 when the CPU has it.
+    """
+    if isa is not None:
+        fl_pk_set_isa(isa)
+    return fl_pk_get_isa()
+
+
+cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sync,
+                         floating *z, const floating **xr) noexcept nogil:
+    """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread."""
+    if floating is float:
+        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, z, xr)
+    else:
+        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, z, xr)
+
+
+def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
+                   const floating[:, ::1] W, const floating[:, ::1] U, const floating[::1] b,
+                   const floating[:, ::1] peepholes,
+                   floating[:, ::1] c, floating[:, ::1] h, floating[:, ::1] Y,
+                   const long long[::1] lengths, bint reverse, int act, int rec,
+                   cell_clip, int n_threads, bint by_rows,
+                   floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None):
+    """Same contract as ``forward`` for a layer without projection (``U`` is (H, 4H)).
+
+    The weights are packed once per call into panels and every step (input product,
+    recurrent product, cell update) runs in ``fl_packed.h``'s register-blocked kernel;
+    no BLAS.  ``by_rows``: threads own blocks of batch rows (no synchronisation) instead of
+    blocks of hidden units (one barrier per step).  Results do not depend on n_threads.
+    cache_gates (N*T, 4H) and cache_c (N*T, H): optional training cache, as ``forward``.
+    """
+    cdef int I = W.shape[0], H = b.shape[0] // 4, P, nteam, kmax = T, n, sz_z, MR = FL_PK_MR
+    cdef int tid = 0, nt = 1, r0 = 0, r1 = 0, p0 = 0, p1 = 0, nb = fl_pk_nblocks(N)
+    cdef size_t fsz = sizeof(floating)
+    cdef fl_pk_cfgf sf
+    cdef fl_pk_cfgd sd
+    cdef void *cfg
+    cdef floating *packed = NULL
+    cdef floating *zero_row = NULL
+    cdef floating *hbuf = NULL
+    cdef floating *zbuf = NULL
+    cdef const floating **xr = NULL
+
+    if N <= 0 or T <= 0:
+        return
+    if floating is float:
+        P = fl_pk_npanelsf(H)
+        sz_z = MR * 4 * FL_PK_NU_F
+        packed = <floating *> fl_pk_alloc(fl_pk_packed_sizef(I, H) * fsz)
+    else:
+        P = fl_pk_npanelsd(H)
+        sz_z = MR * 4 * FL_PK_NU_D
+        packed = <floating *> fl_pk_alloc(fl_pk_packed_sized(I, H) * fsz)
+    if lengths is not None:
+        kmax = 0
+        for n in range(N):
+            if lengths[n] > kmax:
+                kmax = <int> lengths[n]
+    nteam = n_threads
+    if by_rows and nteam > nb:
+        nteam = nb
+    if not by_rows and nteam > P:
+        nteam = P
+    if nteam < 1:
+        nteam = 1
+    zero_row = <floating *> calloc(I if I > 0 else 1, fsz)
+    hbuf = <floating *> fl_pk_alloc(2 * <size_t> N * H * fsz)
+    zbuf = <floating *> fl_pk_alloc(<size_t> nteam * sz_z * fsz)
+    xr = <const floating **> malloc(<size_t> nteam * N * sizeof(floating *))
+    try:
+        if packed == NULL or zero_row == NULL or hbuf == NULL or zbuf == NULL or xr == NULL:
+            raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
+        if floating is float:
+            sf.N = N; sf.steps = T; sf.In = I; sf.H = H; sf.kmax = kmax
+            sf.reverse = reverse; sf.act = act; sf.rec = rec
+            sf.use_clip = cell_clip is not None
+            sf.clip = cell_clip if cell_clip is not None else 0.0
+            sf.use_peep = peepholes is not None
+            sf.rn = 1 if time_major else T
+            sf.rt = N if time_major else 1
+            sf.lengths = &lengths[0] if lengths is not None else NULL
+            sf.X = &X[0, 0]; sf.packed = packed; sf.zero_row = zero_row
+            sf.c = &c[0, 0]; sf.h = &h[0, 0]; sf.hbuf0 = hbuf; sf.hbuf1 = hbuf + <size_t> N * H
+            sf.Y = &Y[0, 0]
+            sf.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
+            sf.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
+            cfg = &sf
+        else:
+            sd.N = N; sd.steps = T; sd.In = I; sd.H = H; sd.kmax = kmax
+            sd.reverse = reverse; sd.act = act; sd.rec = rec
+            sd.use_clip = cell_clip is not None
+            sd.clip = cell_clip if cell_clip is not None else 0.0
+            sd.use_peep = peepholes is not None
+            sd.rn = 1 if time_major else T
+            sd.rt = N if time_major else 1
+            sd.lengths = &lengths[0] if lengths is not None else NULL
+            sd.X = &X[0, 0]; sd.packed = packed; sd.zero_row = zero_row
+            sd.c = &c[0, 0]; sd.h = &h[0, 0]; sd.hbuf0 = hbuf; sd.hbuf1 = hbuf + <size_t> N * H
+            sd.Y = &Y[0, 0]
+            sd.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
+            sd.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
+            cfg = &sd
+        with nogil:
+            if floating is float:
+                fl_pk_packf(I, H, &W[0, 0], &U[0, 0], &b[0],
+                            &peepholes[0, 0] if peepholes is not None else NULL, packed)
+            else:
+                fl_pk_packd(I, H, &W[0, 0], &U[0, 0], &b[0],
+                            &peepholes[0, 0] if peepholes is not None else NULL, packed)
+            if nteam == 1:
+                _pk_run(cfg, 0, nb, 0, P, 0, zbuf, xr)
+            else:
+                with parallel(num_threads=nteam):
+                    # the team may be smaller than asked for: partition by its real size
+                    nt = fl_pk_team_size()
+                    tid = fl_pk_team_id()
+                    if by_rows:
+                        r0 = <int> ((<i64> tid * nb) // nt)
+                        r1 = <int> ((<i64> (tid + 1) * nb) // nt)
+                        p0 = 0
+                        p1 = P
+                    else:
+                        r0 = 0
+                        r1 = nb
+                        p0 = <int> ((<i64> tid * P) // nt)
+                        p1 = <int> ((<i64> (tid + 1) * P) // nt)
+                    _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else 1,
+                            zbuf + <size_t> tid * sz_z, xr + <size_t> tid * N)
+    finally:
+        fl_pk_free(packed)
+        free(zero_row)
+        fl_pk_free(hbuf)
+        fl_pk_free(zbuf)
+        free(xr)
+
+
+# ---------------------------------------------------------------------------------------
+# small problems (fl_small.h): no packing, no BLAS, no allocation; cheap to call
+
+
+# multiply-adds per step call below which ``step_fast`` runs the whole call itself
+cdef enum:
+    _STEP_FAST_MAX_WORK = 1 << 17
+
+
+def small_max_hidden():
+    """Largest hidden size (without projection) that ``forward_small`` accepts."""
+    return FL_SMALL_MAX_H
+
+
+cdef inline void *_data(object a) noexcept:
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+cdef int _small(int tn, int N, int T, int I, int H, long long rn, long long rt, object X,
+                object W, object U, object b, object peep, const long long *lengths,
+                bint reverse, int act, int rec, object cell_clip, object c, object h,
+                object Y, object cache_gates, object cache_c) except -1:
+    cdef bint use_clip = cell_clip is not None
+    cdef double clip = cell_clip if use_clip else 0.0
+    cdef void *px = _data(X)
+    cdef void *pw = _data(W)
+    cdef void *pu = _data(U)
+    cdef void *pb = _data(b)
+    cdef void *pp = _data(peep)
+    cdef void *pc = _data(c)
+    cdef void *ph = _data(h)
+    cdef void *py = _data(Y)
+    cdef void *pg = _data(cache_gates)
+    cdef void *pcc = _data(cache_c)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            fl_small_forwardf(N, T, I, H, rn, rt, <float *> px, <float *> pw, <float *> pu,
+                              <float *> pb, <float *> pp, lengths, reverse, act, rec,
+                              use_clip, <float> clip, <float *> pc, <float *> ph,
+                              <float *> py, <float *> pg, <float *> pcc)
+        else:
+            fl_small_forwardd(N, T, I, H, rn, rt, <double *> px, <double *> pw,
+                              <double *> pu, <double *> pb, <double *> pp, lengths, reverse,
+                              act, rec, use_clip, clip, <double *> pc, <double *> ph,
+                              <double *> py, <double *> pg, <double *> pcc)
+    return 0
+
+
+def forward_small(X, int N, int T, bint time_major, W, U, b, peepholes, c, h, Y,
+                  lengths, bint reverse, int act, int rec, cell_clip, cache_gates=None,
+                  cache_c=None):
+    """Same contract as ``forward_packed``, for ``H <= small_max_hidden()``.
+
+    Every array must be a C-contiguous ndarray of the layer's dtype (``lengths``: int64)
+    laid out as ``forward`` describes: they are not checked here.
+    """
+    cdef cnp.ndarray bb = b
+    cdef int H = <int> cnp.PyArray_DIM(bb, 0) // 4
+    cdef int I = <int> cnp.PyArray_DIM(<cnp.ndarray> W, 0)
+    if N <= 0 or T <= 0:
+        return
+    _small(cnp.PyArray_TYPE(bb), N, T, I, H, 1 if time_major else T, N if time_major else 1,
+           X, W, U, b, peepholes, <const long long *> _data(lengths), reverse, act, rec,
+           cell_clip, c, h, Y, cache_gates, cache_c)
+
+
+cdef inline bint _plain(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, int tn):
+    """a is exactly an ndarray (N, d1) (d0 < 0: any N) of type tn, aligned, C-contiguous."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    arr = <cnp.ndarray> a
+    return (cnp.PyArray_NDIM(arr) == nd and cnp.PyArray_TYPE(arr) == tn
+            and cnp.PyArray_DIM(arr, 1) == d1 and (d0 < 0 or cnp.PyArray_DIM(arr, 0) == d0)
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr))
+
+
+def step_fast(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_type):
+    """One step of a layer without projection, when the call is the common, small case.
+
+    Returns ``(out, state_type(c, h))``, or None when ``x`` or ``state`` are anything else
+    than plain C-contiguous arrays of the layer's dtype and shape (the caller then runs its
+    full checks) or the step is too big for this path.  ``state``: None or a 2-tuple.
+    """
+    cdef cnp.ndarray bb = b
+    cdef int tn = cnp.PyArray_TYPE(bb)
+    cdef int H = <int> cnp.PyArray_DIM(bb, 0) // 4
+    cdef int I = <int> cnp.PyArray_DIM(<cnp.ndarray> W, 0)
+    cdef Py_ssize_t N
+    cdef cnp.npy_intp dims[2]
+    if H > FL_SMALL_MAX_H or not _plain(x, 2, -1, I, tn):
+        return None
+    N = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
+    if N <= 0 or N * 4 * H * (I + H) > _STEP_FAST_MAX_WORK:
+        return None
+    dims[0] = N
+    dims[1] = H
+    if state is None:
+        c = cnp.PyArray_ZEROS(2, dims, tn, 0)
+        h = cnp.PyArray_ZEROS(2, dims, tn, 0)
+    else:
+        if not isinstance(state, tuple) or PyTuple_GET_SIZE(state) != 2:
+            return None
+        c0 = (<tuple> state)[0]
+        h0 = (<tuple> state)[1]
+        if not (_plain(c0, 2, N, H, tn) and _plain(h0, 2, N, H, tn)):
+            return None
+        c = cnp.PyArray_NewCopy(<cnp.ndarray> c0, cnp.NPY_CORDER)
+        h = cnp.PyArray_NewCopy(<cnp.ndarray> h0, cnp.NPY_CORDER)
+    out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+    _small(tn, <int> N, 1, I, H, 1, 1, x, W, U, b, peepholes, NULL, False, act, rec,
+           cell_clip, c, h, out, None, None)
+    return out, tuple.__new__(state_type, (c, h))

@@ -1,0 +1,613 @@
+/* Packed-weight LSTM recurrence: the whole step (input and recurrent products, gates, cell
+ * update) in one register-blocked kernel, for float and double.
+ *
+ * Per call the stacked weights [W; U] ((I + H) x 4H) are copied once into panels: panel p
+ * holds NU hidden units (NU = 16 floats or 8 doubles, two 256-bit vectors) for each of the
+ * four gates, and within a gate the (I + H) rows of NU values are contiguous:
+ *
+ *     panel p starts at p * PS, PS = (4 * K + 7) * NU, K = I + H, and holds
+ *     [(q * K + k) * NU + j]      = WU[k, q * H + p * NU + j]   gate q, row k of [W; U]
+ *     [(4 * K + q) * NU + j]      = b[q * H + p * NU + j]        bias
+ *     [(4 * K + 4 + r) * NU + j]  = peepholes[r, p * NU + j]     (zeros without peepholes)
+ *   with zeros for the units past H in the last panel.
+ *
+ * Each step a thread computes, for its rows and its panels, a tile of MR rows x NU units
+ * for each gate, z = [x_t | h_{t-1}] @ [W; U], in MR x 2 vector accumulators (12 of the
+ * 16 AVX2 registers), then runs the cell update for those rows and units straight away.
+ * The loops use GCC vector extensions, so that the same source compiles to AVX2 + FMA
+ * (chosen at run time when the CPU has them) and to the baseline SSE2 of x86-64.
+ *
+ * Threads own either whole units (panels; all threads must then wait for each other at
+ * the end of every step, since step t+1 reads every unit of h_t) or whole rows (no
+ * barrier).  Every output element is computed by the same sequence of operations whatever
+ * the partition, so results do not depend on the number of threads.
+ */
+#ifndef FL_PACKED_H
+#define FL_PACKED_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fl_pointwise.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* wait for the rest of the OpenMP team (orphaned barrier: binds to the caller's region) */
+static void fl_pk_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+typedef long long fl_i64;
+
+#define FL_PK_MR 6
+#define FL_PK_NU_F 16
+#define FL_PK_NU_D 8
+#define FL_PK_ALIGN 64
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_PK_VECTOR 1
+typedef float fl_pk_vf __attribute__((vector_size(32)));
+typedef double fl_pk_vd __attribute__((vector_size(32)));
+#else
+#define FL_PK_VECTOR 0
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FL_PK_X86 1
+#define FL_PK_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define FL_PK_X86 0
+#define FL_PK_TARGET_AVX2
+#endif
+
+/* instruction set used by the packed kernel: 0 baseline, 1 AVX2 + FMA; -1 = not chosen */
+static int fl_pk_isa = -1;
+
+static int fl_pk_cpu_has_avx2(void)
+{
+#if FL_PK_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+/* Choose the instruction set: -1 automatic, 0 baseline, 1 AVX2 (only if the CPU has it).
+ * Returns the one in use. */
+static int fl_pk_set_isa(int isa)
+{
+    int has = fl_pk_cpu_has_avx2();
+    if (isa < 0) isa = has;
+    fl_pk_isa = (isa == 1 && has) ? 1 : 0;
+    return fl_pk_isa;
+}
+
+/* threads in the current OpenMP team (1 outside a parallel region or without OpenMP) */
+static int fl_pk_team_size(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static int fl_pk_team_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int fl_pk_get_isa(void)
+{
+    if (fl_pk_isa < 0) fl_pk_set_isa(-1);
+    return fl_pk_isa;
+}
+
+static void *fl_pk_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0) bytes = FL_PK_ALIGN;
+    bytes = (bytes + FL_PK_ALIGN - 1) / FL_PK_ALIGN * FL_PK_ALIGN;
+#if defined(_WIN32)
+    p = _aligned_malloc(bytes, FL_PK_ALIGN);
+#else
+    if (posix_memalign(&p, FL_PK_ALIGN, bytes) != 0) p = NULL;
+#endif
+    return p;
+}
+
+static void fl_pk_free(void *p)
+{
+#if defined(_WIN32)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+/* ---- the kernel, generated per type ------------------------------------------------- */
+
+#define FL_PK_DEFINE(T, SUF, NU, V)                                                        \
+                                                                                           \
+typedef struct {                                                                           \
+    int N, steps, In, H, kmax, reverse, act, rec, use_clip;                                 \
+    fl_i64 rn, rt;           /* row of (n, t) in X, Y, caches: n * rn + t * rt */         \
+    T clip;                                                                                \
+    const fl_i64 *lengths;   /* (N,) or NULL */                                           \
+    const T *X;               /* (N*T, I) */                                               \
+    const T *packed;          /* fl_pk_pack output (weights, bias, peepholes) */           \
+    int use_peep;                                                                          \
+    const T *zero_row;        /* I zeros, the input of rows past their length */          \
+    T *c;                     /* (N, H) in/out */                                          \
+    T *h;                     /* (N, H) in/out */                                          \
+    T *hbuf0, *hbuf1;         /* (N, H) scratch each */                                    \
+    T *Y;                     /* (N*T, H) */                                               \
+    T *cache_gates;           /* (N*T, 4H) post-activation gates, or NULL */               \
+    T *cache_c;               /* (N*T, H) pre-clip cell state, or NULL */                  \
+} fl_pk_cfg##SUF;                                                                          \
+                                                                                           \
+static int fl_pk_npanels##SUF(int H) { return (H + NU - 1) / NU; }                         \
+                                                                                           \
+static fl_i64 fl_pk_panel_stride##SUF(int I, int H)                                      \
+{                                                                                          \
+    return (4 * ((fl_i64) I + H) + 7) * NU;                                               \
+}                                                                                          \
+                                                                                           \
+static size_t fl_pk_packed_size##SUF(int I, int H)                                         \
+{                                                                                          \
+    return (size_t) fl_pk_npanels##SUF(H) * (size_t) fl_pk_panel_stride##SUF(I, H);        \
+}                                                                                          \
+                                                                                           \
+static void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)                              \
+{                                                                                          \
+    int j;                                                                                 \
+    for (j = 0; j < nu; j++) dst[j] = src ? src[j] : 0;                                    \
+    for (; j < NU; j++) dst[j] = 0;                                                        \
+}                                                                                          \
+                                                                                           \
+/* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels (top of this file) */  \
+static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,              \
+                            const T *peep, T *out)                                         \
+{                                                                                          \
+    const int K = I + H, P = fl_pk_npanels##SUF(H);                                        \
+    const fl_i64 H4 = 4 * (fl_i64) H, PS = fl_pk_panel_stride##SUF(I, H);                \
+    int p, q, k;                                                                           \
+    for (p = 0; p < P; p++) {                                                              \
+        int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                                   \
+        T *dst = out + p * PS;                                                             \
+        for (q = 0; q < 4; q++) {                                                          \
+            for (k = 0; k < K; k++) {                                                      \
+                const T *src = k < I ? W + k * H4 : U + (k - I) * H4;                      \
+                fl_pk_copy_pad##SUF(dst, src + q * (fl_i64) H + u0, nu);                  \
+                dst += NU;                                                                 \
+            }                                                                              \
+        }                                                                                  \
+        for (q = 0; q < 4; q++, dst += NU)                                                 \
+            fl_pk_copy_pad##SUF(dst, b + q * (fl_i64) H + u0, nu);                        \
+        for (q = 0; q < 3; q++, dst += NU)                                                 \
+            fl_pk_copy_pad##SUF(dst, peep ? peep + q * (fl_i64) H + u0 : NULL, nu);       \
+    }                                                                                      \
+}
+
+FL_PK_DEFINE(float, f, FL_PK_NU_F, fl_pk_vf)
+FL_PK_DEFINE(double, d, FL_PK_NU_D, fl_pk_vd)
+
+static int fl_pk_nblocks(int N) { return (N + FL_PK_MR - 1) / FL_PK_MR; }
+
+/* first row of row block j (j = nblocks gives N) */
+static int fl_pk_block_row(int N, int j)
+{
+    return (int) (((fl_i64) j * N) / fl_pk_nblocks(N));
+}
+
+/* ---- microkernel: z[MR][NU] = sum_k xa[i][k] * B[k][:]  (k < I)
+ *                              + sum_k ha[i*ldh + k] * B[I + k][:]  (k < H)
+ * written with vector extensions (two vectors per row) or, without them, scalar loops. */
+
+#if FL_PK_VECTOR
+/* CH independent accumulator chains per output vector (summed at the end, in a fixed
+ * order): a 1- or 2-row tile would otherwise wait on the FMA latency at every k. */
+#define FL_PK_MK_LOOP(T, NU, V, MR, CH, KN, A)                                            \
+    for (k = 0; k + CH <= KN; k += CH) {                                                   \
+        for (ch = 0; ch < CH; ch++) {                                                      \
+            V b0 = *(const V *) (B + (k + ch) * NU), b1 = *(const V *) (B + (k + ch) * NU + VL); \
+            for (i = 0; i < MR; i++) {                                                     \
+                T a = A(i, k + ch);                                                        \
+                acc0[ch][i] += a * b0;                                                     \
+                acc1[ch][i] += a * b1;                                                     \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+    for (; k < KN; k++) {                                                                  \
+        V b0 = *(const V *) (B + k * NU), b1 = *(const V *) (B + k * NU + VL);             \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = A(i, k);                                                                 \
+            acc0[0][i] += a * b0;                                                          \
+            acc1[0][i] += a * b1;                                                          \
+        }                                                                                  \
+    }
+#define FL_PK_AX(i, k) xa[i][k]
+#define FL_PK_AH(i, k) ha[(i) * ldh + (k)]
+#define FL_PK_MK(T, SUF, NU, V, MR, CH)                                                    \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,            \
+                     const T *B, T *z, int ldz)                                            \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    V acc0[CH][MR], acc1[CH][MR];                                                          \
+    int i, k, ch;                                                                          \
+    for (ch = 0; ch < CH; ch++)                                                            \
+        for (i = 0; i < MR; i++) { acc0[ch][i] = (V){0}; acc1[ch][i] = (V){0}; }           \
+    FL_PK_MK_LOOP(T, NU, V, MR, CH, I, FL_PK_AX)                                           \
+    B += (fl_i64) I * NU;                                                                  \
+    FL_PK_MK_LOOP(T, NU, V, MR, CH, H, FL_PK_AH)                                           \
+    for (ch = 1; ch < CH; ch++)                                                            \
+        for (i = 0; i < MR; i++) { acc0[0][i] += acc0[ch][i]; acc1[0][i] += acc1[ch][i]; } \
+    for (i = 0; i < MR; i++) {                                                             \
+        memcpy(z + i * ldz, &acc0[0][i], sizeof(V));                                       \
+        memcpy(z + i * ldz + VL, &acc1[0][i], sizeof(V));                                  \
+    }                                                                                      \
+}
+#else
+#define FL_PK_MK(T, SUF, NU, V, MR, CH)                                                        \
+static void fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha,            \
+                                 fl_i64 ldh, const T *B, T *z, int ldz)                   \
+{                                                                                          \
+    T acc[MR][NU];                                                                         \
+    int i, j, k;                                                                           \
+    for (i = 0; i < MR; i++) for (j = 0; j < NU; j++) acc[i][j] = 0;                       \
+    for (k = 0; k < I; k++)                                                                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = xa[i][k];                                                                \
+            for (j = 0; j < NU; j++) acc[i][j] += a * B[k * NU + j];                       \
+        }                                                                                  \
+    B += (fl_i64) I * NU;                                                                 \
+    for (k = 0; k < H; k++)                                                                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = ha[i * ldh + k];                                                         \
+            for (j = 0; j < NU; j++) acc[i][j] += a * B[k * NU + j];                       \
+        }                                                                                  \
+    for (i = 0; i < MR; i++) for (j = 0; j < NU; j++) z[i * ldz + j] = acc[i][j];          \
+}
+#endif
+
+#define FL_PK_MK_ALL(T, SUF, NU, V)                                                        \
+    FL_PK_MK(T, SUF, NU, V, 1, 4) FL_PK_MK(T, SUF, NU, V, 2, 2) FL_PK_MK(T, SUF, NU, V, 3, 2) \
+    FL_PK_MK(T, SUF, NU, V, 4, 1) FL_PK_MK(T, SUF, NU, V, 5, 1) FL_PK_MK(T, SUF, NU, V, 6, 1)
+
+FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf)
+FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
+
+/* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
+ * Same formulas as fl_pointwise.h's fl_expf / fl_exp (Cephes-style range reduction and
+ * polynomial), written on vectors so that they vectorise inside the big step function.
+ * Clamps use masks that keep NaN. */
+#if FL_PK_VECTOR
+#if defined(__GNUC__) && !defined(__clang__)
+/* the vector helpers are always inlined: no 256-bit value crosses a call in baseline code */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef int fl_pk_vif __attribute__((vector_size(32)));
+typedef long long fl_pk_vid __attribute__((vector_size(32)));
+
+#define FL_PK_VLD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
+#define FL_PK_VST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof(v_)); } while (0)
+
+#define FL_PK_VMATH(T, SUF, V, VI)                                                         \
+static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)              \
+{                                                                                          \
+    return (V) (((VI) a & m) | ((VI) b & ~m));                                             \
+}                                                                                          \
+static inline __attribute__((always_inline)) V fl_pk_min##SUF(V x, T hi)                   \
+{                                                                                          \
+    V h = (V){0} + hi;                                                                     \
+    return fl_pk_sel##SUF(x > h, h, x);                                                    \
+}                                                                                          \
+static inline __attribute__((always_inline)) V fl_pk_max##SUF(V x, T lo)                   \
+{                                                                                          \
+    V l = (V){0} + lo;                                                                     \
+    return fl_pk_sel##SUF(x < l, l, x);                                                    \
+}
+
+FL_PK_VMATH(float, f, fl_pk_vf, fl_pk_vif)
+FL_PK_VMATH(double, d, fl_pk_vd, fl_pk_vid)
+
+static inline __attribute__((always_inline)) fl_pk_vf fl_pk_expvf(fl_pk_vf x)
+{
+    const float magic = 12582912.0f;
+    fl_pk_vf t, n, r, p;
+    fl_pk_vif e;
+    x = fl_pk_maxf(fl_pk_minf(x, 88.0f), -87.0f);
+    t = x * 1.44269504088896341f + magic;
+    n = t - magic;
+    r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    p = (fl_pk_vf){0} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    e = ((fl_pk_vif) t - 0x4b400000 + 127) << 23;    /* 0x4b400000: the bits of magic */
+    return p * (fl_pk_vf) e;
+}
+
+static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expvd(fl_pk_vd x)
+{
+    const double magic = 6755399441055744.0;
+    fl_pk_vd t, n, r, rr, px, qx;
+    fl_pk_vid e;
+    x = fl_pk_maxd(fl_pk_mind(x, 709.0), -708.0);
+    t = x * 1.4426950408889634073599 + magic;
+    n = t - magic;
+    r = x - n * 6.93145751953125E-1;
+    r = r - n * 1.42860682030941723212E-6;
+    rr = r * r;
+    px = r * ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr
+              + 9.99999999999999999910E-1);
+    qx = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr
+          + 2.27265548208155028766E-1) * rr + 2.00000000000000000009E0;
+    r = 1.0 + 2.0 * (px / (qx - px));
+    e = ((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52;   /* bits of magic */
+    return r * (fl_pk_vd) e;
+}
+
+#define FL_PK_CELL(T, SUF, NU, V, VI, SIGN)                                                \
+static inline __attribute__((always_inline)) V fl_pk_sigm##SUF(V x)                        \
+{                                                                                          \
+    return (T) 1 / ((T) 1 + fl_pk_expv##SUF(-x));                                          \
+}                                                                                          \
+static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF(V x)                       \
+{                                                                                          \
+    const VI sign = (VI) ((V){0} + (T) -0.0);                                              \
+    V ax = (V) ((VI) x & ~sign);                                                           \
+    V y = fl_pk_expv##SUF((T) -2 * ax);                                                    \
+    V r = ((T) 1 - y) / ((T) 1 + y);                                                       \
+    return (V) ((VI) r | ((VI) x & sign));                                                 \
+}                                                                                          \
+/* one row, NU units: z (4 x NU) raw products, bp: the panel's bias and peepholes,        \
+ * cp: c_{t-1}.  Out: activated gates, raw and clipped c, m = o * tanh(c). */              \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep, int use_clip,     \
+                     T clip, T *gi, T *gf, T *gg, T *go, T *cr, T *cn, T *mm)              \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    int v;                                                                                 \
+    for (v = 0; v < NU; v += VL) {                                                         \
+        V c0 = FL_PK_VLD(V, cp + v);                                                       \
+        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
+        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
+        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
+        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
+        V i, f, g, o, c;                                                                   \
+        if (use_peep) {                                                                    \
+            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
+            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
+        }                                                                                  \
+        i = fl_pk_sigm##SUF(zi);                                                           \
+        f = fl_pk_sigm##SUF(zf);                                                           \
+        g = fl_pk_tanhv##SUF(zg);                                                          \
+        c = f * c0 + i * g;                                                                \
+        FL_PK_VST(cr + v, c);                                                              \
+        if (use_clip) c = fl_pk_max##SUF(fl_pk_min##SUF(c, clip), -clip);                  \
+        if (use_peep) zo += FL_PK_VLD(V, bp + 6 * NU + v) * c;                             \
+        o = fl_pk_sigm##SUF(zo);                                                           \
+        FL_PK_VST(gi + v, i);                                                              \
+        FL_PK_VST(gf + v, f);                                                              \
+        FL_PK_VST(gg + v, g);                                                              \
+        FL_PK_VST(go + v, o);                                                              \
+        FL_PK_VST(cn + v, c);                                                              \
+        FL_PK_VST(mm + v, o * fl_pk_tanhv##SUF(c));                                        \
+    }                                                                                      \
+}
+
+FL_PK_CELL(float, f, FL_PK_NU_F, fl_pk_vf, fl_pk_vif, 0)
+FL_PK_CELL(double, d, FL_PK_NU_D, fl_pk_vd, fl_pk_vid, 0)
+
+#else  /* no vector extensions: the same on scalars */
+#define FL_PK_CELL(T, SUF, NU)                                                             \
+static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep,       \
+                                 int use_clip, T clip, T *gi, T *gf, T *gg, T *go, T *cr,  \
+                                 T *cn, T *mm)                                             \
+{                                                                                          \
+    int j;                                                                                 \
+    for (j = 0; j < NU; j++) {                                                             \
+        T zi = z[j] + bp[j], zf = z[NU + j] + bp[NU + j];                                  \
+        T zg = z[2 * NU + j] + bp[2 * NU + j], zo = z[3 * NU + j] + bp[3 * NU + j], c;     \
+        if (use_peep) { zi += bp[4 * NU + j] * cp[j]; zf += bp[5 * NU + j] * cp[j]; }      \
+        gi[j] = fl_sigmoid##SUF(zi);                                                       \
+        gf[j] = fl_sigmoid##SUF(zf);                                                       \
+        gg[j] = fl_tanh##SUF(zg);                                                          \
+        c = gf[j] * cp[j] + gi[j] * gg[j];                                                 \
+        cr[j] = c;                                                                         \
+        if (use_clip) { c = c < -clip ? -clip : c; c = c > clip ? clip : c; }              \
+        if (use_peep) zo += bp[6 * NU + j] * c;                                            \
+        go[j] = fl_sigmoid##SUF(zo);                                                       \
+        cn[j] = c;                                                                         \
+        mm[j] = go[j] * fl_tanh##SUF(c);                                                   \
+    }                                                                                      \
+}
+FL_PK_CELL(float, f, FL_PK_NU_F)
+FL_PK_CELL(double, d, FL_PK_NU_D)
+#endif
+
+/* ---- one thread's share of the whole sequence ---------------------------------------
+ *
+ * Rows are cut into fl_pk_nblocks(N) blocks of at most FL_PK_MR rows, of sizes that
+ * differ by at most one and depend on N only (so a row is always computed by the same
+ * tile, whatever the number of threads).  A thread runs row blocks [b0, b1) and unit
+ * panels [p0, p1); sync: wait for the other threads after each step
+ * (they own other units of the same rows).  z: scratch of FL_PK_MR * 4 * NU (aligned);
+ * xrows: scratch of r1 - r0 pointers.
+ */
+#define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
+ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
+                                        int p1, int sync, T *z, const T **xrows)           \
+{                                                                                          \
+    const int N = s->N, r0 = fl_pk_block_row(N, b0), r1 = fl_pk_block_row(N, b1);         \
+    const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU;                                  \
+    const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
+    const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
+    const T *hp = s->h;                                                                    \
+    T *hn = s->hbuf0;                                                                      \
+    int k, p, blk, i, j, n, q;                                                             \
+    T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
+    for (k = 0; k < s->kmax; k++) {                                                        \
+        for (n = r0; n < r1; n++) {                                                        \
+            fl_i64 L = s->lengths ? s->lengths[n] : T_;                                   \
+            if (k < L) {                                                                   \
+                fl_i64 t = s->reverse ? L - 1 - k : k;                                    \
+                xrows[n - r0] = s->X + (n * s->rn + t * s->rt) * I;                        \
+            } else {                                                                       \
+                xrows[n - r0] = NULL;                                                      \
+            }                                                                              \
+        }                                                                                  \
+        for (p = p0; p < p1; p++) {                                                        \
+            const int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                         \
+            const T *Bp = s->packed + (fl_i64) p * PS;                                    \
+            const T *bp = Bp + 4 * K * NU;                                                 \
+            for (blk = b0; blk < b1; blk++) {                                              \
+                const int rb = fl_pk_block_row(N, blk), mr = fl_pk_block_row(N, blk + 1) - rb; \
+                const T *xa[FL_PK_MR];                                                     \
+                const T *ha = hp + (fl_i64) rb * H;                                       \
+                for (i = 0; i < mr; i++) {                                                 \
+                    xa[i] = xrows[rb - r0 + i];                                            \
+                    if (xa[i] == NULL) xa[i] = s->zero_row;                                \
+                }                                                                          \
+                for (q = 0; q < 4; q++) {                                                  \
+                    const T *Bq = Bp + (fl_i64) q * K * NU;                               \
+                    T *zq = z + q * NU;                                                    \
+                    switch (mr) {                                                          \
+                    case 6: fl_pk_mk##SUF##_6(I, xa, H, ha, H, Bq, zq, Z4); break;         \
+                    case 5: fl_pk_mk##SUF##_5(I, xa, H, ha, H, Bq, zq, Z4); break;         \
+                    case 4: fl_pk_mk##SUF##_4(I, xa, H, ha, H, Bq, zq, Z4); break;         \
+                    case 3: fl_pk_mk##SUF##_3(I, xa, H, ha, H, Bq, zq, Z4); break;         \
+                    case 2: fl_pk_mk##SUF##_2(I, xa, H, ha, H, Bq, zq, Z4); break;         \
+                    default: fl_pk_mk##SUF##_1(I, xa, H, ha, H, Bq, zq, Z4); break;        \
+                    }                                                                      \
+                }                                                                          \
+                for (i = 0; i < mr; i++) {                                                 \
+                    const T *zr = z + i * Z4;                                              \
+                    T *c = s->c + (fl_i64) (rb + i) * H + u0;                             \
+                    T *hnr = hn + (fl_i64) (rb + i) * H + u0;                             \
+                    fl_i64 L, t, row;                                                     \
+                    n = rb + i;                                                            \
+                    if (xrows[n - r0] == NULL) { /* past its length: state carried */      \
+                        memcpy(hnr, hp + (fl_i64) n * H + u0, nu * sizeof(T));            \
+                        continue;                                                          \
+                    }                                                                      \
+                    L = s->lengths ? s->lengths[n] : T_;                                   \
+                    t = s->reverse ? L - 1 - k : k;                                        \
+                    row = n * s->rn + t * s->rt;                                           \
+                    memcpy(cp, c, nu * sizeof(T));                                         \
+                    for (j = nu; j < NU; j++) cp[j] = 0;                                   \
+                    if (fast) {                                                            \
+                        fl_pk_cell_fast##SUF(zr, bp, cp, s->use_peep, s->use_clip, s->clip,\
+                                             gi, gf, gg, go, cr, cn, mm);                  \
+                        if (s->cache_c) memcpy(s->cache_c + row * H + u0, cr, nu * sizeof(T));\
+                    } else {                                                               \
+                        for (j = 0; j < NU; j++) {                                         \
+                            gi[j] = zr[j] + bp[j];                                         \
+                            gf[j] = zr[NU + j] + bp[NU + j];                               \
+                            gg[j] = zr[2 * NU + j] + bp[2 * NU + j];                       \
+                            go[j] = zr[3 * NU + j] + bp[3 * NU + j];                       \
+                        }                                                                  \
+                        if (s->use_peep) {                                                 \
+                            for (j = 0; j < NU; j++) {                                     \
+                                gi[j] += bp[4 * NU + j] * cp[j];                           \
+                                gf[j] += bp[5 * NU + j] * cp[j];                           \
+                            }                                                              \
+                        }                                                                  \
+                        fl_rec_inplace##SUF(s->rec, gi, NU);                               \
+                        fl_rec_inplace##SUF(s->rec, gf, NU);                               \
+                        fl_act_inplace##SUF(s->act, gg, NU);                               \
+                        for (j = 0; j < NU; j++) cn[j] = gf[j] * cp[j] + gi[j] * gg[j];    \
+                        if (s->cache_c) memcpy(s->cache_c + row * H + u0, cn, nu * sizeof(T));\
+                        if (s->use_clip) {                                                 \
+                            const T cl = s->clip;                                          \
+                            for (j = 0; j < NU; j++) {                                     \
+                                T v = cn[j];                                               \
+                                v = v < -cl ? -cl : v;                                     \
+                                cn[j] = v > cl ? cl : v;                                   \
+                            }                                                              \
+                        }                                                                  \
+                        if (s->use_peep)                                                   \
+                            for (j = 0; j < NU; j++) go[j] += bp[6 * NU + j] * cn[j];      \
+                        fl_rec_inplace##SUF(s->rec, go, NU);                               \
+                        memcpy(mm, cn, sizeof(mm));                                        \
+                        fl_act_inplace##SUF(s->act, mm, NU);                               \
+                        for (j = 0; j < NU; j++) mm[j] *= go[j];                           \
+                    }                                                                      \
+                    memcpy(c, cn, nu * sizeof(T));                                         \
+                    memcpy(hnr, mm, nu * sizeof(T));                                       \
+                    memcpy(s->Y + row * H + u0, mm, nu * sizeof(T));                       \
+                    if (s->cache_gates) {                                                  \
+                        T *cg = s->cache_gates + row * H4 + u0;                            \
+                        memcpy(cg, gi, nu * sizeof(T));                                    \
+                        memcpy(cg + H, gf, nu * sizeof(T));                                \
+                        memcpy(cg + 2 * H, gg, nu * sizeof(T));                            \
+                        memcpy(cg + 3 * H, go, nu * sizeof(T));                            \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        if (sync) fl_pk_barrier();                                                          \
+        hp = hn;                                                                           \
+        hn = hn == s->hbuf0 ? s->hbuf1 : s->hbuf0;                                         \
+    }                                                                                      \
+    /* the final h of this thread's rows and units (h itself was only read at step 0,    \
+       and every thread has passed the barrier after step 0 by now) */                    \
+    if (hp != s->h) {                                                                      \
+        for (n = r0; n < r1; n++) {                                                        \
+            int u0 = p0 * NU, u1 = p1 * NU < H ? p1 * NU : H;                              \
+            if (u1 > u0)                                                                   \
+                memcpy(s->h + (fl_i64) n * H + u0, hp + (fl_i64) n * H + u0,             \
+                       (size_t) (u1 - u0) * sizeof(T));                                    \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+FL_PK_RUN(float, f, FL_PK_NU_F, fl_pk_vf, base, )
+FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, base, )
+#if FL_PK_X86
+FL_PK_RUN(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
+FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
+#endif
+
+static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
+                       float *z, const float **xrows)
+{
+#if FL_PK_X86
+    if (fl_pk_get_isa() == 1) {
+        fl_pk_runf_avx2(s, b0, b1, p0, p1, sync, z, xrows);
+        return;
+    }
+#endif
+    fl_pk_runf_base(s, b0, b1, p0, p1, sync, z, xrows);
+}
+
+static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
+                       double *z, const double **xrows)
+{
+#if FL_PK_X86
+    if (fl_pk_get_isa() == 1) {
+        fl_pk_rund_avx2(s, b0, b1, p0, p1, sync, z, xrows);
+        return;
+    }
+#endif
+    fl_pk_rund_base(s, b0, b1, p0, p1, sync, z, xrows);
+}
+
+#endif

@@ -1,0 +1,202 @@
+"""Every forward kernel path against the NumPy reference, and thread-count invariance.
+
+Paths (forced through ``fastlstm.layers._FORCE_PATH``, a test hook):
+  "blas"          per-step BLAS gemm kernel (``_forward.forward``)
+  "packed-rows"   packed-weight kernel, threads own blocks of batch rows
+  "packed-units"  packed-weight kernel, threads own blocks of hidden units (barrier per step)
+and the packed kernel's two instruction sets (AVX2 + FMA when the CPU has it, baseline).
+Also: 1 and 2 threads give bit-identical results on every path, the training cache made
+by the packed kernel gives the reference gradients, and the peak memory of a long
+sequence does not grow with T beyond the output itself.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastlstm as fl
+from fastlstm import _forward, layers
+from fastlstm import reference as ref
+
+PATHS = ["blas", "packed-rows", "packed-units"]
+TOL = {np.float32: 2e-5, np.float64: 1e-11}
+
+
+@pytest.fixture
+def force(monkeypatch):
+    def set_path(path):
+        monkeypatch.setattr(layers, "_FORCE_PATH", path)
+
+    yield set_path
+    _forward.packed_isa(-1)
+
+
+def _isa_params():
+    out = [pytest.param(0, id="baseline")]
+    if _forward.packed_isa(-1) == 1:
+        out.append(pytest.param(1, id="avx2"))
+    return out
+
+
+def _layer(I, H, dtype, seed, **kw):
+    layer = fl.LSTM(I, H, dtype=dtype, random_state=seed, **kw)
+    rng = np.random.default_rng(seed + 100)
+    layer.b[...] = rng.standard_normal(4 * H) * 0.5
+    if layer.peepholes is not None:
+        layer.peepholes[...] = rng.standard_normal((3, H)) * 0.5
+    return layer
+
+
+def _options(layer):
+    return dict(cell_clip=layer.cell_clip, activation=layer.activation,
+                recurrent_activation=layer.recurrent_activation)
+
+
+# shapes: the edge cases of the packed kernel (one unit, a partial last panel of units,
+# row counts around its 6-row tile, a single step) and of the BLAS kernel's row blocks
+SHAPES = [(1, 1, 6, 4), (2, 3, 6, 5), (7, 4, 3, 17), (13, 3, 9, 33), (6, 5, 1, 1),
+          (12, 2, 16, 40)]
+OPTIONS = [
+    {},
+    {"peepholes": True, "cell_clip": 0.4},
+    {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
+    {"activation": "sigmoid", "recurrent_activation": "hard_sigmoid_keras2",
+     "peepholes": True},
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_path_matches_reference(force, path, dtype, shape, n_threads):
+    N, T, I, H = shape
+    force(path)
+    rng = np.random.default_rng(N * 1000 + T * 100 + H)
+    for k, opts in enumerate(OPTIONS):
+        layer = _layer(I, H, dtype, k, n_threads=n_threads, **opts)
+        X = rng.standard_normal((N, T, I)).astype(dtype)
+        c0 = rng.standard_normal((N, H)).astype(dtype) * 0.5
+        h0 = rng.standard_normal((N, H)).astype(dtype) * 0.5
+        L = rng.integers(0, T + 1, N)
+        for lengths in (None, L):
+            for reverse in (False, True):
+                Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=(c0, h0),
+                                                lengths=lengths, reverse=reverse,
+                                                **_options(layer))
+                Y, st = layer(X, initial_state=(c0, h0), lengths=lengths, reverse=reverse)
+                np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+                np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+                np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
+                Yt, _ = layer(X.transpose(1, 0, 2), initial_state=(c0, h0), lengths=lengths,
+                              reverse=reverse, time_major=True)
+                np.testing.assert_allclose(Yt.transpose(1, 0, 2), Yr, rtol=0,
+                                           atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
+def test_packed_instruction_sets(force, isa, dtype, path):
+    force(path)
+    assert _forward.packed_isa(isa) == isa
+    rng = np.random.default_rng(7)
+    for k, (N, T, I, H) in enumerate([(3, 4, 5, 21), (14, 3, 8, 35)]):
+        layer = _layer(I, H, dtype, k, peepholes=True, cell_clip=0.6, n_threads=2)
+        X = rng.standard_normal((N, T, I)).astype(dtype)
+        Yr, (cr, hr) = ref.lstm_forward(X, layer.params, **_options(layer))
+        Y, st = layer(X)
+        np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+        np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_and_two_threads_identical(force, path, dtype):
+    force(path)
+    rng = np.random.default_rng(3)
+    N, T, I, H = 24, 6, 20, 70       # several row tiles and unit panels per thread
+    X = rng.standard_normal((N, T, I)).astype(dtype)
+    L = rng.integers(0, T + 1, N)
+    outs = []
+    for nt in (1, 2):
+        layer = _layer(I, H, dtype, 0, peepholes=True, n_threads=nt)
+        outs.append([layer(X)[0], layer(X, lengths=L, reverse=True)[0],
+                     *layer(X, lengths=L)[1]])
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+def test_automatic_choice_is_valid():
+    """Whatever path the thresholds pick for a shape, the result is the reference's."""
+    rng = np.random.default_rng(5)
+    for N, T, I, H in [(1, 3, 6, 4), (8, 3, 64, 128), (32, 2, 128, 256)]:
+        for proj in (None, 3):
+            layer = fl.LSTM(I, H, proj_size=proj, random_state=1)
+            X = rng.standard_normal((N, T, I)).astype(np.float32)
+            Yr, _ = ref.lstm_forward(X, layer.params)
+            np.testing.assert_allclose(layer(X)[0], Yr, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
+def test_packed_training_cache_gives_reference_gradients(force, path):
+    force(path)
+    rng = np.random.default_rng(11)
+    N, T, I, H = 5, 4, 3, 7
+    layer = _layer(I, H, np.float64, 2, peepholes=True, cell_clip=0.8, n_threads=2)
+    X = rng.standard_normal((N, T, I))
+    L = np.array([4, 0, 2, 3, 1])
+    dY = rng.standard_normal((N, T, H))
+    Y, st, cache = layer.forward(X, lengths=L)
+    dX, dstate0 = layer.backward(dY, cache)
+    want = ref.lstm_backward(dY, X, layer.params, lengths=L, **_options(layer))
+    np.testing.assert_allclose(dX, want["X"], rtol=1e-9, atol=1e-11)
+    for name in ("W", "U", "b", "peepholes"):
+        np.testing.assert_allclose(layer.grads[name], want[name], rtol=1e-9, atol=1e-11)
+
+
+_MEMORY_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastlstm as fl
+    from fastlstm import layers
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+
+    layers._FORCE_PATH = sys.argv[1]
+    N, T, I, H = 4, int(sys.argv[2]), 32, 64
+    layer = fl.LSTM(I, H, random_state=0, n_threads=1)
+    X = np.ones((N, T, I), np.float32)
+    layer(X[:, :50])                       # warm up: code, BLAS buffers
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                       # reset the peak (VmHWM) to the current RSS
+    before = status("VmRSS")
+    Y, _ = layer(X)
+    print(status("VmHWM") - before - Y.nbytes)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("path", ["blas", "packed-rows"])
+def test_peak_memory_does_not_grow_with_T(path):
+    """Peak RSS of inference, beyond the output, is the same at T = 10 000 and 40 000."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    extra = {}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    for T in (10_000, 40_000):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, path, str(T)], env=env,
+                             capture_output=True, text=True, timeout=120, check=True)
+        extra[T] = int(out.stdout.split()[-1])
+    # the output grows by 30 MiB between the two; the workspace must not follow it
+    assert extra[40_000] - extra[10_000] < 4 << 20, extra
+    # and it stays within the bounded time-block workspace (16 MiB) plus slack
+    assert extra[40_000] < 24 << 20, extra
