@@ -28,6 +28,22 @@ _WORKSPACE_ELEMENTS = 1 << 22
 _MIN_FLOPS_PER_CHUNK_STEP = 20_000
 _MIN_ROWS_PER_CHUNK = 4
 _CHUNK_CORES = _threads.usable_cores()
+# Packed-weight kernel (src/fl_packed.h): layers without projection, on CPUs with AVX2 + FMA.
+# It runs on 2+ threads when a step holds at least _PACKED_MIN_FLOPS_THREADED multiply-adds;
+# threads then own blocks of rows (no barrier) while each has at least
+# _PACKED_MIN_ROWS_PER_THREAD rows and the weights fit a core's cache, else blocks of units
+# (one barrier per step).  Every split gives bit-identical results.
+_PACKED_MIN_FLOPS_THREADED = 200_000
+_PACKED_MIN_ROWS_PER_THREAD = 6
+_PACKED_ROWS_MAX_WEIGHTS = 96 * 1024          # elements of [W; U] per thread for row blocks
+_PACKED = _forward.packed_isa() == 1
+# Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
+# projection with H <= 128, for calls of at most this many multiply-adds in all.
+_SMALL_MAX_WORK = 1 << 16
+_SMALL_MAX_H = _forward.small_max_hidden()
+# Tests and benchmarks: None (automatic), "blas", "small", "packed", "packed-rows",
+# "packed-units".
+_FORCE_PATH = None
 
 
 class LSTMState(NamedTuple):
@@ -421,9 +437,45 @@ class LSTM(_Module):
         by_work = (N * flops_per_row) // _MIN_FLOPS_PER_CHUNK_STEP
         return int(max(1, min(_CHUNK_CORES, N // _MIN_ROWS_PER_CHUNK, by_work)))
 
+    def _packed_plan(self, N):
+        """(n_threads, by_rows) for the packed kernel, or None for the BLAS kernel."""
+        force = _FORCE_PATH
+        if self.proj_size is not None or (force is None and not _PACKED) or force == "blas":
+            return None
+        work = 4 * self.hidden_size * (self.input_size + self.hidden_size)  # per row and step
+        if force is None and N * work < _PACKED_MIN_FLOPS_THREADED:
+            return 1, True
+        nt = _threads.resolve_n_threads(self.n_threads)
+        if force == "packed-rows" or force == "packed-units":
+            return nt, force == "packed-rows"
+        by_rows = N >= _PACKED_MIN_ROWS_PER_THREAD * nt and work // 4 <= _PACKED_ROWS_MAX_WEIGHTS
+        return nt, by_rows
+
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""
         p = self._params
+        force = _FORCE_PATH
+        if self.proj_size is None and self.hidden_size <= _SMALL_MAX_H and (
+                force == "small" or force is None and N * T * 4 * self.hidden_size
+                * (self.input_size + self.hidden_size) <= _SMALL_MAX_WORK):
+            cache = cache or {}
+            _forward.forward_small(
+                X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
+                lengths, reverse, ACTIVATIONS[self.activation],
+                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
+                cache.get("gates"), cache.get("c"))
+            return
+        plan = self._packed_plan(N)
+        if plan is not None:
+            cache = cache or {}
+            if plan[0] > 1:
+                _threads._state["omp_used"] = True   # fork safety (see _threads)
+            _forward.forward_packed(
+                X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
+                lengths, reverse, ACTIVATIONS[self.activation],
+                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip, plan[0],
+                plan[1], cache.get("gates"), cache.get("c"))
+            return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
         chunks = self._chunks_for(N)
         nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
@@ -501,6 +553,15 @@ class LSTM(_Module):
         x : (N, I); state : LSTMState / (c, h) or None for zeros.
         Returns ``output`` (N, Hout) and the new ``LSTMState`` (its ``h`` equals output).
         """
+        if self.proj_size is None:
+            # fast path: plain arrays of the right dtype and shape, a small step
+            p = self._params
+            fast = _forward.step_fast(x, state, p["W"], p["U"], p["b"], p.get("peepholes"),
+                                      ACTIVATIONS[self.activation],
+                                      RECURRENT_ACTIVATIONS[self.recurrent_activation],
+                                      self.cell_clip, LSTMState)
+            if fast is not None:
+                return fast
         x = _numeric_array(x, "x")
         if x.ndim != 2 or x.shape[1] != self.input_size:
             raise ValueError(
