@@ -95,6 +95,22 @@ def controller():
     return _controller
 
 
+def _release_blas_control():
+    """Let whichever thread comes next change a pthreads OpenBLAS's limit.
+
+    threadpoolctl (>= 3.8) lets one Python thread at a time change such a limit and keeps
+    that control until it is cleared: other threads' limits are silently ignored.  The
+    kernels may enter and leave the BLAS limit from different threads, so they clear it.
+    """
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - older threadpoolctl
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 class _BlasSingleThread:
     """Context manager: BLAS limited to one thread while OpenMP threads run a kernel."""
 
@@ -110,6 +126,7 @@ class _BlasSingleThread:
         with self._lock:
             type(self)._depth += 1
             if type(self)._depth == 1:
+                _release_blas_control()
                 self._limiter = controller().limit(limits=1, user_api="blas")
                 type(self)._active = self._limiter
         return self
@@ -118,7 +135,9 @@ class _BlasSingleThread:
         with self._lock:
             type(self)._depth -= 1
             if type(self)._depth == 0:
+                _release_blas_control()  # this thread may not be the one that set it
                 type(self)._active.restore_original_limits()
+                _release_blas_control()
         return False
 
 

@@ -277,3 +277,70 @@ def test_omp_num_threads_env_is_honoured(omp_num_threads, tmp_path):
     layer = fl.LSTM(16, 32, random_state=0)
     Y, _ = layer(np.random.default_rng(0).normal(size=(64, 5, 16)))
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), Y)
+
+
+def _openblas_pthreads():
+    return any(i["internal_api"] == "openblas" and i.get("threading_layer") == "pthreads"
+               for i in _threads.controller().info())
+
+
+def test_blas_held_to_one_thread_whichever_thread_calls(monkeypatch):
+    """BLAS is held to one thread during threaded kernels called from any Python thread.
+
+    threadpoolctl (>= 3.8) lets only one Python thread at a time change a pthreads
+    OpenBLAS's limit; a thread that took that control and kept it would make the limit
+    silently ignored in every other thread (server, Dask and joblib worker threads).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from fastlstm import layers
+
+    if _threads.usable_cores() < 2:
+        pytest.skip("needs 2 usable cores")
+    seen = []
+    real = layers._forward.forward
+
+    def spy(*args, **kwargs):
+        seen.append(_blas_threads())
+        return real(*args, **kwargs)
+
+    model = fl.LSTM(16, 32, proj_size=8, random_state=0, n_threads=2)  # BLAS kernel
+    X = np.random.default_rng(0).normal(size=(64, 3, 16))
+    assert model._chunks_for(64) > 1
+    expected, _ = model(X)
+    with threadpool_limits(limits=2, user_api="blas"):
+        original = _blas_threads()
+        assert max(original) == 2
+        monkeypatch.setattr(layers._forward, "forward", spy)
+        model(X)                                     # the main thread first
+        _hammer(lambda i: [np.testing.assert_array_equal(model(X)[0], expected)
+                           for _ in range(5)], n_threads=4)
+        model(X)
+        monkeypatch.setattr(layers._forward, "forward", real)
+        assert len(seen) == 22
+        assert all(max(b) == 1 for b in seen), seen
+        assert _blas_threads() == original           # and restored afterwards
+
+
+def test_blas_limit_restored_when_the_last_call_ends_on_another_thread():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        original = _blas_threads()
+        entered, release = threading.Event(), threading.Event()
+        inside = []
+
+        def first():                  # enters first, leaves first
+            with _threads.blas_single_thread(openmp=False):
+                entered.set()
+                release.wait(30)
+
+        t = threading.Thread(target=first)
+        t.start()
+        assert entered.wait(30)
+        with _threads.blas_single_thread(openmp=False):   # enters second, leaves last
+            release.set()
+            t.join()
+            inside.append(_blas_threads())
+        assert max(inside[0]) == 1
+        assert _blas_threads() == original
