@@ -6,6 +6,7 @@ lengths; every output and final state must match ``fastlstm.reference`` in float
 Batches are sometimes large enough for the threaded kernel paths.
 """
 
+import contextlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,9 +19,36 @@ from hypothesis import strategies as st  # noqa: E402
 from conftest import ref, ref_options, ref_params, reference_stack  # noqa: E402
 
 import fastlstm as fl  # noqa: E402
+from fastlstm import layers as layers_mod  # noqa: E402
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 print_blob=True)
+
+# Kernel paths, forced through the layers' test hook when this build has one: None lets
+# the layer choose; the others apply where the layer allows them (see tests/test_paths.py).
+PATHS = [None]
+if hasattr(layers_mod, "_FORCE_PATH"):
+    PATHS += ["blas", "small", "packed-rows", "packed-units"]
+ISAS = [None]
+if hasattr(layers_mod._forward, "packed_isa"):
+    ISAS += [0] + ([1] if layers_mod._forward.packed_isa(-1) == 1 else [])
+
+
+@contextlib.contextmanager
+def kernel_path(path, isa):
+    """Force a kernel path and the packed kernel's instruction set, then restore them."""
+    old = getattr(layers_mod, "_FORCE_PATH", None)
+    try:
+        if path is not None:
+            layers_mod._FORCE_PATH = path
+        if isa is not None:
+            layers_mod._forward.packed_isa(isa)
+        yield
+    finally:
+        if hasattr(layers_mod, "_FORCE_PATH"):
+            layers_mod._FORCE_PATH = old
+        if isa is not None:
+            layers_mod._forward.packed_isa(-1)
 
 
 def _tol(dtype, scale):
@@ -51,8 +79,12 @@ def _make_layer(spec, dtype, rng):
     input_size, hidden, opts = spec
     layer = fl.LSTM(input_size, hidden, dtype=dtype, random_state=int(rng.integers(1 << 30)),
                     **opts)
-    for value in layer.params.values():
-        value[...] = rng.normal(scale=0.6, size=value.shape)
+    for name, value in layer.params.items():
+        # matrices scaled by their fan-in: the recurrence stays near the edge of stability
+        # instead of amplifying float32 rounding exponentially (as random weights at H=32
+        # with a linear activation would)
+        scale = 1.2 / np.sqrt(value.shape[0]) if name in ("W", "U", "P") else 0.6
+        value[...] = rng.normal(scale=scale, size=value.shape)
     return layer
 
 
@@ -136,8 +168,10 @@ def test_lstm_matches_reference(data):
     if data.draw(st.booleans()):
         state = None
     Xin_before = np.array(X, copy=True)
-    Y, s = layer(X, initial_state=state, lengths=lengths, time_major=time_major,
-                 reverse=reverse)
+    path, isa = data.draw(st.sampled_from(PATHS)), data.draw(st.sampled_from(ISAS))
+    with kernel_path(path, isa):
+        Y, s = layer(X, initial_state=state, lengths=lengths, time_major=time_major,
+                     reverse=reverse)
     Yr, (cr, hr) = ref.lstm_forward(Xref, ref_params(layer), initial_state=_cast_state(state, dtype),
                                     lengths=lengths, reverse=reverse, **ref_options(layer))
     if time_major:
@@ -149,7 +183,8 @@ def test_lstm_matches_reference(data):
     if N and not time_major and lengths is None and not reverse and T:
         # stepping one step at a time gives the same sequence
         x0 = np.asarray(X, dtype)[:, 0]
-        out, _ = layer.step(x0, state)
+        with kernel_path(path, isa):
+            out, _ = layer.step(x0, state)
         _check(out, Yr[:, 0], dtype)
 
 
@@ -174,7 +209,8 @@ def test_stacks_match_reference(data):
         and data.draw(st.booleans())
     model = layers[0] if single else fl.MultiLSTM(layers)
     X, Xref, N, T, time_major, lengths = data.draw(inputs(input_size, dtype))
-    Y, states = model(X, lengths=lengths, time_major=time_major)
+    with kernel_path(data.draw(st.sampled_from(PATHS)), data.draw(st.sampled_from(ISAS))):
+        Y, states = model(X, lengths=lengths, time_major=time_major)
     items = reference_stack(SimpleNamespace(layers=layers))
     Yr, sr = ref.stack_forward(Xref, items, lengths=lengths)
     if single:
