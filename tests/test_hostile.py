@@ -173,16 +173,25 @@ def _assert_rows(Y, clean, reference, bad_rows, axis=0):
     np.testing.assert_allclose(Y, reference, rtol=1e-5, atol=2e-6, equal_nan=True)
 
 
+# kernel paths: the layers' test hook when this build has one (see tests/test_paths.py)
+PATHS = ["auto"] + (["blas", "small", "packed-rows", "packed-units"]
+                    if hasattr(layers_mod, "_FORCE_PATH") else [])
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference meets NaN
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("kind", ["nan", "inf", "-inf"])
 @pytest.mark.parametrize("N", [5, 64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_non_finite_input_stays_in_its_row(n_threads, kind, N, reverse):
+@pytest.mark.parametrize("path", ["projection"] + PATHS)
+def test_non_finite_input_stays_in_its_row(n_threads, kind, N, reverse, path, monkeypatch):
     rng = np.random.default_rng(N)
-    layer = randomize(fl.LSTM(8, 16, peepholes=True, proj_size=6, n_threads=n_threads,
+    proj = 6 if path == "projection" else None
+    layer = randomize(fl.LSTM(8, 32, peepholes=True, proj_size=proj, n_threads=n_threads,
                               dtype=np.float64, random_state=0), rng)
-    if N == 64:
+    if path not in ("projection", "auto"):
+        monkeypatch.setattr(layers_mod, "_FORCE_PATH", path)
+    if N == 64 and path == "projection":
         assert layer._chunks_for(N) > 1, "the big batch must take the row-block path"
     X = rng.normal(size=(N, 6, 8))
     L = rng.integers(2, 7, size=N)
