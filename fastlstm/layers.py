@@ -29,13 +29,14 @@ _MIN_FLOPS_PER_CHUNK_STEP = 20_000
 _MIN_ROWS_PER_CHUNK = 4
 _CHUNK_CORES = _threads.usable_cores()
 # Packed-weight kernel (src/fl_packed.h): layers without projection, on CPUs with AVX2 + FMA.
-# It runs on 2+ threads when a step holds at least _PACKED_MIN_FLOPS_THREADED multiply-adds;
-# threads then own blocks of rows (no barrier) while each has at least
-# _PACKED_MIN_ROWS_PER_THREAD rows and the weights fit a core's cache, else blocks of units
-# (one barrier per step).  Every split gives bit-identical results.
-_PACKED_MIN_FLOPS_THREADED = 200_000
-_PACKED_MIN_ROWS_PER_THREAD = 6
-_PACKED_ROWS_MAX_WEIGHTS = 96 * 1024          # elements of [W; U] per thread for row blocks
+# A call of fewer than _PACKED_MIN_WORK_THREADED multiply-adds runs on one thread.  Above,
+# threads own blocks of rows (no synchronisation) when every thread gets one of the
+# kernel's row tiles (_PACKED_ROW_TILE rows at most); with fewer rows, threads own blocks
+# of hidden units (one barrier per step) if a step holds at least
+# _PACKED_MIN_STEP_WORK_UNITS multiply-adds.  Every split gives bit-identical results.
+_PACKED_MIN_WORK_THREADED = 1 << 21
+_PACKED_MIN_STEP_WORK_UNITS = 1 << 20
+_PACKED_ROW_TILE = 6
 _PACKED = _forward.packed_isa() == 1
 # Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
 # projection with H <= 128, for calls of at most this many multiply-adds in all.
@@ -437,19 +438,22 @@ class LSTM(_Module):
         by_work = (N * flops_per_row) // _MIN_FLOPS_PER_CHUNK_STEP
         return int(max(1, min(_CHUNK_CORES, N // _MIN_ROWS_PER_CHUNK, by_work)))
 
-    def _packed_plan(self, N):
+    def _packed_plan(self, N, T):
         """(n_threads, by_rows) for the packed kernel, or None for the BLAS kernel."""
         force = _FORCE_PATH
         if self.proj_size is not None or (force is None and not _PACKED) or force == "blas":
             return None
-        work = 4 * self.hidden_size * (self.input_size + self.hidden_size)  # per row and step
-        if force is None and N * work < _PACKED_MIN_FLOPS_THREADED:
+        step_work = N * 4 * self.hidden_size * (self.input_size + self.hidden_size)
+        if force is None and step_work * T < _PACKED_MIN_WORK_THREADED:
             return 1, True
         nt = _threads.resolve_n_threads(self.n_threads)
         if force == "packed-rows" or force == "packed-units":
             return nt, force == "packed-rows"
-        by_rows = N >= _PACKED_MIN_ROWS_PER_THREAD * nt and work // 4 <= _PACKED_ROWS_MAX_WEIGHTS
-        return nt, by_rows
+        if nt > 1 and (N + _PACKED_ROW_TILE - 1) // _PACKED_ROW_TILE >= nt:
+            return nt, True
+        if nt > 1 and step_work >= _PACKED_MIN_STEP_WORK_UNITS:
+            return nt, False
+        return 1, True
 
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""
@@ -465,7 +469,7 @@ class LSTM(_Module):
                 RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
                 cache.get("gates"), cache.get("c"))
             return
-        plan = self._packed_plan(N)
+        plan = self._packed_plan(N, T)
         if plan is not None:
             cache = cache or {}
             if plan[0] > 1:
