@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from conftest import randomize, ref, ref_options, ref_params
 
 import fastlstm as fl
 from fastlstm import _threads
+from fastlstm import layers as layers_mod
 
 N_PY_THREADS = 8
 
@@ -344,3 +346,52 @@ def test_blas_limit_restored_when_the_last_call_ends_on_another_thread():
             inside.append(_blas_threads())
         assert max(inside[0]) == 1
         assert _blas_threads() == original
+
+
+def _progress_while(fn):
+    """Iterations of a Python loop the calling thread runs while another thread runs
+    ``fn()``, relative to the same loop run alone (about 0 if ``fn`` holds the GIL)."""
+    stop = threading.Event()
+    timer = threading.Timer(0.1, stop.set)
+    timer.start()
+    n = 0
+    while not stop.is_set():
+        n += 1
+    alone = n / 0.1
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (fn(), done.set()))
+    n = 0
+    start = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        n += 1
+    elapsed = time.perf_counter() - start
+    worker.join()
+    return n / elapsed / alone
+
+
+GIL_PATHS = ["auto"] + (["blas", "small", "packed-rows", "packed-units"]
+                        if hasattr(layers_mod, "_FORCE_PATH") else [])
+
+
+@pytest.mark.parametrize("path", GIL_PATHS + ["projection", "backward"])
+def test_kernels_release_the_gil(path, monkeypatch):
+    """Another Python thread keeps running while a kernel computes.
+
+    (A call that held the GIL for its whole duration, e.g. a backtracking regular
+    expression, lets the other thread make about 1 % of its normal progress.)
+    """
+    if path not in ("auto", "projection", "backward"):
+        monkeypatch.setattr(layers_mod, "_FORCE_PATH", path)
+    layer = fl.LSTM(32, 64, proj_size=16 if path == "projection" else None, random_state=0,
+                    n_threads=1)
+    X = np.random.default_rng(0).normal(size=(16, 1500, 32)).astype(np.float32)
+    if path == "backward":
+        if not hasattr(layer, "backward"):
+            pytest.skip("no training API in this build")
+        Y, _, cache = layer.forward(X)
+        dY = np.ones_like(Y)
+        ratio = _progress_while(lambda: layer.backward(dY, cache))
+    else:
+        ratio = _progress_while(lambda: layer(X))
+    assert ratio > 0.1, f"the other thread ran at {ratio:.1%} of its speed: GIL held?"
