@@ -257,16 +257,16 @@ def _build_torch(case, model, X, L):
     mods = []
     for layer in layers:
         if case.step:
-            m = torch.nn.LSTMCell(layer.input_size, layer.hidden_size)
+            m = torch.nn.LSTMCell(layer.input_size, layer.hidden_size, dtype=dt)
         else:
-            m = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True)
+            m = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True, dtype=dt)
         sfx = "" if case.step else "_l0"
         with torch.no_grad():
             getattr(m, "weight_ih" + sfx).copy_(torch.from_numpy(layer.W.T.copy()))
             getattr(m, "weight_hh" + sfx).copy_(torch.from_numpy(layer.U.T.copy()))
             getattr(m, "bias_ih" + sfx).copy_(torch.from_numpy(layer.b.copy()))
             getattr(m, "bias_hh" + sfx).zero_()
-        mods.append(m.to(dt).eval())
+        mods.append(m.eval())
     xt = torch.from_numpy(X)
     threads = case.n_threads
 

@@ -36,6 +36,8 @@ cdef extern from "fl_packed.h" nogil:
         long long rn, rt
         float clip
         const long long *lengths
+        const int *perm
+        const float *h0
         const float *X
         const float *packed
         const float *zero_row
@@ -51,6 +53,8 @@ cdef extern from "fl_packed.h" nogil:
         long long rn, rt
         double clip
         const long long *lengths
+        const int *perm
+        const double *h0
         const double *X
         const double *packed
         const double *zero_row
@@ -82,6 +86,7 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_nblocks(int N) noexcept
     int fl_pk_team_id() noexcept
 
+import numpy as np
 cimport numpy as cnp
 from cpython.tuple cimport PyTuple_GET_SIZE
 
@@ -406,9 +411,19 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *hbuf = NULL
     cdef floating *zbuf = NULL
     cdef const floating **xr = NULL
+    cdef const int *pperm = NULL
+    cdef const floating *ph0 = &h[0, 0]
+    cdef int[::1] perm
+    cdef floating[:, ::1] h_sorted
 
     if N <= 0 or T <= 0:
         return
+    if lengths is not None and N > 1:
+        # rows by decreasing length: finished rows gather in whole tiles, which are skipped
+        perm = np.argsort(-np.asarray(lengths), kind="stable").astype(np.intc)
+        h_sorted = np.ascontiguousarray(np.asarray(h)[np.asarray(perm)])
+        pperm = &perm[0]
+        ph0 = &h_sorted[0, 0]
     if floating is float:
         P = fl_pk_npanelsf(H)
         sz_z = MR * 4 * FL_PK_NU_F
@@ -445,6 +460,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.rn = 1 if time_major else T
             sf.rt = N if time_major else 1
             sf.lengths = &lengths[0] if lengths is not None else NULL
+            sf.perm = pperm
+            sf.h0 = ph0
             sf.X = &X[0, 0]; sf.packed = packed; sf.zero_row = zero_row
             sf.c = &c[0, 0]; sf.h = &h[0, 0]; sf.hbuf0 = hbuf; sf.hbuf1 = hbuf + <size_t> N * H
             sf.Y = &Y[0, 0]
@@ -460,6 +477,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.rn = 1 if time_major else T
             sd.rt = N if time_major else 1
             sd.lengths = &lengths[0] if lengths is not None else NULL
+            sd.perm = pperm
+            sd.h0 = ph0
             sd.X = &X[0, 0]; sd.packed = packed; sd.zero_row = zero_row
             sd.c = &c[0, 0]; sd.h = &h[0, 0]; sd.hbuf0 = hbuf; sd.hbuf1 = hbuf + <size_t> N * H
             sd.Y = &Y[0, 0]

@@ -17,6 +17,9 @@
  * The loops use GCC vector extensions, so that the same source compiles to AVX2 + FMA
  * (chosen at run time when the CPU has them) and to the baseline SSE2 of x86-64.
  *
+ * With variable lengths the kernel's rows are the batch rows sorted by decreasing length
+ * (perm), so that rows past their length gather in whole tiles, which are skipped.
+ *
  * Threads own either whole units (panels; all threads must then wait for each other at
  * the end of every step, since step t+1 reads every unit of h_t) or whole rows (no
  * barrier).  Every output element is computed by the same sequence of operations whatever
@@ -145,6 +148,8 @@ typedef struct {                                                                
     fl_i64 rn, rt;           /* row of (n, t) in X, Y, caches: n * rn + t * rt */         \
     T clip;                                                                                \
     const fl_i64 *lengths;   /* (N,) or NULL */                                           \
+    const int *perm;          /* kernel row i is batch row perm[i]; NULL: identity */     \
+    const T *h0;              /* initial h in kernel row order (= h without perm) */      \
     const T *X;               /* (N*T, I) */                                               \
     const T *packed;          /* fl_pk_pack output (weights, bias, peepholes) */           \
     int use_peep;                                                                          \
@@ -460,16 +465,17 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU;                                  \
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
-    const T *hp = s->h;                                                                    \
+    const T *hp = s->h0;                                                                   \
     T *hn = s->hbuf0;                                                                      \
     int k, p, blk, i, j, n, q;                                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
     for (k = 0; k < s->kmax; k++) {                                                        \
         for (n = r0; n < r1; n++) {                                                        \
-            fl_i64 L = s->lengths ? s->lengths[n] : T_;                                   \
+            const fl_i64 a = s->perm ? s->perm[n] : n;                                     \
+            fl_i64 L = s->lengths ? s->lengths[a] : T_;                                    \
             if (k < L) {                                                                   \
-                fl_i64 t = s->reverse ? L - 1 - k : k;                                    \
-                xrows[n - r0] = s->X + (n * s->rn + t * s->rt) * I;                        \
+                fl_i64 t = s->reverse ? L - 1 - k : k;                                     \
+                xrows[n - r0] = s->X + (a * s->rn + t * s->rt) * I;                        \
             } else {                                                                       \
                 xrows[n - r0] = NULL;                                                      \
             }                                                                              \
@@ -481,10 +487,18 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
             for (blk = b0; blk < b1; blk++) {                                              \
                 const int rb = fl_pk_block_row(N, blk), mr = fl_pk_block_row(N, blk + 1) - rb; \
                 const T *xa[FL_PK_MR];                                                     \
-                const T *ha = hp + (fl_i64) rb * H;                                       \
+                const T *ha = hp + (fl_i64) rb * H;                                        \
+                int active = 0;                                                            \
                 for (i = 0; i < mr; i++) {                                                 \
                     xa[i] = xrows[rb - r0 + i];                                            \
+                    active += xa[i] != NULL;                                               \
                     if (xa[i] == NULL) xa[i] = s->zero_row;                                \
+                }                                                                          \
+                if (!active) {   /* every row of the tile is past its length */            \
+                    for (i = 0; i < mr; i++)                                               \
+                        memcpy(hn + (fl_i64) (rb + i) * H + u0, ha + (fl_i64) i * H + u0,  \
+                               nu * sizeof(T));                                            \
+                    continue;                                                              \
                 }                                                                          \
                 for (q = 0; q < 4; q++) {                                                  \
                     const T *Bq = Bp + (fl_i64) q * K * NU;                               \
@@ -500,17 +514,18 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 }                                                                          \
                 for (i = 0; i < mr; i++) {                                                 \
                     const T *zr = z + i * Z4;                                              \
-                    T *c = s->c + (fl_i64) (rb + i) * H + u0;                             \
-                    T *hnr = hn + (fl_i64) (rb + i) * H + u0;                             \
-                    fl_i64 L, t, row;                                                     \
+                    const fl_i64 a = s->perm ? s->perm[rb + i] : rb + i;                   \
+                    T *c = s->c + a * H + u0;                                              \
+                    T *hnr = hn + (fl_i64) (rb + i) * H + u0;                              \
+                    fl_i64 L, t, row;                                                      \
                     n = rb + i;                                                            \
                     if (xrows[n - r0] == NULL) { /* past its length: state carried */      \
                         memcpy(hnr, hp + (fl_i64) n * H + u0, nu * sizeof(T));            \
                         continue;                                                          \
                     }                                                                      \
-                    L = s->lengths ? s->lengths[n] : T_;                                   \
+                    L = s->lengths ? s->lengths[a] : T_;                                   \
                     t = s->reverse ? L - 1 - k : k;                                        \
-                    row = n * s->rn + t * s->rt;                                           \
+                    row = a * s->rn + t * s->rt;                                           \
                     memcpy(cp, c, nu * sizeof(T));                                         \
                     for (j = nu; j < NU; j++) cp[j] = 0;                                   \
                     if (fast) {                                                            \
@@ -567,13 +582,14 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         hp = hn;                                                                           \
         hn = hn == s->hbuf0 ? s->hbuf1 : s->hbuf0;                                         \
     }                                                                                      \
-    /* the final h of this thread's rows and units (h itself was only read at step 0,    \
-       and every thread has passed the barrier after step 0 by now) */                    \
-    if (hp != s->h) {                                                                      \
+    /* the final h of this thread's rows and units (h0 was only read at step 0, and        \
+       every thread has passed the barrier after step 0 by now) */                         \
+    if (s->kmax > 0) {                                                                     \
         for (n = r0; n < r1; n++) {                                                        \
             int u0 = p0 * NU, u1 = p1 * NU < H ? p1 * NU : H;                              \
+            const fl_i64 a = s->perm ? s->perm[n] : n;                                     \
             if (u1 > u0)                                                                   \
-                memcpy(s->h + (fl_i64) n * H + u0, hp + (fl_i64) n * H + u0,             \
+                memcpy(s->h + a * H + u0, hp + (fl_i64) n * H + u0,                        \
                        (size_t) (u1 - u0) * sizeof(T));                                    \
         }                                                                                  \
     }                                                                                      \
