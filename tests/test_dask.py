@@ -1,5 +1,6 @@
 """fastlstm.dask: lazy batch inference over Dask arrays, on a real two-process cluster."""
 
+import os
 import warnings
 
 import numpy as np
@@ -42,6 +43,7 @@ def fitted(data):
 
 @pytest.fixture(scope="module")
 def client():
+    environ = dict(os.environ)  # the nanny writes its worker settings into os.environ
     cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address=None, worker_dashboard_address=None, silence_logs=40)
@@ -51,6 +53,8 @@ def client():
     finally:
         client.close()
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 CASES = [("regressor", "predict"), ("classifier", "predict"),
