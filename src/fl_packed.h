@@ -457,6 +457,14 @@ FL_PK_CELL(double, d, FL_PK_NU_D)
  * (they own other units of the same rows).  z: scratch of FL_PK_MR * 4 * NU (aligned);
  * xrows: scratch of r1 - r0 pointers.
  */
+/* copy nu <= NU numbers (fl_nu_ = NU, fl_ts_ = sizeof(T) in the caller): a fixed-size,
+   inlined copy for whole panels */
+#define FL_PK_CPY(dst, src, nu)                                                            \
+    do {                                                                                   \
+        if ((nu) == fl_nu_) memcpy((dst), (src), fl_nu_ * fl_ts_);                         \
+        else memcpy((dst), (src), (size_t) (nu) * fl_ts_);                                 \
+    } while (0)
+
 #define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
                                         int p1, int sync, T *z, const T **xrows)           \
@@ -465,6 +473,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU;                                  \
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
+    const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
     const T *hp = s->h0;                                                                   \
     T *hn = s->hbuf0;                                                                      \
     int k, p, blk, i, j, n, q;                                                             \
@@ -520,18 +529,18 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     fl_i64 L, t, row;                                                      \
                     n = rb + i;                                                            \
                     if (xrows[n - r0] == NULL) { /* past its length: state carried */      \
-                        memcpy(hnr, hp + (fl_i64) n * H + u0, nu * sizeof(T));            \
+                        FL_PK_CPY(hnr, hp + (fl_i64) n * H + u0, nu);                      \
                         continue;                                                          \
                     }                                                                      \
                     L = s->lengths ? s->lengths[a] : T_;                                   \
                     t = s->reverse ? L - 1 - k : k;                                        \
                     row = a * s->rn + t * s->rt;                                           \
-                    memcpy(cp, c, nu * sizeof(T));                                         \
+                    FL_PK_CPY(cp, c, nu);                                                  \
                     for (j = nu; j < NU; j++) cp[j] = 0;                                   \
                     if (fast) {                                                            \
                         fl_pk_cell_fast##SUF(zr, bp, cp, s->use_peep, s->use_clip, s->clip,\
                                              gi, gf, gg, go, cr, cn, mm);                  \
-                        if (s->cache_c) memcpy(s->cache_c + row * H + u0, cr, nu * sizeof(T));\
+                        if (s->cache_c) FL_PK_CPY(s->cache_c + row * H + u0, cr, nu);      \
                     } else {                                                               \
                         for (j = 0; j < NU; j++) {                                         \
                             gi[j] = zr[j] + bp[j];                                         \
@@ -549,7 +558,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                         fl_rec_inplace##SUF(s->rec, gf, NU);                               \
                         fl_act_inplace##SUF(s->act, gg, NU);                               \
                         for (j = 0; j < NU; j++) cn[j] = gf[j] * cp[j] + gi[j] * gg[j];    \
-                        if (s->cache_c) memcpy(s->cache_c + row * H + u0, cn, nu * sizeof(T));\
+                        if (s->cache_c) FL_PK_CPY(s->cache_c + row * H + u0, cn, nu);      \
                         if (s->use_clip) {                                                 \
                             const T cl = s->clip;                                          \
                             for (j = 0; j < NU; j++) {                                     \
@@ -565,15 +574,15 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                         fl_act_inplace##SUF(s->act, mm, NU);                               \
                         for (j = 0; j < NU; j++) mm[j] *= go[j];                           \
                     }                                                                      \
-                    memcpy(c, cn, nu * sizeof(T));                                         \
-                    memcpy(hnr, mm, nu * sizeof(T));                                       \
-                    memcpy(s->Y + row * H + u0, mm, nu * sizeof(T));                       \
+                    FL_PK_CPY(c, cn, nu);                                                  \
+                    FL_PK_CPY(hnr, mm, nu);                                                \
+                    FL_PK_CPY(s->Y + row * H + u0, mm, nu);                                \
                     if (s->cache_gates) {                                                  \
                         T *cg = s->cache_gates + row * H4 + u0;                            \
-                        memcpy(cg, gi, nu * sizeof(T));                                    \
-                        memcpy(cg + H, gf, nu * sizeof(T));                                \
-                        memcpy(cg + 2 * H, gg, nu * sizeof(T));                            \
-                        memcpy(cg + 3 * H, go, nu * sizeof(T));                            \
+                        FL_PK_CPY(cg, gi, nu);                                             \
+                        FL_PK_CPY(cg + H, gf, nu);                                         \
+                        FL_PK_CPY(cg + 2 * H, gg, nu);                                     \
+                        FL_PK_CPY(cg + 3 * H, go, nu);                                     \
                     }                                                                      \
                 }                                                                          \
             }                                                                              \
