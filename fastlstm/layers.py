@@ -130,12 +130,20 @@ def _check_memory(nbytes, what):
             f"of memory")
 
 
+_SMALL_INPUT = 1 << 16  # elements; below this an input can neither overflow nor exhaust memory
+
+
 def _as_input(X, dtype, input_size, time_major, name="X", out_size=0):
     """Validate a sequence input; returns a C-contiguous array of ``dtype``, N, T.
 
     ``out_size``: numbers per row and step the caller will allocate for its outputs; with
     the input copy they must fit in memory (checked before anything is allocated).
     """
+    if (type(X) is np.ndarray and X.dtype == dtype and X.ndim == 3
+            and X.shape[2] == input_size and X.flags.c_contiguous and X.size < _SMALL_INPUT):
+        # fast path for small, ready-made inputs: nothing to convert, nothing can overflow
+        T, N = (X.shape[0], X.shape[1]) if time_major else (X.shape[1], X.shape[0])
+        return X, N, T
     X = _numeric_array(X, name)
     layout = "[time, batch, features]" if time_major else "[batch, time, features]"
     if X.ndim != 3:
@@ -729,6 +737,12 @@ class MultiLSTM(_Module):
                     f"layers[{k - 1}].output_size={layers[k - 1].output_size}")
         self.layers = layers
         self._dtype = layers[0].dtype
+        # widest moment of a call: one layer's input and its outputs (twice for a
+        # Bidirectional's halves), per row and step, for the memory check
+        self._peak_width = max(
+            (k and layers[k - 1].output_size)
+            + layer.output_size * (2 if isinstance(layer, Bidirectional) else 1)
+            for k, layer in enumerate(layers))
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
         self._rebind_grads(np.zeros(self.n_params, self._dtype))
@@ -809,26 +823,28 @@ class MultiLSTM(_Module):
     def __call__(self, X, initial_state=None, lengths=None, time_major=False):
         """X (N, T, I) -> top layer's Y (N, T, Hout_top), tuple of per-layer final states."""
         time_major = _check_time_major(time_major)
-        # peak: one layer's input and its outputs (twice for a Bidirectional's halves)
-        peak = max((k and self.layers[k - 1].output_size)
-                   + layer.output_size * (2 if isinstance(layer, Bidirectional) else 1)
-                   for k, layer in enumerate(self.layers))
-        X, N, T = _as_input(X, self._dtype, self.input_size, time_major, out_size=peak)
-        L = _as_lengths(lengths, N, T)
-        s0 = self._layer_states(initial_state, "initial_state")
-        # every layer's state is checked before the first layer runs
-        checked = [layer._check_states(s0[k], N, f"initial_state[{k}]")
-                   if isinstance(layer, Bidirectional) else
-                   _as_state(s0[k], N, layer.hidden_size, layer.output_size, self._dtype,
-                             f"initial_state[{k}]")
-                   for k, layer in enumerate(self.layers)]
+        X, N, T = _as_input(X, self._dtype, self.input_size, time_major,
+                            out_size=self._peak_width)
+        L = None if lengths is None else _as_lengths(lengths, N, T)
+        if initial_state is None:
+            checked = [None] * len(self.layers)
+        else:
+            s0 = self._layer_states(initial_state, "initial_state")
+            # every layer's state is checked before the first layer runs
+            checked = [layer._check_states(s0[k], N, f"initial_state[{k}]")
+                       if isinstance(layer, Bidirectional) else
+                       _as_state(s0[k], N, layer.hidden_size, layer.output_size, self._dtype,
+                                 f"initial_state[{k}]")
+                       for k, layer in enumerate(self.layers)]
         states = []
         inp = X
-        for k, layer in enumerate(self.layers):
-            if isinstance(layer, Bidirectional):
-                inp, s = layer._run_validated(inp, N, T, time_major, None, L, None, checked[k])
+        for layer, state in zip(self.layers, checked):
+            if type(layer) is Bidirectional:
+                inp, s = layer._run_validated(inp, N, T, time_major, None, L,
+                                              "initial_state", state)
             else:
-                c, h = checked[k]
+                c, h = state or (np.zeros((N, layer.hidden_size), self._dtype),
+                                 np.zeros((N, layer.output_size), self._dtype))
                 inp = layer._run(inp, N, T, time_major, c, h, L, False)
                 s = LSTMState(c, h)
             states.append(s)
