@@ -84,6 +84,8 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_get_isa() noexcept
     int fl_pk_team_size() noexcept
     int fl_pk_nblocks(int N) noexcept
+    int fl_pk_split(const long long *prefix, int nb, int nt, int j) noexcept
+    int fl_pk_block_row(int N, int j) noexcept
     int fl_pk_team_id() noexcept
 
 import numpy as np
@@ -412,6 +414,9 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *zbuf = NULL
     cdef const floating **xr = NULL
     cdef const int *pperm = NULL
+    cdef long long *cost = NULL
+    cdef int blk, rb
+    cdef long long Lb
     cdef const floating *ph0 = &h[0, 0]
     cdef int[::1] perm
     cdef floating[:, ::1] h_sorted
@@ -448,9 +453,21 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     hbuf = <floating *> fl_pk_alloc(2 * <size_t> N * H * fsz)
     zbuf = <floating *> fl_pk_alloc(<size_t> nteam * sz_z * fsz)
     xr = <const floating **> malloc(<size_t> nteam * N * sizeof(floating *))
+    cost = <long long *> malloc((<size_t> nb + 1) * sizeof(long long))
     try:
-        if packed == NULL or zero_row == NULL or hbuf == NULL or zbuf == NULL or xr == NULL:
+        if (packed == NULL or zero_row == NULL or hbuf == NULL or zbuf == NULL or xr == NULL
+                or cost == NULL):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
+        # cumulative cost of the row blocks (rows x steps while any of its rows is running;
+        # rows are sorted by decreasing length, so that is the first row's length), for
+        # threads owning contiguous block ranges of equal cost
+        cost[0] = 0
+        for blk in range(nb):
+            rb = fl_pk_block_row(N, blk)
+            Lb = T
+            if lengths is not None:
+                Lb = lengths[pperm[rb] if pperm != NULL else rb]
+            cost[blk + 1] = cost[blk] + (fl_pk_block_row(N, blk + 1) - rb) * Lb
         if floating is float:
             sf.N = N; sf.steps = T; sf.In = I; sf.H = H; sf.kmax = kmax
             sf.reverse = reverse; sf.act = act; sf.rec = rec
@@ -500,8 +517,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
                     if by_rows:
-                        r0 = <int> ((<i64> tid * nb) // nt)
-                        r1 = <int> ((<i64> (tid + 1) * nb) // nt)
+                        r0 = fl_pk_split(cost, nb, nt, tid)
+                        r1 = fl_pk_split(cost, nb, nt, tid + 1)
                         p0 = 0
                         p1 = P
                     else:
@@ -517,6 +534,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         fl_pk_free(hbuf)
         fl_pk_free(zbuf)
         free(xr)
+        free(cost)
 
 
 # ---------------------------------------------------------------------------------------

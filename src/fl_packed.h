@@ -208,7 +208,29 @@ static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,   
 FL_PK_DEFINE(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_DEFINE(double, d, FL_PK_NU_D, fl_pk_vd)
 
-static int fl_pk_nblocks(int N) { return (N + FL_PK_MR - 1) / FL_PK_MR; }
+/* Row blocks of at most FL_PK_MR rows, an even number of them when there are two rows or
+ * more: two threads owning rows then get the same work (64 rows: 12 blocks of 5 or 6 rows,
+ * not 11 blocks of which one thread would run 6).  Depends on N only. */
+static int fl_pk_nblocks(int N)
+{
+    int nb = (N + FL_PK_MR - 1) / FL_PK_MR;
+    if ((nb & 1) && nb < N) nb++;
+    return nb;
+}
+
+/* First row block of thread j of nt, when the blocks are cut into nt contiguous ranges of
+ * about equal cost; prefix: nb + 1 cumulative block costs (prefix[0] = 0). */
+static int fl_pk_split(const fl_i64 *prefix, int nb, int nt, int j)
+{
+    fl_i64 target;
+    int b = 0;
+    if (j <= 0) return 0;
+    if (j >= nt) return nb;
+    target = prefix[nb] * j;
+    while (b < nb && prefix[b] * nt < target) b++;
+    if (b > 0 && target - prefix[b - 1] * nt < prefix[b] * nt - target) b--;
+    return b;
+}
 
 /* first row of row block j (j = nblocks gives N) */
 static int fl_pk_block_row(int N, int j)

@@ -131,6 +131,33 @@ def test_one_and_two_threads_identical(force, path, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("N", [13, 31, 64])
+def test_packed_rows_split_by_cost(force, N):
+    """Threads owning rows get contiguous row blocks of equal cost (rows x steps): with one
+    long row and many short or empty ones, one thread may own a single block, another
+    none; every split gives the reference's results, bit-identical for 1 and 2 threads."""
+    force("packed-rows")
+    rng = np.random.default_rng(N)
+    T, I, H = 9, 5, 19
+    X = rng.standard_normal((N, T, I)).astype(np.float32)
+    cases = [np.r_[T, rng.integers(0, 3, N - 1)], np.zeros(N, dtype=np.int64),
+             np.where(np.arange(N) % 2 == 0, T, rng.integers(1, T // 2, N)), None]
+    outs = []
+    for nt in (1, 2):
+        layer = _layer(I, H, np.float32, 1, n_threads=nt)
+        res = []
+        for L in cases:
+            Yr, (cr, hr) = ref.lstm_forward(X, layer.params, lengths=L, **_options(layer))
+            Y, st = layer(X, lengths=L)
+            np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[np.float32])
+            np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[np.float32])
+            np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[np.float32])
+            res += [Y, st.c, st.h]
+        outs.append(res)
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
 def test_automatic_choice_is_valid():
     """Whatever path the thresholds pick for a shape, the result is the reference's."""
     rng = np.random.default_rng(5)
