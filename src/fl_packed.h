@@ -316,6 +316,60 @@ static void fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, 
 FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
 
+/* A 4-row tile has only 8 accumulators per gate, barely enough to cover the FMA latency.
+ * fl_pk_mkg computes NV of the tile's 8 output vectors (gate q = v / 2, half v % 2) at
+ * once, across gates, so that 4 rows x 3 vectors keep 12 accumulators busy.  Every output
+ * element is the same single chain of multiply-adds over k as in fl_pk_mk (CH = 1), so
+ * the results are identical. */
+#if FL_PK_VECTOR
+#define FL_PK_MKG(T, SUF, NU, V, MR, NV)                                                   \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_mkg##SUF##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
+                             const T *B, fl_i64 gs, int v0, T *z, int ldz)                 \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    V acc[NV][MR];                                                                         \
+    const T *Bv[NV];                                                                       \
+    int i, k, v;                                                                           \
+    for (v = 0; v < NV; v++) {                                                             \
+        Bv[v] = B + ((v0 + v) / 2) * gs + ((v0 + v) % 2) * VL;                             \
+        for (i = 0; i < MR; i++) acc[v][i] = (V){0};                                       \
+    }                                                                                      \
+    for (k = 0; k < I; k++)                                                                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = xa[i][k];                                                                \
+            for (v = 0; v < NV; v++) acc[v][i] += a * *(const V *) (Bv[v] + k * NU);     \
+        }                                                                                  \
+    for (v = 0; v < NV; v++) Bv[v] += (fl_i64) I * NU;                                     \
+    for (k = 0; k < H; k++)                                                                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = ha[i * ldh + k];                                                         \
+            for (v = 0; v < NV; v++) acc[v][i] += a * *(const V *) (Bv[v] + k * NU);     \
+        }                                                                                  \
+    for (v = 0; v < NV; v++)                                                               \
+        for (i = 0; i < MR; i++)                                                           \
+            memcpy(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, &acc[v][i],   \
+                   sizeof(V));                                                             \
+}
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3)
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2)
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3)
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2)
+#define FL_PK_GROUPED 1
+#else
+#define FL_PK_GROUPED 0
+#define FL_PK_MKG_STUB(T, SUF, NV)                                                         \
+static void fl_pk_mkg##SUF##_4_##NV(int I, const T *const *xa, int H, const T *ha,         \
+                                    fl_i64 ldh, const T *B, fl_i64 gs, int v0, T *z,       \
+                                    int ldz)                                               \
+{                                                                                          \
+    (void) I; (void) xa; (void) H; (void) ha; (void) ldh; (void) B; (void) gs; (void) v0;  \
+    (void) z; (void) ldz;                                                                  \
+}
+FL_PK_MKG_STUB(float, f, 3) FL_PK_MKG_STUB(float, f, 2)
+FL_PK_MKG_STUB(double, d, 3) FL_PK_MKG_STUB(double, d, 2)
+#endif
+
 /* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
  * Same formulas as fl_pointwise.h's fl_expf / fl_exp (Cephes-style range reduction and
  * polynomial), written on vectors so that they vectorise inside the big step function.
@@ -531,7 +585,12 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                nu * sizeof(T));                                            \
                     continue;                                                              \
                 }                                                                          \
-                for (q = 0; q < 4; q++) {                                                  \
+                if (FL_PK_GROUPED && mr == 4) {                                            \
+                    fl_pk_mkg##SUF##_4_3(I, xa, H, ha, H, Bp, K * NU, 0, z, Z4);           \
+                    fl_pk_mkg##SUF##_4_3(I, xa, H, ha, H, Bp, K * NU, 3, z, Z4);           \
+                    fl_pk_mkg##SUF##_4_2(I, xa, H, ha, H, Bp, K * NU, 6, z, Z4);           \
+                }                                                                          \
+                for (q = 0; q < 4 && !(FL_PK_GROUPED && mr == 4); q++) {                   \
                     const T *Bq = Bp + (fl_i64) q * K * NU;                               \
                     T *zq = z + q * NU;                                                    \
                     switch (mr) {                                                          \

@@ -57,9 +57,10 @@ def _options(layer):
 
 
 # shapes: the edge cases of the packed kernel (one unit, a partial last panel of units,
-# row counts around its 6-row tile, a single step) and of the BLAS kernel's row blocks
+# row counts around its 6-row tile, 4-row tiles (computed across gates), a single step)
+# and of the BLAS kernel's row blocks
 SHAPES = [(1, 1, 6, 4), (2, 3, 6, 5), (7, 4, 3, 17), (13, 3, 9, 33), (6, 5, 1, 1),
-          (12, 2, 16, 40)]
+          (12, 2, 16, 40), (8, 3, 7, 20)]
 OPTIONS = [
     {},
     {"peepholes": True, "cell_clip": 0.4},
