@@ -208,13 +208,14 @@ static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,   
 FL_PK_DEFINE(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_DEFINE(double, d, FL_PK_NU_D, fl_pk_vd)
 
-/* Row blocks of at most FL_PK_MR rows, an even number of them when there are two rows or
- * more: two threads owning rows then get the same work (64 rows: 12 blocks of 5 or 6 rows,
- * not 11 blocks of which one thread would run 6).  Depends on N only. */
+/* Row blocks of at most FL_PK_MR rows, an even number of them when the blocks keep at least
+ * 4 rows: two threads owning rows then get the same work (64 rows: 12 blocks of 5 or 6
+ * rows, not 11 blocks of which one thread would run 6), and no tile drops to the 1- to
+ * 3-row kernels (slower, and summing in another order).  Depends on N only. */
 static int fl_pk_nblocks(int N)
 {
     int nb = (N + FL_PK_MR - 1) / FL_PK_MR;
-    if ((nb & 1) && nb < N) nb++;
+    if ((nb & 1) && N >= 4 * (nb + 1)) nb++;
     return nb;
 }
 
