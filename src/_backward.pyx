@@ -511,6 +511,26 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
         raise MemoryError("fastlstm: could not allocate the backward workspace")
 
 
+cdef inline int _grads_part(int part, int nparts, i64 R, int H4, int I, int Ho, int H, int Hp,
+                            const floating *dG, const floating *X, const floating *Hprev,
+                            const floating *W, floating *dX, floating beta_x, floating *dW,
+                            floating *dU, floating *db, const floating *M,
+                            const floating *dHP, floating *dP, floating *partial, i64 size,
+                            i64 offs_u, i64 offs_b, i64 offs_p) noexcept nogil:
+    """Row range ``part`` of ``nparts``: part 0 writes dW, dU, db, dP themselves; part k > 0
+    writes its partial sums into slot k-1 of ``partial`` (added in order afterwards)."""
+    cdef int r0 = <int> ((<i64> part * R) // nparts)
+    cdef int r1 = <int> ((<i64> (part + 1) * R) // nparts)
+    cdef floating *mine
+    if part == 0:
+        return _grads_rows(r0, r1, H4, I, Ho, H, Hp, dG, X, Hprev, W, dX, beta_x, dW, dU, db,
+                           M, dHP, dP)
+    mine = partial + (part - 1) * size
+    return _grads_rows(r0, r1, H4, I, Ho, H, Hp, dG, X, Hprev, W, dX, beta_x, mine,
+                       mine + offs_u, mine + offs_b, M, dHP,
+                       mine + offs_p if dP != NULL else NULL)
+
+
 cdef int _grads_rows(int r0, int r1, int H4, int I, int Ho, int H, int Hp,
                      const floating *dG, const floating *X, const floating *Hprev,
                      const floating *W, floating *dX, floating beta_x, floating *dW,
@@ -559,7 +579,7 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
     """
     cdef int R = dG.shape[0], H4 = dG.shape[1], I = X.shape[1], Ho = Hprev.shape[1]
     cdef int H = H4 // 4, Hp = dP.shape[1] if dP is not None else 0
-    cdef int nparts, nteam, part, r0, r1, status = 0
+    cdef int nparts, nteam, part, status = 0
     cdef i64 j, size, offs_u, offs_b, offs_p
     cdef floating beta_x = 1 if accumulate_dX else 0
     cdef const floating *pg = &dG[0, 0] if R else NULL
@@ -597,30 +617,16 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
         if partial == NULL:
             raise MemoryError("fastlstm: could not allocate the backward workspace")
     with nogil:
-        if nteam <= 1:
+        if nteam <= 1:                  # no OpenMP region at all on the serial path
             for part in range(nparts):
-                r0 = <int> ((<i64> part * R) // nparts)
-                r1 = <int> ((<i64> (part + 1) * R) // nparts)
-                mine = partial + (part - 1) * size if part else NULL
-                if part == 0:
-                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                          beta_x, pdw, pdu, pdb, pm, pdhp, pdp)
-                else:
-                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                          beta_x, mine, mine + offs_u, mine + offs_b, pm,
-                                          pdhp, mine + offs_p if pdp != NULL else NULL)
+                status += _grads_part(part, nparts, R, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                      beta_x, pdw, pdu, pdb, pm, pdhp, pdp, partial, size,
+                                      offs_u, offs_b, offs_p)
         else:
             for part in prange(nparts, num_threads=nteam, schedule='static', chunksize=1):
-                r0 = <int> ((<i64> part * R) // nparts)
-                r1 = <int> ((<i64> (part + 1) * R) // nparts)
-                mine = partial + (part - 1) * size if part else NULL
-                if part == 0:
-                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                          beta_x, pdw, pdu, pdb, pm, pdhp, pdp)
-                else:
-                    status += _grads_rows(r0, r1, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                          beta_x, mine, mine + offs_u, mine + offs_b, pm,
-                                          pdhp, mine + offs_p if pdp != NULL else NULL)
+                status += _grads_part(part, nparts, R, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
+                                      beta_x, pdw, pdu, pdb, pm, pdhp, pdp, partial, size,
+                                      offs_u, offs_b, offs_p)
         for part in range(1, nparts):
             mine = partial + (part - 1) * size
             for j in range(offs_u):

@@ -289,6 +289,18 @@ cdef int _run_rows(const Config *s, int r0, int r1,
     return 0
 
 
+cdef inline int _run_block(const Config *s, int blk, int nblocks,
+                           const floating *X, const floating *W, const floating *U,
+                           const floating *b, const floating *peep, const floating *P,
+                           floating *c, floating *h, floating *Y, const i64 *lengths,
+                           floating *cg, floating *cc, floating *cm,
+                           floating *chp) noexcept nogil:
+    """Row block ``blk`` of ``nblocks`` equal, contiguous blocks of the batch."""
+    cdef int r0 = <int> ((<i64> blk * s.N) // nblocks)
+    cdef int r1 = <int> ((<i64> (blk + 1) * s.N) // nblocks)
+    return _run_rows(s, r0, r1, X, W, U, b, peep, P, c, h, Y, lengths, cg, cc, cm, chp)
+
+
 def forward(const floating[:, ::1] X, int N, int T, bint time_major,
             const floating[:, ::1] W, const floating[:, ::1] U, const floating[::1] b,
             const floating[:, ::1] peepholes, const floating[:, ::1] P,
@@ -311,7 +323,7 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     pre-projection output (N*T, H), raw projection (N*T, Ho).
     """
     cdef Config s
-    cdef int status = 0, nblocks, nteam, blk, r0, r1
+    cdef int status = 0, nblocks, nteam, blk
     cdef const floating *px = &X[0, 0]
     cdef const floating *pw = &W[0, 0]
     cdef const floating *pu = &U[0, 0]
@@ -348,18 +360,14 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks
     with nogil:
-        if nteam <= 1:
+        if nteam <= 1:                  # no OpenMP region at all on the serial path
             for blk in range(nblocks):
-                r0 = <int> ((<i64> blk * N) // nblocks)
-                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                status += _run_rows(&s, r0, r1, px, pw, pu, pb, pp, pP, pc, ph, py, pl,
-                                    cg, cc, cm, chp)
+                status += _run_block(&s, blk, nblocks, px, pw, pu, pb, pp, pP, pc, ph, py,
+                                     pl, cg, cc, cm, chp)
         else:
             for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
-                r0 = <int> ((<i64> blk * N) // nblocks)
-                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                status += _run_rows(&s, r0, r1, px, pw, pu, pb, pp, pP, pc, ph, py, pl,
-                                    cg, cc, cm, chp)
+                status += _run_block(&s, blk, nblocks, px, pw, pu, pb, pp, pP, pc, ph, py,
+                                     pl, cg, cc, cm, chp)
     if status != 0:
         raise MemoryError("fastlstm: could not allocate the kernel workspace")
 
