@@ -28,3 +28,16 @@ def test_training_example_learns():
     ns = {}
     exec(compile(block, "README training", "exec"), ns)
     assert ns["loss"] < 0.05  # predicting the mean gives about 0.5
+
+
+def test_demo_command_runs_the_walkthrough():
+    import io
+
+    from fastlstm.__main__ import demo
+
+    out = io.StringIO()
+    Y, states = demo(file=out)
+    text = out.getvalue()
+    assert "outputs: (2, 3, 5)" in text and "outputs [fw | bw]: (2, 3, 8)" in text
+    assert np.all(Y[1, 1:] == 0)                    # the lengths [3, 1] run comes last
+    np.testing.assert_array_equal(states[-1].h[1], Y[1, 0])
