@@ -281,3 +281,48 @@ def test_to_tf1_refuses_hard_sigmoid():
     with pytest.raises(ValueError, match="mixing"):
         fl.to_tf1_checkpoint(fl.MultiLSTM([fl.LSTM(3, 4),
                                            fl.Bidirectional(fl.LSTM(4, 2), fl.LSTM(4, 2))]))
+
+
+def test_checkpoint_of_cells_of_different_kinds():
+    # MultiRNNCell([LSTMCell(4, use_peepholes=True, num_proj=3), BasicLSTMCell(5)]) and
+    # bidirectional_dynamic_rnn(LSTMCell, BasicLSTMCell): each cell's variables sit under
+    # its own class name, lstm_cell or basic_lstm_cell, in one RNN
+    rng = np.random.default_rng(12)
+    v0, v1 = random_vars(rng, 6, 4, P=3, peepholes=True), random_vars(rng, 3, 5)
+    variables = {f"rnn/multi_rnn_cell/cell_0/lstm_cell/{n}": a for n, a in v0.items()}
+    variables.update({f"rnn/multi_rnn_cell/cell_1/basic_lstm_cell/{n}": a
+                      for n, a in v1.items()})
+    model = fl.from_tf1_checkpoint(variables, cell_clip=[0.7, None], proj_clip=[0.5, None])
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 2
+    X = rng.normal(size=(3, 4, 6))
+    lengths = np.array([4, 0, 2])
+    # the transcription takes one set of options for all its cells: run layer 0 with its
+    # clips, then layer 1 on its outputs (a stack runs layer by layer)
+    y0, s0 = tf_dynamic_rnn(X, [v0], lengths, cell_clip=0.7, proj_clip=0.5)
+    y1, s1 = tf_dynamic_rnn(y0, [v1], lengths)
+    Y, (st0, st1) = model(X, lengths=lengths)
+    tol = TOL[np.dtype(np.float64)]
+    np.testing.assert_allclose(Y, y1, **tol)
+    np.testing.assert_allclose(st0.c, s0[0][0], **tol)
+    np.testing.assert_allclose(st1.h, s1[0][1], **tol)
+    # its own export (lstm_cell for layer 0, basic_lstm_cell for layer 1) reads back
+    again = fl.from_tf1_checkpoint(fl.to_tf1_checkpoint(model, forget_bias=0.0),
+                                   forget_bias=0.0, cell_clip=[0.7, None],
+                                   proj_clip=[0.5, None])
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+
+    vf, vb = random_vars(rng, 5, 4, peepholes=True), random_vars(rng, 5, 3)
+    variables = {f"bidirectional_rnn/fw/lstm_cell/{n}": a for n, a in vf.items()}
+    variables.update({f"bidirectional_rnn/bw/basic_lstm_cell/{n}": a for n, a in vb.items()})
+    model = fl.from_tf1_checkpoint(variables)
+    assert isinstance(model, fl.Bidirectional)
+    X = rng.normal(size=(3, 5, 5))
+    lengths = np.array([5, 2, 0])
+    yf, _ = tf_dynamic_rnn(X, [vf], lengths)
+    yb = reverse_sequence(tf_dynamic_rnn(reverse_sequence(X, lengths), [vb], lengths)[0],
+                          lengths)
+    np.testing.assert_allclose(model(X, lengths=lengths)[0], np.concatenate([yf, yb], -1), **tol)
+    # two cells in one place are still an error
+    variables["bidirectional_rnn/fw/basic_lstm_cell/kernel"] = vb["kernel"]
+    with pytest.raises(ValueError, match="fw"):
+        fl.from_tf1_checkpoint(variables)

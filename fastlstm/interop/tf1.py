@@ -189,8 +189,17 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                 layer, li = int(m.group(1)), j
             elif p in ("fw", "bw"):
                 direction, di = (0 if p == "fw" else 1), j
-        key = tuple("*" if j in (li, di) else p for j, p in enumerate(parts))
-        groups.setdefault(key, {})[(layer, direction)] = (path, entry, li, di)
+        # the last part is the cell's own name (lstm_cell, basic_lstm_cell, name=...): the
+        # cells of one stack or of the two directions may be of different kinds
+        anchors = [j for j in (li, di) if j is not None]
+        own = len(parts) - 1 if anchors and max(anchors) < len(parts) - 1 else None
+        key = tuple("*" if j in (li, di, own) else p for j, p in enumerate(parts))
+        group = groups.setdefault(key, {})
+        if (layer, direction) in group:
+            where = "" if direction is None else f" ({'fw' if direction == 0 else 'bw'})"
+            raise ValueError(f"cells {group[(layer, direction)][0]!r} and {path!r} are both "
+                             f"layer {layer}{where}; pass scope=")
+        group[(layer, direction)] = (path, entry, li, di)
     if len(groups) > 1:
         raise ValueError("the variables hold several RNNs ("
                          + ", ".join("/".join(k) for k in sorted(groups)) + "); pass scope=")
