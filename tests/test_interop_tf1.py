@@ -326,3 +326,18 @@ def test_checkpoint_of_cells_of_different_kinds():
     variables["bidirectional_rnn/fw/basic_lstm_cell/kernel"] = vb["kernel"]
     with pytest.raises(ValueError, match="fw"):
         fl.from_tf1_checkpoint(variables)
+
+
+def test_checkpoint_stack_with_a_custom_cell_name():
+    # MultiRNNCell([LSTMCell(4), LSTMCell(5, name="top")]) next to a Dense layer: the cell
+    # named "top" is layer 1 of the stack, not another layer's variables
+    rng = np.random.default_rng(13)
+    v0, v1 = random_vars(rng, 6, 4), random_vars(rng, 4, 5)
+    variables = {f"rnn/multi_rnn_cell/cell_0/lstm_cell/{n}": a for n, a in v0.items()}
+    variables.update({f"rnn/multi_rnn_cell/cell_1/top/{n}": a for n, a in v1.items()})
+    variables.update({"dense/kernel": rng.normal(size=(5, 2)), "dense/bias": np.zeros(2)})
+    model = fl.from_tf1_checkpoint(variables)
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 2
+    X = rng.normal(size=(2, 3, 6))
+    np.testing.assert_allclose(model(X)[0], tf_dynamic_rnn(X, [v0, v1])[0],
+                               **TOL[np.dtype(np.float64)])

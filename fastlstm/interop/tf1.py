@@ -171,8 +171,10 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         entry[kind] = (name, value)
     cells = {p: v for p, v in cells.items() if "kernel" in v}
     # other layers (a Dense "dense/kernel", ...) share the kernel/bias names: when some
-    # cells carry TF's LSTM cell names, keep only those
-    lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()}
+    # cells carry TF's LSTM cell names or sit in a stack (cell_k) or a direction (fw/bw),
+    # keep only those
+    lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()
+                  or any(_CELL_RE.match(q) or q in ("fw", "bw") for q in p.split("/"))}
     if lstm_named:
         cells = lstm_named
     if not cells:
