@@ -233,6 +233,34 @@ class _Module:
         self._flat = buffer
         return views
 
+    def _children(self):
+        """Sub-modules whose parameters fill this module's buffer, in order (containers)."""
+        return ()
+
+    def _rebind(self, buffer):
+        """Move the parameters (values kept) into ``buffer``, 1-D of this module's size."""
+        if not self._children():
+            buffer[...] = self._flat
+            self._params = self._bind(buffer)
+            return
+        self._split(buffer, "_rebind")
+        self._flat = buffer
+
+    def _rebind_grads(self, buffer):
+        """Move the gradients (values kept) into ``buffer``, laid out like ``flat_params``."""
+        if not self._children():
+            buffer[...] = self._gflat
+        else:
+            self._split(buffer, "_rebind_grads")
+        self._gflat = buffer
+
+    def _split(self, buffer, method):
+        offset = 0
+        for child in self._children():
+            n = child.n_params
+            getattr(child, method)(buffer[offset:offset + n])
+            offset += n
+
     @property
     def n_params(self):
         return sum(int(np.prod(shape)) for _, shape in self._param_shapes())
@@ -361,14 +389,6 @@ class LSTM(_Module):
         if self.proj_size is not None:
             shapes.append(("P", (H, Ho)))
         return shapes
-
-    def _rebind(self, buffer):
-        buffer[...] = self._flat
-        self._params = self._bind(buffer)
-
-    def _rebind_grads(self, buffer):
-        buffer[...] = self._gflat
-        self._gflat = buffer
 
     def reset_parameters(self, random_state=None):
         """Fresh default initialisation (see ``fastlstm.init``), reproducible from a seed."""
@@ -625,17 +645,8 @@ class Bidirectional(_Module):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
                 + [("bw." + k, s) for k, s in self.backward_layer._param_shapes()])
 
-    def _rebind(self, buffer):
-        nf = self.forward_layer.n_params
-        self.forward_layer._rebind(buffer[:nf])
-        self.backward_layer._rebind(buffer[nf:])
-        self._flat = buffer
-
-    def _rebind_grads(self, buffer):
-        nf = self.forward_layer.n_params
-        self.forward_layer._rebind_grads(buffer[:nf])
-        self.backward_layer._rebind_grads(buffer[nf:])
-        self._gflat = buffer
+    def _children(self):
+        return (self.forward_layer, self.backward_layer)
 
     def forward(self, X, initial_state=None, lengths=None, time_major=False):
         """Training forward: like calling the model, and also returns a cache for ``backward``.
@@ -751,21 +762,8 @@ class MultiLSTM(_Module):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)
                 for name, shape in layer._param_shapes()]
 
-    def _rebind(self, buffer):
-        offset = 0
-        for layer in self.layers:
-            n = layer.n_params
-            layer._rebind(buffer[offset:offset + n])
-            offset += n
-        self._flat = buffer
-
-    def _rebind_grads(self, buffer):
-        offset = 0
-        for layer in self.layers:
-            n = layer.n_params
-            layer._rebind_grads(buffer[offset:offset + n])
-            offset += n
-        self._gflat = buffer
+    def _children(self):
+        return self.layers
 
     def forward(self, X, initial_state=None, lengths=None, time_major=False):
         """Training forward: like calling the model, and also returns a cache for ``backward``.

@@ -39,14 +39,6 @@ class Dense(_layers._Module):
     def _param_shapes(self):
         return [("W", (self.in_features, self.out_features)), ("b", (self.out_features,))]
 
-    def _rebind(self, buffer):
-        buffer[...] = self._flat
-        self._params = self._bind(buffer)
-
-    def _rebind_grads(self, buffer):
-        buffer[...] = self._gflat
-        self._gflat = buffer
-
     def reset_parameters(self, random_state=None):
         rng = _init.check_random_state(random_state)
         self._params["W"][...] = _init.glorot_uniform((self.in_features, self.out_features),
