@@ -44,9 +44,31 @@ def reference_stack(model):
     return items
 
 
+EPS = 1e-6  # central-difference step (float64)
+
+
+def numeric_grad(loss, arr, eps=EPS):
+    """Central differences of the scalar ``loss()`` w.r.t. ``arr`` (perturbed in place)."""
+    g = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        orig = arr[idx]
+        arr[idx] = orig + eps
+        lp = loss()
+        arr[idx] = orig - eps
+        lm = loss()
+        arr[idx] = orig
+        g[idx] = (lp - lm) / (2 * eps)
+    return g
+
+
+def rel_err(ana, num):
+    scale = max(np.abs(num).max(initial=0), np.abs(ana).max(initial=0), 1e-300)
+    return np.abs(ana - num).max(initial=0) / scale
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
 
 
-__all__ = ["TOL", "tol", "ref_params", "ref_options", "randomize", "reference_stack", "ref"]
+__all__ = ["EPS", "numeric_grad", "rel_err", "TOL", "tol", "ref_params", "ref_options", "randomize", "reference_stack", "ref"]

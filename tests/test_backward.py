@@ -11,9 +11,9 @@ import pytest
 
 import fastlstm as fl
 from fastlstm import _threads
-from conftest import randomize, ref, ref_options, ref_params, reference_stack, tol
+from conftest import (numeric_grad, randomize, ref, ref_options, ref_params,
+                      reference_stack, rel_err, tol)
 
-EPS = 1e-6
 RTOL = 1e-6
 
 # every option of SPEC.md Part A; "lengths": "mixed" gives [0, T, 2, ...]
@@ -50,25 +50,6 @@ LAYER_KEYS = ("proj_size", "peepholes", "cell_clip", "proj_clip", "activation",
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-def numeric_grad(loss, arr, eps=EPS):
-    """Central differences of the scalar ``loss()`` w.r.t. ``arr`` (perturbed in place)."""
-    g = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        orig = arr[idx]
-        arr[idx] = orig + eps
-        lp = loss()
-        arr[idx] = orig - eps
-        lm = loss()
-        arr[idx] = orig
-        g[idx] = (lp - lm) / (2 * eps)
-    return g
-
-
-def rel_err(ana, num):
-    scale = max(np.abs(num).max(initial=0), np.abs(ana).max(initial=0), 1e-300)
-    return np.abs(ana - num).max(initial=0) / scale
-
 
 def check_fd(named, loss, analytic):
     for name, arr in named.items():

@@ -8,9 +8,10 @@ a random linear functional of every output: L = sum(dY*Y) + sum(dc*c_T) + sum(dh
 import numpy as np
 import pytest
 
+from conftest import numeric_grad, rel_err
+
 from fastlstm import reference as ref
 
-EPS = 1e-6
 RTOL = 1e-6
 
 
@@ -31,25 +32,6 @@ def make_params(rng, I, H, Hout=None, *, peepholes=False, projection=False, scal
     if projection:
         p["P"] = rng.normal(0, scale, (H, Hout))
     return {k: v.astype(dtype) for k, v in p.items()}
-
-
-def numeric_grad(loss, arr, eps=EPS):
-    """Central differences of the scalar ``loss()`` w.r.t. ``arr`` (perturbed in place)."""
-    g = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        orig = arr[idx]
-        arr[idx] = orig + eps
-        lp = loss()
-        arr[idx] = orig - eps
-        lm = loss()
-        arr[idx] = orig
-        g[idx] = (lp - lm) / (2 * eps)
-    return g
-
-
-def rel_err(ana, num):
-    scale = max(np.abs(num).max(initial=0), np.abs(ana).max(initial=0), 1e-300)
-    return np.abs(ana - num).max(initial=0) / scale
 
 
 def check_grads(named, loss, analytic, *, must_be_nonzero=True):
