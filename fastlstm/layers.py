@@ -37,6 +37,9 @@ _CHUNK_CORES = _threads.usable_cores()
 _PACKED_MIN_WORK_THREADED = 1 << 21
 _PACKED_MIN_STEP_WORK_UNITS = 1 << 20
 _PACKED_ROW_TILE = 6
+# The packed kernel computes the input products of a block of steps ahead of the
+# recurrence, in a buffer of at most this many elements (at least one step).
+_PACKED_BLOCK_ELEMENTS = 1 << 18
 _PACKED = _forward.packed_isa() == 1
 # Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
 # projection with H <= 128, for calls of at most this many multiply-adds in all.
@@ -506,7 +509,7 @@ class LSTM(_Module):
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
                 lengths, reverse, ACTIVATIONS[self.activation],
                 RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip, plan[0],
-                plan[1], cache.get("gates"), cache.get("c"))
+                plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"))
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
         chunks = self._chunks_for(N)

@@ -48,6 +48,8 @@ cdef extern from "fl_packed.h" nogil:
         float *Y
         float *cache_gates
         float *cache_c
+        int tb
+        float *G
     ctypedef struct fl_pk_cfgd:
         int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
         long long rn, rt
@@ -65,6 +67,8 @@ cdef extern from "fl_packed.h" nogil:
         double *Y
         double *cache_gates
         double *cache_c
+        int tb
+        double *G
     int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
     size_t fl_pk_packed_sizef(int I, int H) noexcept
     size_t fl_pk_packed_sized(int I, int H) noexcept
@@ -75,9 +79,9 @@ cdef extern from "fl_packed.h" nogil:
     void fl_pk_packd(int I, int H, const double *W, const double *U, const double *b,
                      const double *peep, double *out) noexcept
     void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
-                    float *z, const float **xrows) noexcept
+                    const float **xrows) noexcept
     void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
-                    double *z, const double **xrows) noexcept
+                    const double **xrows) noexcept
     void *fl_pk_alloc(size_t nbytes) noexcept
     void fl_pk_free(void *p) noexcept
     int fl_pk_set_isa(int isa) noexcept
@@ -387,12 +391,12 @@ def packed_isa(isa=None):
 
 
 cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sync,
-                         floating *z, const floating **xr) noexcept nogil:
+                         const floating **xr) noexcept nogil:
     """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread."""
     if floating is float:
-        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, z, xr)
+        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, xr)
     else:
-        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, z, xr)
+        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr)
 
 
 def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
@@ -400,7 +404,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                    const floating[:, ::1] peepholes,
                    floating[:, ::1] c, floating[:, ::1] h, floating[:, ::1] Y,
                    const long long[::1] lengths, bint reverse, int act, int rec,
-                   cell_clip, int n_threads, bint by_rows,
+                   cell_clip, int n_threads, bint by_rows, long long block_elements,
                    floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None):
     """Same contract as ``forward`` for a layer without projection (``U`` is (H, 4H)).
 
@@ -408,9 +412,11 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     recurrent product, cell update) runs in ``fl_packed.h``'s register-blocked kernel;
     no BLAS.  ``by_rows``: threads own blocks of batch rows (no synchronisation) instead of
     blocks of hidden units (one barrier per step).  Results do not depend on n_threads.
+    ``block_elements``: size of the input-product buffer (the steps of a time block, at
+    least one step); results do not depend on it either.
     cache_gates (N*T, 4H) and cache_c (N*T, H): optional training cache, as ``forward``.
     """
-    cdef int I = W.shape[0], H = b.shape[0] // 4, P, nteam, kmax = T, n, sz_z, MR = FL_PK_MR
+    cdef int I = W.shape[0], H = b.shape[0] // 4, P, nteam, kmax = T, n, sz_z, tb
     cdef int tid = 0, nt = 1, r0 = 0, r1 = 0, p0 = 0, p1 = 0, nb = fl_pk_nblocks(N)
     cdef size_t fsz = sizeof(floating)
     cdef fl_pk_cfgf sf
@@ -419,7 +425,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *packed = NULL
     cdef floating *zero_row = NULL
     cdef floating *hbuf = NULL
-    cdef floating *zbuf = NULL
+    cdef floating *gbuf = NULL
     cdef const floating **xr = NULL
     cdef const int *pperm = NULL
     cdef long long *cost = NULL
@@ -439,11 +445,11 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         ph0 = &h_sorted[0, 0]
     if floating is float:
         P = fl_pk_npanelsf(H)
-        sz_z = MR * 4 * FL_PK_NU_F
+        sz_z = 4 * FL_PK_NU_F
         packed = <floating *> fl_pk_alloc(fl_pk_packed_sizef(I, H) * fsz)
     else:
         P = fl_pk_npanelsd(H)
-        sz_z = MR * 4 * FL_PK_NU_D
+        sz_z = 4 * FL_PK_NU_D
         packed = <floating *> fl_pk_alloc(fl_pk_packed_sized(I, H) * fsz)
     if lengths is not None:
         kmax = 0
@@ -457,13 +463,15 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         nteam = P
     if nteam < 1:
         nteam = 1
+    # steps per time block: the input products of a block fill at most block_elements
+    tb = <int> max(1, min(<long long> kmax, block_elements // (<long long> N * P * sz_z)))
     zero_row = <floating *> calloc(I if I > 0 else 1, fsz)
     hbuf = <floating *> fl_pk_alloc(2 * <size_t> N * H * fsz)
-    zbuf = <floating *> fl_pk_alloc(<size_t> nteam * sz_z * fsz)
-    xr = <const floating **> malloc(<size_t> nteam * N * sizeof(floating *))
+    gbuf = <floating *> fl_pk_alloc(<size_t> tb * N * P * sz_z * fsz)
+    xr = <const floating **> malloc(<size_t> nteam * tb * N * sizeof(floating *))
     cost = <long long *> malloc((<size_t> nb + 1) * sizeof(long long))
     try:
-        if (packed == NULL or zero_row == NULL or hbuf == NULL or zbuf == NULL or xr == NULL
+        if (packed == NULL or zero_row == NULL or hbuf == NULL or gbuf == NULL or xr == NULL
                 or cost == NULL):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         # cumulative cost of the row blocks (rows x steps while any of its rows is running;
@@ -492,6 +500,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.Y = &Y[0, 0]
             sf.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sf.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
+            sf.tb = tb; sf.G = <float *> gbuf
             cfg = &sf
         else:
             sd.N = N; sd.steps = T; sd.In = I; sd.H = H; sd.kmax = kmax
@@ -509,6 +518,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.Y = &Y[0, 0]
             sd.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sd.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
+            sd.tb = tb; sd.G = <double *> gbuf
             cfg = &sd
         with nogil:
             if floating is float:
@@ -518,7 +528,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                 fl_pk_packd(I, H, &W[0, 0], &U[0, 0], &b[0],
                             &peepholes[0, 0] if peepholes is not None else NULL, packed)
             if nteam == 1:
-                _pk_run(cfg, 0, nb, 0, P, 0, zbuf, xr)
+                _pk_run(cfg, 0, nb, 0, P, 0, xr)
             else:
                 with parallel(num_threads=nteam):
                     # the team may be smaller than asked for: partition by its real size
@@ -535,12 +545,12 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                         p0 = <int> ((<i64> tid * P) // nt)
                         p1 = <int> ((<i64> (tid + 1) * P) // nt)
                     _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else 1,
-                            zbuf + <size_t> tid * sz_z, xr + <size_t> tid * N)
+                            xr + <size_t> tid * tb * N)
     finally:
         fl_pk_free(packed)
         free(zero_row)
         fl_pk_free(hbuf)
-        fl_pk_free(zbuf)
+        fl_pk_free(gbuf)
         free(xr)
         free(cost)
 

@@ -160,6 +160,8 @@ typedef struct {                                                                
     T *Y;                     /* (N*T, H) */                                               \
     T *cache_gates;           /* (N*T, 4H) post-activation gates, or NULL */               \
     T *cache_c;               /* (N*T, H) pre-clip cell state, or NULL */                  \
+    int tb;                   /* steps per time block (input products computed ahead) */  \
+    T *G;                     /* tb * N * P * 4 * NU: x_t @ W of a time block */           \
 } fl_pk_cfg##SUF;                                                                          \
                                                                                            \
 static int fl_pk_npanels##SUF(int H) { return (H + NU - 1) / NU; }                         \
@@ -246,40 +248,50 @@ static int fl_pk_block_row(int N, int j)
 #if FL_PK_VECTOR
 /* CH independent accumulator chains per output vector (summed at the end, in a fixed
  * order): a 1- or 2-row tile would otherwise wait on the FMA latency at every k. */
-#define FL_PK_MK_LOOP(T, NU, V, MR, CH, KN, A)                                            \
-    for (k = 0; k + CH <= KN; k += CH) {                                                   \
-        for (ch = 0; ch < CH; ch++) {                                                      \
-            V b0 = *(const V *) (B + (k + ch) * NU), b1 = *(const V *) (B + (k + ch) * NU + VL); \
-            for (i = 0; i < MR; i++) {                                                     \
-                T a = A(i, k + ch);                                                        \
-                acc0[ch][i] += a * b0;                                                     \
-                acc1[ch][i] += a * b1;                                                     \
+#define FL_PK_MK_LOOP(T, NU, V, MR, CH, KN, ROWS)                                         \
+    {                                                                                      \
+        const T *Bk = B;                                                                   \
+        fl_i64 k;                                                                          \
+        _Pragma("GCC unroll 2")                                                            \
+        for (k = 0; k + CH <= (fl_i64) (KN); k += CH, Bk += CH * NU) {                      \
+            for (ch = 0; ch < CH; ch++) {                                                  \
+                V b0 = *(const V *) (Bk + ch * NU), b1 = *(const V *) (Bk + ch * NU + VL); \
+                for (i = 0; i < MR; i++) {                                                 \
+                    T a = ROWS[i][k + ch];                                                 \
+                    acc0[ch][i] += a * b0;                                                 \
+                    acc1[ch][i] += a * b1;                                                 \
+                }                                                                          \
             }                                                                              \
         }                                                                                  \
-    }                                                                                      \
-    for (; k < KN; k++) {                                                                  \
-        V b0 = *(const V *) (B + k * NU), b1 = *(const V *) (B + k * NU + VL);             \
-        for (i = 0; i < MR; i++) {                                                         \
-            T a = A(i, k);                                                                 \
-            acc0[0][i] += a * b0;                                                          \
-            acc1[0][i] += a * b1;                                                          \
+        for (; k < (fl_i64) (KN); k++, Bk += NU) {                                         \
+            V b0 = *(const V *) Bk, b1 = *(const V *) (Bk + VL);                           \
+            for (i = 0; i < MR; i++) {                                                     \
+                T a = ROWS[i][k];                                                          \
+                acc0[0][i] += a * b0;                                                      \
+                acc1[0][i] += a * b1;                                                      \
+            }                                                                              \
         }                                                                                  \
     }
-#define FL_PK_AX(i, k) xa[i][k]
-#define FL_PK_AH(i, k) ha[(i) * ldh + (k)]
-#define FL_PK_MK(T, SUF, NU, V, MR, CH)                                                    \
+#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME)                                              \
 static inline __attribute__((always_inline)) void                                          \
-fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,            \
-                     const T *B, T *z, int ldz)                                            \
+fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,        \
+                     const T *B, T *z, int ldz, int init)                                  \
 {                                                                                          \
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
     V acc0[CH][MR], acc1[CH][MR];                                                          \
-    int i, k, ch;                                                                          \
+    const T *hr[MR];                                                                       \
+    int i, ch;                                                                             \
     for (ch = 0; ch < CH; ch++)                                                            \
         for (i = 0; i < MR; i++) { acc0[ch][i] = (V){0}; acc1[ch][i] = (V){0}; }           \
-    FL_PK_MK_LOOP(T, NU, V, MR, CH, I, FL_PK_AX)                                           \
+    if (init)                                                                              \
+        for (i = 0; i < MR; i++) {                                                         \
+            memcpy(&acc0[0][i], z + i * ldz, sizeof(V));                                   \
+            memcpy(&acc1[0][i], z + i * ldz + VL, sizeof(V));                              \
+        }                                                                                  \
+    FL_PK_MK_LOOP(T, NU, V, MR, CH, I, xa)                                                 \
     B += (fl_i64) I * NU;                                                                  \
-    FL_PK_MK_LOOP(T, NU, V, MR, CH, H, FL_PK_AH)                                           \
+    for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
+    FL_PK_MK_LOOP(T, NU, V, MR, CH, H, hr)                                                 \
     for (ch = 1; ch < CH; ch++)                                                            \
         for (i = 0; i < MR; i++) { acc0[0][i] += acc0[ch][i]; acc1[0][i] += acc1[ch][i]; } \
     for (i = 0; i < MR; i++) {                                                             \
@@ -288,13 +300,13 @@ fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh, 
     }                                                                                      \
 }
 #else
-#define FL_PK_MK(T, SUF, NU, V, MR, CH)                                                        \
-static void fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha,            \
-                                 fl_i64 ldh, const T *B, T *z, int ldz)                   \
+#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME)                                              \
+static void fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *ha,        \
+                                 fl_i64 ldh, const T *B, T *z, int ldz, int init)          \
 {                                                                                          \
     T acc[MR][NU];                                                                         \
     int i, j, k;                                                                           \
-    for (i = 0; i < MR; i++) for (j = 0; j < NU; j++) acc[i][j] = 0;                       \
+    for (i = 0; i < MR; i++) for (j = 0; j < NU; j++) acc[i][j] = init ? z[i * ldz + j] : 0; \
     for (k = 0; k < I; k++)                                                                \
         for (i = 0; i < MR; i++) {                                                         \
             T a = xa[i][k];                                                                \
@@ -310,9 +322,15 @@ static void fl_pk_mk##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, 
 }
 #endif
 
+/* mk: the recurrent tiles (few rows: several chains); mk1: the input products of a time
+ * block, always one chain per element, so that a value does not depend on which tile of
+ * (step, row) pairs it fell in. */
 #define FL_PK_MK_ALL(T, SUF, NU, V)                                                        \
-    FL_PK_MK(T, SUF, NU, V, 1, 4) FL_PK_MK(T, SUF, NU, V, 2, 2) FL_PK_MK(T, SUF, NU, V, 3, 2) \
-    FL_PK_MK(T, SUF, NU, V, 4, 1) FL_PK_MK(T, SUF, NU, V, 5, 1) FL_PK_MK(T, SUF, NU, V, 6, 1)
+    FL_PK_MK(T, SUF, NU, V, 1, 4, mk) FL_PK_MK(T, SUF, NU, V, 2, 2, mk)                    \
+    FL_PK_MK(T, SUF, NU, V, 3, 2, mk) FL_PK_MK(T, SUF, NU, V, 4, 1, mk)                    \
+    FL_PK_MK(T, SUF, NU, V, 5, 1, mk) FL_PK_MK(T, SUF, NU, V, 6, 1, mk)                    \
+    FL_PK_MK(T, SUF, NU, V, 1, 1, mk1) FL_PK_MK(T, SUF, NU, V, 2, 1, mk1)                  \
+    FL_PK_MK(T, SUF, NU, V, 3, 1, mk1)
 
 FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
@@ -326,15 +344,21 @@ FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
 #define FL_PK_MKG(T, SUF, NU, V, MR, NV)                                                   \
 static inline __attribute__((always_inline)) void                                          \
 fl_pk_mkg##SUF##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
-                             const T *B, fl_i64 gs, int v0, T *z, int ldz)                 \
+                             const T *B, fl_i64 gs, int v0, T *z, int ldz, int init)       \
 {                                                                                          \
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
     V acc[NV][MR];                                                                         \
-    const T *Bv[NV];                                                                       \
-    int i, k, v;                                                                           \
+    const T *Bv[NV], *hr[MR];                                                              \
+    fl_i64 k;                                                                              \
+    int i, v;                                                                              \
     for (v = 0; v < NV; v++) {                                                             \
         Bv[v] = B + ((v0 + v) / 2) * gs + ((v0 + v) % 2) * VL;                             \
-        for (i = 0; i < MR; i++) acc[v][i] = (V){0};                                       \
+        for (i = 0; i < MR; i++) {                                                         \
+            acc[v][i] = (V){0};                                                            \
+            if (init)                                                                      \
+                memcpy(&acc[v][i], z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, \
+                       sizeof(V));                                                         \
+        }                                                                                  \
     }                                                                                      \
     for (k = 0; k < I; k++)                                                                \
         for (i = 0; i < MR; i++) {                                                         \
@@ -342,11 +366,15 @@ fl_pk_mkg##SUF##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i
             for (v = 0; v < NV; v++) acc[v][i] += a * *(const V *) (Bv[v] + k * NU);     \
         }                                                                                  \
     for (v = 0; v < NV; v++) Bv[v] += (fl_i64) I * NU;                                     \
-    for (k = 0; k < H; k++)                                                                \
+    for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
+    _Pragma("GCC unroll 2")                                                                \
+    for (k = 0; k < H; k++) {                                                              \
         for (i = 0; i < MR; i++) {                                                         \
-            T a = ha[i * ldh + k];                                                         \
-            for (v = 0; v < NV; v++) acc[v][i] += a * *(const V *) (Bv[v] + k * NU);     \
+            T a = hr[i][k];                                                                \
+            for (v = 0; v < NV; v++) acc[v][i] += a * *(const V *) Bv[v];                 \
         }                                                                                  \
+        for (v = 0; v < NV; v++) Bv[v] += NU;                                              \
+    }                                                                                      \
     for (v = 0; v < NV; v++)                                                               \
         for (i = 0; i < MR; i++)                                                           \
             memcpy(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, &acc[v][i],   \
@@ -362,10 +390,10 @@ FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2)
 #define FL_PK_MKG_STUB(T, SUF, NV)                                                         \
 static void fl_pk_mkg##SUF##_4_##NV(int I, const T *const *xa, int H, const T *ha,         \
                                     fl_i64 ldh, const T *B, fl_i64 gs, int v0, T *z,       \
-                                    int ldz)                                               \
+                                    int ldz, int init)                                     \
 {                                                                                          \
     (void) I; (void) xa; (void) H; (void) ha; (void) ldh; (void) B; (void) gs; (void) v0;  \
-    (void) z; (void) ldz;                                                                  \
+    (void) z; (void) ldz; (void) init;                                                     \
 }
 FL_PK_MKG_STUB(float, f, 3) FL_PK_MKG_STUB(float, f, 2)
 FL_PK_MKG_STUB(double, d, 3) FL_PK_MKG_STUB(double, d, 2)
@@ -531,8 +559,16 @@ FL_PK_CELL(double, d, FL_PK_NU_D)
  * differ by at most one and depend on N only (so a row is always computed by the same
  * tile, whatever the number of threads).  A thread runs row blocks [b0, b1) and unit
  * panels [p0, p1); sync: wait for the other threads after each step
- * (they own other units of the same rows).  z: scratch of FL_PK_MR * 4 * NU (aligned);
- * xrows: scratch of r1 - r0 pointers.
+ * (they own other units of the same rows).  xrows: scratch of s->tb * (r1 - r0) pointers.
+ *
+ * Steps run in time blocks of s->tb.  A block starts with the input products of all its
+ * steps, G = x_t @ W for the thread's rows and units, as one batch of (step, row) pairs:
+ * many rows per tile even at batch 1, and W's panels stay in cache across the tiles.  The
+ * steps then only add h_{t-1} @ U, starting each accumulator from G, so every element is
+ * still one chain of multiply-adds, x part then h part, as without the split.  The
+ * thread's part of G (disjoint from the other threads') is
+ *     s->G + tb * 4NU * (r0 * P + N * p0)   (r0 = first row: one of the two is 0)
+ * with the pair (step kl, row n) of panel p at ((p - p0) * tb + kl) * R + n - r0.
  */
 /* copy nu <= NU numbers (fl_nu_ = NU, fl_ts_ = sizeof(T) in the caller): a fixed-size,
    inlined copy for whole panels */
@@ -544,42 +580,75 @@ FL_PK_CELL(double, d, FL_PK_NU_D)
 
 #define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
-                                        int p1, int sync, T *z, const T **xrows)           \
+                                        int p1, int sync, const T **xrows)                 \
 {                                                                                          \
     const int N = s->N, r0 = fl_pk_block_row(N, b0), r1 = fl_pk_block_row(N, b1);         \
-    const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU;                                  \
+    const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU, R = r1 - r0, tb = s->tb;    \
+    const int P = fl_pk_npanels##SUF(H);                                                   \
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
     const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
+    T *const G = s->G + (fl_i64) tb * Z4 * ((fl_i64) r0 * P + (fl_i64) N * p0);           \
     const T *hp = s->h0;                                                                   \
     T *hn = s->hbuf0;                                                                      \
-    int k, p, blk, i, j, n, q;                                                             \
+    int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
-    for (k = 0; k < s->kmax; k++) {                                                        \
-        for (n = r0; n < r1; n++) {                                                        \
-            const fl_i64 a = s->perm ? s->perm[n] : n;                                     \
-            fl_i64 L = s->lengths ? s->lengths[a] : T_;                                    \
-            if (k < L) {                                                                   \
-                fl_i64 t = s->reverse ? L - 1 - k : k;                                     \
-                xrows[n - r0] = s->X + (a * s->rn + t * s->rt) * I;                        \
-            } else {                                                                       \
-                xrows[n - r0] = NULL;                                                      \
+    for (kb = 0; kb < s->kmax; kb += tb) {                                                 \
+        nk = s->kmax - kb < tb ? s->kmax - kb : tb;                                        \
+        for (kl = 0; kl < nk; kl++) {                                                      \
+            for (n = r0; n < r1; n++) {                                                    \
+                const fl_i64 a = s->perm ? s->perm[n] : n;                                 \
+                fl_i64 L = s->lengths ? s->lengths[a] : T_;                                \
+                k = kb + kl;                                                               \
+                if (k < L) {                                                               \
+                    fl_i64 t = s->reverse ? L - 1 - k : k;                                 \
+                    xrows[kl * R + n - r0] = s->X + (a * s->rn + t * s->rt) * I;           \
+                } else {                                                                   \
+                    xrows[kl * R + n - r0] = NULL;                                         \
+                }                                                                          \
             }                                                                              \
         }                                                                                  \
+        /* the input products of the block: tiles of FL_PK_MR (step, row) pairs */        \
+        for (p = p0; p < p1; p++) {                                                        \
+            T *Gp = G + (fl_i64) (p - p0) * tb * R * Z4;                                   \
+            for (q = 0; q < 4; q++) {                                                      \
+                const T *Bq = s->packed + (fl_i64) p * PS + (fl_i64) q * K * NU;          \
+                for (m0 = 0; m0 < nk * R; m0 += FL_PK_MR) {                                \
+                    const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
+                    const T *xa[FL_PK_MR];                                                 \
+                    T *zq = Gp + (fl_i64) m0 * Z4 + q * NU;                                \
+                    int active = 0;                                                        \
+                    for (i = 0; i < mr; i++) {                                             \
+                        xa[i] = xrows[m0 + i];                                             \
+                        active += xa[i] != NULL;                                           \
+                        if (xa[i] == NULL) xa[i] = s->zero_row;                            \
+                    }                                                                      \
+                    if (!active) continue;   /* never read: past every row's length */    \
+                    switch (mr) {                                                          \
+                    case 6: fl_pk_mk##SUF##_6(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 5: fl_pk_mk##SUF##_5(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 4: fl_pk_mk##SUF##_4(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 3: fl_pk_mk1##SUF##_3(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
+                    case 2: fl_pk_mk1##SUF##_2(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
+                    default: fl_pk_mk1##SUF##_1(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;  \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (kl = 0; kl < nk; kl++) {                                                      \
+        const T **xk = xrows + (fl_i64) kl * R;                                            \
+        k = kb + kl;                                                                       \
         for (p = p0; p < p1; p++) {                                                        \
             const int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                         \
             const T *Bp = s->packed + (fl_i64) p * PS;                                    \
             const T *bp = Bp + 4 * K * NU;                                                 \
+            T *Gk = G + ((fl_i64) (p - p0) * tb + kl) * R * Z4;                            \
             for (blk = b0; blk < b1; blk++) {                                              \
                 const int rb = fl_pk_block_row(N, blk), mr = fl_pk_block_row(N, blk + 1) - rb; \
-                const T *xa[FL_PK_MR];                                                     \
                 const T *ha = hp + (fl_i64) rb * H;                                        \
+                T *z = Gk + (fl_i64) (rb - r0) * Z4;                                       \
                 int active = 0;                                                            \
-                for (i = 0; i < mr; i++) {                                                 \
-                    xa[i] = xrows[rb - r0 + i];                                            \
-                    active += xa[i] != NULL;                                               \
-                    if (xa[i] == NULL) xa[i] = s->zero_row;                                \
-                }                                                                          \
+                for (i = 0; i < mr; i++) active += xk[rb - r0 + i] != NULL;                \
                 if (!active) {   /* every row of the tile is past its length */            \
                     for (i = 0; i < mr; i++)                                               \
                         memcpy(hn + (fl_i64) (rb + i) * H + u0, ha + (fl_i64) i * H + u0,  \
@@ -587,20 +656,20 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     continue;                                                              \
                 }                                                                          \
                 if (FL_PK_GROUPED && mr == 4) {                                            \
-                    fl_pk_mkg##SUF##_4_3(I, xa, H, ha, H, Bp, K * NU, 0, z, Z4);           \
-                    fl_pk_mkg##SUF##_4_3(I, xa, H, ha, H, Bp, K * NU, 3, z, Z4);           \
-                    fl_pk_mkg##SUF##_4_2(I, xa, H, ha, H, Bp, K * NU, 6, z, Z4);           \
+                    fl_pk_mkg##SUF##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 0, z, Z4, 1); \
+                    fl_pk_mkg##SUF##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 3, z, Z4, 1); \
+                    fl_pk_mkg##SUF##_4_2(0, NULL, H, ha, H, Bp + I * NU, K * NU, 6, z, Z4, 1); \
                 }                                                                          \
                 for (q = 0; q < 4 && !(FL_PK_GROUPED && mr == 4); q++) {                   \
-                    const T *Bq = Bp + (fl_i64) q * K * NU;                               \
+                    const T *Bq = Bp + (fl_i64) q * K * NU + (fl_i64) I * NU;              \
                     T *zq = z + q * NU;                                                    \
                     switch (mr) {                                                          \
-                    case 6: fl_pk_mk##SUF##_6(I, xa, H, ha, H, Bq, zq, Z4); break;         \
-                    case 5: fl_pk_mk##SUF##_5(I, xa, H, ha, H, Bq, zq, Z4); break;         \
-                    case 4: fl_pk_mk##SUF##_4(I, xa, H, ha, H, Bq, zq, Z4); break;         \
-                    case 3: fl_pk_mk##SUF##_3(I, xa, H, ha, H, Bq, zq, Z4); break;         \
-                    case 2: fl_pk_mk##SUF##_2(I, xa, H, ha, H, Bq, zq, Z4); break;         \
-                    default: fl_pk_mk##SUF##_1(I, xa, H, ha, H, Bq, zq, Z4); break;        \
+                    case 6: fl_pk_mk##SUF##_6(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 5: fl_pk_mk##SUF##_5(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 4: fl_pk_mk##SUF##_4(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 3: fl_pk_mk##SUF##_3(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 2: fl_pk_mk##SUF##_2(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    default: fl_pk_mk##SUF##_1(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;   \
                     }                                                                      \
                 }                                                                          \
                 for (i = 0; i < mr; i++) {                                                 \
@@ -610,7 +679,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     T *hnr = hn + (fl_i64) (rb + i) * H + u0;                              \
                     fl_i64 L, t, row;                                                      \
                     n = rb + i;                                                            \
-                    if (xrows[n - r0] == NULL) { /* past its length: state carried */      \
+                    if (xk[n - r0] == NULL) {     /* past its length: state carried */      \
                         FL_PK_CPY(hnr, hp + (fl_i64) n * H + u0, nu);                      \
                         continue;                                                          \
                     }                                                                      \
@@ -672,6 +741,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         if (sync) fl_pk_barrier();                                                          \
         hp = hn;                                                                           \
         hn = hn == s->hbuf0 ? s->hbuf1 : s->hbuf0;                                         \
+        }                                                                                  \
     }                                                                                      \
     /* the final h of this thread's rows and units (h0 was only read at step 0, and        \
        every thread has passed the barrier after step 0 by now) */                         \
@@ -694,27 +764,27 @@ FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
 #endif
 
 static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
-                       float *z, const float **xrows)
+                       const float **xrows)
 {
 #if FL_PK_X86
     if (fl_pk_get_isa() == 1) {
-        fl_pk_runf_avx2(s, b0, b1, p0, p1, sync, z, xrows);
+        fl_pk_runf_avx2(s, b0, b1, p0, p1, sync, xrows);
         return;
     }
 #endif
-    fl_pk_runf_base(s, b0, b1, p0, p1, sync, z, xrows);
+    fl_pk_runf_base(s, b0, b1, p0, p1, sync, xrows);
 }
 
 static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
-                       double *z, const double **xrows)
+                       const double **xrows)
 {
 #if FL_PK_X86
     if (fl_pk_get_isa() == 1) {
-        fl_pk_rund_avx2(s, b0, b1, p0, p1, sync, z, xrows);
+        fl_pk_rund_avx2(s, b0, b1, p0, p1, sync, xrows);
         return;
     }
 #endif
-    fl_pk_rund_base(s, b0, b1, p0, p1, sync, z, xrows);
+    fl_pk_rund_base(s, b0, b1, p0, p1, sync, xrows);
 }
 
 #endif
