@@ -272,9 +272,9 @@ static int fl_pk_block_row(int N, int j)
             }                                                                              \
         }                                                                                  \
     }
-#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME)                                              \
-static inline __attribute__((always_inline)) void                                          \
-fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,        \
+#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME, ISA, ATTR)                                   \
+ATTR static __attribute__((noinline)) void                                                 \
+fl_pk_##NAME##SUF##_##ISA##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,        \
                      const T *B, T *z, int ldz, int init)                                  \
 {                                                                                          \
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
@@ -300,8 +300,8 @@ fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *ha, fl_i64 l
     }                                                                                      \
 }
 #else
-#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME)                                              \
-static void fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *ha,        \
+#define FL_PK_MK(T, SUF, NU, V, MR, CH, NAME, ISA, ATTR)                                   \
+static void fl_pk_##NAME##SUF##_##ISA##_##MR(int I, const T *const *xa, int H, const T *ha,        \
                                  fl_i64 ldh, const T *B, T *z, int ldz, int init)          \
 {                                                                                          \
     T acc[MR][NU];                                                                         \
@@ -325,15 +325,21 @@ static void fl_pk_##NAME##SUF##_##MR(int I, const T *const *xa, int H, const T *
 /* mk: the recurrent tiles (few rows: several chains); mk1: the input products of a time
  * block, always one chain per element, so that a value does not depend on which tile of
  * (step, row) pairs it fell in. */
-#define FL_PK_MK_ALL(T, SUF, NU, V)                                                        \
-    FL_PK_MK(T, SUF, NU, V, 1, 4, mk) FL_PK_MK(T, SUF, NU, V, 2, 2, mk)                    \
-    FL_PK_MK(T, SUF, NU, V, 3, 2, mk) FL_PK_MK(T, SUF, NU, V, 4, 1, mk)                    \
-    FL_PK_MK(T, SUF, NU, V, 5, 1, mk) FL_PK_MK(T, SUF, NU, V, 6, 1, mk)                    \
-    FL_PK_MK(T, SUF, NU, V, 1, 1, mk1) FL_PK_MK(T, SUF, NU, V, 2, 1, mk1)                  \
-    FL_PK_MK(T, SUF, NU, V, 3, 1, mk1)
+#define FL_PK_MK_ALL(T, SUF, NU, V, ISA, ATTR)                                             \
+    FL_PK_MK(T, SUF, NU, V, 1, 4, mk, ISA, ATTR) FL_PK_MK(T, SUF, NU, V, 2, 2, mk, ISA, ATTR) \
+    FL_PK_MK(T, SUF, NU, V, 3, 2, mk, ISA, ATTR) FL_PK_MK(T, SUF, NU, V, 4, 1, mk, ISA, ATTR) \
+    FL_PK_MK(T, SUF, NU, V, 5, 1, mk, ISA, ATTR) FL_PK_MK(T, SUF, NU, V, 6, 1, mk, ISA, ATTR) \
+    FL_PK_MK(T, SUF, NU, V, 1, 1, mk1, ISA, ATTR) FL_PK_MK(T, SUF, NU, V, 2, 1, mk1, ISA, ATTR) \
+    FL_PK_MK(T, SUF, NU, V, 3, 1, mk1, ISA, ATTR)
 
-FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf)
-FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
+/* The microkernels are separate functions (not inlined into the long step function), so
+ * that the compiler allocates their registers on their own. */
+FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf, base, )
+FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd, base, )
+#if FL_PK_X86
+FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
+#endif
 
 /* A 4-row tile has only 8 accumulators per gate, barely enough to cover the FMA latency.
  * fl_pk_mkg computes NV of the tile's 8 output vectors (gate q = v / 2, half v % 2) at
@@ -341,9 +347,9 @@ FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd)
  * element is the same single chain of multiply-adds over k as in fl_pk_mk (CH = 1), so
  * the results are identical. */
 #if FL_PK_VECTOR
-#define FL_PK_MKG(T, SUF, NU, V, MR, NV)                                                   \
-static inline __attribute__((always_inline)) void                                          \
-fl_pk_mkg##SUF##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
+#define FL_PK_MKG(T, SUF, NU, V, MR, NV, ISA, ATTR)                                        \
+ATTR static __attribute__((noinline)) void                                                 \
+fl_pk_mkg##SUF##_##ISA##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
                              const T *B, fl_i64 gs, int v0, T *z, int ldz, int init)       \
 {                                                                                          \
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
@@ -380,15 +386,21 @@ fl_pk_mkg##SUF##_##MR##_##NV(int I, const T *const *xa, int H, const T *ha, fl_i
             memcpy(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, &acc[v][i],   \
                    sizeof(V));                                                             \
 }
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3)
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2)
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3)
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2)
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3, base, )
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2, base, )
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3, base, )
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2, base, )
+#if FL_PK_X86
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2, avx2, FL_PK_TARGET_AVX2)
+#endif
 #define FL_PK_GROUPED 1
 #else
 #define FL_PK_GROUPED 0
 #define FL_PK_MKG_STUB(T, SUF, NV)                                                         \
-static void fl_pk_mkg##SUF##_4_##NV(int I, const T *const *xa, int H, const T *ha,         \
+static void fl_pk_mkg##SUF##_base_4_##NV(int I, const T *const *xa, int H, const T *ha,         \
                                     fl_i64 ldh, const T *B, fl_i64 gs, int v0, T *z,       \
                                     int ldz, int init)                                     \
 {                                                                                          \
@@ -481,7 +493,7 @@ static inline __attribute__((always_inline)) V fl_pk_sigm##SUF(V x)             
 }                                                                                          \
 static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF(V x)                       \
 {                                                                                          \
-    const VI sign = (VI) ((V){0} + (T) -0.0);                                              \
+    const VI sign = (VI) (-(V){0});   /* -0.0 */                                           \
     V ax = (V) ((VI) x & ~sign);                                                           \
     V y = fl_pk_expv##SUF((T) -2 * ax);                                                    \
     V r = ((T) 1 - y) / ((T) 1 + y);                                                       \
@@ -526,6 +538,51 @@ fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep, int use
 FL_PK_CELL(float, f, FL_PK_NU_F, fl_pk_vf, fl_pk_vif, 0)
 FL_PK_CELL(double, d, FL_PK_NU_D, fl_pk_vd, fl_pk_vid, 0)
 
+/* Inference (no training cache), a whole panel: reads c_{t-1} at c and writes c_t there,
+ * m_t at h and y.  Products of activations share one division:
+ *     i * g = sign(zg) (1 - eg) / ((1 + ei) (1 + eg)),   ei = exp(-zi), eg = exp(-2|zg|)
+ *     f * c = c / (1 + ef),   o * tanh(c) likewise as i * g
+ * (3 divisions instead of 5; the exp clamps keep the products finite: (1 + e^88) * 2 is
+ * below FLT_MAX, (1 + e^709) * 2 below DBL_MAX). */
+#define FL_PK_CELL_INF(T, SUF, NU, V, VI)                                                  \
+static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF(V ea, V x)                \
+{   /* sigmoid(a) * tanh(x), ea = exp(-a) */                                               \
+    const VI sign = (VI) (-(V){0});   /* -0.0 */                                           \
+    V ax = (V) ((VI) x & ~sign);                                                           \
+    V y = fl_pk_expv##SUF((T) -2 * ax);                                                    \
+    V r = ((T) 1 - y) / (((T) 1 + ea) * ((T) 1 + y));                                      \
+    return (V) ((VI) r | ((VI) x & sign));                                                 \
+}                                                                                          \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int use_peep, int use_clip, \
+                    T clip)                                                                \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    int v;                                                                                 \
+    for (v = 0; v < NU; v += VL) {                                                         \
+        V c0 = FL_PK_VLD(V, c + v);                                                        \
+        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
+        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
+        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
+        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
+        V cc, m;                                                                           \
+        if (use_peep) {                                                                    \
+            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
+            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
+        }                                                                                  \
+        cc = c0 / ((T) 1 + fl_pk_expv##SUF(-zf)) + fl_pk_sgtanh##SUF(fl_pk_expv##SUF(-zi), zg); \
+        if (use_clip) cc = fl_pk_max##SUF(fl_pk_min##SUF(cc, clip), -clip);                \
+        if (use_peep) zo += FL_PK_VLD(V, bp + 6 * NU + v) * cc;                            \
+        m = fl_pk_sgtanh##SUF(fl_pk_expv##SUF(-zo), cc);                                   \
+        FL_PK_VST(c + v, cc);                                                              \
+        FL_PK_VST(h + v, m);                                                               \
+        FL_PK_VST(y + v, m);                                                               \
+    }                                                                                      \
+}
+FL_PK_CELL_INF(float, f, FL_PK_NU_F, fl_pk_vf, fl_pk_vif)
+FL_PK_CELL_INF(double, d, FL_PK_NU_D, fl_pk_vd, fl_pk_vid)
+#define FL_PK_HAS_INF 1
+
 #else  /* no vector extensions: the same on scalars */
 #define FL_PK_CELL(T, SUF, NU)                                                             \
 static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep,       \
@@ -551,6 +608,16 @@ static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_p
 }
 FL_PK_CELL(float, f, FL_PK_NU_F)
 FL_PK_CELL(double, d, FL_PK_NU_D)
+#define FL_PK_HAS_INF 0
+#define FL_PK_CELL_INF_STUB(T, SUF)                                                        \
+static void fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int use_peep,   \
+                                int use_clip, T clip)                                      \
+{                                                                                          \
+    (void) z; (void) bp; (void) c; (void) h; (void) y; (void) use_peep; (void) use_clip;   \
+    (void) clip;                                                                           \
+}
+FL_PK_CELL_INF_STUB(float, f)
+FL_PK_CELL_INF_STUB(double, d)
 #endif
 
 /* ---- one thread's share of the whole sequence ---------------------------------------
@@ -587,6 +654,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     const int P = fl_pk_npanels##SUF(H);                                                   \
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
+    const int inf = FL_PK_HAS_INF && fast && !s->cache_c && !s->cache_gates;               \
     const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
     T *const G = s->G + (fl_i64) tb * Z4 * ((fl_i64) r0 * P + (fl_i64) N * p0);           \
     const T *hp = s->h0;                                                                   \
@@ -625,12 +693,12 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     }                                                                      \
                     if (!active) continue;   /* never read: past every row's length */    \
                     switch (mr) {                                                          \
-                    case 6: fl_pk_mk##SUF##_6(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 5: fl_pk_mk##SUF##_5(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 4: fl_pk_mk##SUF##_4(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 3: fl_pk_mk1##SUF##_3(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
-                    case 2: fl_pk_mk1##SUF##_2(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
-                    default: fl_pk_mk1##SUF##_1(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;  \
+                    case 6: fl_pk_mk##SUF##_##ISA##_6(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 5: fl_pk_mk##SUF##_##ISA##_5(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 4: fl_pk_mk##SUF##_##ISA##_4(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
+                    case 3: fl_pk_mk1##SUF##_##ISA##_3(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
+                    case 2: fl_pk_mk1##SUF##_##ISA##_2(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
+                    default: fl_pk_mk1##SUF##_##ISA##_1(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;  \
                     }                                                                      \
                 }                                                                          \
             }                                                                              \
@@ -656,20 +724,20 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     continue;                                                              \
                 }                                                                          \
                 if (FL_PK_GROUPED && mr == 4) {                                            \
-                    fl_pk_mkg##SUF##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 0, z, Z4, 1); \
-                    fl_pk_mkg##SUF##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 3, z, Z4, 1); \
-                    fl_pk_mkg##SUF##_4_2(0, NULL, H, ha, H, Bp + I * NU, K * NU, 6, z, Z4, 1); \
+                    fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 0, z, Z4, 1); \
+                    fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 3, z, Z4, 1); \
+                    fl_pk_mkg##SUF##_##ISA##_4_2(0, NULL, H, ha, H, Bp + I * NU, K * NU, 6, z, Z4, 1); \
                 }                                                                          \
                 for (q = 0; q < 4 && !(FL_PK_GROUPED && mr == 4); q++) {                   \
                     const T *Bq = Bp + (fl_i64) q * K * NU + (fl_i64) I * NU;              \
                     T *zq = z + q * NU;                                                    \
                     switch (mr) {                                                          \
-                    case 6: fl_pk_mk##SUF##_6(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
-                    case 5: fl_pk_mk##SUF##_5(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
-                    case 4: fl_pk_mk##SUF##_4(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
-                    case 3: fl_pk_mk##SUF##_3(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
-                    case 2: fl_pk_mk##SUF##_2(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
-                    default: fl_pk_mk##SUF##_1(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;   \
+                    case 6: fl_pk_mk##SUF##_##ISA##_6(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 5: fl_pk_mk##SUF##_##ISA##_5(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 4: fl_pk_mk##SUF##_##ISA##_4(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 3: fl_pk_mk##SUF##_##ISA##_3(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    case 2: fl_pk_mk##SUF##_##ISA##_2(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;    \
+                    default: fl_pk_mk##SUF##_##ISA##_1(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;   \
                     }                                                                      \
                 }                                                                          \
                 for (i = 0; i < mr; i++) {                                                 \
@@ -686,6 +754,11 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     L = s->lengths ? s->lengths[a] : T_;                                   \
                     t = s->reverse ? L - 1 - k : k;                                        \
                     row = a * s->rn + t * s->rt;                                           \
+                    if (inf && nu == NU) {                                                 \
+                        fl_pk_cell_inf##SUF(zr, bp, c, hnr, s->Y + row * H + u0,           \
+                                            s->use_peep, s->use_clip, s->clip);            \
+                        continue;                                                          \
+                    }                                                                      \
                     FL_PK_CPY(cp, c, nu);                                                  \
                     for (j = nu; j < NU; j++) cp[j] = 0;                                   \
                     if (fast) {                                                            \
