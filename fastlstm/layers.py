@@ -35,7 +35,7 @@ _CHUNK_CORES = _threads.usable_cores()
 # of hidden units (one barrier per step) if a step holds at least
 # _PACKED_MIN_STEP_WORK_UNITS multiply-adds.  Every split gives bit-identical results.
 _PACKED_MIN_WORK_THREADED = 1 << 21
-_PACKED_MIN_STEP_WORK_UNITS = 1 << 20
+_PACKED_MIN_STEP_WORK_UNITS = 1 << 15
 _PACKED_ROW_TILE = 6
 # The packed kernel computes the input products of a block of steps ahead of the
 # recurrence, in a buffer of at most this many elements (at least one step).

@@ -75,9 +75,9 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_npanelsf(int H) noexcept
     int fl_pk_npanelsd(int H) noexcept
     void fl_pk_packf(int I, int H, const float *W, const float *U, const float *b,
-                     const float *peep, float *out) noexcept
+                     const float *peep, float *out, int pa, int pb) noexcept
     void fl_pk_packd(int I, int H, const double *W, const double *U, const double *b,
-                     const double *peep, double *out) noexcept
+                     const double *peep, double *out, int pa, int pb) noexcept
     void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
                     const float **xrows) noexcept
     void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
@@ -91,6 +91,7 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_split(const long long *prefix, int nb, int nt, int j) noexcept
     int fl_pk_block_row(int N, int j) noexcept
     int fl_pk_team_id() noexcept
+    void fl_pk_barrier() noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -390,6 +391,16 @@ def packed_isa(isa=None):
     return fl_pk_get_isa()
 
 
+cdef inline void _pk_pack(int I, int H, const floating *W, const floating *U,
+                          const floating *b, const floating *peep, floating *out, int pa,
+                          int pb) noexcept nogil:
+    """Pack panels [pa, pb) of the weights (fl_pk_pack)."""
+    if floating is float:
+        fl_pk_packf(I, H, W, U, b, peep, out, pa, pb)
+    else:
+        fl_pk_packd(I, H, W, U, b, peep, out, pa, pb)
+
+
 cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sync,
                          const floating **xr) noexcept nogil:
     """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread."""
@@ -521,19 +532,20 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.tb = tb; sd.G = <double *> gbuf
             cfg = &sd
         with nogil:
-            if floating is float:
-                fl_pk_packf(I, H, &W[0, 0], &U[0, 0], &b[0],
-                            &peepholes[0, 0] if peepholes is not None else NULL, packed)
-            else:
-                fl_pk_packd(I, H, &W[0, 0], &U[0, 0], &b[0],
-                            &peepholes[0, 0] if peepholes is not None else NULL, packed)
             if nteam == 1:
+                _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                         &peepholes[0, 0] if peepholes is not None else NULL, packed, 0, P)
                 _pk_run(cfg, 0, nb, 0, P, 0, xr)
             else:
                 with parallel(num_threads=nteam):
                     # the team may be smaller than asked for: partition by its real size
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
+                    # every thread packs a share of the panels; all wait for the whole
+                    _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                             &peepholes[0, 0] if peepholes is not None else NULL, packed,
+                             <int> ((<i64> tid * P) // nt), <int> ((<i64> (tid + 1) * P) // nt))
+                    fl_pk_barrier()
                     if by_rows:
                         r0 = fl_pk_split(cost, nb, nt, tid)
                         r1 = fl_pk_split(cost, nb, nt, tid + 1)

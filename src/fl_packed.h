@@ -176,21 +176,26 @@ static size_t fl_pk_packed_size##SUF(int I, int H)                              
     return (size_t) fl_pk_npanels##SUF(H) * (size_t) fl_pk_panel_stride##SUF(I, H);        \
 }                                                                                          \
                                                                                            \
-static void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)                              \
+static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)                       \
 {                                                                                          \
-    int j;                                                                                 \
-    for (j = 0; j < nu; j++) dst[j] = src ? src[j] : 0;                                    \
+    int j = 0;                                                                             \
+    if (src && nu == NU) {   /* a whole panel: a fixed-size copy, inlined */               \
+        memcpy(dst, src, NU * sizeof(T));                                                  \
+        return;                                                                            \
+    }                                                                                      \
+    if (src) for (; j < nu; j++) dst[j] = src[j];                                          \
     for (; j < NU; j++) dst[j] = 0;                                                        \
 }                                                                                          \
                                                                                            \
-/* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels (top of this file) */  \
+/* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels [pa, pb) (top of this  \
+ * file); threads pack disjoint panel ranges */                                            \
 static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,              \
-                            const T *peep, T *out)                                         \
+                            const T *peep, T *out, int pa, int pb)                         \
 {                                                                                          \
-    const int K = I + H, P = fl_pk_npanels##SUF(H);                                        \
+    const int K = I + H;                                                                   \
     const fl_i64 H4 = 4 * (fl_i64) H, PS = fl_pk_panel_stride##SUF(I, H);                \
     int p, q, k;                                                                           \
-    for (p = 0; p < P; p++) {                                                              \
+    for (p = pa; p < pb; p++) {                                                            \
         int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                                   \
         T *dst = out + p * PS;                                                             \
         for (q = 0; q < 4; q++) {                                                          \
@@ -386,29 +391,36 @@ fl_pk_mkg##SUF##_##ISA##_##MR##_##NV(int I, const T *const *xa, int H, const T *
             memcpy(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, &acc[v][i],   \
                    sizeof(V));                                                             \
 }
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3, base, )
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2, base, )
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3, base, )
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2, base, )
+/* tiles of 1 to 3 rows in the recurrence: 8 to 9 accumulators across gates as well (and
+ * at most 16 vector registers in all) */
+#define FL_PK_MKG_ALL(T, SUF, NU, V, ISA, ATTR)                                            \
+    FL_PK_MKG(T, SUF, NU, V, 4, 3, ISA, ATTR) FL_PK_MKG(T, SUF, NU, V, 4, 2, ISA, ATTR)    \
+    FL_PK_MKG(T, SUF, NU, V, 3, 3, ISA, ATTR) FL_PK_MKG(T, SUF, NU, V, 3, 2, ISA, ATTR)    \
+    FL_PK_MKG(T, SUF, NU, V, 2, 4, ISA, ATTR)    \
+    FL_PK_MKG(T, SUF, NU, V, 1, 8, ISA, ATTR)
+FL_PK_MKG_ALL(float, f, FL_PK_NU_F, fl_pk_vf, base, )
+FL_PK_MKG_ALL(double, d, FL_PK_NU_D, fl_pk_vd, base, )
 #if FL_PK_X86
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 3, avx2, FL_PK_TARGET_AVX2)
-FL_PK_MKG(float, f, FL_PK_NU_F, fl_pk_vf, 4, 2, avx2, FL_PK_TARGET_AVX2)
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 3, avx2, FL_PK_TARGET_AVX2)
-FL_PK_MKG(double, d, FL_PK_NU_D, fl_pk_vd, 4, 2, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MKG_ALL(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
+FL_PK_MKG_ALL(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
 #endif
 #define FL_PK_GROUPED 1
 #else
 #define FL_PK_GROUPED 0
-#define FL_PK_MKG_STUB(T, SUF, NV)                                                         \
-static void fl_pk_mkg##SUF##_base_4_##NV(int I, const T *const *xa, int H, const T *ha,         \
+#define FL_PK_MKG_STUB(T, SUF, MR, NV)                                                         \
+static void fl_pk_mkg##SUF##_base_##MR##_##NV(int I, const T *const *xa, int H, const T *ha,         \
                                     fl_i64 ldh, const T *B, fl_i64 gs, int v0, T *z,       \
                                     int ldz, int init)                                     \
 {                                                                                          \
     (void) I; (void) xa; (void) H; (void) ha; (void) ldh; (void) B; (void) gs; (void) v0;  \
     (void) z; (void) ldz; (void) init;                                                     \
 }
-FL_PK_MKG_STUB(float, f, 3) FL_PK_MKG_STUB(float, f, 2)
-FL_PK_MKG_STUB(double, d, 3) FL_PK_MKG_STUB(double, d, 2)
+FL_PK_MKG_STUB(float, f, 4, 3) FL_PK_MKG_STUB(float, f, 4, 2) FL_PK_MKG_STUB(float, f, 3, 3)
+FL_PK_MKG_STUB(float, f, 3, 2)
+FL_PK_MKG_STUB(float, f, 2, 4) FL_PK_MKG_STUB(float, f, 1, 8)
+FL_PK_MKG_STUB(double, d, 4, 3) FL_PK_MKG_STUB(double, d, 4, 2) FL_PK_MKG_STUB(double, d, 3, 3)
+FL_PK_MKG_STUB(double, d, 3, 2)
+FL_PK_MKG_STUB(double, d, 2, 4) FL_PK_MKG_STUB(double, d, 1, 8)
 #endif
 
 /* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
@@ -723,12 +735,29 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                nu * sizeof(T));                                            \
                     continue;                                                              \
                 }                                                                          \
-                if (FL_PK_GROUPED && mr == 4) {                                            \
-                    fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 0, z, Z4, 1); \
-                    fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bp + I * NU, K * NU, 3, z, Z4, 1); \
-                    fl_pk_mkg##SUF##_##ISA##_4_2(0, NULL, H, ha, H, Bp + I * NU, K * NU, 6, z, Z4, 1); \
+                if (FL_PK_GROUPED && mr <= 4) {                                            \
+                    const T *Bh = Bp + I * NU;                                             \
+                    const fl_i64 gs = K * NU;                                              \
+                    switch (mr) {                                                          \
+                    case 4:                                                                \
+                        fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bh, gs, 0, z, Z4, 1); \
+                        fl_pk_mkg##SUF##_##ISA##_4_3(0, NULL, H, ha, H, Bh, gs, 3, z, Z4, 1); \
+                        fl_pk_mkg##SUF##_##ISA##_4_2(0, NULL, H, ha, H, Bh, gs, 6, z, Z4, 1); \
+                        break;                                                             \
+                    case 3:                                                                \
+                        fl_pk_mkg##SUF##_##ISA##_3_3(0, NULL, H, ha, H, Bh, gs, 0, z, Z4, 1); \
+                        fl_pk_mkg##SUF##_##ISA##_3_3(0, NULL, H, ha, H, Bh, gs, 3, z, Z4, 1); \
+                        fl_pk_mkg##SUF##_##ISA##_3_2(0, NULL, H, ha, H, Bh, gs, 6, z, Z4, 1); \
+                        break;                                                             \
+                    case 2:                                                                \
+                        fl_pk_mkg##SUF##_##ISA##_2_4(0, NULL, H, ha, H, Bh, gs, 0, z, Z4, 1); \
+                        fl_pk_mkg##SUF##_##ISA##_2_4(0, NULL, H, ha, H, Bh, gs, 4, z, Z4, 1); \
+                        break;                                                             \
+                    default:                                                               \
+                        fl_pk_mkg##SUF##_##ISA##_1_8(0, NULL, H, ha, H, Bh, gs, 0, z, Z4, 1); \
+                    }                                                                      \
                 }                                                                          \
-                for (q = 0; q < 4 && !(FL_PK_GROUPED && mr == 4); q++) {                   \
+                for (q = 0; q < 4 && !(FL_PK_GROUPED && mr <= 4); q++) {                   \
                     const T *Bq = Bp + (fl_i64) q * K * NU + (fl_i64) I * NU;              \
                     T *zq = z + q * NU;                                                    \
                     switch (mr) {                                                          \
