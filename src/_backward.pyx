@@ -254,11 +254,27 @@ cdef extern from *:
                            const double *c_prev, double *g, const double *peep, int use_clip,
                            double clip, int act, int rec, double *dpeep, double *w) noexcept nogil
 
+cdef extern from "fl_packed.h" nogil:
+    int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
+    int fl_pk_get_isa() noexcept
+    int fl_pk_set_isa(int isa) noexcept
+    void *fl_pk_alloc(size_t nbytes) noexcept
+    void fl_pk_free(void *p) noexcept
+    size_t fl_pk_packT_sizef(int n, int K) noexcept
+    size_t fl_pk_packT_sized(int n, int K) noexcept
+    void fl_pk_packTf(int n, int K, const float *B, float *out) noexcept
+    void fl_pk_packTd(int n, int K, const double *B, double *out) noexcept
+    void fl_pk_dotTf(int m, int n, int K, const float *A, long long lda, const float *packed,
+                     float *C, long long ldc, float *ztmp) noexcept
+    void fl_pk_dotTd(int m, int n, int K, const double *A, long long lda,
+                     const double *packed, double *C, long long ldc, double *ztmp) noexcept
+
 ctypedef long long i64
 
-# Row blocks up to this many rows use the packing-free step product (fl_dot_nt); larger
-# ones use BLAS, whose per-call packing of U then pays off (measured on AVX2: 2x faster
-# at 4 rows, even at 8, slower from 16).
+# On AVX2 the step product runs in fl_packed.h's kernels on U packed once per call.
+# Otherwise, row blocks up to this many rows use the packing-free step product
+# (fl_dot_nt); larger ones use BLAS, whose per-call packing of U then pays off (measured
+# on AVX2: 2x faster at 4 rows, even at 8, slower from 16).
 cdef enum:
     DOT_MAX_ROWS = 8
 
@@ -283,6 +299,14 @@ cdef inline void _pointwise(int H, const floating *dm, floating *dc, const float
         fl_pointwise_bwdd(H, dm, dc, c_raw, c_prev, g, peep, use_clip, clip, act, rec, dpeep, w)
 
 
+cdef inline void _dotT(int m, int n, int K, const floating *A, i64 lda, const floating *packed,
+                       floating *C, i64 ldc, floating *ztmp) noexcept nogil:
+    if floating is float:
+        fl_pk_dotTf(m, n, K, A, lda, packed, C, ldc, ztmp)
+    else:
+        fl_pk_dotTd(m, n, K, A, lda, packed, C, ldc, ztmp)
+
+
 cdef inline void _dot_nt(int m, int n, int K, const floating *A, int lda, const floating *B,
                          int ldb, floating *C, int ldc) noexcept nogil:
     if floating is float:
@@ -292,12 +316,14 @@ cdef inline void _dot_nt(int m, int n, int K, const floating *A, int lda, const 
 
 
 fl_bk_set_isa(-1)
+fl_pk_set_isa(-1)
 
 
 def set_isa(isa):
     """Instruction set of the step product: "auto", "avx2" or "baseline"; returns the one
     in use ("avx2" only when the CPU has AVX2 and FMA).  For tests and benchmarks."""
     code = {"auto": -1, "baseline": 0, "avx2": 1}[isa]
+    fl_pk_set_isa(code)
     return ("baseline", "avx2")[fl_bk_set_isa(code)]
 
 
@@ -312,12 +338,47 @@ def dot_nt(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] 
         _dot_nt(m, n, K, &A[0, 0] if K else NULL, K, &B[0, 0] if K else NULL, K, &C[0, 0], n)
 
 
+def dot_nt_packed(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C):
+    """C = A @ B.T with B packed once (fl_pk_packT) and the packed kernel, as the backward
+    step product runs when the packed kernel's instruction set is AVX2.  For tests."""
+    cdef int m = A.shape[0], n = B.shape[0], K = A.shape[1]
+    cdef floating *packed = NULL
+    cdef floating *ztmp = NULL
+    if B.shape[1] != K or C.shape[0] != m or C.shape[1] != n:
+        raise ValueError("dot_nt_packed: shapes do not match")
+    if m == 0 or n == 0 or K == 0:
+        C[...] = 0
+        return
+    if floating is float:
+        packed = <floating *> fl_pk_alloc(fl_pk_packT_sizef(n, K) * sizeof(float))
+    else:
+        packed = <floating *> fl_pk_alloc(fl_pk_packT_sized(n, K) * sizeof(double))
+    ztmp = <floating *> malloc(<size_t> FL_PK_MR * 16 * sizeof(floating))
+    try:
+        if packed == NULL or ztmp == NULL:
+            raise MemoryError("fastlstm: could not allocate the product workspace")
+        with nogil:
+            if floating is float:
+                fl_pk_packTf(n, K, &B[0, 0], packed)
+            else:
+                fl_pk_packTd(n, K, &B[0, 0], packed)
+            _dotT(m, n, K, &A[0, 0], K, packed, &C[0, 0], n, ztmp)
+    finally:
+        fl_pk_free(packed)
+        free(ztmp)
+
+
 cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
-                   const floating *U, const floating *peep, const floating *P,
+                   const floating *U, const floating *UT, const floating *peep,
+                   const floating *P,
                    floating *G, const floating *CC, const floating *CHP,
                    const floating *c0, floating *dc, floating *dh, floating *dHP,
                    const i64 *lengths, floating *dpeep) noexcept nogil:
-    """Reverse time loop for batch rows [r0, r1).  Returns 0, or -1 if out of memory."""
+    """Reverse time loop for batch rows [r0, r1).  Returns 0, or -1 if out of memory.
+
+    UT: U packed by fl_pk_packT (the step product then runs in fl_packed.h's kernels), or
+    NULL (the packing-free product for a few rows, BLAS above).
+    """
     cdef int nr = r1 - r0
     cdef int H = s.H, H4 = 4 * s.H, Ho = s.Ho, T = s.T
     cdef i64 rn = s.rn, rt = s.rt
@@ -328,6 +389,7 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
     cdef floating *tmp
     cdef floating *cpb
     cdef floating *work
+    cdef floating *ztmp
     cdef floating *v
     cdef const floating *dmc
     cdef const floating *cp
@@ -343,12 +405,13 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
     tmp = <floating *> malloc(<size_t> (Ho if Ho > H else H) * sizeof(floating))
     cpb = <floating *> malloc(<size_t> H * sizeof(floating))
     work = <floating *> malloc(<size_t> 2 * H * sizeof(floating))
+    ztmp = <floating *> malloc(<size_t> FL_PK_MR * 16 * sizeof(floating))
     if P != NULL:
         DM = <floating *> calloc(<size_t> nr * Ho, sizeof(floating))
         DMC = <floating *> malloc(<size_t> nr * H * sizeof(floating))
     if DG == NULL or DH == NULL or tmp == NULL or cpb == NULL or work == NULL \
-            or (P != NULL and (DM == NULL or DMC == NULL)):
-        free(DG); free(DH); free(tmp); free(cpb); free(work); free(DM); free(DMC)
+            or ztmp == NULL or (P != NULL and (DM == NULL or DMC == NULL)):
+        free(DG); free(DH); free(tmp); free(cpb); free(work); free(ztmp); free(DM); free(DMC)
         return -1
 
     kmax = 0
@@ -422,7 +485,9 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
             memcpy(DG + <i64> (n - r0) * H4, G + row * H4, H4 * sizeof(floating))
         # ---- dh_{t-1} = dG_t @ U^T (inactive rows of DG are zero and keep their dh) ----
         v = dh + <i64> r0 * Ho if all_active else DH
-        if nr <= DOT_MAX_ROWS:
+        if UT != NULL:
+            _dotT(nr, Ho, H4, DG, H4, UT, v, Ho, ztmp)
+        elif nr <= DOT_MAX_ROWS:
             _dot_nt(nr, Ho, H4, DG, H4, U, H4, v, Ho)
         else:
             gemm(False, True, nr, Ho, H4, <floating> 1, DG, H4, U, H4, <floating> 0, v, Ho)
@@ -432,7 +497,7 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
                 if k < L:
                     memcpy(dh + <i64> n * Ho, DH + <i64> (n - r0) * Ho, Ho * sizeof(floating))
 
-    free(DG); free(DH); free(tmp); free(cpb); free(work); free(DM); free(DMC)
+    free(DG); free(DH); free(tmp); free(cpb); free(work); free(ztmp); free(DM); free(DMC)
     return 0
 
 
@@ -474,6 +539,7 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
     cdef floating *pdhp = &dhp[0, 0] if dhp is not None else NULL
     cdef const i64 *pl = &lengths[0] if lengths is not None else NULL
     cdef floating *pdp = &dpeep[0, 0] if dpeep is not None else NULL
+    cdef floating *put = NULL
 
     if N <= 0 or T <= 0:
         return
@@ -494,19 +560,37 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
 
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks
-    with nogil:
-        if nteam <= 1:
-            for blk in range(nblocks):
-                r0 = <int> ((<i64> blk * N) // nblocks)
-                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                status += _bwd_rows(&s, r0, r1, pdy, pu, pp, pP, pg, pc, php, pc0, pdc, pdh,
-                                    pdhp, pl, pdp + blk * H3 if pdp != NULL else NULL)
+    if fl_pk_get_isa() == 1:
+        # U packed once for the step products (instead of BLAS packing it every step)
+        if floating is float:
+            put = <floating *> fl_pk_alloc(fl_pk_packT_sizef(s.Ho, 4 * s.H) * sizeof(float))
         else:
-            for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
-                r0 = <int> ((<i64> blk * N) // nblocks)
-                r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                status += _bwd_rows(&s, r0, r1, pdy, pu, pp, pP, pg, pc, php, pc0, pdc, pdh,
-                                    pdhp, pl, pdp + blk * H3 if pdp != NULL else NULL)
+            put = <floating *> fl_pk_alloc(fl_pk_packT_sized(s.Ho, 4 * s.H) * sizeof(double))
+        if put == NULL:
+            raise MemoryError("fastlstm: could not allocate the backward workspace")
+    try:
+        with nogil:
+            if put != NULL:
+                if floating is float:
+                    fl_pk_packTf(s.Ho, 4 * s.H, pu, put)
+                else:
+                    fl_pk_packTd(s.Ho, 4 * s.H, pu, put)
+            if nteam <= 1:
+                for blk in range(nblocks):
+                    r0 = <int> ((<i64> blk * N) // nblocks)
+                    r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
+                    status += _bwd_rows(&s, r0, r1, pdy, pu, put, pp, pP, pg, pc, php, pc0,
+                                        pdc, pdh, pdhp, pl,
+                                        pdp + blk * H3 if pdp != NULL else NULL)
+            else:
+                for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
+                    r0 = <int> ((<i64> blk * N) // nblocks)
+                    r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
+                    status += _bwd_rows(&s, r0, r1, pdy, pu, put, pp, pP, pg, pc, php, pc0,
+                                        pdc, pdh, pdhp, pl,
+                                        pdp + blk * H3 if pdp != NULL else NULL)
+    finally:
+        fl_pk_free(put)
     if status != 0:
         raise MemoryError("fastlstm: could not allocate the backward workspace")
 

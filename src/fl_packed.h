@@ -48,6 +48,13 @@ static void fl_pk_barrier(void)
 
 typedef long long fl_i64;
 
+/* helpers a module including this file may not use */
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_PK_MAYBE_UNUSED __attribute__((unused))
+#else
+#define FL_PK_MAYBE_UNUSED
+#endif
+
 #define FL_PK_MR 6
 #define FL_PK_NU_F 16
 #define FL_PK_NU_D 8
@@ -93,7 +100,7 @@ static int fl_pk_set_isa(int isa)
 }
 
 /* threads in the current OpenMP team (1 outside a parallel region or without OpenMP) */
-static int fl_pk_team_size(void)
+FL_PK_MAYBE_UNUSED static int fl_pk_team_size(void)
 {
 #ifdef _OPENMP
     return omp_get_num_threads();
@@ -102,7 +109,7 @@ static int fl_pk_team_size(void)
 #endif
 }
 
-static int fl_pk_team_id(void)
+FL_PK_MAYBE_UNUSED static int fl_pk_team_id(void)
 {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -171,7 +178,7 @@ static fl_i64 fl_pk_panel_stride##SUF(int I, int H)                             
     return (4 * ((fl_i64) I + H) + 7) * NU;                                               \
 }                                                                                          \
                                                                                            \
-static size_t fl_pk_packed_size##SUF(int I, int H)                                         \
+FL_PK_MAYBE_UNUSED static size_t fl_pk_packed_size##SUF(int I, int H)                                        \
 {                                                                                          \
     return (size_t) fl_pk_npanels##SUF(H) * (size_t) fl_pk_panel_stride##SUF(I, H);        \
 }                                                                                          \
@@ -189,7 +196,7 @@ static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)            
                                                                                            \
 /* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels [pa, pb) (top of this  \
  * file); threads pack disjoint panel ranges */                                            \
-static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,              \
+FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,              \
                             const T *peep, T *out, int pa, int pb)                         \
 {                                                                                          \
     const int K = I + H;                                                                   \
@@ -228,7 +235,7 @@ static int fl_pk_nblocks(int N)
 
 /* First row block of thread j of nt, when the blocks are cut into nt contiguous ranges of
  * about equal cost; prefix: nb + 1 cumulative block costs (prefix[0] = 0). */
-static int fl_pk_split(const fl_i64 *prefix, int nb, int nt, int j)
+FL_PK_MAYBE_UNUSED static int fl_pk_split(const fl_i64 *prefix, int nb, int nt, int j)
 {
     fl_i64 target;
     int b = 0;
@@ -422,6 +429,88 @@ FL_PK_MKG_STUB(double, d, 4, 3) FL_PK_MKG_STUB(double, d, 4, 2) FL_PK_MKG_STUB(d
 FL_PK_MKG_STUB(double, d, 3, 2)
 FL_PK_MKG_STUB(double, d, 2, 4) FL_PK_MKG_STUB(double, d, 1, 8)
 #endif
+
+/* ---- C = A @ B^T with B packed once: the backward's step product dh = dG @ U^T ------
+ * B (n, K) row-major is packed into ceil(n / NU) panels of K x NU (panel p, row k: the
+ * NU values B[p * NU + j, k], zeros past n), so that every step reuses the same panels
+ * with the forward's microkernels.  Row tiles of FL_PK_MR rows (from the first row of A):
+ * a value depends on m (and the instruction set) only. */
+#define FL_PK_DOTT(T, SUF, NU)                                                             \
+static __attribute__((unused)) size_t fl_pk_packT_size##SUF(int n, int K)                 \
+{                                                                                          \
+    return (size_t) ((n + NU - 1) / NU) * (size_t) K * NU;                                 \
+}                                                                                          \
+static __attribute__((unused)) void fl_pk_packT##SUF(int n, int K, const T *B, T *out)    \
+{                                                                                          \
+    int p, j, k;                                                                           \
+    for (p = 0; p < (n + NU - 1) / NU; p++) {                                              \
+        T *dst = out + (fl_i64) p * K * NU;                                                \
+        for (j = 0; j < NU; j++) {                                                         \
+            const T *src = B + (fl_i64) (p * NU + j) * K;                                  \
+            if (p * NU + j < n)                                                            \
+                for (k = 0; k < K; k++) dst[(fl_i64) k * NU + j] = src[k];                 \
+            else                                                                           \
+                for (k = 0; k < K; k++) dst[(fl_i64) k * NU + j] = 0;                      \
+        }                                                                                  \
+    }                                                                                      \
+}
+FL_PK_DOTT(float, f, FL_PK_NU_F)
+FL_PK_DOTT(double, d, FL_PK_NU_D)
+
+#define FL_PK_DOTT_RUN(T, SUF, NU, ISA, ATTR)                                              \
+ATTR static __attribute__((unused)) void                                                   \
+fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *packed,     \
+                        T *C, fl_i64 ldc, T *ztmp)                                         \
+{                                                                                          \
+    int p, i0, i, j;                                                                       \
+    for (p = 0; p < (n + NU - 1) / NU; p++) {                                              \
+        const T *Bp = packed + (fl_i64) p * K * NU;                                        \
+        const int nu = n - p * NU < NU ? n - p * NU : NU;                                  \
+        for (i0 = 0; i0 < m; i0 += FL_PK_MR) {                                             \
+            const int mr = m - i0 < FL_PK_MR ? m - i0 : FL_PK_MR;                          \
+            const T *xa[FL_PK_MR];                                                         \
+            T *z = nu == NU ? C + i0 * ldc + p * NU : ztmp;                                \
+            const int ldz = nu == NU ? (int) ldc : NU;                                     \
+            for (i = 0; i < mr; i++) xa[i] = A + (i0 + i) * lda;                           \
+            switch (mr) {                                                                  \
+            case 6: fl_pk_mk##SUF##_##ISA##_6(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
+            case 5: fl_pk_mk##SUF##_##ISA##_5(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
+            case 4: fl_pk_mk##SUF##_##ISA##_4(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
+            case 3: fl_pk_mk##SUF##_##ISA##_3(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
+            case 2: fl_pk_mk##SUF##_##ISA##_2(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
+            default: fl_pk_mk##SUF##_##ISA##_1(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;   \
+            }                                                                              \
+            if (nu < NU)                                                                   \
+                for (i = 0; i < mr; i++)                                                   \
+                    for (j = 0; j < nu; j++) C[(i0 + i) * ldc + p * NU + j] = ztmp[i * NU + j]; \
+        }                                                                                  \
+    }                                                                                      \
+}
+FL_PK_DOTT_RUN(float, f, FL_PK_NU_F, base, )
+FL_PK_DOTT_RUN(double, d, FL_PK_NU_D, base, )
+#if FL_PK_X86
+FL_PK_DOTT_RUN(float, f, FL_PK_NU_F, avx2, FL_PK_TARGET_AVX2)
+FL_PK_DOTT_RUN(double, d, FL_PK_NU_D, avx2, FL_PK_TARGET_AVX2)
+#endif
+
+/* C (m, n) = A (m, K) @ B^T, B packed by fl_pk_packT; ztmp: FL_PK_MR * NU scratch */
+#define FL_PK_DOTT_DISPATCH(T, SUF)                                                        \
+static __attribute__((unused)) void fl_pk_dotT##SUF(int m, int n, int K, const T *A,      \
+                                                    fl_i64 lda, const T *packed, T *C,     \
+                                                    fl_i64 ldc, T *ztmp)                   \
+{                                                                                          \
+    if (FL_PK_X86 && fl_pk_get_isa() == 1)                                                 \
+        FL_PK_DOTT_AVX2(SUF)(m, n, K, A, lda, packed, C, ldc, ztmp);                       \
+    else                                                                                   \
+        fl_pk_dotT##SUF##_base(m, n, K, A, lda, packed, C, ldc, ztmp);                     \
+}
+#if FL_PK_X86
+#define FL_PK_DOTT_AVX2(SUF) fl_pk_dotT##SUF##_avx2
+#else
+#define FL_PK_DOTT_AVX2(SUF) fl_pk_dotT##SUF##_base
+#endif
+FL_PK_DOTT_DISPATCH(float, f)
+FL_PK_DOTT_DISPATCH(double, d)
 
 /* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
  * Same formulas as fl_pointwise.h's fl_expf / fl_exp (Cephes-style range reduction and
@@ -865,7 +954,7 @@ FL_PK_RUN(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
 FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
 #endif
 
-static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
+FL_PK_MAYBE_UNUSED static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
                        const float **xrows)
 {
 #if FL_PK_X86
@@ -877,7 +966,7 @@ static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int 
     fl_pk_runf_base(s, b0, b1, p0, p1, sync, xrows);
 }
 
-static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
+FL_PK_MAYBE_UNUSED static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
                        const double **xrows)
 {
 #if FL_PK_X86

@@ -136,6 +136,12 @@ static void fl_rec_inplace##SUF(int kind, T *restrict a, int n)                 
 FL_DEFINE_ACTIVATIONS(float, f, fl_expf)
 FL_DEFINE_ACTIVATIONS(double, d, fl_exp)
 
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_UNUSED __attribute__((unused))   /* not every module uses every helper */
+#else
+#define FL_UNUSED
+#endif
+
 /* ---- fused forward step for one batch row ------------------------------------------
  *
  *   gates[0:4H] = z + gx + b  (+ peephole terms)  -> activated (i, f, g, o)
@@ -147,7 +153,8 @@ FL_DEFINE_ACTIVATIONS(double, d, fl_exp)
  * m: out (H); gates: out, post-activation gates (4H); c_raw: out, pre-clip c, or NULL.
  */
 #define FL_DEFINE_POINTWISE(T, SUF)                                                     \
-static void fl_pointwise_fwd##SUF(int H, const T *restrict z, const T *restrict gx,    \
+FL_UNUSED static void fl_pointwise_fwd##SUF(int H, const T *restrict z,                \
+                                  const T *restrict gx,                                 \
                                   const T *restrict b, const T *restrict peep,          \
                                   int use_clip, T clip, int act, int rec,               \
                                   T *restrict c, T *restrict m, T *restrict gates,      \
@@ -187,7 +194,7 @@ static void fl_pointwise_fwd##SUF(int H, const T *restrict z, const T *restrict 
     for (j = 0; j < H; j++) m[j] *= gates[3 * H + j];                                  \
 }                                                                                      \
 /* v = clip(v) in place (NaN kept) */                                                  \
-static void fl_clip_inplace##SUF(T *restrict v, int n, T clip)                         \
+FL_UNUSED static void fl_clip_inplace##SUF(T *restrict v, int n, T clip)               \
 {                                                                                      \
     int j;                                                                             \
     for (j = 0; j < n; j++) {                                                          \

@@ -471,7 +471,8 @@ def test_matches_torch_autograd(bidirectional, rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# the packing-free step product, on every instruction set this machine runs
+# the step products (packing-free, and with U packed once), on every instruction set
+# this machine runs
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["baseline", "avx2"])
@@ -499,8 +500,23 @@ def test_step_product_kernel(isa, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_step_product(isa, dtype, rng):
+    # the backward's step product with U packed once: row tiles of 1..6 rows, a partial
+    # last panel of output units, against float64 NumPy
+    from fastlstm import _backward
+    for m, n, K in [(1, 1, 1), (5, 17, 9), (6, 16, 64), (13, 40, 130), (7, 8, 3), (2, 33, 4)]:
+        A = rng.normal(size=(m, K)).astype(dtype)
+        B = rng.normal(size=(n, K)).astype(dtype)
+        C = np.full((m, n), np.nan, dtype)
+        _backward.dot_nt_packed(A, B, C)
+        np.testing.assert_allclose(C, A.astype(np.float64) @ B.T.astype(np.float64),
+                                   **tol(dtype), err_msg=str((m, n, K)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_on_each_isa(isa, dtype, rng):
-    # 6 rows: one block of <= 8 rows, so the step products use the packing-free kernel
+    # 6 rows, one block: the step products use the packed kernel on AVX2, the
+    # packing-free kernel on the baseline instruction set
     opts = {"peepholes": True, "proj_size": 5, "proj_clip": 0.3, "lengths": "mixed",
             "reverse": True}
     layer, X, s0, lengths, dY, ds = make_case(opts, rng, dtype, N=6, T=5, I=4, H=6)
