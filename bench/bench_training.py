@@ -2,8 +2,8 @@
 
 A training step here is: forward over the whole sequence, then backpropagation through
 time of a given output gradient dY into every parameter (torch: ``Y.backward(dY)``; the
-input needs no gradient in either, but fastlstm's ``backward`` always returns dX, so it
-does a little more work).  Same shapes as the performance issue, float32:
+input needs no gradient in either: ``backward(..., input_grad=False)`` in fastlstm, an
+input without ``requires_grad`` in torch).  Same shapes as the performance issue, float32:
 
     small   B=8,  T=100, I=64,  H=128, 1 layer
     medium  B=32, T=100, I=128, H=256, 2 layers
@@ -49,7 +49,7 @@ def make_fastlstm(shape, seed=0, n_threads=None):
 
     def step():
         _, _, cache = model.forward(X)
-        model.backward(dY, cache)
+        model.backward(dY, cache, input_grad=False)
 
     return step, model, X, dY
 

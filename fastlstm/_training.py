@@ -227,16 +227,23 @@ def lstm_forward(layer, X, initial_state, lengths, time_major, reverse):
     return Y, _layers.LSTMState(c, h), cache
 
 
-def lstm_backward(layer, dY, cache, dstate):
+def _check_input_grad(input_grad):
+    if not isinstance(input_grad, (bool, np.bool_)):
+        raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
+    return bool(input_grad)
+
+
+def lstm_backward(layer, dY, cache, dstate, input_grad=True):
     _check_cache(layer, cache)
+    input_grad = _check_input_grad(input_grad)
     dY2 = _check_dY(dY, cache, layer.dtype)
     N, T = cache.N, cache.T
     dc, dh = _layers._as_state(dstate, N, layer.hidden_size, layer.output_size, layer.dtype,
                                "dstate")
     cache.used = True
-    dX = np.empty(cache.y_shape[:2] + (layer.input_size,), layer.dtype)
+    dX = np.empty(cache.y_shape[:2] + (layer.input_size,), layer.dtype) if input_grad else None
     _lstm_backward(layer, dY2, cache.parts, N, T, cache.time_major, cache.lengths, dc, dh,
-                   dX.reshape(N * T, layer.input_size), False)
+                   dX.reshape(N * T, layer.input_size) if input_grad else None, False)
     return dX, _layers.LSTMState(dc, dh)
 
 
@@ -247,15 +254,16 @@ def bidirectional_forward(model, X, initial_state, lengths, time_major):
     return Y, states, TrainingCache(model, N, T, time_major, L, Y.shape, parts)
 
 
-def bidirectional_backward(model, dY, cache, dstate):
+def bidirectional_backward(model, dY, cache, dstate, input_grad=True):
     _check_cache(model, cache)
+    input_grad = _check_input_grad(input_grad)
     dY2 = _check_dY(dY, cache, model.dtype)
     N, T = cache.N, cache.T
     dstates = _bidir_dstate(model, dstate, N, "dstate")
     cache.used = True
-    dX = np.empty(cache.y_shape[:2] + (model.input_size,), model.dtype)
+    dX = np.empty(cache.y_shape[:2] + (model.input_size,), model.dtype) if input_grad else None
     _bidir_backward(model, dY2, cache.parts, N, T, cache.time_major, cache.lengths, dstates,
-                    dX.reshape(N * T, model.input_size))
+                    dX.reshape(N * T, model.input_size) if input_grad else None)
     return dX, tuple(_layers.LSTMState(dc, dh) for dc, dh in dstates)
 
 
@@ -280,8 +288,9 @@ def multi_forward(model, X, initial_state, lengths, time_major):
     return inp, tuple(states), TrainingCache(model, N, T, time_major, L, inp.shape, parts)
 
 
-def multi_backward(model, dY, cache, dstate):
+def multi_backward(model, dY, cache, dstate, input_grad=True):
     _check_cache(model, cache)
+    input_grad = _check_input_grad(input_grad)
     dY2 = _check_dY(dY, cache, model.dtype)
     N, T = cache.N, cache.T
     ds = model._layer_states(dstate, "dstate")
@@ -297,7 +306,8 @@ def multi_backward(model, dY, cache, dstate):
     d_out = dY2
     for k in range(len(model.layers) - 1, -1, -1):
         layer = model.layers[k]
-        dX2 = np.empty((N * T, layer.input_size), model.dtype)
+        dX2 = (np.empty((N * T, layer.input_size), model.dtype)
+               if k > 0 or input_grad else None)
         if isinstance(layer, _layers.Bidirectional):
             _bidir_backward(layer, d_out, cache.parts[k], N, T, cache.time_major,
                             cache.lengths, dstates[k], dX2)
@@ -306,7 +316,7 @@ def multi_backward(model, dY, cache, dstate):
             _lstm_backward(layer, d_out, cache.parts[k], N, T, cache.time_major,
                            cache.lengths, dc, dh, dX2, False)
         d_out = dX2
-    dX = d_out.reshape(cache.y_shape[:2] + (model.input_size,))
+    dX = d_out.reshape(cache.y_shape[:2] + (model.input_size,)) if input_grad else None
     out = []
     for k, layer in enumerate(model.layers):
         if isinstance(layer, _layers.Bidirectional):

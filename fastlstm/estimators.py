@@ -401,7 +401,7 @@ class _BaseLSTM(BaseEstimator):
             valid = np.arange(Y.shape[1])[None, :] < Lb[:, None]
             dY[...] = (dF / Lb[:, None].astype(Y.dtype))[:, None, :]
             dY[~valid] = 0
-        model.backward(dY, cache, dstate)
+        model.backward(dY, cache, dstate, input_grad=False)
         if self.alpha:                        # L2 on the kernels, as MLPRegressor scales it
             w = model.flat_params
             a = self.alpha / nb

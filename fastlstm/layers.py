@@ -568,19 +568,21 @@ class LSTM(_Module):
         """
         return _training.lstm_forward(self, X, initial_state, lengths, time_major, reverse)
 
-    def backward(self, dY, cache, dstate=None):
+    def backward(self, dY, cache, dstate=None, input_grad=True):
         """Backpropagation through time for the ``forward`` call that made ``cache``.
 
         dY : (N, T, Hout) (or time-major), the loss gradient w.r.t. ``Y``; entries at
             padded steps (t >= lengths[n]) are ignored.
         dstate : LSTMState / (dc (N, H), dh (N, Hout)), the gradient w.r.t. the final
             state, or None for zeros.
+        input_grad : False skips the gradient w.r.t. ``X`` (returned as None), when only
+            the parameters' gradients are wanted (one gemm less).
 
         Returns ``dX`` (shaped like X) and ``dstate0``, the ``LSTMState`` of gradients
         w.r.t. the initial state.  Fills ``grads`` (and ``flat_grads``), overwriting what
         was there; use ``zero_grad`` and sum by hand to accumulate over several calls.
         """
-        return _training.lstm_backward(self, dY, cache, dstate)
+        return _training.lstm_backward(self, dY, cache, dstate, input_grad)
 
     def step(self, x, state=None):
         """One time step (TF ``cell(x, state)``).
@@ -659,14 +661,15 @@ class Bidirectional(_Module):
         """
         return _training.bidirectional_forward(self, X, initial_state, lengths, time_major)
 
-    def backward(self, dY, cache, dstate=None):
+    def backward(self, dY, cache, dstate=None, input_grad=True):
         """Gradients of a training forward; see ``LSTM.backward``.
 
         dY : like ``Y``; dstate : (forward, backward) pair of (dc, dh) or None.  Returns
-        ``dX`` and the (forward, backward) pair of initial-state gradients; fills ``grads``
-        ("fw.W", ..., "bw.W", ...), overwriting them.
+        ``dX`` (None with ``input_grad=False``) and the (forward, backward) pair of
+        initial-state gradients; fills ``grads`` ("fw.W", ..., "bw.W", ...), overwriting
+        them.
         """
-        return _training.bidirectional_backward(self, dY, cache, dstate)
+        return _training.bidirectional_backward(self, dY, cache, dstate, input_grad)
 
     @property
     def params(self):
@@ -776,15 +779,16 @@ class MultiLSTM(_Module):
         """
         return _training.multi_forward(self, X, initial_state, lengths, time_major)
 
-    def backward(self, dY, cache, dstate=None):
+    def backward(self, dY, cache, dstate=None, input_grad=True):
         """Gradients of a training forward; see ``LSTM.backward``.
 
         dY : like the top layer's ``Y``; dstate : a tuple with one final-state gradient per
-        layer (shaped like the state; any entry may be None) or None.  Returns ``dX`` and
+        layer (shaped like the state; any entry may be None) or None.  Returns ``dX``
+        (None with ``input_grad=False``: the first layer's input gradient is skipped) and
         the tuple of initial-state gradients; fills ``grads`` ("0.W", "1.fw.U", ...),
         overwriting them.
         """
-        return _training.multi_backward(self, dY, cache, dstate)
+        return _training.multi_backward(self, dY, cache, dstate, input_grad)
 
     @property
     def params(self):

@@ -369,6 +369,43 @@ def test_grads_share_one_flat_buffer(rng):
     assert not model.flat_grads.any() and not inner.grads["U"].any()
 
 
+@pytest.mark.parametrize("kind", ["lstm", "bidirectional", "stack", "stack-bidir-first"])
+def test_backward_without_input_grad(kind, rng):
+    # input_grad=False: dX is None, every parameter and state gradient is the same
+    if kind == "lstm":
+        model = randomize(fl.LSTM(3, 5, peepholes=True, dtype=np.float64), rng)
+    elif kind == "bidirectional":
+        model = bidir(rng, 5, np.float64, 1, 1)
+    elif kind == "stack":
+        model = stack(rng, np.float64)
+    else:
+        model = fl.MultiLSTM([bidir(rng, 3, np.float64, 1, 1),
+                              randomize(fl.LSTM(6, 4, dtype=np.float64), rng)])
+    X = rng.normal(size=(4, 6, model.input_size))
+    lengths = np.array([6, 2, 0, 5])
+    results = []
+    for input_grad in (True, False):
+        Y, _, cache = model.forward(X, lengths=lengths)
+        dY = np.random.default_rng(1).normal(size=Y.shape)
+        dX, d0 = model.backward(dY, cache, input_grad=input_grad)
+        assert (dX is None) == (not input_grad)
+        results.append((model.flat_grads.copy(), d0))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    leaves = [_leaves(d0) for _, d0 in results]
+    assert len(leaves[0]) == len(leaves[1]) > 0
+    for a, b in zip(*leaves):
+        np.testing.assert_array_equal(a, b)
+    Y, _, cache = model.forward(X)
+    with pytest.raises(TypeError, match="input_grad"):
+        model.backward(np.ones_like(Y), cache, input_grad="no")
+
+
+def _leaves(tree):
+    if isinstance(tree, np.ndarray):
+        return [tree]
+    return [leaf for item in tree for leaf in _leaves(item)]
+
+
 def test_backward_overwrites_grads(rng):
     layer = randomize(fl.LSTM(3, 4, dtype=np.float64), rng)
     X = rng.normal(size=(2, 3, 3))
