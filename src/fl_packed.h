@@ -682,6 +682,47 @@ fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int use_peep, int
 }
 FL_PK_CELL_INF(float, f, FL_PK_NU_F, fl_pk_vf, fl_pk_vif)
 FL_PK_CELL_INF(double, d, FL_PK_NU_D, fl_pk_vd, fl_pk_vid)
+
+/* Training forward, a whole panel: as fl_pk_cell_fast, written straight to c, h, y, the
+ * gate cache (i, f, g, o at cg, cg + H, cg + 2H, cg + 3H) and the raw cell cache cr. */
+#define FL_PK_CELL_TRAIN(T, SUF, NU, V)                                                    \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_cell_train##SUF(const T *z, const T *bp, T *c, T *h, T *y, T *cg, fl_i64 H, T *cr,   \
+                      int use_peep, int use_clip, T clip)                                  \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    int v;                                                                                 \
+    for (v = 0; v < NU; v += VL) {                                                         \
+        V c0 = FL_PK_VLD(V, c + v);                                                        \
+        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
+        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
+        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
+        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
+        V i, f, g, o, cc, m;                                                               \
+        if (use_peep) {                                                                    \
+            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
+            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
+        }                                                                                  \
+        i = fl_pk_sigm##SUF(zi);                                                           \
+        f = fl_pk_sigm##SUF(zf);                                                           \
+        g = fl_pk_tanhv##SUF(zg);                                                          \
+        cc = f * c0 + i * g;                                                               \
+        FL_PK_VST(cr + v, cc);                                                             \
+        if (use_clip) cc = fl_pk_max##SUF(fl_pk_min##SUF(cc, clip), -clip);                \
+        if (use_peep) zo += FL_PK_VLD(V, bp + 6 * NU + v) * cc;                            \
+        o = fl_pk_sigm##SUF(zo);                                                           \
+        m = o * fl_pk_tanhv##SUF(cc);                                                      \
+        FL_PK_VST(cg + v, i);                                                              \
+        FL_PK_VST(cg + H + v, f);                                                          \
+        FL_PK_VST(cg + 2 * H + v, g);                                                      \
+        FL_PK_VST(cg + 3 * H + v, o);                                                      \
+        FL_PK_VST(c + v, cc);                                                              \
+        FL_PK_VST(h + v, m);                                                               \
+        FL_PK_VST(y + v, m);                                                               \
+    }                                                                                      \
+}
+FL_PK_CELL_TRAIN(float, f, FL_PK_NU_F, fl_pk_vf)
+FL_PK_CELL_TRAIN(double, d, FL_PK_NU_D, fl_pk_vd)
 #define FL_PK_HAS_INF 1
 
 #else  /* no vector extensions: the same on scalars */
@@ -719,6 +760,15 @@ static void fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int u
 }
 FL_PK_CELL_INF_STUB(float, f)
 FL_PK_CELL_INF_STUB(double, d)
+#define FL_PK_CELL_TRAIN_STUB(T, SUF)                                                      \
+static void fl_pk_cell_train##SUF(const T *z, const T *bp, T *c, T *h, T *y, T *cg,        \
+                                  fl_i64 H, T *cr, int use_peep, int use_clip, T clip)    \
+{                                                                                          \
+    (void) z; (void) bp; (void) c; (void) h; (void) y; (void) cg; (void) H; (void) cr;     \
+    (void) use_peep; (void) use_clip; (void) clip;                                         \
+}
+FL_PK_CELL_TRAIN_STUB(float, f)
+FL_PK_CELL_TRAIN_STUB(double, d)
 #endif
 
 /* ---- one thread's share of the whole sequence ---------------------------------------
@@ -756,6 +806,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
     const int inf = FL_PK_HAS_INF && fast && !s->cache_c && !s->cache_gates;               \
+    const int train = FL_PK_HAS_INF && fast && s->cache_c && s->cache_gates;               \
     const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
     T *const G = s->G + (fl_i64) tb * Z4 * ((fl_i64) r0 * P + (fl_i64) N * p0);           \
     const T *hp = s->h0;                                                                   \
@@ -875,6 +926,13 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     if (inf && nu == NU) {                                                 \
                         fl_pk_cell_inf##SUF(zr, bp, c, hnr, s->Y + row * H + u0,           \
                                             s->use_peep, s->use_clip, s->clip);            \
+                        continue;                                                          \
+                    }                                                                      \
+                    if (train && nu == NU) {                                               \
+                        fl_pk_cell_train##SUF(zr, bp, c, hnr, s->Y + row * H + u0,         \
+                                              s->cache_gates + row * H4 + u0, H,           \
+                                              s->cache_c + row * H + u0, s->use_peep,      \
+                                              s->use_clip, s->clip);                       \
                         continue;                                                          \
                     }                                                                      \
                     FL_PK_CPY(cp, c, nu);                                                  \
