@@ -255,6 +255,7 @@ cdef extern from *:
                            double clip, int act, int rec, double *dpeep, double *w) noexcept nogil
 
 cdef extern from "fl_packed.h" nogil:
+    int FL_ACT_TANH, FL_REC_SIGMOID
     int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
     int fl_pk_get_isa() noexcept
     int fl_pk_set_isa(int isa) noexcept
@@ -264,6 +265,10 @@ cdef extern from "fl_packed.h" nogil:
     size_t fl_pk_packT_sized(int n, int K) noexcept
     void fl_pk_packTf(int n, int K, const float *B, float *out) noexcept
     void fl_pk_packTd(int n, int K, const double *B, double *out) noexcept
+    int fl_pk_bwdf(int H, const float *dm, float *dc, const float *c_raw, const float *c_prev,
+                   float *g, float *dz2) noexcept
+    int fl_pk_bwdd(int H, const double *dm, double *dc, const double *c_raw,
+                   const double *c_prev, double *g, double *dz2) noexcept
     void fl_pk_dotTf(int m, int n, int K, const float *A, long long lda, const float *packed,
                      float *C, long long ldc, float *ztmp) noexcept
     void fl_pk_dotTd(int m, int n, int K, const double *A, long long lda,
@@ -297,6 +302,14 @@ cdef inline void _pointwise(int H, const floating *dm, floating *dc, const float
                           dpeep, w)
     else:
         fl_pointwise_bwdd(H, dm, dc, c_raw, c_prev, g, peep, use_clip, clip, act, rec, dpeep, w)
+
+
+cdef inline int _bwd_fast(int H, const floating *dm, floating *dc, const floating *c_raw,
+                          const floating *c_prev, floating *g, floating *dz2) noexcept nogil:
+    if floating is float:
+        return fl_pk_bwdf(H, dm, dc, c_raw, c_prev, g, dz2)
+    else:
+        return fl_pk_bwdd(H, dm, dc, c_raw, c_prev, g, dz2)
 
 
 cdef inline void _dotT(int m, int n, int K, const floating *A, i64 lda, const floating *packed,
@@ -398,6 +411,9 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
     cdef floating clip
     cdef int n, k, j, t, L, kmax
     cdef bint all_active
+    # the common case runs in fl_packed.h's vector code (on AVX2)
+    cdef bint fast = (s.act == FL_ACT_TANH and s.rec == FL_REC_SIGMOID and not s.use_cclip
+                      and peep == NULL)
     cdef i64 row, prow
 
     DG = <floating *> calloc(<size_t> nr * H4, sizeof(floating))
@@ -480,6 +496,9 @@ cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
                 cp = cpb
             else:
                 cp = CC + prow * H
+            if (fast and _bwd_fast(H, dmc, dc + <i64> n * H, CC + row * H, cp, G + row * H4,
+                                   DG + <i64> (n - r0) * H4) == 0):
+                continue
             _pointwise(H, dmc, dc + <i64> n * H, CC + row * H, cp, G + row * H4, peep,
                        s.use_cclip, s.cclip, s.act, s.rec, dpeep, work)
             memcpy(DG + <i64> (n - r0) * H4, G + row * H4, H4 * sizeof(floating))

@@ -725,6 +725,88 @@ FL_PK_CELL_TRAIN(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_CELL_TRAIN(double, d, FL_PK_NU_D, fl_pk_vd)
 #define FL_PK_HAS_INF 1
 
+/* Backward of one step for one row, for tanh / sigmoid without clip or peepholes (the
+ * backward's common case; see fl_pointwise_bwd in _backward.pyx for the general one):
+ * dm: dL/dm_t (H); dc: dL/dc_t in, dL/dc_{t-1} out; c_raw: c_t; c_prev: c_{t-1};
+ * g: the gates (i, f, g, o) in, dL/dz out, also written to dz2. */
+#define FL_PK_BWD(T, SUF, V, ISA, ATTR)                                                    \
+ATTR FL_PK_MAYBE_UNUSED static void fl_pk_bwd##SUF##_##ISA(int H, const T *dm, T *dc,     \
+                                                           const T *c_raw, const T *c_prev, \
+                                                           T *g, T *dz2)                   \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    int j0, j, n;                                                                          \
+    for (j0 = 0; j0 < H; j0 += VL) {                                                       \
+        T b[11][VL];   /* a partial last vector goes through zero-padded copies */         \
+        const int full = H - j0 >= VL;                                                     \
+        V ig, fg, gg, og, ac, dmv, dcn, dzi, dzf, dzg, dzo;                                \
+        const T *src[7];                                                                   \
+        src[0] = c_raw + j0; src[1] = g + j0; src[2] = g + H + j0; src[3] = g + 2 * H + j0; \
+        src[4] = g + 3 * H + j0; src[5] = dm + j0; src[6] = dc + j0;                       \
+        n = full ? VL : H - j0;                                                            \
+        if (!full) {                                                                       \
+            for (j = 0; j < 7; j++) {                                                      \
+                memset(b[j], 0, sizeof(b[j]));                                             \
+                memcpy(b[j], src[j], (size_t) n * sizeof(T));                              \
+                src[j] = b[j];                                                             \
+            }                                                                              \
+            memset(b[7], 0, sizeof(b[7]));                                                 \
+            memcpy(b[7], c_prev + j0, (size_t) n * sizeof(T));                             \
+        }                                                                                  \
+        ac = fl_pk_tanhv##SUF(FL_PK_VLD(V, src[0]));                                       \
+        ig = FL_PK_VLD(V, src[1]); fg = FL_PK_VLD(V, src[2]);                              \
+        gg = FL_PK_VLD(V, src[3]); og = FL_PK_VLD(V, src[4]);                              \
+        dmv = FL_PK_VLD(V, src[5]);                                                        \
+        dzo = dmv * ac * (og * ((T) 1 - og));                                              \
+        dcn = FL_PK_VLD(V, src[6]) + dmv * og * ((T) 1 - ac * ac);                         \
+        dzi = dcn * gg * (ig * ((T) 1 - ig));                                              \
+        dzf = dcn * FL_PK_VLD(V, full ? c_prev + j0 : b[7]) * (fg * ((T) 1 - fg));         \
+        dzg = dcn * ig * ((T) 1 - gg * gg);                                                \
+        dcn = dcn * fg;                                                                    \
+        if (full) {                                                                        \
+            FL_PK_VST(dc + j0, dcn);                                                       \
+            FL_PK_VST(g + j0, dzi); FL_PK_VST(g + H + j0, dzf);                            \
+            FL_PK_VST(g + 2 * H + j0, dzg); FL_PK_VST(g + 3 * H + j0, dzo);                \
+            FL_PK_VST(dz2 + j0, dzi); FL_PK_VST(dz2 + H + j0, dzf);                        \
+            FL_PK_VST(dz2 + 2 * H + j0, dzg); FL_PK_VST(dz2 + 3 * H + j0, dzo);            \
+        } else {                                                                           \
+            FL_PK_VST(b[8], dcn); memcpy(dc + j0, b[8], (size_t) n * sizeof(T));           \
+            FL_PK_VST(b[8], dzi); FL_PK_VST(b[9], dzf); FL_PK_VST(b[10], dzg);             \
+            memcpy(g + j0, b[8], (size_t) n * sizeof(T));                                  \
+            memcpy(g + H + j0, b[9], (size_t) n * sizeof(T));                              \
+            memcpy(g + 2 * H + j0, b[10], (size_t) n * sizeof(T));                         \
+            memcpy(dz2 + j0, b[8], (size_t) n * sizeof(T));                                \
+            memcpy(dz2 + H + j0, b[9], (size_t) n * sizeof(T));                            \
+            memcpy(dz2 + 2 * H + j0, b[10], (size_t) n * sizeof(T));                       \
+            FL_PK_VST(b[8], dzo);                                                          \
+            memcpy(g + 3 * H + j0, b[8], (size_t) n * sizeof(T));                          \
+            memcpy(dz2 + 3 * H + j0, b[8], (size_t) n * sizeof(T));                        \
+        }                                                                                  \
+    }                                                                                      \
+}
+FL_PK_BWD(float, f, fl_pk_vf, base, )
+FL_PK_BWD(double, d, fl_pk_vd, base, )
+#if FL_PK_X86
+FL_PK_BWD(float, f, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
+FL_PK_BWD(double, d, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
+#endif
+/* returns 0 when done, -1 when the caller must use its general code (no AVX2) */
+#define FL_PK_BWD_DISPATCH(T, SUF)                                                         \
+FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
+                                             const T *c_prev, T *g, T *dz2)                \
+{                                                                                          \
+    if (!FL_PK_X86 || fl_pk_get_isa() != 1) return -1;                                     \
+    FL_PK_BWD_AVX2(SUF)(H, dm, dc, c_raw, c_prev, g, dz2);                                 \
+    return 0;                                                                              \
+}
+#if FL_PK_X86
+#define FL_PK_BWD_AVX2(SUF) fl_pk_bwd##SUF##_avx2
+#else
+#define FL_PK_BWD_AVX2(SUF) fl_pk_bwd##SUF##_base
+#endif
+FL_PK_BWD_DISPATCH(float, f)
+FL_PK_BWD_DISPATCH(double, d)
+
 #else  /* no vector extensions: the same on scalars */
 #define FL_PK_CELL(T, SUF, NU)                                                             \
 static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep,       \
@@ -769,6 +851,15 @@ static void fl_pk_cell_train##SUF(const T *z, const T *bp, T *c, T *h, T *y, T *
 }
 FL_PK_CELL_TRAIN_STUB(float, f)
 FL_PK_CELL_TRAIN_STUB(double, d)
+#define FL_PK_BWD_STUB(T, SUF)                                                             \
+FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
+                                             const T *c_prev, T *g, T *dz2)                \
+{                                                                                          \
+    (void) H; (void) dm; (void) dc; (void) c_raw; (void) c_prev; (void) g; (void) dz2;     \
+    return -1;                                                                             \
+}
+FL_PK_BWD_STUB(float, f)
+FL_PK_BWD_STUB(double, d)
 #endif
 
 /* ---- one thread's share of the whole sequence ---------------------------------------

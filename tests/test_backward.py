@@ -152,6 +152,24 @@ def test_lstm_matches_reference(name, opts, dtype, n_threads, rng):
                                    err_msg=name_)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [1, 3, 8, 13])
+def test_plain_cell_every_width(H, dtype, rng):
+    # the common case (tanh, sigmoid, no clip or peepholes) runs vector code on AVX2:
+    # widths below, at and past a vector, with a partial last vector
+    layer, X, s0, lengths, dY, ds = make_case({"lengths": "mixed"}, rng, dtype, N=5, T=4,
+                                              I=3, H=H)
+    _, _, cache = layer.forward(X, s0, lengths=lengths)
+    dX, d0 = layer.backward(dY, cache, ds)
+    g = reference_grads(layer, X, s0, lengths, dY, ds, False)
+    t = tol(dtype)
+    for name, ana in dict(layer.grads, X=dX, c0=d0.c, h0=d0.h).items():
+        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name, g.get(name))
+        np.testing.assert_allclose(ana, want, rtol=t["rtol"] * 10,
+                                   atol=t["atol"] * 10 * max(1.0, np.abs(want).max()),
+                                   err_msg=name)
+
+
 def test_threads_bit_identical(rng):
     opts = {"peepholes": True, "proj_size": 12, "cell_clip": 0.5, "lengths": "mixed"}
     out = []
