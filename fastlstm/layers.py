@@ -827,6 +827,13 @@ class MultiLSTM(_Module):
 
     def __call__(self, X, initial_state=None, lengths=None, time_major=False):
         """X (N, T, I) -> top layer's Y (N, T, Hout_top), tuple of per-layer final states."""
+        if (initial_state is None and lengths is None and time_major is False
+                and type(X) is np.ndarray and X.dtype == self._dtype and X.ndim == 3
+                and X.shape[2] == self.input_size and X.flags.c_contiguous
+                and X.size < _SMALL_INPUT and _FORCE_PATH is None):
+            out = self._small_call(X)
+            if out is not None:
+                return out
         time_major = _check_time_major(time_major)
         X, N, T = _as_input(X, self._dtype, self.input_size, time_major,
                             out_size=self._peak_width)
@@ -853,6 +860,36 @@ class MultiLSTM(_Module):
                 inp = layer._run(inp, N, T, time_major, c, h, L, False)
                 s = LSTMState(c, h)
             states.append(s)
+        return inp, tuple(states)
+
+    def _small_call(self, X):
+        """A small, ready-made call without state or lengths through plain layers, straight
+        to the small kernel (what ``__call__`` would run, without its general checks), or
+        None when the call is anything else."""
+        N, T = X.shape[0], X.shape[1]
+        if N == 0 or T == 0:
+            return None
+        for layer in self.layers:
+            if (type(layer) is not LSTM or layer.proj_size is not None
+                    or layer.hidden_size > _SMALL_MAX_H
+                    or N * T * 4 * layer.hidden_size * (layer.input_size + layer.hidden_size)
+                    > _SMALL_MAX_WORK):
+                return None
+        dt = self._dtype
+        states = []
+        inp = X
+        for layer in self.layers:
+            H, p = layer.hidden_size, layer._params
+            c = np.zeros((N, H), dt)
+            h = np.zeros((N, H), dt)
+            Y = np.empty((N, T, H), dt)
+            _forward.forward_small(
+                inp.reshape(N * T, layer.input_size), N, T, False, p["W"], p["U"], p["b"],
+                p.get("peepholes"), c, h, Y.reshape(N * T, H), None, False,
+                ACTIVATIONS[layer.activation], RECURRENT_ACTIVATIONS[layer.recurrent_activation],
+                layer.cell_clip, None, None)
+            states.append(LSTMState(c, h))
+            inp = Y
         return inp, tuple(states)
 
     def step(self, x, state=None):

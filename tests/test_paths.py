@@ -169,6 +169,38 @@ def test_packed_time_blocks(force, monkeypatch, path, dtype):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_stack_call(force, dtype):
+    """A small MultiLSTM call without state or lengths goes straight to the small kernel:
+    the same numbers as the general path, and the reference's."""
+    rng = np.random.default_rng(5)
+    stacks = [
+        [_layer(6, 4, dtype, 0), _layer(4, 5, dtype, 1)],                     # the tutorial
+        [_layer(3, 7, dtype, 2, peepholes=True, cell_clip=0.3),
+         _layer(7, 2, dtype, 3, activation="relu", recurrent_activation="hard_sigmoid")],
+        [_layer(3, 4, dtype, 4), _layer(4, 6, dtype, 5, proj_size=2)],        # general path
+    ]
+    for layers_ in stacks:
+        model = fl.MultiLSTM(layers_)
+        for N, T in [(1, 1), (2, 3), (5, 4)]:
+            X = rng.standard_normal((N, T, model.input_size)).astype(dtype)
+            Y, states = model(X)
+            force("small")   # the general path (a layer with a projection: BLAS)
+            Yg, states_g = model(X)
+            force(None)
+            assert np.array_equal(Y, Yg)
+            inp = X
+            for layer, st, stg in zip(model.layers, states, states_g):
+                assert np.array_equal(st.c, stg.c) and np.array_equal(st.h, stg.h)
+                Yr, (cr, hr) = ref.lstm_forward(inp, layer.params, **_options(layer),
+                                                **({"proj_clip": layer.proj_clip}
+                                                   if layer.proj_size else {}))
+                np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+                np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
+                inp = Yr.astype(dtype)
+            np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+
+
 @pytest.mark.parametrize("N", [13, 31, 64])
 def test_packed_rows_split_by_cost(force, N):
     """Threads owning rows get contiguous row blocks of equal cost (rows x steps): with one
