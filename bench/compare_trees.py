@@ -11,13 +11,15 @@ tree::
     python bench/compare_trees.py /tmp/base . --training small,medium
 
 Inference shapes are B,T,I,H (one layer); ``--training`` takes the shapes of
-``bench_training.py`` (forward with cache + backward, ``input_grad=False``).  Prints the
+``bench_training.py`` (forward with cache + backward, ``input_grad=False`` where the build
+has it).  Prints the
 medians, their ratio (above 1: the second tree is faster) and the largest difference
 between the two builds' outputs.
 """
 
 import argparse
 import importlib
+import inspect
 import os
 import sys
 import time
@@ -84,9 +86,13 @@ def training(mods, name, rounds, clock):
         X = rng.normal(size=(shape["B"], shape["T"], shape["I"])).astype(np.float32)
         dY = rng.normal(size=(shape["B"], shape["T"], shape["H"])).astype(np.float32)
 
-        def step(model=model, X=X, dY=dY):
+        # builds older than input_grad compute dX as well
+        kw = ({"input_grad": False}
+              if "input_grad" in inspect.signature(model.backward).parameters else {})
+
+        def step(model=model, X=X, dY=dY, kw=kw):
             _, _, cache = model.forward(X)
-            model.backward(dY, cache, input_grad=False)
+            model.backward(dY, cache, **kw)
 
         step()
         grads.append(model.flat_grads.copy())
