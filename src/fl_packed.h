@@ -11,11 +11,17 @@
  *     [(4 * K + 4 + r) * NU + j]  = peepholes[r, p * NU + j]     (zeros without peepholes)
  *   with zeros for the units past H in the last panel.
  *
- * Each step a thread computes, for its rows and its panels, a tile of MR rows x NU units
- * for each gate, z = [x_t | h_{t-1}] @ [W; U], in MR x 2 vector accumulators (12 of the
- * 16 AVX2 registers), then runs the cell update for those rows and units straight away.
- * The loops use GCC vector extensions, so that the same source compiles to AVX2 + FMA
- * (chosen at run time when the CPU has them) and to the baseline SSE2 of x86-64.
+ * Steps run in time blocks.  A block starts with the input products x_t @ W of all its
+ * steps (tiles of MR (step, row) pairs); then each step a thread computes, for its rows
+ * and its panels, a tile of MR rows x NU units for each gate, adding h_{t-1} @ U to those
+ * products in MR x 2 vector accumulators (12 of the 16 AVX2 registers; tiles of 1-4 rows
+ * take several gates at once), and runs the cell update for those rows and units straight
+ * away.  The microkernels are separate functions per instruction set; the loops use GCC
+ * vector extensions, so that the same source compiles to AVX2 + FMA (chosen at run time
+ * when the CPU has them) and to the baseline SSE2 of x86-64.
+ *
+ * The same microkernels serve the backward's step product dh = dG @ U^T on U packed once
+ * (fl_pk_packT / fl_pk_dotT), and its common gate-gradient case (fl_pk_bwd).
  *
  * With variable lengths the kernel's rows are the batch rows sorted by decreasing length
  * (perm), so that rows past their length gather in whole tiles, which are skipped.
@@ -74,6 +80,17 @@ typedef double fl_pk_vd __attribute__((vector_size(32)));
 #else
 #define FL_PK_X86 0
 #define FL_PK_TARGET_AVX2
+#endif
+
+/* M(T, SUF, NU, V, ISA, ATTR) for float and double, baseline and (on x86) AVX2 + FMA */
+#if FL_PK_X86
+#define FL_PK_FOR_ISAS(M)                                                                  \
+    M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )   \
+    M(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)                             \
+    M(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
+#else
+#define FL_PK_FOR_ISAS(M)                                                                  \
+    M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )
 #endif
 
 /* instruction set used by the packed kernel: 0 baseline, 1 AVX2 + FMA; -1 = not chosen */
@@ -178,7 +195,7 @@ static fl_i64 fl_pk_panel_stride##SUF(int I, int H)                             
     return (4 * ((fl_i64) I + H) + 7) * NU;                                               \
 }                                                                                          \
                                                                                            \
-FL_PK_MAYBE_UNUSED static size_t fl_pk_packed_size##SUF(int I, int H)                                        \
+FL_PK_MAYBE_UNUSED static size_t fl_pk_packed_size##SUF(int I, int H)                     \
 {                                                                                          \
     return (size_t) fl_pk_npanels##SUF(H) * (size_t) fl_pk_panel_stride##SUF(I, H);        \
 }                                                                                          \
@@ -196,8 +213,9 @@ static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)            
                                                                                            \
 /* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels [pa, pb) (top of this  \
  * file); threads pack disjoint panel ranges */                                            \
-FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U, const T *b,              \
-                            const T *peep, T *out, int pa, int pb)                         \
+FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U,       \
+                                               const T *b, const T *peep, T *out, int pa,  \
+                                               int pb)                                     \
 {                                                                                          \
     const int K = I + H;                                                                   \
     const fl_i64 H4 = 4 * (fl_i64) H, PS = fl_pk_panel_stride##SUF(I, H);                \
@@ -346,12 +364,7 @@ static void fl_pk_##NAME##SUF##_##ISA##_##MR(int I, const T *const *xa, int H, c
 
 /* The microkernels are separate functions (not inlined into the long step function), so
  * that the compiler allocates their registers on their own. */
-FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf, base, )
-FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd, base, )
-#if FL_PK_X86
-FL_PK_MK_ALL(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
-FL_PK_MK_ALL(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
-#endif
+FL_PK_FOR_ISAS(FL_PK_MK_ALL)
 
 /* A 4-row tile has only 8 accumulators per gate, barely enough to cover the FMA latency.
  * fl_pk_mkg computes NV of the tile's 8 output vectors (gate q = v / 2, half v % 2) at
@@ -405,17 +418,13 @@ fl_pk_mkg##SUF##_##ISA##_##MR##_##NV(int I, const T *const *xa, int H, const T *
     FL_PK_MKG(T, SUF, NU, V, 3, 3, ISA, ATTR) FL_PK_MKG(T, SUF, NU, V, 3, 2, ISA, ATTR)    \
     FL_PK_MKG(T, SUF, NU, V, 2, 4, ISA, ATTR)    \
     FL_PK_MKG(T, SUF, NU, V, 1, 8, ISA, ATTR)
-FL_PK_MKG_ALL(float, f, FL_PK_NU_F, fl_pk_vf, base, )
-FL_PK_MKG_ALL(double, d, FL_PK_NU_D, fl_pk_vd, base, )
-#if FL_PK_X86
-FL_PK_MKG_ALL(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
-FL_PK_MKG_ALL(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
-#endif
+FL_PK_FOR_ISAS(FL_PK_MKG_ALL)
 #define FL_PK_GROUPED 1
 #else
 #define FL_PK_GROUPED 0
 #define FL_PK_MKG_STUB(T, SUF, MR, NV)                                                         \
-static void fl_pk_mkg##SUF##_base_##MR##_##NV(int I, const T *const *xa, int H, const T *ha,         \
+static void fl_pk_mkg##SUF##_base_##MR##_##NV(int I, const T *const *xa, int H,            \
+                                              const T *ha,                                 \
                                     fl_i64 ldh, const T *B, fl_i64 gs, int v0, T *z,       \
                                     int ldz, int init)                                     \
 {                                                                                          \
@@ -457,7 +466,7 @@ static __attribute__((unused)) void fl_pk_packT##SUF(int n, int K, const T *B, T
 FL_PK_DOTT(float, f, FL_PK_NU_F)
 FL_PK_DOTT(double, d, FL_PK_NU_D)
 
-#define FL_PK_DOTT_RUN(T, SUF, NU, ISA, ATTR)                                              \
+#define FL_PK_DOTT_RUN(T, SUF, NU, V, ISA, ATTR)                                           \
 ATTR static __attribute__((unused)) void                                                   \
 fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *packed,     \
                         T *C, fl_i64 ldc, T *ztmp)                                         \
@@ -486,12 +495,7 @@ fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *pa
         }                                                                                  \
     }                                                                                      \
 }
-FL_PK_DOTT_RUN(float, f, FL_PK_NU_F, base, )
-FL_PK_DOTT_RUN(double, d, FL_PK_NU_D, base, )
-#if FL_PK_X86
-FL_PK_DOTT_RUN(float, f, FL_PK_NU_F, avx2, FL_PK_TARGET_AVX2)
-FL_PK_DOTT_RUN(double, d, FL_PK_NU_D, avx2, FL_PK_TARGET_AVX2)
-#endif
+FL_PK_FOR_ISAS(FL_PK_DOTT_RUN)
 
 /* C (m, n) = A (m, K) @ B^T, B packed by fl_pk_packT; ztmp: FL_PK_MR * NU scratch */
 #define FL_PK_DOTT_DISPATCH(T, SUF)                                                        \
@@ -601,10 +605,11 @@ static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF(V x)            
     return (V) ((VI) r | ((VI) x & sign));                                                 \
 }                                                                                          \
 /* one row, NU units: z (4 x NU) raw products, bp: the panel's bias and peepholes,        \
- * cp: c_{t-1}.  Out: activated gates, raw and clipped c, m = o * tanh(c). */              \
+ * cp: c_{t-1}.  Out: activated gates, raw and clipped c, m = o * tanh(c) (in mm, and in   \
+ * m2 unless NULL).  cn may be cp. */                                                      \
 static inline __attribute__((always_inline)) void                                          \
 fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep, int use_clip,     \
-                     T clip, T *gi, T *gf, T *gg, T *go, T *cr, T *cn, T *mm)              \
+                     T clip, T *gi, T *gf, T *gg, T *go, T *cr, T *cn, T *mm, T *m2)       \
 {                                                                                          \
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
     int v;                                                                                 \
@@ -632,7 +637,9 @@ fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep, int use
         FL_PK_VST(gg + v, g);                                                              \
         FL_PK_VST(go + v, o);                                                              \
         FL_PK_VST(cn + v, c);                                                              \
-        FL_PK_VST(mm + v, o * fl_pk_tanhv##SUF(c));                                        \
+        c = o * fl_pk_tanhv##SUF(c);                                                       \
+        FL_PK_VST(mm + v, c);                                                              \
+        if (m2) FL_PK_VST(m2 + v, c);                                                      \
     }                                                                                      \
 }
 
@@ -683,53 +690,13 @@ fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int use_peep, int
 FL_PK_CELL_INF(float, f, FL_PK_NU_F, fl_pk_vf, fl_pk_vif)
 FL_PK_CELL_INF(double, d, FL_PK_NU_D, fl_pk_vd, fl_pk_vid)
 
-/* Training forward, a whole panel: as fl_pk_cell_fast, written straight to c, h, y, the
- * gate cache (i, f, g, o at cg, cg + H, cg + 2H, cg + 3H) and the raw cell cache cr. */
-#define FL_PK_CELL_TRAIN(T, SUF, NU, V)                                                    \
-static inline __attribute__((always_inline)) void                                          \
-fl_pk_cell_train##SUF(const T *z, const T *bp, T *c, T *h, T *y, T *cg, fl_i64 H, T *cr,   \
-                      int use_peep, int use_clip, T clip)                                  \
-{                                                                                          \
-    enum { VL = sizeof(V) / sizeof(T) };                                                   \
-    int v;                                                                                 \
-    for (v = 0; v < NU; v += VL) {                                                         \
-        V c0 = FL_PK_VLD(V, c + v);                                                        \
-        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
-        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
-        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
-        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
-        V i, f, g, o, cc, m;                                                               \
-        if (use_peep) {                                                                    \
-            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
-            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
-        }                                                                                  \
-        i = fl_pk_sigm##SUF(zi);                                                           \
-        f = fl_pk_sigm##SUF(zf);                                                           \
-        g = fl_pk_tanhv##SUF(zg);                                                          \
-        cc = f * c0 + i * g;                                                               \
-        FL_PK_VST(cr + v, cc);                                                             \
-        if (use_clip) cc = fl_pk_max##SUF(fl_pk_min##SUF(cc, clip), -clip);                \
-        if (use_peep) zo += FL_PK_VLD(V, bp + 6 * NU + v) * cc;                            \
-        o = fl_pk_sigm##SUF(zo);                                                           \
-        m = o * fl_pk_tanhv##SUF(cc);                                                      \
-        FL_PK_VST(cg + v, i);                                                              \
-        FL_PK_VST(cg + H + v, f);                                                          \
-        FL_PK_VST(cg + 2 * H + v, g);                                                      \
-        FL_PK_VST(cg + 3 * H + v, o);                                                      \
-        FL_PK_VST(c + v, cc);                                                              \
-        FL_PK_VST(h + v, m);                                                               \
-        FL_PK_VST(y + v, m);                                                               \
-    }                                                                                      \
-}
-FL_PK_CELL_TRAIN(float, f, FL_PK_NU_F, fl_pk_vf)
-FL_PK_CELL_TRAIN(double, d, FL_PK_NU_D, fl_pk_vd)
 #define FL_PK_HAS_INF 1
 
 /* Backward of one step for one row, for tanh / sigmoid without clip or peepholes (the
  * backward's common case; see fl_pointwise_bwd in _backward.pyx for the general one):
  * dm: dL/dm_t (H); dc: dL/dc_t in, dL/dc_{t-1} out; c_raw: c_t; c_prev: c_{t-1};
  * g: the gates (i, f, g, o) in, dL/dz out, also written to dz2. */
-#define FL_PK_BWD(T, SUF, V, ISA, ATTR)                                                    \
+#define FL_PK_BWD(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR FL_PK_MAYBE_UNUSED static void fl_pk_bwd##SUF##_##ISA(int H, const T *dm, T *dc,     \
                                                            const T *c_raw, const T *c_prev, \
                                                            T *g, T *dz2)                   \
@@ -784,12 +751,7 @@ ATTR FL_PK_MAYBE_UNUSED static void fl_pk_bwd##SUF##_##ISA(int H, const T *dm, T
         }                                                                                  \
     }                                                                                      \
 }
-FL_PK_BWD(float, f, fl_pk_vf, base, )
-FL_PK_BWD(double, d, fl_pk_vd, base, )
-#if FL_PK_X86
-FL_PK_BWD(float, f, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
-FL_PK_BWD(double, d, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
-#endif
+FL_PK_FOR_ISAS(FL_PK_BWD)
 /* returns 0 when done, -1 when the caller must use its general code (no AVX2) */
 #define FL_PK_BWD_DISPATCH(T, SUF)                                                         \
 FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
@@ -811,7 +773,7 @@ FL_PK_BWD_DISPATCH(double, d)
 #define FL_PK_CELL(T, SUF, NU)                                                             \
 static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_peep,       \
                                  int use_clip, T clip, T *gi, T *gf, T *gg, T *go, T *cr,  \
-                                 T *cn, T *mm)                                             \
+                                 T *cn, T *mm, T *m2)                                      \
 {                                                                                          \
     int j;                                                                                 \
     for (j = 0; j < NU; j++) {                                                             \
@@ -828,6 +790,7 @@ static void fl_pk_cell_fast##SUF(const T *z, const T *bp, const T *cp, int use_p
         go[j] = fl_sigmoid##SUF(zo);                                                       \
         cn[j] = c;                                                                         \
         mm[j] = go[j] * fl_tanh##SUF(c);                                                   \
+        if (m2) m2[j] = mm[j];                                                             \
     }                                                                                      \
 }
 FL_PK_CELL(float, f, FL_PK_NU_F)
@@ -842,15 +805,6 @@ static void fl_pk_cell_inf##SUF(const T *z, const T *bp, T *c, T *h, T *y, int u
 }
 FL_PK_CELL_INF_STUB(float, f)
 FL_PK_CELL_INF_STUB(double, d)
-#define FL_PK_CELL_TRAIN_STUB(T, SUF)                                                      \
-static void fl_pk_cell_train##SUF(const T *z, const T *bp, T *c, T *h, T *y, T *cg,        \
-                                  fl_i64 H, T *cr, int use_peep, int use_clip, T clip)    \
-{                                                                                          \
-    (void) z; (void) bp; (void) c; (void) h; (void) y; (void) cg; (void) H; (void) cr;     \
-    (void) use_peep; (void) use_clip; (void) clip;                                         \
-}
-FL_PK_CELL_TRAIN_STUB(float, f)
-FL_PK_CELL_TRAIN_STUB(double, d)
 #define FL_PK_BWD_STUB(T, SUF)                                                             \
 FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
                                              const T *c_prev, T *g, T *dz2)                \
@@ -897,7 +851,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
     const int inf = FL_PK_HAS_INF && fast && !s->cache_c && !s->cache_gates;               \
-    const int train = FL_PK_HAS_INF && fast && s->cache_c && s->cache_gates;               \
+    const int train = fast && s->cache_c && s->cache_gates;                                \
     const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
     T *const G = s->G + (fl_i64) tb * Z4 * ((fl_i64) r0 * P + (fl_i64) N * p0);           \
     const T *hp = s->h0;                                                                   \
@@ -1019,18 +973,19 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                             s->use_peep, s->use_clip, s->clip);            \
                         continue;                                                          \
                     }                                                                      \
-                    if (train && nu == NU) {                                               \
-                        fl_pk_cell_train##SUF(zr, bp, c, hnr, s->Y + row * H + u0,         \
-                                              s->cache_gates + row * H4 + u0, H,           \
-                                              s->cache_c + row * H + u0, s->use_peep,      \
-                                              s->use_clip, s->clip);                       \
+                    if (train && nu == NU) {   /* straight to the outputs and the cache */ \
+                        T *cg = s->cache_gates + row * H4 + u0;                            \
+                        fl_pk_cell_fast##SUF(zr, bp, c, s->use_peep, s->use_clip, s->clip, \
+                                             cg, cg + H, cg + 2 * H, cg + 3 * H,           \
+                                             s->cache_c + row * H + u0, c, hnr,            \
+                                             s->Y + row * H + u0);                         \
                         continue;                                                          \
                     }                                                                      \
                     FL_PK_CPY(cp, c, nu);                                                  \
                     for (j = nu; j < NU; j++) cp[j] = 0;                                   \
                     if (fast) {                                                            \
                         fl_pk_cell_fast##SUF(zr, bp, cp, s->use_peep, s->use_clip, s->clip,\
-                                             gi, gf, gg, go, cr, cn, mm);                  \
+                                             gi, gf, gg, go, cr, cn, mm, NULL);            \
                         if (s->cache_c) FL_PK_CPY(s->cache_c + row * H + u0, cr, nu);      \
                     } else {                                                               \
                         for (j = 0; j < NU; j++) {                                         \
@@ -1096,14 +1051,10 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     }                                                                                      \
 }
 
-FL_PK_RUN(float, f, FL_PK_NU_F, fl_pk_vf, base, )
-FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, base, )
-#if FL_PK_X86
-FL_PK_RUN(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)
-FL_PK_RUN(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
-#endif
+FL_PK_FOR_ISAS(FL_PK_RUN)
 
-FL_PK_MAYBE_UNUSED static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
+FL_PK_MAYBE_UNUSED static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0,
+                                          int p1, int sync,
                        const float **xrows)
 {
 #if FL_PK_X86
@@ -1115,7 +1066,8 @@ FL_PK_MAYBE_UNUSED static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, i
     fl_pk_runf_base(s, b0, b1, p0, p1, sync, xrows);
 }
 
-FL_PK_MAYBE_UNUSED static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
+FL_PK_MAYBE_UNUSED static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0,
+                                          int p1, int sync,
                        const double **xrows)
 {
 #if FL_PK_X86

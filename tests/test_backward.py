@@ -542,28 +542,18 @@ def isa(request):
         _backward.set_isa("auto")
 
 
+@pytest.mark.parametrize("product", ["dot_nt", "dot_nt_packed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_step_product_kernel(isa, dtype, rng):
+def test_step_product_kernel(isa, dtype, product, rng):
+    # dot_nt: packing-free; dot_nt_packed: U packed once (row tiles of 1..6 rows, a partial
+    # last panel of output units); both against float64 NumPy
     from fastlstm import _backward
-    for m, n, K in [(1, 1, 1), (3, 5, 7), (4, 16, 64), (7, 3, 9), (8, 33, 130), (5, 2, 0)]:
+    for m, n, K in [(1, 1, 1), (3, 5, 7), (4, 16, 64), (7, 3, 9), (8, 33, 130), (5, 2, 0),
+                    (5, 17, 9), (6, 16, 64), (13, 40, 130), (2, 33, 4)]:
         A = rng.normal(size=(m, K)).astype(dtype)
         B = rng.normal(size=(n, K)).astype(dtype)
         C = np.full((m, n), np.nan, dtype)
-        _backward.dot_nt(A, B, C)
-        np.testing.assert_allclose(C, A.astype(np.float64) @ B.T.astype(np.float64),
-                                   **tol(dtype), err_msg=str((m, n, K)))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_packed_step_product(isa, dtype, rng):
-    # the backward's step product with U packed once: row tiles of 1..6 rows, a partial
-    # last panel of output units, against float64 NumPy
-    from fastlstm import _backward
-    for m, n, K in [(1, 1, 1), (5, 17, 9), (6, 16, 64), (13, 40, 130), (7, 8, 3), (2, 33, 4)]:
-        A = rng.normal(size=(m, K)).astype(dtype)
-        B = rng.normal(size=(n, K)).astype(dtype)
-        C = np.full((m, n), np.nan, dtype)
-        _backward.dot_nt_packed(A, B, C)
+        getattr(_backward, product)(A, B, C)
         np.testing.assert_allclose(C, A.astype(np.float64) @ B.T.astype(np.float64),
                                    **tol(dtype), err_msg=str((m, n, K)))
 
