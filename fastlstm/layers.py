@@ -475,8 +475,9 @@ class LSTM(_Module):
         if self.proj_size is not None or (force is None and not _PACKED) or force == "blas":
             return None
         step_work = N * 4 * self.hidden_size * (self.input_size + self.hidden_size)
-        if force is None and step_work * T < _PACKED_MIN_WORK_THREADED:
-            return 1, True
+        if force is None and (step_work * T < _PACKED_MIN_WORK_THREADED or (
+                N < _PACKED_ROW_TILE + 1 and step_work < _PACKED_MIN_STEP_WORK_UNITS)):
+            return 1, True      # one thread whatever n_threads is (decided before asking)
         nt = _threads.resolve_n_threads(self.n_threads)
         if force == "packed-rows" or force == "packed-units":
             return nt, force == "packed-rows"
