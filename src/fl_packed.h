@@ -1053,30 +1053,21 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
 
 FL_PK_FOR_ISAS(FL_PK_RUN)
 
-FL_PK_MAYBE_UNUSED static void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0,
-                                          int p1, int sync,
-                       const float **xrows)
-{
+/* one thread's share (fl_pk_run##SUF##_##ISA) on the instruction set in use */
 #if FL_PK_X86
-    if (fl_pk_get_isa() == 1) {
-        fl_pk_runf_avx2(s, b0, b1, p0, p1, sync, xrows);
-        return;
-    }
+#define FL_PK_RUN_AVX2(SUF, ...)                                                           \
+    if (fl_pk_get_isa() == 1) { fl_pk_run##SUF##_avx2(__VA_ARGS__); return; }
+#else
+#define FL_PK_RUN_AVX2(SUF, ...)
 #endif
-    fl_pk_runf_base(s, b0, b1, p0, p1, sync, xrows);
+#define FL_PK_RUN_DISPATCH(T, SUF)                                                         \
+FL_PK_MAYBE_UNUSED static void fl_pk_run##SUF(const fl_pk_cfg##SUF *s, int b0, int b1,     \
+                                              int p0, int p1, int sync, const T **xrows)   \
+{                                                                                          \
+    FL_PK_RUN_AVX2(SUF, s, b0, b1, p0, p1, sync, xrows)                                    \
+    fl_pk_run##SUF##_base(s, b0, b1, p0, p1, sync, xrows);                                 \
 }
-
-FL_PK_MAYBE_UNUSED static void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0,
-                                          int p1, int sync,
-                       const double **xrows)
-{
-#if FL_PK_X86
-    if (fl_pk_get_isa() == 1) {
-        fl_pk_rund_avx2(s, b0, b1, p0, p1, sync, xrows);
-        return;
-    }
-#endif
-    fl_pk_rund_base(s, b0, b1, p0, p1, sync, xrows);
-}
+FL_PK_RUN_DISPATCH(float, f)
+FL_PK_RUN_DISPATCH(double, d)
 
 #endif
