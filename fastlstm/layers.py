@@ -6,6 +6,7 @@ compiled kernels; the kernels trust it.  Maths and layouts: SPEC.md Part A.
 
 import numbers
 import os
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -32,11 +33,24 @@ _CHUNK_CORES = _threads.usable_cores()
 # A call of fewer than _PACKED_MIN_WORK_THREADED multiply-adds runs on one thread.  Above,
 # threads own blocks of rows (no synchronisation) when every thread gets one of the
 # kernel's row tiles (_PACKED_ROW_TILE rows at most); with fewer rows, threads own blocks
-# of hidden units (one barrier per step) if a step holds at least
-# _PACKED_MIN_STEP_WORK_UNITS multiply-adds.  Every split gives bit-identical results.
+# of hidden units (a spinning wait per step, ~0.1 us) if a step holds at least
+# _PACKED_MIN_STEP_WORK_UNITS multiply-adds (measured at batch 1, interleaved: 3.8 Ki
+# multiply-adds a step run 1.2x faster on two threads, 1.5 Ki no faster).  Every split
+# gives bit-identical results.
 _PACKED_MIN_WORK_THREADED = 1 << 21
-_PACKED_MIN_STEP_WORK_UNITS = 1 << 15
+_PACKED_MIN_STEP_WORK_UNITS = 1 << 12
 _PACKED_ROW_TILE = 6
+# Threads owning units wait for each other at every step.  With more busy threads than
+# cores (say, two processes of two threads on two cores) a partner is often not running,
+# and the kernel reports those waits (over ~50 us each; they cost far more than the step).
+# A call where more than 1 in _UNIT_SPLIT_SLOW_SHARE steps had one makes the next calls
+# run on one thread (same results) for a while: _UNIT_SPLIT_BACKOFF seconds at first,
+# doubled each time it happens again, up to _UNIT_SPLIT_BACKOFF_MAX, and halved by each
+# split call that ran without them.
+_UNIT_SPLIT_SLOW_SHARE = 20
+_UNIT_SPLIT_BACKOFF = 1.0
+_UNIT_SPLIT_BACKOFF_MAX = 60.0
+_unit_split = {"until": 0.0, "delay": 0.0}
 # The packed kernel computes the input products of a block of steps ahead of the
 # recurrence, in a buffer of at most this many elements (at least one step).
 _PACKED_BLOCK_ELEMENTS = 1 << 18
@@ -202,6 +216,17 @@ def _as_state(state, N, H, Hout, dtype, name):
     if h.shape != (N, Hout):
         raise ValueError(f"{name}.h must have shape ({N}, {Hout}) [batch, output_size], got {h.shape}")
     return np.array(c, dtype=dtype, order="C", copy=True), np.array(h, dtype=dtype, order="C", copy=True)
+
+
+def _unit_split_done(slow, T):
+    """Back-off bookkeeping after a call whose threads owned units (see _unit_split)."""
+    state = _unit_split
+    if slow * _UNIT_SPLIT_SLOW_SHARE > T:
+        state["delay"] = min(max(2 * state["delay"], _UNIT_SPLIT_BACKOFF),
+                             _UNIT_SPLIT_BACKOFF_MAX)
+        state["until"] = time.monotonic() + state["delay"]
+    elif state["delay"]:
+        state["delay"] = state["delay"] / 2 if state["delay"] > _UNIT_SPLIT_BACKOFF else 0.0
 
 
 def _check_time_major(time_major):
@@ -484,6 +509,8 @@ class LSTM(_Module):
         if nt > 1 and (N + _PACKED_ROW_TILE - 1) // _PACKED_ROW_TILE >= nt:
             return nt, True
         if nt > 1 and step_work >= _PACKED_MIN_STEP_WORK_UNITS:
+            if force is None and time.monotonic() < _unit_split["until"]:
+                return 1, True      # backing off: see _UNIT_SPLIT_SLOW_SHARE
             return nt, False
         return 1, True
 
@@ -506,11 +533,13 @@ class LSTM(_Module):
             cache = cache or {}
             if plan[0] > 1:
                 _threads._state["omp_used"] = True   # fork safety (see _threads)
-            _forward.forward_packed(
+            slow = _forward.forward_packed(
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
                 lengths, reverse, ACTIVATIONS[self.activation],
                 RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip, plan[0],
                 plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"))
+            if plan[0] > 1 and not plan[1]:
+                _unit_split_done(slow, T)
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
         chunks = self._chunks_for(N)

@@ -15,7 +15,7 @@ the cache.  With ``n_threads > 1`` each thread owns a block of batch rows for th
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
 from _omp cimport fl_omp_enabled, fl_omp_max_threads
@@ -31,6 +31,8 @@ cdef extern from "fl_pointwise.h" nogil:
     void fl_clip_inplaced(double *v, int n, double clip) noexcept
 
 cdef extern from "fl_packed.h" nogil:
+    ctypedef struct fl_pk_spin:
+        int slow
     ctypedef struct fl_pk_cfgf:
         int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
         long long rn, rt
@@ -50,6 +52,7 @@ cdef extern from "fl_packed.h" nogil:
         float *cache_c
         int tb
         float *G
+        fl_pk_spin *spin
     ctypedef struct fl_pk_cfgd:
         int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
         long long rn, rt
@@ -69,6 +72,7 @@ cdef extern from "fl_packed.h" nogil:
         double *cache_c
         int tb
         double *G
+        fl_pk_spin *spin
     int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
     size_t fl_pk_packed_sizef(int I, int H) noexcept
     size_t fl_pk_packed_sized(int I, int H) noexcept
@@ -426,8 +430,11 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     ``block_elements``: size of the input-product buffer (the steps of a time block, at
     least one step); results do not depend on it either.
     cache_gates (N*T, 4H) and cache_c (N*T, H): optional training cache, as ``forward``.
+    Returns the number of per-step waits (threads owning units) that found a partner
+    thread not running (see fl_pk_spin in fl_packed.h): more busy threads than cores.
     """
     cdef int I = W.shape[0], H = b.shape[0] // 4, P, nteam, kmax = T, n, sz_z, tb
+    cdef int slow = 0
     cdef int tid = 0, nt = 1, r0 = 0, r1 = 0, p0 = 0, p1 = 0, nb = fl_pk_nblocks(N)
     cdef size_t fsz = sizeof(floating)
     cdef fl_pk_cfgf sf
@@ -440,6 +447,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef const floating **xr = NULL
     cdef const int *pperm = NULL
     cdef long long *cost = NULL
+    cdef fl_pk_spin *spin = NULL
     cdef int blk, rb
     cdef long long Lb
     cdef const floating *ph0 = &h[0, 0]
@@ -447,7 +455,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating[:, ::1] h_sorted
 
     if N <= 0 or T <= 0:
-        return
+        return 0
     if lengths is not None and N > 1:
         # rows by decreasing length: finished rows gather in whole tiles, which are skipped
         perm = np.argsort(-np.asarray(lengths), kind="stable").astype(np.intc)
@@ -481,9 +489,12 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     gbuf = <floating *> fl_pk_alloc(<size_t> tb * N * P * sz_z * fsz)
     xr = <const floating **> malloc(<size_t> nteam * tb * N * sizeof(floating *))
     cost = <long long *> malloc((<size_t> nb + 1) * sizeof(long long))
+    spin = <fl_pk_spin *> fl_pk_alloc(sizeof(fl_pk_spin))
+    if spin != NULL:
+        memset(spin, 0, sizeof(fl_pk_spin))
     try:
         if (packed == NULL or zero_row == NULL or hbuf == NULL or gbuf == NULL or xr == NULL
-                or cost == NULL):
+                or cost == NULL or spin == NULL):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         # cumulative cost of the row blocks (rows x steps while any of its rows is running;
         # rows are sorted by decreasing length, so that is the first row's length), for
@@ -512,6 +523,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sf.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
             sf.tb = tb; sf.G = <float *> gbuf
+            sf.spin = spin
             cfg = &sf
         else:
             sd.N = N; sd.steps = T; sd.In = I; sd.H = H; sd.kmax = kmax
@@ -530,6 +542,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sd.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
             sd.tb = tb; sd.G = <double *> gbuf
+            sd.spin = spin
             cfg = &sd
         with nogil:
             if nteam == 1:
@@ -556,15 +569,18 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                         r1 = nb
                         p0 = <int> ((<i64> tid * P) // nt)
                         p1 = <int> ((<i64> (tid + 1) * P) // nt)
-                    _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else 1,
+                    _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else nt,
                             xr + <size_t> tid * tb * N)
+        slow = spin.slow
     finally:
         fl_pk_free(packed)
+        fl_pk_free(spin)
         free(zero_row)
         fl_pk_free(hbuf)
         fl_pk_free(gbuf)
         free(xr)
         free(cost)
+    return slow
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@
 #endif
 
 /* wait for the rest of the OpenMP team (orphaned barrier: binds to the caller's region) */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((unused))
+#endif
 static void fl_pk_barrier(void)
 {
 #ifdef _OPENMP
@@ -53,6 +56,50 @@ static void fl_pk_barrier(void)
 }
 
 typedef long long fl_i64;
+
+/* The per-step wait of threads that own hidden units: a spinning barrier on one cache line
+ * (libgomp's barrier costs ~0.3 us on the development machine, and a step at batch 1 is
+ * about 1 us).  count: threads arrived; gen: completed waits; slow: waits that outlasted
+ * FL_PK_SPIN_POLLS polls with PAUSE (~50 us), after which the waiting thread yields its CPU
+ * at every poll: the partner is not running (more busy threads than cores), and the
+ * caller, told so, stops splitting units for a while.  Acquire/release order makes every
+ * write before the wait visible to every thread after it. */
+typedef struct { int count, gen, slow; char pad[52]; } fl_pk_spin;
+#define FL_PK_SPIN_POLLS 2000
+#if defined(__GNUC__) || defined(__clang__)
+#define FL_PK_SPIN_FN static __attribute__((unused))
+#else
+#define FL_PK_SPIN_FN static
+#endif
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__unix__)
+#include <sched.h>
+FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
+{
+    const int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
+    long polls = 0;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nt) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->gen, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen) {
+        if (polls++ < FL_PK_SPIN_POLLS) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            if (polls == FL_PK_SPIN_POLLS + 1) __atomic_add_fetch(&b->slow, 1, __ATOMIC_RELAXED);
+            sched_yield();
+        }
+    }
+}
+#else
+FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
+{
+    (void) b; (void) nt;
+    fl_pk_barrier();
+}
+#endif
 
 /* helpers a module including this file may not use */
 #if defined(__GNUC__) || defined(__clang__)
@@ -186,6 +233,7 @@ typedef struct {                                                                
     T *cache_c;               /* (N*T, H) pre-clip cell state, or NULL */                  \
     int tb;                   /* steps per time block (input products computed ahead) */  \
     T *G;                     /* tb * N * P * 4 * NU: x_t @ W of a time block */           \
+    fl_pk_spin *spin;         /* the per-step wait of threads owning units (zeroed) */    \
 } fl_pk_cfg##SUF;                                                                          \
                                                                                            \
 static int fl_pk_npanels##SUF(int H) { return (H + NU - 1) / NU; }                         \
@@ -838,7 +886,7 @@ FL_PK_BWD_STUB(double, d)
  * Rows are cut into fl_pk_nblocks(N) blocks of at most FL_PK_MR rows, of sizes that
  * differ by at most one and depend on N only (so a row is always computed by the same
  * tile, whatever the number of threads).  A thread runs row blocks [b0, b1) and unit
- * panels [p0, p1); sync: wait for the other threads after each step
+ * panels [p0, p1); sync: the number of threads that wait for each other after each step
  * (they own other units of the same rows).  xrows: scratch of s->tb * (r1 - r0) pointers.
  *
  * Steps run in time blocks of s->tb.  A block starts with the input products of all its
@@ -1050,7 +1098,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
-        if (sync) fl_pk_barrier();                                                          \
+        if (sync > 1) fl_pk_spin_wait(s->spin, sync);                                      \
         hp = hn;                                                                           \
         hn = hn == s->hbuf0 ? s->hbuf1 : s->hbuf0;                                         \
         }                                                                                  \

@@ -297,3 +297,94 @@ def test_peak_memory_does_not_grow_with_T(path):
     assert extra[40_000] - extra[10_000] < 4 << 20, extra
     # and it stays within the bounded time-block workspace (16 MiB) plus slack
     assert extra[40_000] < 24 << 20, extra
+
+
+def test_unit_split_many_threads_and_oversubscribed(force):
+    """Threads owning hidden units wait for each other at every step (a spinning wait):
+    with as many threads as panels, and with two Python threads each running a two-thread
+    call (more busy threads than cores on a small machine, where the waits find their
+    partner descheduled), every call finishes with the one-thread result."""
+    import threading
+
+    force("packed-units")
+    rng = np.random.default_rng(5)
+    I, H, T = 7, 70, 150            # 5 panels of 16 units
+    X = rng.standard_normal((2, T, I)).astype(np.float32)
+    base = _layer(I, H, np.float32, 3, n_threads=1)
+    want = [base(X[:1])[0], base(X)[0]]
+    for nt in (2, 3, 5, 8):
+        layer = _layer(I, H, np.float32, 3, n_threads=nt)
+        assert np.array_equal(layer(X[:1])[0], want[0])
+        assert np.array_equal(layer(X)[0], want[1])
+    layer = _layer(I, H, np.float32, 3, n_threads=2)
+    bad = []
+
+    def work(k):
+        for _ in range(15):
+            if not np.array_equal(layer(X[:1 + k])[0], want[k]):
+                bad.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert bad == []
+
+
+def test_unit_split_backs_off(monkeypatch):
+    """Calls whose unit-owning threads kept finding a partner not running make the next
+    calls run on one thread for a while (doubling while it keeps happening, up to a cap,
+    halving after clean calls); forced paths ignore it."""
+    now = [1000.0]
+    monkeypatch.setattr(layers.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
+    monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 2)
+    monkeypatch.setattr(layers, "_FORCE_PATH", None)
+    monkeypatch.setattr(layers, "_PACKED", True)
+    layer = fl.LSTM(64, 128, n_threads=2)
+    T = 100
+    assert layer._packed_plan(1, T) == (2, False)
+    layers._unit_split_done(T // layers._UNIT_SPLIT_SLOW_SHARE, T)   # not more than 1 in 20
+    assert layer._packed_plan(1, T) == (2, False)
+    layers._unit_split_done(T // layers._UNIT_SPLIT_SLOW_SHARE + 1, T)
+    assert layer._packed_plan(1, T) == (1, True)
+    assert layer._packed_plan(8, T) == (2, True)          # rows need no per-step wait
+    monkeypatch.setattr(layers, "_FORCE_PATH", "packed-units")
+    assert layer._packed_plan(1, T) == (2, False)
+    monkeypatch.setattr(layers, "_FORCE_PATH", None)
+    now[0] += layers._UNIT_SPLIT_BACKOFF + 0.01
+    assert layer._packed_plan(1, T) == (2, False)
+    delays = []
+    for _ in range(12):
+        layers._unit_split_done(T, T)
+        delays.append(layers._unit_split["delay"])
+    assert delays[:3] == [2.0, 4.0, 8.0] and max(delays) == layers._UNIT_SPLIT_BACKOFF_MAX
+    now[0] += 1e4
+    layers._unit_split_done(0, T)
+    assert layers._unit_split["delay"] == layers._UNIT_SPLIT_BACKOFF_MAX / 2
+    for _ in range(10):
+        layers._unit_split_done(0, T)
+    assert layers._unit_split["delay"] == 0.0
+
+
+def test_forward_packed_reports_slow_waits():
+    """forward_packed returns how many per-step waits found a partner not running: 0 when
+    no thread waits (one thread, or threads owning rows)."""
+    rng = np.random.default_rng(2)
+    layer = _layer(5, 20, np.float32, 1, n_threads=1)
+    p = layer.params
+    X = rng.standard_normal((3 * 9, 5)).astype(np.float32)
+    for nt, by_rows in ((1, True), (1, False), (2, True)):
+        c = np.zeros((3, 20), np.float32)
+        h = np.zeros((3, 20), np.float32)
+        Y = np.empty((27, 20), np.float32)
+        slow = _forward.forward_packed(X, 3, 9, False, p["W"], p["U"], p["b"], None, c, h,
+                                       Y, None, False, 0, 0, None, nt, by_rows, 1 << 18)
+        assert slow == 0
+    c = np.zeros((3, 20), np.float32)
+    h = np.zeros((3, 20), np.float32)
+    slow = _forward.forward_packed(X, 3, 9, False, p["W"], p["U"], p["b"], None, c, h, Y,
+                                   None, False, 0, 0, None, 2, False, 1 << 18)
+    assert isinstance(slow, int) and 0 <= slow <= 9
