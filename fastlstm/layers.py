@@ -899,28 +899,18 @@ class MultiLSTM(_Module):
         N, T = X.shape[0], X.shape[1]
         if N == 0 or T == 0:
             return None
+        specs = []
         for layer in self.layers:
             if (type(layer) is not LSTM or layer.proj_size is not None
                     or layer.hidden_size > _SMALL_MAX_H
                     or N * T * 4 * layer.hidden_size * (layer.input_size + layer.hidden_size)
                     > _SMALL_MAX_WORK):
                 return None
-        dt = self._dtype
-        states = []
-        inp = X
-        for layer in self.layers:
-            H, p = layer.hidden_size, layer._params
-            c = np.zeros((N, H), dt)
-            h = np.zeros((N, H), dt)
-            Y = np.empty((N, T, H), dt)
-            _forward.forward_small(
-                inp.reshape(N * T, layer.input_size), N, T, False, p["W"], p["U"], p["b"],
-                p.get("peepholes"), c, h, Y.reshape(N * T, H), None, False,
-                ACTIVATIONS[layer.activation], RECURRENT_ACTIVATIONS[layer.recurrent_activation],
-                layer.cell_clip, None, None)
-            states.append(LSTMState(c, h))
-            inp = Y
-        return inp, tuple(states)
+            p = layer._params
+            specs.append((p["W"], p["U"], p["b"], p.get("peepholes"),
+                          ACTIVATIONS[layer.activation],
+                          RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip))
+        return _forward.stack_small(X, specs, LSTMState)
 
     def step(self, x, state=None):
         """One time step through every layer: x (N, I) -> top output, tuple of states."""

@@ -696,3 +696,36 @@ def step_fast(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_t
     _small(tn, <int> N, 1, I, H, 1, 1, x, W, U, b, peepholes, NULL, False, act, rec,
            cell_clip, c, h, out, None, None)
     return out, tuple.__new__(state_type, (c, h))
+
+
+def stack_small(cnp.ndarray X, list specs, state_type):
+    """A stack of plain layers on the small kernel, one layer after the other, in one call:
+    what ``MultiLSTM`` runs for a small stateless call (its checks done by the caller).
+
+    X: (N, T, I) C-contiguous ndarray of the layers' dtype, N, T >= 1; specs: per layer a
+    tuple (W, U, b, peepholes or None, act, rec, cell_clip) with H <= small_max_hidden().
+    Returns the top layer's Y (N, T, H) and the tuple of ``state_type(c, h)`` per layer.
+    """
+    cdef int tn = cnp.PyArray_TYPE(X)
+    cdef int N = <int> cnp.PyArray_DIM(X, 0), T = <int> cnp.PyArray_DIM(X, 1)
+    cdef int I = <int> cnp.PyArray_DIM(X, 2), H
+    cdef cnp.npy_intp dims[3]
+    cdef tuple spec
+    cdef object inp = X, c, h, Y
+    cdef list states = []
+    dims[0] = N
+    dims[1] = T
+    for spec in specs:
+        H = <int> cnp.PyArray_DIM(<cnp.ndarray> spec[2], 0) // 4
+        dims[1] = H
+        c = cnp.PyArray_ZEROS(2, dims, tn, 0)
+        h = cnp.PyArray_ZEROS(2, dims, tn, 0)
+        dims[1] = T
+        dims[2] = H
+        Y = cnp.PyArray_EMPTY(3, dims, tn, 0)
+        _small(tn, N, T, I, H, T, 1, inp, spec[0], spec[1], spec[2], spec[3], NULL, False,
+               spec[4], spec[5], spec[6], c, h, Y, None, None)
+        states.append(tuple.__new__(state_type, (c, h)))
+        inp = Y
+        I = H
+    return inp, tuple(states)

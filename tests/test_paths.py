@@ -179,12 +179,17 @@ def test_small_stack_call(force, dtype):
         [_layer(3, 7, dtype, 2, peepholes=True, cell_clip=0.3),
          _layer(7, 2, dtype, 3, activation="relu", recurrent_activation="hard_sigmoid")],
         [_layer(3, 4, dtype, 4), _layer(4, 6, dtype, 5, proj_size=2)],        # general path
+        [_layer(2, 3, dtype, 6), _layer(3, 1, dtype, 7), _layer(1, 6, dtype, 8)],
     ]
     for layers_ in stacks:
         model = fl.MultiLSTM(layers_)
         for N, T in [(1, 1), (2, 3), (5, 4)]:
             X = rng.standard_normal((N, T, model.input_size)).astype(dtype)
+            X0 = X.copy()
             Y, states = model(X)
+            assert np.array_equal(X, X0) and Y.flags.owndata and Y.dtype == dtype
+            assert type(states) is tuple and len(states) == len(layers_)
+            assert all(type(st) is fl.LSTMState for st in states)
             force("small")   # the general path (a layer with a projection: BLAS)
             Yg, states_g = model(X)
             force(None)
