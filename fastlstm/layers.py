@@ -49,7 +49,7 @@ _PACKED_ROW_TILE = 6
 # split call that ran without them.
 _UNIT_SPLIT_SLOW_SHARE = 20
 _UNIT_SPLIT_BACKOFF = 1.0
-_UNIT_SPLIT_BACKOFF_MAX = 60.0
+_UNIT_SPLIT_BACKOFF_MAX = 10.0
 _unit_split = {"until": 0.0, "delay": 0.0}
 # The packed kernel computes the input products of a block of steps ahead of the
 # recurrence, in a buffer of at most this many elements (at least one step).
