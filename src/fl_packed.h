@@ -565,9 +565,8 @@ FL_PK_DOTT_DISPATCH(float, f)
 FL_PK_DOTT_DISPATCH(double, d)
 
 /* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
- * Same formulas as fl_pointwise.h's fl_expf / fl_exp (range reduction to |r| <= ln(2) / 2
- * and a polynomial, or Cephes' rational function for double), written on vectors so that
- * they vectorise inside the big step function.  Clamps keep NaN. */
+ * The exp cores of fl_pointwise.h (FL_EXPF_CORE, FL_EXP_CORE) on vectors, so that they
+ * vectorise inside the big step function.  Clamps keep NaN. */
 #if FL_PK_VECTOR
 #if defined(__GNUC__) && !defined(__clang__)
 /* the vector helpers are always inlined: no 256-bit value crosses a call in baseline code */
@@ -599,45 +598,21 @@ static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)   
 FL_PK_VSEL(float, f, fl_pk_vf, fl_pk_vif)
 FL_PK_VSEL(double, d, fl_pk_vd, fl_pk_vid)
 
-/* exp for x in [-87, 88] (or NaN): n = round(x / ln 2) from the magic sum t, whose low
- * mantissa bits are then n + 127 (the exponent field of 2^n after a shift by 23), and a
- * degree-6 polynomial for exp(r), |r| <= ln(2) / 2 (fitted minimax, relative error
- * 4e-9; with rounding, at most 0.91 ulp over the whole range with FMA, 1.18 without). */
+/* exp for x in [-87, 88] (float) or [-708, 709] (double), or NaN: the cores of
+ * fl_pointwise.h on vectors, scaled by 2^n */
 static inline __attribute__((always_inline)) fl_pk_vf fl_pk_expcoref(fl_pk_vf x)
 {
-    const float magic = 12582912.0f + 127.0f;   /* 1.5 * 2^23 + 127 */
-    fl_pk_vf t = x * 1.44269504088896341f + magic;
-    fl_pk_vf n = t - magic;
-    fl_pk_vf r = x - n * 0.693359375f;
-    fl_pk_vf p = (fl_pk_vf){0} + 1.381461275741458E-3f;
-    r = r - n * -2.12194440e-4f;
-    p = p * r + 8.368710055947304E-3f;
-    p = p * r + 4.166838899254799E-2f;
-    p = p * r + 1.666652113199234E-1f;
-    p = p * r + 4.999999403953552E-1f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return p * (fl_pk_vf) ((fl_pk_vif) t << 23);
+    fl_pk_vf t, p;
+    FL_EXPF_CORE(fl_pk_vf, x, t, p);
+    return p * (fl_pk_vf) ((fl_pk_vif) t << 23);   /* n + 127: the exponent field of 2^n */
 }
 
-/* x in [-708, 709] (or NaN): the same reduction and Cephes' rational approximation */
 static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expcored(fl_pk_vd x)
 {
-    const double magic = 6755399441055744.0;
-    fl_pk_vd t, n, r, rr, px, qx;
-    fl_pk_vid e;
-    t = x * 1.4426950408889634073599 + magic;
-    n = t - magic;
-    r = x - n * 6.93145751953125E-1;
-    r = r - n * 1.42860682030941723212E-6;
-    rr = r * r;
-    px = r * ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr
-              + 9.99999999999999999910E-1);
-    qx = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr
-          + 2.27265548208155028766E-1) * rr + 2.00000000000000000009E0;
-    r = 1.0 + 2.0 * (px / (qx - px));
-    e = ((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52;   /* bits of magic */
-    return r * (fl_pk_vd) e;
+    fl_pk_vd t, p;
+    FL_EXP_CORE(fl_pk_vd, x, t, p);
+    /* 0x4338000000000000: the bits of the magic number */
+    return p * (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
 }
 
 /* exp clamped to the ranges above (fl_pk_expv), or for x <= 0 only (fl_pk_expn);

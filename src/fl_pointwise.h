@@ -31,56 +31,71 @@
 
 /* ---- exp -------------------------------------------------------------------------- */
 
+/* The cores of exp, shared with the vector versions in fl_packed.h (TYPE: float or double,
+ * or a GNU vector of them); x is already clamped (float: [-87, 88], double: [-708, 709]) or
+ * NaN.  Both round x / ln 2 to an integer n by adding a magic number (1.5 * 2^23 or 1.5 *
+ * 2^52), then compute p = exp(r), r = x - n ln 2 (ln 2 in two parts), |r| <= ln(2) / 2;
+ * the caller scales p by 2^n, whose exponent field it takes from t's low mantissa bits.
+ * float: the magic number is 1.5 * 2^23 + 127, which leaves n + 127 there; a fitted
+ * minimax polynomial of degree 6 (relative error 4e-9; every float input checked: at
+ * most 0.91 ulp with FMA, 1.18 without).  double: Cephes' rational approximation. */
+#define FL_EXPF_MAGIC 12583039.0f
+#define FL_EXPF_CORE(TYPE, x, t, p)                                                        \
+    do {                                                                                   \
+        TYPE n_, r_;                                                                       \
+        t = (x) * 1.44269504088896341f + FL_EXPF_MAGIC;                                    \
+        n_ = t - FL_EXPF_MAGIC;                                                            \
+        r_ = (x) - n_ * 0.693359375f;                                                      \
+        r_ = r_ - n_ * -2.12194440e-4f;                                                    \
+        p = r_ * 1.381461275741458E-3f + 8.368710055947304E-3f;                            \
+        p = p * r_ + 4.166838899254799E-2f;                                                \
+        p = p * r_ + 1.666652113199234E-1f;                                                \
+        p = p * r_ + 4.999999403953552E-1f;                                                \
+        p = p * r_ + 1.0f;                                                                 \
+        p = p * r_ + 1.0f;                                                                 \
+    } while (0)
+#define FL_EXP_MAGIC 6755399441055744.0
+#define FL_EXP_CORE(TYPE, x, t, p)                                                         \
+    do {                                                                                   \
+        TYPE n_, r_, rr_, px_, qx_;                                                        \
+        t = (x) * 1.4426950408889634073599 + FL_EXP_MAGIC;                                 \
+        n_ = t - FL_EXP_MAGIC;                                                             \
+        r_ = (x) - n_ * 6.93145751953125E-1;                                               \
+        r_ = r_ - n_ * 1.42860682030941723212E-6;                                          \
+        rr_ = r_ * r_;                                                                     \
+        px_ = r_ * ((1.26177193074810590878E-4 * rr_ + 3.02994407707441961300E-2) * rr_    \
+                    + 9.99999999999999999910E-1);                                          \
+        qx_ = ((3.00198505138664455042E-6 * rr_ + 2.52448340349684104192E-3) * rr_         \
+               + 2.27265548208155028766E-1) * rr_ + 2.00000000000000000009E0;              \
+        p = 1.0 + 2.0 * (px_ / (qx_ - px_));                                               \
+    } while (0)
+
 FL_INLINE float fl_expf(float x)
 {
-    /* 1.5 * 2^23 + 127: adding it rounds to an integer n, and leaves n + 127 (the exponent
-       field of 2^n) in the low mantissa bits; exp(r), |r| <= ln(2) / 2: a fitted minimax
-       polynomial of degree 6 (relative error 4e-9; every float input checked: at most
-       0.91 ulp with FMA, 1.18 without) */
-    const float magic = 12582912.0f + 127.0f;
-    float t, n, r, p, scale;
-    uint32_t ti, e;
+    float t, p, scale;
+    uint32_t ti;
     x = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
     x = x > 88.0f ? 88.0f : x;
-    t = x * 1.44269504088896341f + magic;
-    n = t - magic;
-    r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    p = 1.381461275741458E-3f;
-    p = p * r + 8.368710055947304E-3f;
-    p = p * r + 4.166838899254799E-2f;
-    p = p * r + 1.666652113199234E-1f;
-    p = p * r + 4.999999403953552E-1f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    FL_EXPF_CORE(float, x, t, p);
     memcpy(&ti, &t, 4);
-    e = ti << 23;
-    memcpy(&scale, &e, 4);
+    ti <<= 23;                     /* n + 127, the exponent field of 2^n */
+    memcpy(&scale, &ti, 4);
     return p * scale;
 }
 
 FL_INLINE double fl_exp(double x)
 {
-    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
-    double t, n, r, rr, px, qx, scale;
+    const double magic = FL_EXP_MAGIC;
+    double t, p, scale;
     uint64_t ti, mi, e;
     x = x < -708.0 ? -708.0 : x;
     x = x > 709.0 ? 709.0 : x;
-    t = x * 1.4426950408889634073599 + magic;
-    n = t - magic;
-    r = x - n * 6.93145751953125E-1;
-    r = r - n * 1.42860682030941723212E-6;
-    rr = r * r;
-    px = r * ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr
-              + 9.99999999999999999910E-1);
-    qx = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr
-          + 2.27265548208155028766E-1) * rr + 2.00000000000000000009E0;
-    r = 1.0 + 2.0 * (px / (qx - px));
+    FL_EXP_CORE(double, x, t, p);
     memcpy(&ti, &t, 8);
     memcpy(&mi, &magic, 8);
     e = (ti - mi + 1023u) << 52;
     memcpy(&scale, &e, 8);
-    return r * scale;
+    return p * scale;
 }
 
 /* ---- activations over arrays (in place) ------------------------------------------- */
