@@ -303,6 +303,7 @@ class _Module:
         # the views on loading, so that they stay live (spawn, joblib and Dask workers)
         state = self.__dict__.copy()
         state.pop("_params", None)
+        state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
         return state
 
     def __setstate__(self, state):

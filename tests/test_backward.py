@@ -109,17 +109,17 @@ def test_lstm_finite_differences(name, opts, rng):
     Y2, state2 = layer(Xl, s0, lengths=lengths, time_major=tm, reverse=rev)
     np.testing.assert_array_equal(Y, Y2)            # the training forward is the inference one
     np.testing.assert_array_equal(state.c, state2.c)
+    # the clip options must actually clip somewhere, or the case tests nothing (the cache
+    # holds the values before clipping; backward hands its buffers back to the layer)
+    if "cell_clip" in opts:
+        assert (np.abs(cache.parts["c"]) > opts["cell_clip"]).any()
+    if "proj_clip" in opts:
+        assert (np.abs(cache.parts["hp"]) > opts["proj_clip"]).any()
     dX, d0 = layer.backward(dYl, cache, ds)
     assert isinstance(d0, fl.LSTMState)
     analytic = dict(layer.grads, X=dX, c0=d0.c, h0=d0.h)
     named = dict(layer.params, X=Xl, c0=c0, h0=h0)
     check_fd(named, loss, analytic)
-
-    # the clip options must actually clip somewhere, or the case tests nothing
-    if "cell_clip" in opts:
-        assert (np.abs(cache.parts["c"]) > opts["cell_clip"]).any()
-    if "proj_clip" in opts:
-        assert (np.abs(cache.parts["hp"]) > opts["proj_clip"]).any()
 
 
 def reference_grads(layer, X, s0, lengths, dY, ds, rev):
@@ -573,3 +573,58 @@ def test_backward_on_each_isa(isa, dtype, rng):
         np.testing.assert_allclose(ana, want, rtol=10 * tol(dtype)["rtol"],
                                    atol=10 * tol(dtype)["atol"] * max(1, np.abs(want).max()),
                                    err_msg=name)
+
+
+def test_training_buffers_reused_between_steps():
+    """A finished backward hands its cache's buffers back to the layer, and the next
+    training forward reuses them (no fresh pages to fault in): every step still gives the
+    gradients of a fresh model, with lengths (padded rows zeroed again), reverse layers and
+    stacks; caches used out of order stay correct; pickles leave the buffers out."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    N, T, I, H = 5, 6, 4, 7
+
+    def make():
+        return fl.MultiLSTM([
+            fl.Bidirectional(fl.LSTM(I, H, random_state=1), fl.LSTM(I, H, random_state=2)),
+            fl.LSTM(2 * H, H, random_state=3, peepholes=True, cell_clip=0.5),
+            fl.LSTM(H, 3, random_state=4, proj_size=2, proj_clip=0.4)])
+
+    def grads_of(model, X, L, dY):
+        _, _, cache = model.forward(X, lengths=L)
+        dX, _ = model.backward(dY, cache)
+        return [dX.copy(), model.flat_grads.copy()]
+
+    def address(a):
+        return a.__array_interface__["data"][0]
+
+    model = make()
+    seen = {}
+    for step in range(4):
+        X = rng.standard_normal((N, T, I))
+        L = rng.integers(0, T + 1, N) if step % 2 else None
+        dY = rng.standard_normal((N, T, 2))
+        got = grads_of(model, X, L, dY)
+        want = grads_of(make(), X, L, dY)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        layer = model.layers[1]
+        bufs = layer.__dict__.get("_train_buffers", {})
+        assert {"gates", "c", "hprev", "dX"} <= set(bufs)
+        if step:
+            assert all(address(bufs[k]) == seen[k] for k in ("gates", "c", "hprev", "dX"))
+        seen = {k: address(v) for k, v in bufs.items()}
+    # two caches alive at once, consumed in reverse order
+    X1, X2 = rng.standard_normal((2, N, T, I))
+    dY = rng.standard_normal((N, T, 2))
+    _, _, c1 = model.forward(X1)
+    _, _, c2 = model.forward(X2)
+    d2 = model.backward(dY, c2)[0].copy()
+    d1 = model.backward(dY, c1)[0].copy()
+    fresh = make()
+    np.testing.assert_array_equal(d1, fresh.backward(dY, fresh.forward(X1)[2])[0])
+    np.testing.assert_array_equal(d2, fresh.backward(dY, fresh.forward(X2)[2])[0])
+    clone = pickle.loads(pickle.dumps(model))
+    assert all("_train_buffers" not in layer.__dict__ for layer in clone.layers)
+    assert len(pickle.dumps(model)) < 2 * len(pickle.dumps(make()))
