@@ -381,6 +381,20 @@ def dot_nt_packed(const floating[:, ::1] A, const floating[:, ::1] B, floating[:
         free(ztmp)
 
 
+cdef inline int _bwd_block(const Config *s, int blk, int nblocks, const floating *dY,
+                           const floating *U, const floating *UT, const floating *peep,
+                           const floating *P, floating *G, const floating *CC,
+                           const floating *CHP, const floating *c0, floating *dc,
+                           floating *dh, floating *dHP, const i64 *lengths,
+                           floating *dpeep) noexcept nogil:
+    """Row block ``blk`` of ``nblocks`` (contiguous, of near-equal size); dpeep: the
+    blocks' peephole accumulators (3H each) or NULL."""
+    cdef int r0 = <int> ((<i64> blk * s.N) // nblocks)
+    cdef int r1 = <int> ((<i64> (blk + 1) * s.N) // nblocks)
+    return _bwd_rows(s, r0, r1, dY, U, UT, peep, P, G, CC, CHP, c0, dc, dh, dHP, lengths,
+                     dpeep + <i64> blk * 3 * s.H if dpeep != NULL else NULL)
+
+
 cdef int _bwd_rows(const Config *s, int r0, int r1, const floating *dY,
                    const floating *U, const floating *UT, const floating *peep,
                    const floating *P,
@@ -544,7 +558,7 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
     number of OpenMP threads sharing the blocks.
     """
     cdef Config s
-    cdef int status = 0, nblocks, nteam, blk, r0, r1, H3
+    cdef int status = 0, nblocks, nteam, blk
     cdef const floating *pdy = &dY[0, 0]
     cdef const floating *pu = &U[0, 0]
     cdef const floating *pp = &peepholes[0, 0] if peepholes is not None else NULL
@@ -575,7 +589,6 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
     s.cclip = cell_clip if cell_clip is not None else 0.0
     s.use_pclip = proj_clip is not None and P is not None
     s.pclip = proj_clip if proj_clip is not None else 0.0
-    H3 = 3 * s.H
 
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks
@@ -594,20 +607,14 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
                     fl_pk_packTf(s.Ho, 4 * s.H, pu, put)
                 else:
                     fl_pk_packTd(s.Ho, 4 * s.H, pu, put)
-            if nteam <= 1:
+            if nteam <= 1:              # no OpenMP region at all on the serial path
                 for blk in range(nblocks):
-                    r0 = <int> ((<i64> blk * N) // nblocks)
-                    r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                    status += _bwd_rows(&s, r0, r1, pdy, pu, put, pp, pP, pg, pc, php, pc0,
-                                        pdc, pdh, pdhp, pl,
-                                        pdp + blk * H3 if pdp != NULL else NULL)
+                    status += _bwd_block(&s, blk, nblocks, pdy, pu, put, pp, pP, pg, pc, php,
+                                         pc0, pdc, pdh, pdhp, pl, pdp)
             else:
                 for blk in prange(nblocks, num_threads=nteam, schedule='static', chunksize=1):
-                    r0 = <int> ((<i64> blk * N) // nblocks)
-                    r1 = <int> ((<i64> (blk + 1) * N) // nblocks)
-                    status += _bwd_rows(&s, r0, r1, pdy, pu, put, pp, pP, pg, pc, php, pc0,
-                                        pdc, pdh, pdhp, pl,
-                                        pdp + blk * H3 if pdp != NULL else NULL)
+                    status += _bwd_block(&s, blk, nblocks, pdy, pu, put, pp, pP, pg, pc, php,
+                                         pc0, pdc, pdh, pdhp, pl, pdp)
     finally:
         fl_pk_free(put)
     if status != 0:

@@ -655,6 +655,21 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF##_##ISA(V 
     V r = ((T) 1 - y) / (((T) 1 + ea) * ((T) 1 + y));                                      \
     return (V) ((fl_pk_vi##SUF) r | ((fl_pk_vi##SUF) x & sign));                           \
 }                                                                                          \
+/* the gate pre-activations of one vector of units: products z (gate q at z + q * NU) plus  \
+ * bias, and the input and forget gates' peepholes on c_{t-1} (c0) */                      \
+ATTR static inline __attribute__((always_inline)) void                                     \
+fl_pk_gates_in##SUF##_##ISA(const T *z, const T *bp, V c0, int use_peep, V *zi, V *zf,     \
+                            V *zg, V *zo)                                                  \
+{                                                                                          \
+    *zi = FL_PK_VLD(V, z) + FL_PK_VLD(V, bp);                                              \
+    *zf = FL_PK_VLD(V, z + NU) + FL_PK_VLD(V, bp + NU);                                    \
+    *zg = FL_PK_VLD(V, z + 2 * NU) + FL_PK_VLD(V, bp + 2 * NU);                            \
+    *zo = FL_PK_VLD(V, z + 3 * NU) + FL_PK_VLD(V, bp + 3 * NU);                            \
+    if (use_peep) {                                                                        \
+        *zi += FL_PK_VLD(V, bp + 4 * NU) * c0;                                             \
+        *zf += FL_PK_VLD(V, bp + 5 * NU) * c0;                                             \
+    }                                                                                      \
+}                                                                                          \
 /* one row, NU units: z (4 x NU) raw products, bp: the panel's bias and peepholes,        \
  * cp: c_{t-1}.  Out: activated gates, raw and clipped c, m = o * tanh(c) (in mm, and in   \
  * m2 unless NULL).  cn may be cp. */                                                      \
@@ -666,16 +681,9 @@ fl_pk_cell_fast##SUF##_##ISA(const T *z, const T *bp, const T *cp, int use_peep,
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
     int v;                                                                                 \
     for (v = 0; v < NU; v += VL) {                                                         \
-        V c0 = FL_PK_VLD(V, cp + v);                                                       \
-        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
-        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
-        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
-        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
+        V c0 = FL_PK_VLD(V, cp + v), zi, zf, zg, zo;                                       \
         V i, f, g, o, c;                                                                   \
-        if (use_peep) {                                                                    \
-            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
-            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
-        }                                                                                  \
+        fl_pk_gates_in##SUF##_##ISA(z + v, bp + v, c0, use_peep, &zi, &zf, &zg, &zo);      \
         i = fl_pk_sigm##SUF##_##ISA(zi);                                                   \
         f = fl_pk_sigm##SUF##_##ISA(zf);                                                   \
         g = fl_pk_tanhv##SUF##_##ISA(zg);                                                  \
@@ -707,16 +715,9 @@ fl_pk_cell_inf##SUF##_##ISA(const T *z, const T *bp, T *c, T *h, T *y, int use_p
     enum { VL = sizeof(V) / sizeof(T) };                                                   \
     int v;                                                                                 \
     for (v = 0; v < NU; v += VL) {                                                         \
-        V c0 = FL_PK_VLD(V, c + v);                                                        \
-        V zi = FL_PK_VLD(V, z + v) + FL_PK_VLD(V, bp + v);                                 \
-        V zf = FL_PK_VLD(V, z + NU + v) + FL_PK_VLD(V, bp + NU + v);                       \
-        V zg = FL_PK_VLD(V, z + 2 * NU + v) + FL_PK_VLD(V, bp + 2 * NU + v);               \
-        V zo = FL_PK_VLD(V, z + 3 * NU + v) + FL_PK_VLD(V, bp + 3 * NU + v);               \
+        V c0 = FL_PK_VLD(V, c + v), zi, zf, zg, zo;                                        \
         V cc, m;                                                                           \
-        if (use_peep) {                                                                    \
-            zi += FL_PK_VLD(V, bp + 4 * NU + v) * c0;                                      \
-            zf += FL_PK_VLD(V, bp + 5 * NU + v) * c0;                                      \
-        }                                                                                  \
+        fl_pk_gates_in##SUF##_##ISA(z + v, bp + v, c0, use_peep, &zi, &zf, &zg, &zo);      \
         cc = c0 / ((T) 1 + fl_pk_expv##SUF##_##ISA(-zf))                                   \
              + fl_pk_sgtanh##SUF##_##ISA(fl_pk_expv##SUF##_##ISA(-zi), zg);                \
         if (use_clip) cc = fl_pk_clip##SUF##_##ISA(cc, clip);                              \
