@@ -324,6 +324,9 @@ static int fl_pk_block_row(int N, int j)
  * written with vector extensions (two vectors per row) or, without them, scalar loops. */
 
 #if FL_PK_VECTOR
+/* unaligned vector load and store (one instruction each) */
+#define FL_PK_VLD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
+#define FL_PK_VST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof(v_)); } while (0)
 /* CH independent accumulator chains per output vector (summed at the end, in a fixed
  * order): a 1- or 2-row tile would otherwise wait on the FMA latency at every k. */
 #define FL_PK_MK_LOOP(T, NU, V, MR, CH, KN, ROWS)                                         \
@@ -359,22 +362,27 @@ fl_pk_##NAME##SUF##_##ISA##_##MR(int I, const T *const *xa, int H, const T *ha, 
     V acc0[CH][MR], acc1[CH][MR];                                                          \
     const T *hr[MR];                                                                       \
     int i, ch;                                                                             \
+    /* fully unrolled: the accumulators live in registers from the first load on (no      \
+       round trip through the stack, whose narrower stores a vector load cannot forward) */\
+    _Pragma("GCC unroll 16")                                                               \
     for (ch = 0; ch < CH; ch++)                                                            \
-        for (i = 0; i < MR; i++) { acc0[ch][i] = (V){0}; acc1[ch][i] = (V){0}; }           \
-    if (init)                                                                              \
+        _Pragma("GCC unroll 16")                                                           \
         for (i = 0; i < MR; i++) {                                                         \
-            memcpy(&acc0[0][i], z + i * ldz, sizeof(V));                                   \
-            memcpy(&acc1[0][i], z + i * ldz + VL, sizeof(V));                              \
+            acc0[ch][i] = init && ch == 0 ? FL_PK_VLD(V, z + i * ldz) : (V){0};            \
+            acc1[ch][i] = init && ch == 0 ? FL_PK_VLD(V, z + i * ldz + VL) : (V){0};       \
         }                                                                                  \
     FL_PK_MK_LOOP(T, NU, V, MR, CH, I, xa)                                                 \
     B += (fl_i64) I * NU;                                                                  \
     for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
     FL_PK_MK_LOOP(T, NU, V, MR, CH, H, hr)                                                 \
+    _Pragma("GCC unroll 16")                                                               \
     for (ch = 1; ch < CH; ch++)                                                            \
+        _Pragma("GCC unroll 16")                                                           \
         for (i = 0; i < MR; i++) { acc0[0][i] += acc0[ch][i]; acc1[0][i] += acc1[ch][i]; } \
+    _Pragma("GCC unroll 16")                                                               \
     for (i = 0; i < MR; i++) {                                                             \
-        memcpy(z + i * ldz, &acc0[0][i], sizeof(V));                                       \
-        memcpy(z + i * ldz + VL, &acc1[0][i], sizeof(V));                                  \
+        FL_PK_VST(z + i * ldz, acc0[0][i]);                                                \
+        FL_PK_VST(z + i * ldz + VL, acc1[0][i]);                                           \
     }                                                                                      \
 }
 #else
@@ -430,14 +438,12 @@ fl_pk_mkg##SUF##_##ISA##_##MR##_##NV(int I, const T *const *xa, int H, const T *
     const T *Bv[NV], *hr[MR];                                                              \
     fl_i64 k;                                                                              \
     int i, v;                                                                              \
+    _Pragma("GCC unroll 16")   /* registers from the first load on, as in fl_pk_mk */     \
     for (v = 0; v < NV; v++) {                                                             \
+        const T *zv = z + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL;                       \
         Bv[v] = B + ((v0 + v) / 2) * gs + ((v0 + v) % 2) * VL;                             \
-        for (i = 0; i < MR; i++) {                                                         \
-            acc[v][i] = (V){0};                                                            \
-            if (init)                                                                      \
-                memcpy(&acc[v][i], z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, \
-                       sizeof(V));                                                         \
-        }                                                                                  \
+        _Pragma("GCC unroll 16")                                                           \
+        for (i = 0; i < MR; i++) acc[v][i] = init ? FL_PK_VLD(V, zv + i * ldz) : (V){0};   \
     }                                                                                      \
     for (k = 0; k < I; k++)                                                                \
         for (i = 0; i < MR; i++) {                                                         \
@@ -454,10 +460,11 @@ fl_pk_mkg##SUF##_##ISA##_##MR##_##NV(int I, const T *const *xa, int H, const T *
         }                                                                                  \
         for (v = 0; v < NV; v++) Bv[v] += NU;                                              \
     }                                                                                      \
+    _Pragma("GCC unroll 16")                                                               \
     for (v = 0; v < NV; v++)                                                               \
+        _Pragma("GCC unroll 16")                                                           \
         for (i = 0; i < MR; i++)                                                           \
-            memcpy(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, &acc[v][i],   \
-                   sizeof(V));                                                             \
+            FL_PK_VST(z + i * ldz + ((v0 + v) / 2) * NU + ((v0 + v) % 2) * VL, acc[v][i]);  \
 }
 /* tiles of 1 to 3 rows in the recurrence: 8 to 9 accumulators across gates as well (and
  * at most 16 vector registers in all) */
@@ -575,8 +582,6 @@ FL_PK_DOTT_DISPATCH(double, d)
 typedef int fl_pk_vif __attribute__((vector_size(32)));
 typedef long long fl_pk_vid __attribute__((vector_size(32)));
 
-#define FL_PK_VLD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
-#define FL_PK_VST(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof(v_)); } while (0)
 
 /* Clamps, per instruction set: fl_pk_vmin(a, x) = a < x ? a : x and fl_pk_vmax(a, x) =
  * a > x ? a : x, lane by lane; a NaN in x passes through (the semantics of x86 MINPS/MAXPS
