@@ -271,6 +271,11 @@ def _single_node(attrs, rng, H=3, I=2, D=1, extra_inits=None, inputs=None):
     (dict(activations=["Tanh", "Tanh", "Tanh"]), "gate activation Tanh"),
     (dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[2.0, 2.0],
           activation_beta=[0.0, 0.0]), "Affine"),
+    # Affine's alpha and beta left out: ONNX's Affine defaults to 1, 0 but onnxruntime
+    # computes with 0, 0 (all-zero outputs), so the node is refused, not guessed
+    (dict(activations=["Sigmoid", "Affine", "Affine"]), "Affine without its alpha and beta"),
+    (dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[1.0, 1.0]),
+     "Affine without its alpha and beta"),
 ])
 def test_from_onnx_refuses(attrs, match):
     with pytest.raises(ValueError, match=match):
@@ -285,6 +290,19 @@ def test_from_onnx_hard_sigmoid_defaults_and_keras3():
                                        activation_alpha=[1 / 6, 1.0, 1.0],
                                        activation_beta=[0.5, 0.0, 0.0]), rng))
     assert (m.recurrent_activation, m.activation) == ("hard_sigmoid", "linear")
+
+
+def test_from_onnx_affine_identity_matches_onnxruntime():
+    rng = np.random.default_rng(3)
+    proto = _single_node(dict(activations=["Sigmoid", "Affine", "Affine"],
+                              activation_alpha=[1.0, 1.0], activation_beta=[0.0, 0.0]), rng)
+    model = fl.from_onnx(proto)
+    assert model.activation == "linear"
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    got = run_ort(proto, {"X": X})
+    Y, s = model(X, time_major=True)
+    np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
+    np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
 
 
 def test_from_onnx_stored_initial_state():
