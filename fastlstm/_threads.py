@@ -41,6 +41,8 @@ def check_n_threads(n_threads, name="n_threads"):
     """Validate a thread-count argument without resolving it."""
     if n_threads is None:
         return None
+    if getattr(n_threads, "ndim", None) == 0 and hasattr(n_threads, "item"):
+        n_threads = n_threads[()]    # a 0-d array (a stored scalar)
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
         raise TypeError(f"{name} must be None or an int, got {type(n_threads).__name__}")
     if n_threads == 0:

@@ -85,9 +85,23 @@ def _check_dtype(dtype):
     return dt
 
 
+def _scalar(value):
+    """The item of a 0-d NumPy array (what ``np.load`` gives for a stored scalar, as in
+    ``golden/``), else ``value`` itself; the checks below then see a NumPy scalar."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value
+
+
+class _LengthsDtypeError(ValueError, TypeError):
+    """Non-integer ``lengths``: a ValueError (SPEC.md Part A: lengths must be integers in
+    [0, T], others are a ValueError) that is also a TypeError (a wrong dtype)."""
+
+
 def _check_size(value, name, allow_none=False):
     if value is None and allow_none:
         return None
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value <= 0:
@@ -100,6 +114,7 @@ def _check_size(value, name, allow_none=False):
 def _check_clip(value, name):
     if value is None:
         return None
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be None or a non-negative float, got {value!r}")
     value = float(value)
@@ -190,7 +205,7 @@ def _as_lengths(lengths, N, T):
         return None
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {L.dtype}")
+        raise _LengthsDtypeError(f"lengths must be integers, got dtype {L.dtype}")
     if L.shape != (N,):
         raise ValueError(f"lengths must have shape ({N},) (one per batch row), got {L.shape}")
     if N and (L.min() < 0 or L.max() > T):
@@ -382,6 +397,7 @@ class LSTM(_Module):
         self.use_peepholes = bool(peepholes)
         self.cell_clip = _check_clip(cell_clip, "cell_clip")
         self.proj_clip = _check_clip(proj_clip, "proj_clip")
+        forget_bias = _scalar(forget_bias)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
             raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
         self.forget_bias = float(forget_bias)
@@ -482,11 +498,12 @@ class LSTM(_Module):
 
     def zero_state(self, batch_size):
         """``LSTMState`` of zeros: c (batch_size, H), h (batch_size, Hout)."""
+        batch_size = _scalar(batch_size)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Integral, np.integer)) \
                 or batch_size < 0:
             raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-        return LSTMState(np.zeros((batch_size, self.hidden_size), self._dtype),
-                         np.zeros((batch_size, self.output_size), self._dtype))
+        return LSTMState(np.zeros((int(batch_size), self.hidden_size), self._dtype),
+                         np.zeros((int(batch_size), self.output_size), self._dtype))
 
     def _chunks_for(self, N):
         """How many row blocks a batch of N rows is split into (independent of n_threads)."""

@@ -54,6 +54,8 @@ def _pairs(params):
 
 
 def _check_number(value, name, low=0.0, low_inclusive=True, high=None):
+    if isinstance(value, np.ndarray) and value.ndim == 0:   # a stored scalar (np.load)
+        value = value[()]
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     value = float(value)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .init import check_random_state
 from .interop.tf1 import activation_name, from_tf1, to_tf1
-from .layers import LSTMState, MultiLSTM
+from .layers import LSTMState, MultiLSTM, _scalar
 
 __all__ = [
     "BasicLSTMCell",
@@ -142,6 +142,7 @@ class _LSTMCellBase(RNNCell):
     def __init__(self, num_units, *, use_peepholes, cell_clip, initializer, num_proj,
                  proj_clip, forget_bias, state_is_tuple, activation, name, dtype,
                  random_state):
+        num_units, num_proj = _scalar(num_units), _scalar(num_proj)
         if isinstance(num_units, bool) or not isinstance(
                 num_units, (numbers.Integral, np.integer)) or num_units <= 0:
             raise ValueError(f"num_units must be a positive int, got {num_units!r}")

@@ -21,12 +21,12 @@ CALL_CASES = [
     ("object", dict(X=np.array([[[None] * 3] * 5] * 2)), TypeError, "X must hold real numbers"),
     ("strings", dict(X=np.full((2, 5, 3), "a")), TypeError, "X must hold real numbers"),
     ("ragged", dict(X=[[[1, 2, 3]], [[1, 2]]]), TypeError, "X must be a numeric array"),
-    ("lengths float", dict(lengths=np.array([1.0, 2.0])), TypeError, "lengths must be integers"),
+    ("lengths float", dict(lengths=np.array([1.0, 2.0])), ValueError, "lengths must be integers"),
     ("lengths shape", dict(lengths=[1, 2, 3]), ValueError, r"lengths must have shape \(2,\)"),
     ("lengths 2-D", dict(lengths=[[1, 2]]), ValueError, r"lengths must have shape \(2,\)"),
     ("lengths negative", dict(lengths=[-1, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
     ("lengths > T", dict(lengths=[6, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
-    ("lengths str", dict(lengths=["a", "b"]), TypeError, "lengths must be integers"),
+    ("lengths str", dict(lengths=["a", "b"]), ValueError, "lengths must be integers"),
     ("state c shape", dict(initial_state=(np.zeros((2, 3)), np.zeros((2, 4)))), ValueError,
      r"initial_state.c must have shape \(2, 4\)"),
     ("state h shape", dict(initial_state=(np.zeros((2, 4)), np.zeros((1, 4)))), ValueError,
@@ -148,3 +148,37 @@ def test_too_large_for_blas_is_refused(layer):
     X = np.broadcast_to(np.zeros((1, 1, 3), np.float32), (2**16, 2**15 + 1, 3))
     with pytest.raises(ValueError, match="too large"):
         layer(X)
+
+
+@pytest.mark.parametrize("lengths", [np.array([1.0, 2.0]), [1.5, 2], [True, False], ["a", "b"]])
+def test_non_integer_lengths_are_a_value_error_and_a_type_error(layer, lengths):
+    # SPEC.md Part A: lengths must be integers in [0, T], others are a ValueError; a wrong
+    # dtype is a TypeError as well, so code catching either sees it
+    with pytest.raises(ValueError, match="lengths must be integers") as info:
+        layer(GOOD_X, lengths=lengths)
+    assert isinstance(info.value, TypeError)
+
+
+def test_scalars_stored_as_0d_arrays_are_accepted():
+    """np.load gives a stored scalar (golden/ keeps forget_bias so) as a 0-d array."""
+    from fastlstm import reference as ref
+
+    layer = fl.LSTM(np.array(3), np.array(4), proj_size=np.array(2), peepholes=True,
+                    cell_clip=np.array(0.5, np.float32), proj_clip=np.array(0.25),
+                    forget_bias=np.array(1.5, np.float32), n_threads=np.array(1),
+                    random_state=0)
+    assert (layer.input_size, layer.hidden_size, layer.proj_size) == (3, 4, 2)
+    for name, want in (("cell_clip", 0.5), ("proj_clip", 0.25), ("forget_bias", 1.5)):
+        value = getattr(layer, name)
+        assert type(value) is float and value == want, name
+    np.testing.assert_array_equal(layer.b[4:8], np.float32(1.5))
+    assert layer.zero_state(np.array(2)).c.shape == (2, 4)
+    X = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    Y, _ = layer(X)
+    want, _ = ref.lstm_forward(X, layer.params, cell_clip=0.5, proj_clip=0.25)
+    np.testing.assert_allclose(Y, want, rtol=1e-5, atol=1e-6)
+    for bad in (np.array([1.0]), np.array(True), np.array("1.0")):
+        with pytest.raises(TypeError, match="forget_bias must be a float"):
+            fl.LSTM(3, 4, forget_bias=bad)
+        with pytest.raises(TypeError, match="cell_clip must be None or a non-negative float"):
+            fl.LSTM(3, 4, cell_clip=bad)

@@ -77,11 +77,11 @@ N0, T0 = 2, 5
 X0 = np.zeros((N0, T0, I), np.float32)
 
 CALL_CASES = [
-    ("lengths float", dict(lengths=np.array([1.0, 2.0])), TypeError, "lengths must be integers"),
-    ("lengths python floats", dict(lengths=[1.5, 2.0]), TypeError, "lengths must be integers"),
-    ("lengths bool", dict(lengths=[True, False]), TypeError, "lengths must be integers"),
-    ("lengths nan", dict(lengths=[np.nan, 1]), TypeError, "lengths must be integers"),
-    ("lengths complex", dict(lengths=[1j, 1]), TypeError, "lengths must be integers"),
+    ("lengths float", dict(lengths=np.array([1.0, 2.0])), ValueError, "lengths must be integers"),
+    ("lengths python floats", dict(lengths=[1.5, 2.0]), ValueError, "lengths must be integers"),
+    ("lengths bool", dict(lengths=[True, False]), ValueError, "lengths must be integers"),
+    ("lengths nan", dict(lengths=[np.nan, 1]), ValueError, "lengths must be integers"),
+    ("lengths complex", dict(lengths=[1j, 1]), ValueError, "lengths must be integers"),
     ("lengths negative", dict(lengths=[-1, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
     ("lengths > T", dict(lengths=[6, 2]), ValueError, r"lengths must be in \[0, T=5\]"),
     ("lengths huge", dict(lengths=np.array([2**40, 1])), ValueError, "lengths must be in"),

@@ -96,9 +96,12 @@ def random_vars(rng, I, H, P=None, peepholes=False, scale=0.6):
 
 
 @pytest.mark.parametrize("suffix", ["f32", "f64"])
-def test_golden_basic_cell_step(suffix):
+@pytest.mark.parametrize("stored", [False, True], ids=["float", "stored-0d-array"])
+def test_golden_basic_cell_step(suffix, stored):
     g = np.load(os.path.join(DATA, f"tf1_basic_cell_step_{suffix}.npz"))
-    layer = fl.from_tf1(g["kernel"], g["bias"], float(g["forget_bias"]))
+    # the file stores forget_bias as a 0-d array: it goes in as it is, or as a float
+    fb = g["forget_bias"] if stored else float(g["forget_bias"])
+    layer = fl.from_tf1(g["kernel"], g["bias"], fb)
     out, s = layer.step(g["x"], (g["state.c"], g["state.h"]))
     tol = TOL[layer.dtype]
     np.testing.assert_allclose(out, g["output"], **tol)
@@ -110,7 +113,8 @@ def test_golden_basic_cell_step(suffix):
                                   "tf1_multirnn_4_5_tutorial_seqlen_f32",
                                   "tf1_multirnn_4_5_tutorial_seqlen_f64"])
 @pytest.mark.parametrize("naming", ["tf12", "tf11", "tf0"])
-def test_golden_multirnn_checkpoint(name, naming):
+@pytest.mark.parametrize("stored", [False, True], ids=["float", "stored-0d-array"])
+def test_golden_multirnn_checkpoint(name, naming, stored):
     g = np.load(os.path.join(DATA, name + ".npz"))
     names = {"tf12": "rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell/{v}",
              "tf11": "rnn/multi_rnn_cell/cell_{k}/basic_lstm_cell/{v}:0",
@@ -125,7 +129,8 @@ def test_golden_multirnn_checkpoint(name, naming):
     variables["global_step"] = np.array(7)
     variables["dense/kernel"] = np.zeros((5, 8))
     variables["dense/bias"] = np.zeros(8)
-    model = fl.from_tf1_checkpoint(variables, forget_bias=float(g["forget_bias"]))
+    fb = g["forget_bias"] if stored else float(g["forget_bias"])
+    model = fl.from_tf1_checkpoint(variables, forget_bias=fb)
     assert isinstance(model, fl.MultiLSTM)
     assert [layer.hidden_size for layer in model.layers] == [4, 5]
     lengths = g["sequence_length"] if "sequence_length" in g.files else None

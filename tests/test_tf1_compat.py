@@ -58,9 +58,13 @@ def test_tutorial_against_golden(name, suffix):
 
 
 @pytest.mark.parametrize("suffix", ["f32", "f64"])
-def test_cell_call_against_golden(suffix):
+@pytest.mark.parametrize("stored", [False, True], ids=["float", "stored-0d-array"])
+def test_cell_call_against_golden(suffix, stored):
     g = np.load(os.path.join(DATA, f"tf1_basic_cell_step_{suffix}.npz"))
-    cell = tf.nn.rnn_cell.BasicLSTMCell(4, forget_bias=float(g["forget_bias"]))
+    # the file's stored scalars (0-d arrays) go in as they are, or as Python numbers
+    fb = g["forget_bias"] if stored else float(g["forget_bias"])
+    units = np.array(4) if stored else 4
+    cell = tf.nn.rnn_cell.BasicLSTMCell(units, forget_bias=fb)
     cell.set_weights([g["kernel"], g["bias"]])
     output, new_state = cell(g["x"], tf.LSTMStateTuple(g["state.c"], g["state.h"]))
     tol = TOL[np.dtype(g["x"].dtype)]

@@ -12,13 +12,14 @@ both.  ``cell_clip``, ``proj_clip``, ``forget_bias`` and the activation are cons
 arguments in TF, not checkpoint variables: pass them to the importer.
 """
 
+import numbers
 import re
 
 import numpy as np
 
 from ._common import (PERM_TF, as_array, blocks, build_layer, check_shape, directions,
                       layers_of, pick_dtype, refuse_unrepresentable)
-from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM
+from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _scalar
 
 __all__ = ["from_tf1", "from_tf1_checkpoint", "to_tf1", "to_tf1_checkpoint", "activation_name"]
 
@@ -79,7 +80,8 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
     b = np.zeros(4 * H, kernel.dtype) if bias is None else \
         check_shape(as_array(bias, "bias"), (4 * H,), "bias", "(4*num_units,)")
     dt = pick_dtype(dtype, [kernel, b, P, peep])
-    if isinstance(forget_bias, bool) or not np.isscalar(forget_bias):
+    forget_bias = _scalar(forget_bias)   # a 0-d array too, as np.load gives it
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
         raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
     b = b.astype(dt, copy=True)
     b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
