@@ -306,7 +306,7 @@ def multi_forward(model, X, initial_state, lengths, time_major):
         else:
             c, h = _layers._as_state(s0[k], N, layer.hidden_size, layer.output_size,
                                      model.dtype, name)
-            Y, part = _lstm_forward(layer, inp, inp2, N, T, time_major, c, h, L, False)
+            Y, part = _lstm_forward(layer, inp, inp2, N, T, time_major, c, h, L, layer.reverse)
             s = _layers.LSTMState(c, h)
         states.append(s)
         parts.append(part)

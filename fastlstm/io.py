@@ -1,12 +1,15 @@
 """Save and load models as ``.npz`` files (no pickle: loading cannot run code).
 
-Format version 1.  The archive holds:
+Format version 2 (a model with a ``reverse=True`` layer; every other model is written as
+version 1, which version 2 only extends, so that older readers still read it).  The
+archive holds:
 
 - ``meta_json``: a 0-d unicode array with a JSON object
   ``{"format": "fastlstm", "format_version": 1, "fastlstm_version": ..., "model": SPEC}``
   where ``SPEC`` describes the structure:
   ``{"type": "LSTM", "input_size", "hidden_size", "proj_size", "peepholes", "cell_clip",
-  "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}``,
+  "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}`` and, in
+  version 2, ``"reverse"`` (absent: False),
   ``{"type": "Bidirectional", "forward": SPEC, "backward": SPEC}`` or
   ``{"type": "MultiLSTM", "layers": [SPEC, ...]}``;
 - ``param/<name>`` for every entry of ``model.params`` (e.g. ``param/W``,
@@ -27,7 +30,7 @@ from .layers import LSTM, Bidirectional, MultiLSTM
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = "param/"
 
 
@@ -37,7 +40,8 @@ def _spec(model):
                     proj_size=model.proj_size, peepholes=model.use_peepholes,
                     cell_clip=model.cell_clip, proj_clip=model.proj_clip,
                     forget_bias=model.forget_bias, activation=model.activation,
-                    recurrent_activation=model.recurrent_activation, dtype=model.dtype.name)
+                    recurrent_activation=model.recurrent_activation, dtype=model.dtype.name,
+                    **({"reverse": True} if model.reverse else {}))
     if isinstance(model, Bidirectional):
         return dict(type="Bidirectional", forward=_spec(model.forward_layer),
                     backward=_spec(model.backward_layer))
@@ -51,7 +55,9 @@ def save(model, path, *, compressed=False):
     """Write ``model`` to ``path`` (a path or a binary file; ``.npz`` is appended to a
     path without it, as NumPy does).  ``compressed=True`` uses zip deflate."""
     spec = _spec(model)
-    meta = dict(format="fastlstm", format_version=FORMAT_VERSION, fastlstm_version=__version__,
+    # version 1 unless a layer runs in reverse (a reader of version 1 would run it forward)
+    version = 2 if '"reverse": true' in json.dumps(spec) else 1
+    meta = dict(format="fastlstm", format_version=version, fastlstm_version=__version__,
                 model=spec)
     arrays = {_PREFIX + name: np.ascontiguousarray(value)
               for name, value in model.params.items()}
@@ -81,7 +87,8 @@ def _build(spec, where="model"):
                         proj_clip=spec["proj_clip"], forget_bias=spec["forget_bias"],
                         activation=spec["activation"],
                         recurrent_activation=spec["recurrent_activation"],
-                        dtype=np.dtype(spec["dtype"]), random_state=0)
+                        dtype=np.dtype(spec["dtype"]), random_state=0,
+                        reverse=spec.get("reverse", False))
         if kind == "Bidirectional":
             return Bidirectional(_build(spec["forward"], where + ".forward"),
                                  _build(spec["backward"], where + ".backward"))

@@ -123,6 +123,12 @@ def _check_clip(value, name):
     return value
 
 
+def _check_reverse(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def _check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
@@ -379,6 +385,11 @@ class LSTM(_Module):
     random_state : None, int, numpy Generator or RandomState
     n_threads : int or None
         OpenMP threads for this model's kernels; None uses the process default.
+    reverse : bool
+        The direction of a call that does not choose one: False runs forward, True walks
+        each row's valid prefix backwards (an ONNX ``direction="reverse"`` node; outputs
+        stay in time order, the final state is the state after step 0).  A stack runs the
+        layer in this direction; ``Bidirectional`` sets its halves' directions itself.
 
     Attributes ``W`` (I, 4H), ``U`` (Hout, 4H), ``b`` (4H,), ``peepholes`` (3, H) or None
     and ``P`` (H, Hout) or None are writable arrays in gate order (i, f, g, o); writing
@@ -388,7 +399,7 @@ class LSTM(_Module):
     def __init__(self, input_size, hidden_size, *, proj_size=None, peepholes=False,
                  cell_clip=None, proj_clip=None, forget_bias=1.0, activation="tanh",
                  recurrent_activation="sigmoid", dtype=np.float32, random_state=None,
-                 n_threads=None):
+                 n_threads=None, reverse=False):
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.proj_size = _check_size(proj_size, "proj_size", allow_none=True)
@@ -406,9 +417,21 @@ class LSTM(_Module):
             recurrent_activation, "recurrent_activation", RECURRENT_ACTIVATIONS)
         self._dtype = _check_dtype(dtype)
         self.n_threads = _threads.check_n_threads(n_threads)
+        self.reverse = reverse
         self._params = self._bind(np.empty(self.n_params, self._dtype))
         self._gflat = np.zeros(self.n_params, self._dtype)
         self.reset_parameters(random_state)
+
+    _reverse = False      # for layers pickled before the option existed
+
+    @property
+    def reverse(self):
+        """The direction of calls that do not choose one (and of this layer in a stack)."""
+        return self._reverse
+
+    @reverse.setter
+    def reverse(self, value):
+        self._reverse = _check_reverse(value, "reverse")
 
     @property
     def n_threads(self):
@@ -492,6 +515,8 @@ class LSTM(_Module):
             opts.append(f"recurrent_activation={self.recurrent_activation!r}")
         if self._dtype != np.float32:
             opts.append(f"dtype={self._dtype.name}")
+        if self.reverse:
+            opts.append("reverse=True")
         return f"LSTM({', '.join(opts)})"
 
     # -- running -----------------------------------------------------------------------
@@ -576,7 +601,7 @@ class LSTM(_Module):
         else:
             _forward.forward(*args)
 
-    def __call__(self, X, initial_state=None, lengths=None, time_major=False, reverse=False):
+    def __call__(self, X, initial_state=None, lengths=None, time_major=False, reverse=None):
         """Run the layer over a sequence (TF ``dynamic_rnn``).
 
         X : (N, T, I), or (T, N, I) with ``time_major=True``; any real dtype, cast to the
@@ -584,7 +609,8 @@ class LSTM(_Module):
         initial_state : LSTMState / (c (N, H), h (N, Hout)) or None for zeros.
         lengths : (N,) integers in [0, T] or None.  Outputs at t >= lengths[n] are 0 and
             the state is carried unchanged; a length of 0 returns the initial state.
-        reverse : walk each row's valid prefix backwards (outputs stay in time order).
+        reverse : walk each row's valid prefix backwards (outputs stay in time order);
+            None (default): the layer's own ``reverse``.
 
         Returns ``Y`` (N, T, Hout) (or (T, N, Hout)) and the final ``LSTMState``.
         The caller's arrays are never written.
@@ -595,7 +621,8 @@ class LSTM(_Module):
         L = _as_lengths(lengths, N, T)
         c, h = _as_state(initial_state, N, self.hidden_size, self.output_size, self._dtype,
                          "initial_state")
-        Y = self._run(X, N, T, time_major, c, h, L, bool(reverse))
+        reverse = self.reverse if reverse is None else bool(reverse)
+        Y = self._run(X, N, T, time_major, c, h, L, reverse)
         return Y, LSTMState(c, h)
 
     def _run(self, X, N, T, time_major, c, h, L, reverse, cache=None):
@@ -607,13 +634,14 @@ class LSTM(_Module):
                          Y.reshape(N * T, Ho), L, reverse, cache)
         return Y
 
-    def forward(self, X, initial_state=None, lengths=None, time_major=False, reverse=False):
+    def forward(self, X, initial_state=None, lengths=None, time_major=False, reverse=None):
         """Training forward: like calling the layer, and also returns a cache for ``backward``.
 
         Returns ``Y``, the final ``LSTMState`` and an opaque ``TrainingCache``.  The cache
         keeps a reference to ``X`` (do not modify it before ``backward``) and serves one
         ``backward`` call.
         """
+        reverse = self.reverse if reverse is None else bool(reverse)
         return _training.lstm_forward(self, X, initial_state, lengths, time_major, reverse)
 
     def backward(self, dY, cache, dstate=None, input_grad=True):
@@ -678,6 +706,9 @@ class Bidirectional(_Module):
         for name, layer in (("forward_layer", forward_layer), ("backward_layer", backward_layer)):
             if not isinstance(layer, LSTM):
                 raise TypeError(f"{name} must be a fastlstm.LSTM, got {type(layer).__name__}")
+        if forward_layer.reverse:
+            raise ValueError("forward_layer has reverse=True: Bidirectional runs its forward "
+                             "half forward and its backward half in reverse itself")
         if forward_layer is backward_layer:
             raise ValueError("forward_layer and backward_layer must be two different LSTM objects")
         if forward_layer.input_size != backward_layer.input_size:
@@ -905,7 +936,7 @@ class MultiLSTM(_Module):
             else:
                 c, h = state or (np.zeros((N, layer.hidden_size), self._dtype),
                                  np.zeros((N, layer.output_size), self._dtype))
-                inp = layer._run(inp, N, T, time_major, c, h, L, False)
+                inp = layer._run(inp, N, T, time_major, c, h, L, layer.reverse)
                 s = LSTMState(c, h)
             states.append(s)
         return inp, tuple(states)
@@ -919,7 +950,7 @@ class MultiLSTM(_Module):
             return None
         specs = []
         for layer in self.layers:
-            if (type(layer) is not LSTM or layer.proj_size is not None
+            if (type(layer) is not LSTM or layer.proj_size is not None or layer.reverse
                     or layer.hidden_size > _SMALL_MAX_H
                     or N * T * 4 * layer.hidden_size * (layer.input_size + layer.hidden_size)
                     > _SMALL_MAX_WORK):
@@ -936,6 +967,9 @@ class MultiLSTM(_Module):
             if isinstance(layer, Bidirectional):
                 raise TypeError(f"layers[{k}] is Bidirectional, which cannot run one step at a "
                                 "time (its backward half needs the whole sequence)")
+            if layer.reverse:
+                raise TypeError(f"layers[{k}] has reverse=True, which cannot run one step at a "
+                                "time (it needs the whole sequence)")
         s0 = self._layer_states(state, "state")
         x = _numeric_array(x, "x")
         if x.ndim == 2:  # (a bad x is reported by layer 0) every state is checked first

@@ -40,7 +40,8 @@ def reference_stack(model):
                           (ref_params(layer.forward_layer), ref_options(layer.forward_layer)),
                           (ref_params(layer.backward_layer), ref_options(layer.backward_layer))))
         else:
-            items.append(("lstm", ref_params(layer), ref_options(layer)))
+            items.append(("lstm", ref_params(layer), dict(ref_options(layer),
+                                                          reverse=layer.reverse)))
     return items
 
 

@@ -120,6 +120,12 @@ def _model(kind, rng):
         return fl.Bidirectional(_rand_layer(rng, 5, 4),
                                 _rand_layer(rng, 5, 4, activation="linear",
                                             recurrent_activation="hard_sigmoid_keras2"))
+    if kind == "reverse":
+        return _rand_layer(rng, 5, 4, peepholes=True, reverse=True)
+    if kind == "stack_reverse":     # direction="reverse" nodes between the others
+        return fl.MultiLSTM([_rand_layer(rng, 5, 3, reverse=True), _rand_layer(rng, 3, 4),
+                             fl.Bidirectional(_rand_layer(rng, 4, 2), _rand_layer(rng, 4, 2)),
+                             _rand_layer(rng, 4, 3, reverse=True, activation="relu")])
     if kind == "stack":
         return fl.MultiLSTM([fl.Bidirectional(_rand_layer(rng, 5, 3), _rand_layer(rng, 5, 3)),
                              _rand_layer(rng, 6, 4, peepholes=True),
@@ -128,7 +134,7 @@ def _model(kind, rng):
 
 
 KINDS = ["lstm", "peepholes", "relu_hard_sigmoid", "sigmoid_keras2", "linear", "bidir",
-         "bidir_mixed_acts", "stack"]
+         "bidir_mixed_acts", "stack", "reverse", "stack_reverse"]
 
 
 def _layers(model):
@@ -166,6 +172,9 @@ def test_to_onnx_runs_in_onnxruntime(kind, with_lengths):
     back = fl.from_onnx(proto)
     assert type(back) is type(model)
     for a, b in zip(_layers(back), _layers(model)):
+        assert type(a) is type(b)
+        if isinstance(a, fl.LSTM):
+            assert a.reverse == b.reverse
         for la, lb in zip(_dirs(a), _dirs(b)):
             assert (la.activation, la.recurrent_activation) == \
                 (lb.activation, lb.recurrent_activation)
@@ -263,7 +272,6 @@ def _single_node(attrs, rng, H=3, I=2, D=1, extra_inits=None, inputs=None):
 @pytest.mark.parametrize("attrs, match", [
     (dict(clip=3.0), "clip=3.0 clamps the gate pre-activations"),
     (dict(input_forget=1), "input_forget"),
-    (dict(direction="reverse"), "reverse"),
     (dict(activations=["Sigmoid", "Tanh", "Relu"]), "differ"),
     (dict(activations=["Sigmoid", "LeakyRelu", "LeakyRelu"]), "cannot be represented"),
     (dict(activations=["HardSigmoid", "Tanh", "Tanh"], activation_alpha=[0.3],
@@ -290,6 +298,37 @@ def test_from_onnx_hard_sigmoid_defaults_and_keras3():
                                        activation_alpha=[1 / 6, 1.0, 1.0],
                                        activation_beta=[0.5, 0.0, 0.0]), rng))
     assert (m.recurrent_activation, m.activation) == ("hard_sigmoid", "linear")
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_from_onnx_reverse_node_matches_onnxruntime(with_lengths):
+    # a hand-built direction="reverse" node (with peepholes, stored initial state and
+    # sequence_lens) becomes an LSTM with reverse=True
+    rng = np.random.default_rng(4)
+    H, I, N, T = 3, 2, 4, 6
+    h0 = rng.normal(size=(1, N, H)).astype(np.float32)
+    c0 = rng.normal(size=(1, N, H)).astype(np.float32)
+    extra = {"B": rng.normal(size=(1, 8 * H)).astype(np.float32),
+             "P": rng.normal(size=(1, 3 * H)).astype(np.float32), "h0": h0, "c0": c0}
+    proto = lstm_graph([T, N, I], {"W": rng.normal(size=(1, 4 * H, I)).astype(np.float32),
+                                   "R": rng.normal(size=(1, 4 * H, H)).astype(np.float32),
+                                   **extra},
+                       ["X", "W", "R", "B", "sequence_lens" if with_lengths else "", "h0", "c0",
+                        "P"], dict(hidden_size=H, direction="reverse"),
+                       runtime_inputs=[("sequence_lens", TensorProto.INT32, [N])]
+                       if with_lengths else ())
+    model, s0 = fl.from_onnx(proto, return_initial_state=True)
+    assert isinstance(model, fl.LSTM) and model.reverse and model.use_peepholes
+    X = rng.normal(size=(T, N, I)).astype(np.float32)
+    L = np.array([6, 2, 1, 4], np.int32)
+    feeds = {"X": X}
+    if with_lengths:
+        feeds["sequence_lens"] = L
+    got = run_ort(proto, feeds)
+    Y, s = model(X, initial_state=s0, lengths=L if with_lengths else None, time_major=True)
+    np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
+    np.testing.assert_allclose(got["Y_h"][0], s.h, **TOL32)
+    np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
 
 
 def test_from_onnx_affine_identity_matches_onnxruntime():

@@ -31,6 +31,8 @@ def _models():
         "stack": fl.MultiLSTM([fl.Bidirectional(fl.LSTM(5, 3), fl.LSTM(5, 3, proj_size=2)),
                                fl.LSTM(5, 4, peepholes=True, proj_size=2),
                                fl.LSTM(2, 3, activation="sigmoid")]),
+        "lstm_reverse": fl.LSTM(5, 4, peepholes=True, reverse=True),
+        "stack_with_reverse": fl.MultiLSTM([fl.LSTM(5, 3), fl.LSTM(3, 4, reverse=True)]),
     }
 
 
@@ -73,7 +75,8 @@ def test_file_contents_are_plain_and_documented(tmp_path):
     fl.save(model, tmp_path / "m")  # NumPy appends .npz
     with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
         meta = json.loads(str(f["meta_json"][()]))
-        assert meta["format"] == "fastlstm" and meta["format_version"] == FORMAT_VERSION
+        # version 1: no layer runs in reverse (older readers read it)
+        assert meta["format"] == "fastlstm" and meta["format_version"] == 1
         assert meta["model"]["type"] == "Bidirectional"
         assert meta["model"]["backward"]["recurrent_activation"] == "hard_sigmoid"
         assert sorted(k for k in f.files if k != "meta_json") == \
@@ -84,6 +87,17 @@ def test_file_contents_are_plain_and_documented(tmp_path):
     fl.save(model, buf, compressed=True)
     buf.seek(0)
     np.testing.assert_array_equal(fl.load(buf).flat_params, model.flat_params)
+
+
+def test_reverse_layers_are_written_as_version_2(tmp_path):
+    model = _randomize(_models()["stack_with_reverse"], 4)
+    fl.save(model, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        meta = json.loads(str(f["meta_json"][()]))
+    assert meta["format_version"] == FORMAT_VERSION == 2
+    assert "reverse" not in meta["model"]["layers"][0]
+    assert meta["model"]["layers"][1]["reverse"] is True
+    assert fl.load(tmp_path / "m.npz").layers[1].reverse
 
 
 def _rewrite(path, out, edit):

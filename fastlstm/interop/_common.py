@@ -127,6 +127,16 @@ def directions(item):
     return [item]
 
 
+def refuse_reverse(item, target, where="layer"):
+    """Raise ValueError for a stand-alone layer built with ``reverse=True``: ``target`` has
+    no layer that runs in reverse on its own (only as the backward half of a
+    bidirectional one)."""
+    if isinstance(item, LSTM) and item.reverse:
+        raise ValueError(f"{where} cannot be represented exactly in {target}: it runs in "
+                         "reverse on its own (reverse=True), which only ONNX's "
+                         "direction='reverse' expresses")
+
+
 def refuse_unrepresentable(layer, target, *, peepholes=False, projection=False,
                            cell_clip=False, proj_clip=False, activations=("tanh",),
                            recurrent_activations=("sigmoid",), where="layer"):

@@ -20,7 +20,7 @@ import importlib
 import numpy as np
 
 from ._common import (as_array, build_layer, check_shape, directions, layers_of,
-                      refuse_unrepresentable)
+                      refuse_reverse, refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM
 
 __all__ = ["from_keras", "to_keras_weights", "keras_config", "keras_masked_outputs"]
@@ -184,6 +184,8 @@ def to_keras_weights(model):
     items = layers_of(model)
     out = []
     for k, item in enumerate(items):
+        refuse_reverse(item, "Keras LSTM (its go_backwards returns the outputs reversed)",
+                       f"layer {k}")
         ws = []
         for d, layer in enumerate(directions(item)):
             refuse_unrepresentable(layer, "Keras LSTM", activations=tuple(_KERAS_ACTIVATIONS),
@@ -211,6 +213,7 @@ def keras_config(layer, keras_version=3):
         raise ValueError(f"keras_version must be 2 or 3, got {keras_version!r}")
     refuse_unrepresentable(layer, "Keras LSTM", activations=tuple(_KERAS_ACTIVATIONS),
                            recurrent_activations=tuple(RECURRENT_NAMES))
+    refuse_reverse(layer, "Keras LSTM (its go_backwards returns the outputs reversed)")
     rec = RECURRENT_NAMES[layer.recurrent_activation].get(keras_version)
     if rec is None:
         raise ValueError(f"recurrent_activation={layer.recurrent_activation!r} has no "

@@ -133,7 +133,8 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
             names.append(f"P_{k}")
         while names[-1] == "":
             names.pop()
-        attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+        attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else
+                     "reverse" if item.reverse else "forward")
         acts = [a for layer in dirs for a in _activations(layer)]
         if any(a[0] != d for a, d in zip(acts, ["Sigmoid", "Tanh", "Tanh"] * D)):
             attrs["activations"] = [a[0] for a in acts]
@@ -267,9 +268,9 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     dtype : float32 / float64, default: that of the weights.
 
     Returns ``LSTM`` / ``Bidirectional`` / ``MultiLSTM`` (and the initial states).
-    Refused: ``clip``, ``input_forget=1``, ``direction="reverse"`` (fastlstm has no
-    stand-alone reverse layer), activations fastlstm does not compute, and graphs whose LSTM
-    nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only concern the call:
+    A ``direction="reverse"`` node becomes an ``LSTM`` with ``reverse=True``.
+    Refused: ``clip``, ``input_forget=1``, activations fastlstm does not compute, and
+    graphs whose LSTM nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only concern the call:
     pass ``lengths=`` (and ``time_major=``) to the fastlstm model.
     """
     from onnx import numpy_helper
@@ -361,10 +362,7 @@ def _node_to_item(node, consts, graph_inputs, where, dtype):
     if attrs.get("input_forget", 0):
         raise ValueError(f"{where}: input_forget=1 (f = 1 - i) cannot be represented in fastlstm")
     direction = attrs.get("direction", "forward")
-    if direction == "reverse":
-        raise ValueError(f"{where}: direction='reverse' has no stand-alone fastlstm layer; "
-                         "call an LSTM built from its weights with reverse=True instead")
-    if direction not in ("forward", "bidirectional"):
+    if direction not in ("forward", "reverse", "bidirectional"):
         raise ValueError(f"{where}: unknown direction {direction!r}")
     D = 2 if direction == "bidirectional" else 1
     layout = attrs.get("layout", 0)
@@ -401,6 +399,8 @@ def _node_to_item(node, consts, graph_inputs, where, dtype):
                                 recurrent_activation=acts[d][1],
                                 name=where + (" reverse" if d else "")))
     item = tuple(made) if D == 2 else made[0]
+    if direction == "reverse":
+        made[0].reverse = True
     state = None
     if isinstance(h0, np.ndarray) or isinstance(c0, np.ndarray):
         if not (isinstance(h0, np.ndarray) and isinstance(c0, np.ndarray)):

@@ -18,7 +18,8 @@ import re
 import numpy as np
 
 from ._common import (PERM_TF, as_array, blocks, build_layer, check_shape, directions,
-                      layers_of, pick_dtype, refuse_unrepresentable)
+                      layers_of, pick_dtype, refuse_reverse,
+                      refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _scalar
 
 __all__ = ["from_tf1", "from_tf1_checkpoint", "to_tf1", "to_tf1_checkpoint", "activation_name"]
@@ -321,6 +322,9 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     ``cell_name``).  ``forget_bias``: see ``to_tf1``.
     """
     items = layers_of(model)
+    for k, item in enumerate(items):
+        refuse_reverse(item, "a TF1 checkpoint (a cell's direction is in the graph code)",
+                       f"layer {k}")
     bidir = [isinstance(it, Bidirectional) for it in items]
     if any(bidir) and not all(bidir):
         raise ValueError("TF1 has no standard variable names for a stack mixing "

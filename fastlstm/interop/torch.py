@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
-                      pick_dtype, refuse_unrepresentable)
+                      pick_dtype, refuse_reverse, refuse_unrepresentable)
 from ..layers import Bidirectional, LSTM
 
 __all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
@@ -195,6 +195,7 @@ def to_torch_state_dict(model):
     first = directions(items[0])[0]
     H, P = first.hidden_size, first.proj_size
     for k, item in enumerate(items):
+        refuse_reverse(item, "torch nn.LSTM", f"layer {k}")
         if (2 if isinstance(item, Bidirectional) else 1) != D:
             raise ValueError("torch nn.LSTM needs every layer to have the same direction "
                              f"setting; layer 0 is {'bi' if D == 2 else 'uni'}directional, "
