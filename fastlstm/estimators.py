@@ -52,7 +52,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _threads
 from .dask import _with_threads
-from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM
+from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError
 from .optim import SGD, Adam, clip_grad_norm
 from .readout import Dense, mse_loss, softmax_cross_entropy
 
@@ -96,7 +96,7 @@ def _check_lengths(lengths, X):
     n, T = X.shape[:2]
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {L.dtype}")
+        raise _LengthsDtypeError(f"lengths must be integers, got dtype {L.dtype}")
     if L.shape != (n,):
         raise ValueError(f"lengths must have shape ({n},) (one per sample), got {L.shape}")
     if n and (L.min() < 1 or L.max() > T):

@@ -34,17 +34,19 @@ FORMAT_VERSION = 2
 _PREFIX = "param/"
 
 
-def _spec(model):
+def _spec(model, half=False):
+    """The description of ``model``; ``half``: a Bidirectional's half, whose direction
+    the Bidirectional sets (its own ``reverse`` flag plays no part and is not written)."""
     if isinstance(model, LSTM):
         return dict(type="LSTM", input_size=model.input_size, hidden_size=model.hidden_size,
                     proj_size=model.proj_size, peepholes=model.use_peepholes,
                     cell_clip=model.cell_clip, proj_clip=model.proj_clip,
                     forget_bias=model.forget_bias, activation=model.activation,
                     recurrent_activation=model.recurrent_activation, dtype=model.dtype.name,
-                    **({"reverse": True} if model.reverse else {}))
+                    **({"reverse": True} if model.reverse and not half else {}))
     if isinstance(model, Bidirectional):
-        return dict(type="Bidirectional", forward=_spec(model.forward_layer),
-                    backward=_spec(model.backward_layer))
+        return dict(type="Bidirectional", forward=_spec(model.forward_layer, True),
+                    backward=_spec(model.backward_layer, True))
     if isinstance(model, MultiLSTM):
         return dict(type="MultiLSTM", layers=[_spec(layer) for layer in model.layers])
     raise TypeError(f"model must be a fastlstm LSTM, Bidirectional or MultiLSTM, "

@@ -621,7 +621,7 @@ class LSTM(_Module):
         L = _as_lengths(lengths, N, T)
         c, h = _as_state(initial_state, N, self.hidden_size, self.output_size, self._dtype,
                          "initial_state")
-        reverse = self.reverse if reverse is None else bool(reverse)
+        reverse = self.reverse if reverse is None else _check_reverse(reverse, "reverse")
         Y = self._run(X, N, T, time_major, c, h, L, reverse)
         return Y, LSTMState(c, h)
 
@@ -641,7 +641,7 @@ class LSTM(_Module):
         keeps a reference to ``X`` (do not modify it before ``backward``) and serves one
         ``backward`` call.
         """
-        reverse = self.reverse if reverse is None else bool(reverse)
+        reverse = self.reverse if reverse is None else _check_reverse(reverse, "reverse")
         return _training.lstm_forward(self, X, initial_state, lengths, time_major, reverse)
 
     def backward(self, dY, cache, dstate=None, input_grad=True):
@@ -665,7 +665,13 @@ class LSTM(_Module):
 
         x : (N, I); state : LSTMState / (c, h) or None for zeros.
         Returns ``output`` (N, Hout) and the new ``LSTMState`` (its ``h`` equals output).
+        A layer built with ``reverse=True`` has no step (its first step is the last of
+        each row's sequence): TypeError.
         """
+        if self.reverse:
+            raise TypeError("this layer has reverse=True and cannot run one step at a time "
+                            "(its steps start from the end of each row's sequence): call it "
+                            "on the whole sequence, or set reverse=False")
         if self.proj_size is None:
             # fast path: plain arrays of the right dtype and shape, a small step
             p = self._params
@@ -969,7 +975,7 @@ class MultiLSTM(_Module):
                                 "time (its backward half needs the whole sequence)")
             if layer.reverse:
                 raise TypeError(f"layers[{k}] has reverse=True, which cannot run one step at a "
-                                "time (it needs the whole sequence)")
+                                "time (its steps start from the end of each row's sequence)")
         s0 = self._layer_states(state, "state")
         x = _numeric_array(x, "x")
         if x.ndim == 2:  # (a bad x is reported by layer 0) every state is checked first

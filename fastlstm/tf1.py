@@ -157,6 +157,9 @@ class _LSTMCellBase(RNNCell):
         self._initializer = initializer
         self._num_proj = None if num_proj is None else int(num_proj)
         self._proj_clip = proj_clip
+        forget_bias = _scalar(forget_bias)
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+            raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
         self._forget_bias = float(forget_bias)
         self._state_is_tuple = bool(state_is_tuple)
         self._activation = activation_name(activation)

@@ -210,8 +210,9 @@ def test_lengths_errors_and_infinity():
         est.fit(X, np.zeros(10), lengths=np.zeros(10, int))
     with pytest.raises(ValueError, match=r"lengths must have shape \(10,\)"):
         est.fit(X, np.zeros(10), lengths=np.ones(9, int))
-    with pytest.raises(TypeError, match="lengths must be integers"):
+    with pytest.raises(ValueError, match="lengths must be integers") as info:
         est.fit(X, np.zeros(10), lengths=np.ones(10))
+    assert isinstance(info.value, TypeError)     # as the layers raise it (SPEC.md Part A)
     X[3, 2, 1] = np.inf
     with pytest.raises(ValueError, match="infinity"):
         est.fit(X, np.zeros(10))

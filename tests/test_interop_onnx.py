@@ -279,11 +279,11 @@ def _single_node(attrs, rng, H=3, I=2, D=1, extra_inits=None, inputs=None):
     (dict(activations=["Tanh", "Tanh", "Tanh"]), "gate activation Tanh"),
     (dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[2.0, 2.0],
           activation_beta=[0.0, 0.0]), "Affine"),
-    # Affine's alpha and beta left out: ONNX's Affine defaults to 1, 0 but onnxruntime
-    # computes with 0, 0 (all-zero outputs), so the node is refused, not guessed
-    (dict(activations=["Sigmoid", "Affine", "Affine"]), "Affine without its alpha and beta"),
-    (dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[1.0, 1.0]),
-     "Affine without its alpha and beta"),
+    # Affine's alpha left out: ONNX's Affine defaults to 1 but onnxruntime computes with
+    # 0 (all-zero outputs), so the node is refused, not guessed
+    (dict(activations=["Sigmoid", "Affine", "Affine"]), "Affine without its alpha"),
+    (dict(activations=["Sigmoid", "Affine", "Affine"], activation_beta=[0.0, 0.0]),
+     "Affine without its alpha"),
 ])
 def test_from_onnx_refuses(attrs, match):
     with pytest.raises(ValueError, match=match):
@@ -331,10 +331,14 @@ def test_from_onnx_reverse_node_matches_onnxruntime(with_lengths):
     np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
 
 
-def test_from_onnx_affine_identity_matches_onnxruntime():
+@pytest.mark.parametrize("beta", [[0.0, 0.0], [0.0], None], ids=["betas", "one_beta", "no_beta"])
+def test_from_onnx_affine_identity_matches_onnxruntime(beta):
+    # a missing beta is 0 for ONNX and onnxruntime alike
     rng = np.random.default_rng(3)
-    proto = _single_node(dict(activations=["Sigmoid", "Affine", "Affine"],
-                              activation_alpha=[1.0, 1.0], activation_beta=[0.0, 0.0]), rng)
+    attrs = dict(activations=["Sigmoid", "Affine", "Affine"], activation_alpha=[1.0, 1.0])
+    if beta is not None:
+        attrs["activation_beta"] = beta
+    proto = _single_node(attrs, rng)
     model = fl.from_onnx(proto)
     assert model.activation == "linear"
     X = rng.normal(size=(5, 2, 2)).astype(np.float32)
@@ -342,6 +346,12 @@ def test_from_onnx_affine_identity_matches_onnxruntime():
     Y, s = model(X, time_major=True)
     np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
     np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
+
+
+def test_from_onnx_without_bias_keeps_the_weights_dtype():
+    rng = np.random.default_rng(5)
+    model = fl.from_onnx(_single_node({}, rng))          # W and R float32, no B
+    assert model.dtype == np.float32 and not model.b.any()
 
 
 def test_from_onnx_stored_initial_state():

@@ -139,10 +139,17 @@ def test_reverse_option_checks_and_keeps(tmp_path):
     assert fl.load(tmp_path / "r.npz").reverse is True
 
 
-def test_reverse_layers_where_no_direction_fits(rng):
+def test_reverse_layers_where_no_direction_fits(rng, tmp_path):
     stack = fl.MultiLSTM([fl.LSTM(3, 4), fl.LSTM(4, 4, reverse=True)])
     with pytest.raises(TypeError, match=r"layers\[1\] has reverse=True"):
         stack.step(np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="reverse=True and cannot run one step at a time"):
+        stack.layers[1].step(np.zeros((2, 4), np.float32))
+    for bad in ("False", 1, np.array([True])):
+        with pytest.raises(TypeError, match="reverse must be a bool"):
+            stack.layers[0](np.zeros((2, 5, 3), np.float32), reverse=bad)
+        with pytest.raises(TypeError, match="reverse must be a bool"):
+            stack.layers[0].forward(np.zeros((2, 5, 3), np.float32), reverse=bad)
     with pytest.raises(ValueError, match="forward_layer has reverse=True"):
         fl.Bidirectional(fl.LSTM(3, 4, reverse=True), fl.LSTM(3, 4))
     # a backward half built with reverse=True is what it would be anyway
@@ -167,3 +174,9 @@ def test_reverse_layers_where_no_direction_fits(rng):
     # ... but the backward half of a bidirectional layer is fine
     config, sd = to_torch_state_dict(bi)
     assert config["bidirectional"] and "weight_ih_l0_reverse" in sd
+    # a half's own flag plays no part (even when set after building): files leave it out
+    bi.forward_layer.reverse = True
+    fl.save(bi, tmp_path / "bi.npz")
+    again = fl.load(tmp_path / "bi.npz")
+    np.testing.assert_array_equal(again(X)[0], bi(X)[0])
+    np.testing.assert_allclose(bi(X)[0], Yr, **tol(np.float32))

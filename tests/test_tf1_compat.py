@@ -72,6 +72,9 @@ def test_cell_call_against_golden(suffix, stored):
     np.testing.assert_allclose(new_state.c, g["new_state.c"], **tol)
     np.testing.assert_array_equal(new_state.h, output)
     assert cell.state_size == (4, 4) and cell.output_size == 4
+    for bad in ("1.0", True, np.array([1.0]), np.array("1.0")):
+        with pytest.raises(TypeError, match="forget_bias must be a float"):
+            tf.nn.rnn_cell.BasicLSTMCell(4, forget_bias=bad)
 
 
 def test_default_initialisation_is_tf1s():

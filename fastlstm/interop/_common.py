@@ -80,8 +80,9 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
     H = H4 // 4
     Hout = P.shape[1] if P is not None else H
     check_shape(U, (Hout, 4 * H), f"{name}: recurrent kernel", "(output_size, 4*hidden_size)")
-    b = np.zeros(4 * H) if b is None else np.asarray(b)
-    check_shape(b, (4 * H,), f"{name}: bias", "(4*hidden_size,)")
+    if b is not None:          # None: zeros, in the dtype the weights choose
+        b = np.asarray(b)
+        check_shape(b, (4 * H,), f"{name}: bias", "(4*hidden_size,)")
     if peepholes is not None:
         check_shape(np.asarray(peepholes), (3, H), f"{name}: peepholes", "(3, hidden_size)")
     if P is not None:
@@ -96,7 +97,7 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
                  recurrent_activation=recurrent_activation, dtype=dt, random_state=0)
     layer.W[...] = W
     layer.U[...] = U
-    layer.b[...] = b
+    layer.b[...] = 0 if b is None else b
     if peepholes is not None:
         layer.peepholes[...] = peepholes
     if P is not None:

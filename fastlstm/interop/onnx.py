@@ -13,8 +13,9 @@ zero; ``onnx_state`` applies ONNX's rule to a fastlstm state explicitly.
 
 ``activation_alpha`` / ``activation_beta`` are read and written the way onnxruntime reads
 them: consumed in order by the functions that take parameters (HardSigmoid, Affine).  A
-missing HardSigmoid pair means (0.2, 0.5) for both ONNX and onnxruntime; an Affine without
-its pair is refused (ONNX's Affine defaults to (1, 0), onnxruntime computes with (0, 0)).
+missing HardSigmoid pair means (0.2, 0.5) for both ONNX and onnxruntime, a missing Affine
+beta 0; an Affine without its alpha is refused (ONNX's Affine defaults to alpha 1,
+onnxruntime computes with 0).
 """
 
 import os
@@ -200,17 +201,17 @@ def _parse_activations(attrs, D, where):
         n = _NEEDS_PARAMS.get(low, 0)
         a, b = _DEFAULT_PARAMS.get(low, (None, None))
         if n:
-            given = bool(alphas) and (n == 1 or bool(betas))
+            if low == "affine" and not alphas:
+                # ONNX's Affine operator defaults to alpha 1, but onnxruntime takes 0 for a
+                # missing alpha (it has defaults only for LeakyRelu, HardSigmoid and Elu):
+                # the node means different things to different runtimes.  A missing beta
+                # is 0 for both.
+                raise ValueError(f"{where}: activation {name} without its alpha in "
+                                 "activation_alpha is ambiguous (ONNX's Affine defaults to "
+                                 "alpha 1, onnxruntime computes with 0)")
             a = alphas.pop(0) if alphas else a
             if n > 1:
                 b = betas.pop(0) if betas else b
-            if low == "affine" and not given:
-                # ONNX's Affine operator defaults to alpha 1, beta 0, but onnxruntime takes
-                # 0 for a missing value (it has defaults only for LeakyRelu, HardSigmoid
-                # and Elu): the node means different things to different runtimes
-                raise ValueError(f"{where}: activation {name} without its alpha and beta in "
-                                 "activation_alpha / activation_beta is ambiguous "
-                                 "(ONNX's Affine defaults to 1, 0; onnxruntime uses 0, 0)")
         parsed.append((low, a, b))
     out = []
     for d in range(D):

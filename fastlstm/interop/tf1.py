@@ -286,7 +286,9 @@ def to_tf1(layer, forget_bias=1.0):
     Build the cell as ``LSTMCell(H, use_peepholes=..., cell_clip=layer.cell_clip,
     num_proj=layer.proj_size, proj_clip=layer.proj_clip, forget_bias=forget_bias,
     activation=...)``.  Refuses gate functions other than the sigmoid (TF cells have no
-    other).
+    other).  A TF cell has no direction: a layer built with ``reverse=True`` gives the
+    variables of a cell to run over ``tf.reverse_sequence`` inputs (as
+    ``bidirectional_dynamic_rnn`` runs its backward cell).
     """
     if not isinstance(layer, LSTM):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
@@ -323,8 +325,10 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     """
     items = layers_of(model)
     for k, item in enumerate(items):
-        refuse_reverse(item, "a TF1 checkpoint (a cell's direction is in the graph code)",
-                       f"layer {k}")
+        # the variable names are those of dynamic_rnn / MultiRNNCell, which run forward
+        refuse_reverse(item, "a TF1 checkpoint (its variable names are dynamic_rnn's, which "
+                       "runs forward; to_tf1 gives the cell's variables, to run over "
+                       "tf.reverse_sequence)", f"layer {k}")
     bidir = [isinstance(it, Bidirectional) for it in items]
     if any(bidir) and not all(bidir):
         raise ValueError("TF1 has no standard variable names for a stack mixing "
