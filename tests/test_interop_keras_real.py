@@ -1,0 +1,139 @@
+"""Keras interop against real Keras 3 runs (the torch backend; no TensorFlow needed).
+
+Skipped without the ``keras`` package (``pip install fastlstm[keras]``, with torch as its
+backend).  The oracle is Keras itself: ``keras.layers.LSTM`` / ``Bidirectional`` called on
+the same inputs, with and without masks and initial states."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "torch":      # pragma: no cover - another backend was chosen
+    pytest.skip(f"these tests run Keras on torch, not {keras.backend.backend()}",
+                allow_module_level=True)
+
+import fastlstm as fl  # noqa: E402
+from fastlstm.interop import keras_config, keras_masked_outputs  # noqa: E402
+
+# Keras' own NumPy 2 deprecation notices, nothing of fastlstm's
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+N, T, I, H = 4, 6, 3, 5
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _random_weights(layer, rng, dtype):
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype(dtype)
+                       for w in layer.get_weights()])
+
+
+def _keras_lstm(rng, dtype=np.float32, **kw):
+    layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
+                              dtype=np.dtype(dtype).name, **kw)
+    layer.build((None, T, I))
+    _random_weights(layer, rng, dtype)
+    return layer
+
+
+def _lengths_mask(lengths):
+    return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "linear"])
+@pytest.mark.parametrize("recurrent_activation", ["sigmoid", "hard_sigmoid"])
+def test_from_keras_layer_matches_keras(dtype, activation, recurrent_activation):
+    rng = np.random.default_rng(0)
+    layer = _keras_lstm(rng, dtype, activation=activation,
+                        recurrent_activation=recurrent_activation)
+    model = fl.from_keras(layer)
+    # Keras 3's hard_sigmoid is x/6 + 0.5 (fastlstm's "hard_sigmoid")
+    assert (model.activation, model.recurrent_activation) == (activation,
+                                                               recurrent_activation)
+    assert model.dtype == dtype
+    X = rng.normal(size=(N, T, I)).astype(dtype)
+    h0 = rng.normal(size=(N, H)).astype(dtype)
+    c0 = rng.normal(size=(N, H)).astype(dtype)
+    out, h, c = (_np(a) for a in layer(X, initial_state=[h0, c0]))   # Keras: [h, c]
+    Y, state = model(X, initial_state=(c0, h0))
+    np.testing.assert_allclose(Y, out, **TOL[dtype])
+    np.testing.assert_allclose(state.h, h, **TOL[dtype])
+    np.testing.assert_allclose(state.c, c, **TOL[dtype])
+
+
+def test_no_bias_and_unit_forget_bias():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+    for kw in (dict(use_bias=False), dict(unit_forget_bias=True)):
+        layer = keras.layers.LSTM(H, return_sequences=True, **kw)
+        layer.build((None, T, I))
+        if kw.get("use_bias", True):    # keep Keras' initial bias (forget block 1)
+            kernel, rec, bias = layer.get_weights()
+            np.testing.assert_array_equal(bias[H:2 * H], 1.0)
+        model = fl.from_keras(layer)
+        np.testing.assert_allclose(model(X)[0], _np(layer(X)), **TOL[np.float32])
+
+
+def test_masked_keras_outputs_and_states():
+    rng = np.random.default_rng(2)
+    layer = _keras_lstm(rng)
+    model = fl.from_keras(layer)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+    lengths = np.array([6, 2, 0, 5])
+    out, h, c = (_np(a) for a in layer(X, mask=_lengths_mask(lengths)))
+    Y, state = model(X, lengths=lengths)
+    # Keras repeats the last valid output on padded steps; the states agree as they are
+    np.testing.assert_allclose(keras_masked_outputs(Y, lengths), out, **TOL[np.float32])
+    np.testing.assert_allclose(state.h, h, **TOL[np.float32])
+    np.testing.assert_allclose(state.c, c, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bidirectional_matches_keras(masked):
+    rng = np.random.default_rng(3)
+    bi = keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True))
+    bi.build((None, T, I))
+    _random_weights(bi, rng, np.float32)
+    model = fl.from_keras(bi)
+    assert isinstance(model, fl.Bidirectional)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+    lengths = np.array([6, 2, 1, 4]) if masked else None
+    out = _np(bi(X, mask=_lengths_mask(lengths)) if masked else bi(X))
+    Y, _ = model(X, lengths=lengths)
+    for n in range(N):                  # the valid steps of each row
+        L = T if lengths is None else lengths[n]
+        np.testing.assert_allclose(Y[n, :L], out[n, :L], **TOL[np.float32])
+
+
+def test_export_builds_the_same_keras_layer():
+    rng = np.random.default_rng(4)
+    for model in (fl.LSTM(I, H, activation="relu", recurrent_activation="hard_sigmoid",
+                          random_state=0),
+                  fl.LSTM(I, H, activation="sigmoid", random_state=1)):
+        for v in model.params.values():
+            v[...] = rng.normal(scale=0.5, size=v.shape)
+        layer = keras.layers.LSTM(**keras_config(model))   # sequences and states
+        layer.build((None, T, I))
+        layer.set_weights(fl.to_keras_weights(model))
+        X = rng.normal(size=(N, T, I)).astype(np.float32)
+        out, h, c = (_np(a) for a in layer(X))
+        Y, state = model(X)
+        np.testing.assert_allclose(out, Y, **TOL[np.float32])
+        np.testing.assert_allclose(c, state.c, **TOL[np.float32])
+
+
+def test_go_backwards_is_refused_and_keras2_hard_sigmoid_is_named():
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match="go_backwards=True"):
+        fl.from_keras(_keras_lstm(rng, go_backwards=True))
+    # the Keras 2 formula has no Keras 3 name: exporting it is refused
+    with pytest.raises(ValueError, match="hard_sigmoid"):
+        keras_config(fl.LSTM(I, H, recurrent_activation="hard_sigmoid_keras2"))
