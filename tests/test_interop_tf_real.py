@@ -1,0 +1,208 @@
+"""TF1 interop against real TensorFlow runs: TF 2.x running the TF1 cell code
+(``tf.compat.v1.nn.rnn_cell``, ``dynamic_rnn``, ``bidirectional_dynamic_rnn``) in graph
+mode, as SPEC.md Part B describes.  Skipped without ``tensorflow`` and ``tf_keras`` (the
+TF1 cells need TF's legacy Keras: ``pip install fastlstm[tf]``).  The oracle is TF itself:
+every cell option (peepholes, cell_clip, num_proj, proj_clip, forget_bias, activation),
+sequence lengths (with empty rows), initial states and both layouts, in float32 and float64;
+the models are read back from the graph's own variables by name."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")    # the TF1 cells live in tf_keras
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+pytest.importorskip("tf_keras")
+tf = pytest.importorskip("tensorflow")
+
+import fastlstm as fl  # noqa: E402
+
+v1 = tf.compat.v1
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
+                                        "ignore::UserWarning")
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+ACTS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid}
+
+
+def _run_tf(make_cells, X, dtype, lengths=None, initial=None, time_major=False,
+            bidirectional=False, seed=0):
+    """Build the TF1 graph, give every variable random values, run it.
+
+    Returns (outputs, final state, {variable name: value})."""
+    rng = np.random.default_rng(seed)
+    tdt = tf.float32 if dtype == np.float32 else tf.float64
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tdt, X.shape)
+        L = None if lengths is None else v1.constant(lengths, tf.int32)
+        if bidirectional:
+            fw, bw = make_cells()
+            out, state = v1.nn.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=L,
+                                                         dtype=tdt, time_major=time_major)
+            out = tf.concat(out, axis=-1)
+        else:
+            cell = make_cells()
+            init = None
+            if initial is not None:
+                init = v1.nn.rnn_cell.LSTMStateTuple(v1.constant(initial[0], tdt),
+                                                     v1.constant(initial[1], tdt))
+            out, state = v1.nn.dynamic_rnn(cell, x, sequence_length=L, initial_state=init,
+                                           dtype=tdt, time_major=time_major)
+        variables = v1.global_variables()
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            values = {}
+            for var in variables:
+                value = rng.normal(scale=0.5, size=var.shape).astype(dtype)
+                var.load(value, sess)
+                values[var.name] = value
+            got_out, got_state = sess.run([out, state], {x: X})
+    return got_out, got_state, values
+
+
+CELL_OPTIONS = {
+    "basic": ("basic", {}),
+    "basic_forget_bias": ("basic", dict(forget_bias=0.3)),
+    "basic_relu": ("basic", dict(activation="relu")),
+    "peepholes": ("lstm", dict(use_peepholes=True)),
+    "cell_clip": ("lstm", dict(cell_clip=0.4)),
+    "cell_clip_zero": ("lstm", dict(cell_clip=0.0, use_peepholes=True)),
+    "projection": ("lstm", dict(num_proj=3)),
+    "projection_clip": ("lstm", dict(num_proj=3, proj_clip=0.2, cell_clip=0.6)),
+    "everything": ("lstm", dict(use_peepholes=True, cell_clip=0.5, num_proj=2, proj_clip=0.3,
+                                forget_bias=0.7, activation="sigmoid")),
+}
+
+
+def _tf_cell(kind, H, options):
+    opts = dict(options)
+    if "activation" in opts:
+        opts["activation"] = ACTS[opts["activation"]]
+    if kind == "basic":
+        return v1.nn.rnn_cell.BasicLSTMCell(H, **opts)
+    return v1.nn.rnn_cell.LSTMCell(H, **opts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+@pytest.mark.parametrize("name", list(CELL_OPTIONS))
+def test_cell_options_match_tf(name, time_major, dtype):
+    kind, options = CELL_OPTIONS[name]
+    N, T, I, H = 4, 6, 3, 5
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(T, N, I) if time_major else (N, T, I)).astype(dtype)
+    lengths = np.array([6, 0, 3, 1])
+    Hout = options.get("num_proj", H)
+    c0 = rng.normal(size=(N, H)).astype(dtype)
+    h0 = rng.normal(size=(N, Hout)).astype(dtype)
+    out, (c, h), values = _run_tf(lambda: _tf_cell(kind, H, options), X, dtype, lengths,
+                                  (c0, h0), time_major)
+    model = fl.from_tf1_checkpoint(values, forget_bias=options.get("forget_bias", 1.0),
+                                   cell_clip=options.get("cell_clip"),
+                                   proj_clip=options.get("proj_clip"),
+                                   activation=options.get("activation", "tanh"))
+    assert model.dtype == dtype and model.output_size == Hout
+    Y, state = model(X, initial_state=(c0, h0), lengths=lengths, time_major=time_major)
+    np.testing.assert_allclose(Y, out, **TOL[dtype])
+    np.testing.assert_allclose(state.c, c, **TOL[dtype])
+    np.testing.assert_allclose(state.h, h, **TOL[dtype])
+
+
+def test_exported_variables_give_tf_the_same_results():
+    # fastlstm -> to_tf1_checkpoint -> TF's own cell: TF computes what fastlstm computes
+    N, T, I, H, P = 3, 5, 4, 6, 2
+    rng = np.random.default_rng(2)
+    model = fl.LSTM(I, H, proj_size=P, peepholes=True, cell_clip=0.8, proj_clip=0.5,
+                    random_state=0)
+    for v in model.params.values():
+        v[...] = rng.normal(scale=0.5, size=v.shape)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+    lengths = np.array([5, 2, 0])
+    variables = fl.to_tf1_checkpoint(model, forget_bias=1.0)
+    g = tf.Graph()
+    with g.as_default():
+        cell = v1.nn.rnn_cell.LSTMCell(H, use_peepholes=True, cell_clip=0.8, num_proj=P,
+                                       proj_clip=0.5)
+        out, state = v1.nn.dynamic_rnn(cell, v1.constant(X), sequence_length=lengths,
+                                       dtype=tf.float32)
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            for var in v1.global_variables():
+                var.load(variables[var.name[:-2]], sess)
+            got, (c, h) = sess.run([out, state])
+    Y, s = model(X, lengths=lengths)
+    np.testing.assert_allclose(got, Y, **TOL[np.float32])
+    np.testing.assert_allclose(c, s.c, **TOL[np.float32])
+    np.testing.assert_allclose(h, s.h, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tutorial_multirnn_stack_matches_tf(dtype):
+    # the walk-through's MultiRNNCell of a 4-unit and a 5-unit BasicLSTMCell, dynamic_rnn
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2, 3, 6)).astype(dtype)
+    lengths = np.array([3, 1])
+
+    def cells():
+        return v1.nn.rnn_cell.MultiRNNCell([v1.nn.rnn_cell.BasicLSTMCell(4),
+                                            v1.nn.rnn_cell.BasicLSTMCell(5)])
+
+    out, states, values = _run_tf(cells, X, dtype, lengths)
+    model = fl.from_tf1_checkpoint(values)
+    assert isinstance(model, fl.MultiLSTM)
+    Y, fl_states = model(X, lengths=lengths)
+    np.testing.assert_allclose(Y, out, **TOL[dtype])
+    for k in range(2):
+        np.testing.assert_allclose(fl_states[k].c, states[k].c, **TOL[dtype])
+        np.testing.assert_allclose(fl_states[k].h, states[k].h, **TOL[dtype])
+
+
+def test_bidirectional_dynamic_rnn_matches_tf():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(4, 7, 3)).astype(np.float32)
+    lengths = np.array([7, 3, 0, 5])
+
+    def cells():
+        return (v1.nn.rnn_cell.LSTMCell(4, use_peepholes=True),
+                v1.nn.rnn_cell.LSTMCell(4, cell_clip=0.5))
+
+    out, (fw, bw), values = _run_tf(cells, X, np.float32, lengths, bidirectional=True)
+    # the two cells' options differ: each direction is read with its own scope
+    model = fl.Bidirectional(
+        fl.from_tf1_checkpoint(values, scope="bidirectional_rnn/fw"),
+        fl.from_tf1_checkpoint(values, scope="bidirectional_rnn/bw", cell_clip=0.5))
+    Y, (sf, sb) = model(X, lengths=lengths)
+    np.testing.assert_allclose(Y, out, **TOL[np.float32])
+    np.testing.assert_allclose(sf.c, fw.c, **TOL[np.float32])
+    np.testing.assert_allclose(sb.h, bw.h, **TOL[np.float32])
+    # the whole checkpoint at once, both cells with the same options
+    out, _, values = _run_tf(lambda: (v1.nn.rnn_cell.BasicLSTMCell(3),
+                                      v1.nn.rnn_cell.BasicLSTMCell(3)),
+                             X, np.float32, lengths, bidirectional=True, seed=1)
+    model = fl.from_tf1_checkpoint(values)
+    assert isinstance(model, fl.Bidirectional)
+    np.testing.assert_allclose(model(X, lengths=lengths)[0], out, **TOL[np.float32])
+
+
+def test_fastlstm_tf1_api_matches_tf():
+    # the same TF1 program written against fastlstm.tf1 (no graph, no session) and TF
+    from fastlstm import tf1 as ftf
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    lengths = np.array([5, 2, 4])
+    out, (c, h), values = _run_tf(
+        lambda: v1.nn.rnn_cell.LSTMCell(6, use_peepholes=True, num_proj=3, forget_bias=0.5),
+        X, np.float32, lengths)
+    cell = ftf.nn.rnn_cell.LSTMCell(6, use_peepholes=True, num_proj=3, forget_bias=0.5)
+    cell.build(4)
+    order = ["rnn/lstm_cell/kernel:0", "rnn/lstm_cell/bias:0", "rnn/lstm_cell/w_f_diag:0",
+             "rnn/lstm_cell/w_i_diag:0", "rnn/lstm_cell/w_o_diag:0",
+             "rnn/lstm_cell/projection/kernel:0"]
+    cell.set_weights([values[name] for name in order])
+    got, state = ftf.nn.dynamic_rnn(cell, X, sequence_length=lengths, dtype=ftf.float32)
+    np.testing.assert_allclose(got, out, **TOL[np.float32])
+    np.testing.assert_allclose(state.c, c, **TOL[np.float32])
+    np.testing.assert_allclose(state.h, h, **TOL[np.float32])
