@@ -12,6 +12,20 @@ def tol(dtype):
     return TOL[np.dtype(dtype)]
 
 
+def assert_grads_close(got, want, dtype):
+    """Gradients {name: array} against the reference backward's dict ``want`` (``c0`` and
+    ``h0`` against its ``state0``), in ``dtype``.  Gradients sum over many terms: the
+    tolerances are 10x ``tol(dtype)``, the absolute one scaled by the gradient's size."""
+    t = tol(dtype)
+    for name, ana in got.items():
+        expected = {"c0": want["state0"][0], "h0": want["state0"][1]}.get(name) \
+            if name in ("c0", "h0") else want[name]
+        assert ana.dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(ana, expected, rtol=t["rtol"] * 10,
+                                   atol=t["atol"] * 10 * max(1.0, np.abs(expected).max()),
+                                   err_msg=name)
+
+
 def ref_params(layer):
     """A layer's parameters in float64, for the reference."""
     return {k: np.asarray(v, np.float64) for k, v in layer.params.items()}

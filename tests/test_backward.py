@@ -11,8 +11,8 @@ import pytest
 
 import fastlstm as fl
 from fastlstm import _threads
-from conftest import (numeric_grad, randomize, ref, ref_options, ref_params,
-                      reference_stack, rel_err, tol)
+from conftest import (assert_grads_close, numeric_grad, randomize, ref, ref_options,
+                      ref_params, reference_stack, rel_err, tol)
 
 RTOL = 1e-6
 
@@ -142,14 +142,7 @@ def test_lstm_matches_reference(name, opts, dtype, n_threads, rng):
                                 reverse=rev)
     dX, d0 = layer.backward(to_layout(dY, tm), cache, ds)
     g = reference_grads(layer, X, s0, lengths, dY, ds, rev)
-    t = tol(dtype)
-    # gradients sum over many terms: scale the absolute tolerance by the gradient's size
-    for name_, ana in dict(layer.grads, X=to_layout(dX, tm), c0=d0.c, h0=d0.h).items():
-        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name_, g.get(name_))
-        assert ana.dtype == np.dtype(dtype)
-        scale = max(1.0, np.abs(want).max())
-        np.testing.assert_allclose(ana, want, rtol=t["rtol"] * 10, atol=t["atol"] * 10 * scale,
-                                   err_msg=name_)
+    assert_grads_close(dict(layer.grads, X=to_layout(dX, tm), c0=d0.c, h0=d0.h), g, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -162,12 +155,7 @@ def test_plain_cell_every_width(H, dtype, rng):
     _, _, cache = layer.forward(X, s0, lengths=lengths)
     dX, d0 = layer.backward(dY, cache, ds)
     g = reference_grads(layer, X, s0, lengths, dY, ds, False)
-    t = tol(dtype)
-    for name, ana in dict(layer.grads, X=dX, c0=d0.c, h0=d0.h).items():
-        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name, g.get(name))
-        np.testing.assert_allclose(ana, want, rtol=t["rtol"] * 10,
-                                   atol=t["atol"] * 10 * max(1.0, np.abs(want).max()),
-                                   err_msg=name)
+    assert_grads_close(dict(layer.grads, X=dX, c0=d0.c, h0=d0.h), g, dtype)
 
 
 def test_threads_bit_identical(rng):
@@ -568,11 +556,7 @@ def test_backward_on_each_isa(isa, dtype, rng):
     _, _, cache = layer.forward(X, s0, lengths=lengths, reverse=True)
     dX, d0 = layer.backward(dY, cache, ds)
     g = reference_grads(layer, X, s0, lengths, dY, ds, True)
-    for name, ana in dict(layer.grads, X=dX, c0=d0.c, h0=d0.h).items():
-        want = {"c0": g["state0"][0], "h0": g["state0"][1]}.get(name, g.get(name))
-        np.testing.assert_allclose(ana, want, rtol=10 * tol(dtype)["rtol"],
-                                   atol=10 * tol(dtype)["atol"] * max(1, np.abs(want).max()),
-                                   err_msg=name)
+    assert_grads_close(dict(layer.grads, X=dX, c0=d0.c, h0=d0.h), g, dtype)
 
 
 def test_training_buffers_reused_between_steps():
