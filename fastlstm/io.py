@@ -53,12 +53,20 @@ def _spec(model, half=False):
                     f"got {type(model).__name__}")
 
 
+def _runs_reverse(spec):
+    """Whether a description holds a layer with ``"reverse"`` (never a Bidirectional's
+    half: see ``_spec``)."""
+    if spec["type"] == "MultiLSTM":
+        return any(_runs_reverse(s) for s in spec["layers"])
+    return bool(spec.get("reverse", False))
+
+
 def save(model, path, *, compressed=False):
     """Write ``model`` to ``path`` (a path or a binary file; ``.npz`` is appended to a
     path without it, as NumPy does).  ``compressed=True`` uses zip deflate."""
     spec = _spec(model)
     # version 1 unless a layer runs in reverse (a reader of version 1 would run it forward)
-    version = 2 if '"reverse": true' in json.dumps(spec) else 1
+    version = 2 if _runs_reverse(spec) else 1
     meta = dict(format="fastlstm", format_version=version, fastlstm_version=__version__,
                 model=spec)
     arrays = {_PREFIX + name: np.ascontiguousarray(value)

@@ -271,8 +271,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     Returns ``LSTM`` / ``Bidirectional`` / ``MultiLSTM`` (and the initial states).
     A ``direction="reverse"`` node becomes an ``LSTM`` with ``reverse=True``.
     Refused: ``clip``, ``input_forget=1``, activations fastlstm does not compute, and
-    graphs whose LSTM nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only concern the call:
-    pass ``lengths=`` (and ``time_major=``) to the fastlstm model.
+    graphs whose LSTM nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only
+    concern the call: pass ``lengths=`` (and ``time_major=``) to the fastlstm model.
     """
     from onnx import numpy_helper
 
