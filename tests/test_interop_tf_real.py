@@ -206,3 +206,75 @@ def test_fastlstm_tf1_api_matches_tf():
     np.testing.assert_allclose(got, out, **TOL[np.float32])
     np.testing.assert_allclose(state.c, c, **TOL[np.float32])
     np.testing.assert_allclose(state.h, h, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("state_is_tuple", [True, False])
+def test_walkthrough_program_matches_tf(state_is_tuple):
+    """The classic walk-through, line for line in TF1 (graph + session) and in fastlstm.tf1:
+    a BasicLSTMCell stepped by hand on its state, an LSTMCell with options, a MultiRNNCell
+    of a 4-unit and a 5-unit cell, and dynamic_rnn over [batch, time, features] with
+    per-sequence lengths; the weights TF drew go into fastlstm's cells."""
+    from fastlstm import tf1 as ftf
+
+    rng = np.random.default_rng(6)
+    x1 = rng.normal(size=(2, 6)).astype(np.float32)
+    X = rng.normal(size=(2, 3, 6)).astype(np.float32)
+    lengths = np.array([3, 2])
+
+    g = tf.Graph()
+    with g.as_default():
+        cell = v1.nn.rnn_cell.BasicLSTMCell(num_units=4, state_is_tuple=state_is_tuple)
+        s0 = cell.zero_state(2, tf.float32)
+        step_out, step_state = cell(v1.constant(x1), s0)
+        step_out2, step_state2 = cell(v1.constant(x1), step_state)     # stepped by hand
+        opt_cell = v1.nn.rnn_cell.LSTMCell(num_units=5, use_peepholes=True, cell_clip=0.6,
+                                           num_proj=3, proj_clip=0.4, forget_bias=0.5,
+                                           state_is_tuple=state_is_tuple)
+        with v1.variable_scope("options"):
+            opt_out, opt_state = v1.nn.dynamic_rnn(opt_cell, v1.constant(X),
+                                                   sequence_length=lengths, dtype=tf.float32)
+        stacked = v1.nn.rnn_cell.MultiRNNCell(
+            [v1.nn.rnn_cell.BasicLSTMCell(n, state_is_tuple=state_is_tuple) for n in (4, 5)],
+            state_is_tuple=state_is_tuple)
+        with v1.variable_scope("stack"):
+            outputs, state = v1.nn.dynamic_rnn(stacked, v1.constant(X), sequence_length=lengths,
+                                               dtype=tf.float32)
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())      # TF's own initial weights
+            want = sess.run([step_out2, step_state2, opt_out, opt_state, outputs, state])
+            weights = [cell.get_weights(), opt_cell.get_weights()] + \
+                [sess.run(stacked.weights[2 * k:2 * k + 2]) for k in range(2)]
+    got = _fastlstm_program(ftf, x1, X, lengths, state_is_tuple, weights)
+    assert len(_flat(got)) == len(_flat(want))
+    for a, b in zip(_flat(got), _flat(want)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, **TOL[np.float32])
+
+
+def _flat(x):
+    if isinstance(x, (tuple, list)):
+        return [a for item in x for a in _flat(item)]
+    return [np.asarray(x)]
+
+
+def _fastlstm_program(t, x1, X, lengths, state_is_tuple, weights):
+    cell = t.nn.rnn_cell.BasicLSTMCell(num_units=4, state_is_tuple=state_is_tuple)
+    cell.build(6)
+    cell.set_weights(weights[0])
+    s0 = cell.zero_state(2, t.float32)
+    step_out, step_state = cell(x1, s0)
+    step_out2, step_state2 = cell(x1, step_state)
+    opt_cell = t.nn.rnn_cell.LSTMCell(num_units=5, use_peepholes=True, cell_clip=0.6,
+                                      num_proj=3, proj_clip=0.4, forget_bias=0.5,
+                                      state_is_tuple=state_is_tuple)
+    opt_cell.build(6)
+    opt_cell.set_weights(weights[1])
+    opt_out, opt_state = t.nn.dynamic_rnn(opt_cell, X, sequence_length=lengths,
+                                          dtype=t.float32)
+    subs = [t.nn.rnn_cell.BasicLSTMCell(n, state_is_tuple=state_is_tuple) for n in (4, 5)]
+    stacked = t.nn.rnn_cell.MultiRNNCell(subs, state_is_tuple=state_is_tuple)
+    for k, (sub, width) in enumerate(zip(subs, (6, 4))):
+        sub.build(width)
+        sub.set_weights(weights[2 + k])
+    outputs, state = t.nn.dynamic_rnn(stacked, X, sequence_length=lengths, dtype=t.float32)
+    return [step_out2, step_state2, opt_out, opt_state, outputs, state]
