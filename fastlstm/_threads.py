@@ -15,6 +15,7 @@ import os
 import threading
 
 from . import _forward
+from ._scalars import unwrap
 
 __all__ = ["get_n_threads", "set_n_threads", "resolve_n_threads", "show_config"]
 
@@ -41,8 +42,7 @@ def check_n_threads(n_threads, name="n_threads"):
     """Validate a thread-count argument without resolving it."""
     if n_threads is None:
         return None
-    if getattr(n_threads, "ndim", None) == 0 and hasattr(n_threads, "item"):
-        n_threads = n_threads[()]    # a 0-d array (a stored scalar)
+    n_threads = unwrap(n_threads)    # a 0-d array (a stored scalar)
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
         raise TypeError(f"{name} must be None or an int, got {type(n_threads).__name__}")
     if n_threads == 0:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _forward, _threads, _training
+from ._scalars import unwrap as _scalar
 from .init import check_random_state, glorot_uniform, orthogonal
 
 __all__ = ["LSTMState", "LSTM", "Bidirectional", "MultiLSTM"]
@@ -83,14 +84,6 @@ def _check_dtype(dtype):
     if dt not in _DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
-
-
-def _scalar(value):
-    """The item of a 0-d NumPy array (what ``np.load`` gives for a stored scalar, as in
-    ``golden/``), else ``value`` itself; the checks below then see a NumPy scalar."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        return value[()]
-    return value
 
 
 class _LengthsDtypeError(ValueError, TypeError):

@@ -16,6 +16,8 @@ import numbers
 
 import numpy as np
 
+from ._scalars import unwrap
+
 __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm"]
 
 
@@ -54,8 +56,7 @@ def _pairs(params):
 
 
 def _check_number(value, name, low=0.0, low_inclusive=True, high=None):
-    if isinstance(value, np.ndarray) and value.ndim == 0:   # a stored scalar (np.load)
-        value = value[()]
+    value = unwrap(value)   # a stored scalar (np.load)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     value = float(value)
