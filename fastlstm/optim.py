@@ -12,6 +12,7 @@ hyper-parameters carry over; ``weight_decay`` in ``SGD`` and ``Adam`` is the cla
 term added to the gradient, in ``AdamW`` it is decoupled (``p -= lr * wd * p``).
 """
 
+import copy
 import numbers
 
 import numpy as np
@@ -116,23 +117,31 @@ class _Optimizer:
             got = state.get("optimizer") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a {type(self).__name__} state_dict, got {got!r}")
         for name, saved in state["state"].items():
-            if len(saved) != len(self._pairs):
+            # a slot is empty when the saved hyper-parameters do not use it (SGD without
+            # momentum has no momentum buffers), else it holds one array per buffer
+            if len(saved) not in (0, len(self._pairs)):
                 raise ValueError(f"state[{name!r}] has {len(saved)} buffers, this optimiser "
                                  f"has {len(self._pairs)}")
             for k, ((p, _), src) in enumerate(zip(self._pairs, saved)):
                 if np.shape(src) != p.shape:
                     raise ValueError(f"state[{name!r}][{k}] has shape {np.shape(src)}, "
                                      f"expected {p.shape}")
+        # built aside and adopted only when complete: a refused state changes nothing
+        new = copy.copy(self)
         for name, value in state["hyper"].items():
-            setattr(self, name, tuple(value) if isinstance(value, list) else value)
-        self.n_steps = int(state["n_steps"])
-        self._alloc()
-        slots = self._slots()
+            setattr(new, name, tuple(value) if isinstance(value, list) else value)
+        new.n_steps = int(state["n_steps"])
+        new._alloc()
+        slots = new._slots()
         if set(state["state"]) != set(slots):
             raise ValueError(f"state holds {sorted(state['state'])}, expected {sorted(slots)}")
         for name, arrays in slots.items():
+            if len(arrays) != len(state["state"][name]):
+                raise ValueError(f"state[{name!r}] has {len(state['state'][name])} buffers, "
+                                 f"its hyper-parameters need {len(arrays)}")
             for dst, src in zip(arrays, state["state"][name]):
                 dst[...] = src
+        self.__dict__.update(new.__dict__)
 
     def __repr__(self):
         hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("lr",) + self._hyper)

@@ -312,6 +312,20 @@ def test_unpickled_estimator_keeps_training_state(small_fitted, name):
     assert not np.array_equal(a.predict(X), fitted[name].predict(X)) or name == "classifier"
 
 
+def test_pickle_with_sgd(small_fitted):
+    # the optimiser's state travels whatever it holds (plain SGD holds no buffers)
+    import pickle
+
+    X, y, _ = small_fitted
+    est = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=2, optimizer="sgd",
+                                   random_state=0), X, y)
+    a = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(a.predict(X), est.predict(X))
+    est.partial_fit(X, y)
+    a.partial_fit(X, y)
+    np.testing.assert_array_equal(a.predict(X), est.predict(X))
+
+
 def test_clone_and_params_round_trip(small_fitted):
     from sklearn.base import clone
 

@@ -122,6 +122,8 @@ def test_on_models_flat_buffers(rng):
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+                                     ("SGD", dict(lr=0.1)),      # no momentum: no buffers
+                                     ("SGD", dict(lr=0.1, weight_decay=0.01)),
                                      ("Adam", dict(lr=0.01, weight_decay=0.1)),
                                      ("AdamW", dict(lr=0.01))])
 def test_state_dict_round_trip(name, kw, problem):
@@ -160,6 +162,24 @@ def test_state_dict_errors():
     other = optim.Adam([(np.zeros(4), np.zeros(4))]).state_dict()
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(other)
+
+
+def test_state_dict_refused_changes_nothing():
+    # a momentum state without its buffers is refused, and the optimiser keeps its own
+    # hyper-parameters, step count and buffers
+    p, g = np.zeros(3), np.ones(3)
+    opt = optim.SGD([(p, g)], lr=0.5, momentum=0.5)
+    opt.step()
+    buf = opt._slots()["momentum_buffer"][0].copy()
+    state = optim.SGD([(p.copy(), g.copy())], lr=0.1).state_dict()   # no momentum buffers
+    state["hyper"]["momentum"] = 0.9
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        opt.load_state_dict(state)
+    assert (opt.lr, opt.momentum, opt.n_steps) == (0.5, 0.5, 1)
+    np.testing.assert_array_equal(opt._slots()["momentum_buffer"][0], buf)
+    # momentum 0 into an optimiser that had momentum: the buffers go away
+    opt.load_state_dict(optim.SGD([(p.copy(), g.copy())], lr=0.1).state_dict())
+    assert opt.momentum == 0 and opt._slots()["momentum_buffer"] == []
 
 
 def test_clip_grad_norm(rng):
