@@ -7,6 +7,7 @@ compiled kernels; the kernels trust it.  Maths and layouts: SPEC.md Part A.
 import numbers
 import os
 import time
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -279,6 +280,26 @@ class _Module:
         """Sub-modules whose parameters fill this module's buffer, in order (containers)."""
         return ()
 
+    # the container whose buffer holds this module's parameters (a weak reference), or None
+    _owner = None
+
+    def _check_adoptable(self, children, names):
+        """Refuse children that another live container holds (also a Bidirectional about
+        to be nested beside one of its own halves): a layer's parameters are views into
+        one buffer, so a second container would silently take them from the first, whose
+        optimiser would then update a stale copy."""
+        for child, name in zip(children, names):
+            owner = child._owner() if child._owner is not None else None
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"{name} already belongs to a {type(owner).__name__} (its parameters are "
+                    "views into that model's buffer); pass copy.deepcopy(layer) for an "
+                    "independent copy, or build the layer anew")
+
+    def _adopt(self):
+        for child in self._children():
+            child._owner = weakref.ref(self)
+
     def _rebind(self, buffer):
         """Move the parameters (values kept) into ``buffer``, 1-D of this module's size."""
         if not self._children():
@@ -317,6 +338,7 @@ class _Module:
         # the views on loading, so that they stay live (spawn, joblib and Dask workers)
         state = self.__dict__.copy()
         state.pop("_params", None)
+        state.pop("_owner", None)             # a copy belongs to no container
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
         return state
 
@@ -325,6 +347,7 @@ class _Module:
         self._rebind(self._flat)
         if "_gflat" in state:
             self._rebind_grads(self._gflat)
+        self._adopt()
 
     # -- training (forward with a cache, backward: fastlstm/_training.py) ----------------
 
@@ -717,12 +740,15 @@ class Bidirectional(_Module):
         if forward_layer.dtype != backward_layer.dtype:
             raise TypeError("forward_layer and backward_layer must have the same dtype, got "
                             f"{forward_layer.dtype} and {backward_layer.dtype}")
+        self._check_adoptable((forward_layer, backward_layer),
+                              ("forward_layer", "backward_layer"))
         self.forward_layer = forward_layer
         self.backward_layer = backward_layer
         self._dtype = forward_layer.dtype
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
         self._rebind_grads(np.zeros(self.n_params, self._dtype))
+        self._adopt()
 
     def _param_shapes(self):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
@@ -830,6 +856,7 @@ class MultiLSTM(_Module):
                 raise ValueError(
                     f"layers[{k}].input_size={layer.input_size} must equal "
                     f"layers[{k - 1}].output_size={layers[k - 1].output_size}")
+        self._check_adoptable(layers, [f"layers[{k}]" for k in range(len(layers))])
         self.layers = layers
         self._dtype = layers[0].dtype
         # widest moment of a call: one layer's input and its outputs (twice for a
@@ -841,6 +868,7 @@ class MultiLSTM(_Module):
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
         self._rebind_grads(np.zeros(self.n_params, self._dtype))
+        self._adopt()
 
     def _param_shapes(self):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)

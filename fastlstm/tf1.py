@@ -430,6 +430,7 @@ class MultiRNNCell(RNNCell):
                             f"{sorted(map(str, dts))}")
         key = tuple(id(c.layer) for c in self._cells)
         if self._model_key != key:
+            self._model = None          # releases the layers for the new model
             self._model = MultiLSTM([c.layer for c in self._cells])
             self._model_key = key
         return self._model

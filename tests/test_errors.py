@@ -182,3 +182,45 @@ def test_scalars_stored_as_0d_arrays_are_accepted():
             fl.LSTM(3, 4, forget_bias=bad)
         with pytest.raises(TypeError, match="cell_clip must be None or a non-negative float"):
             fl.LSTM(3, 4, cell_clip=bad)
+
+
+def test_layer_belongs_to_one_model():
+    """A layer's parameters are views into one container's buffer: a second live container
+    (or the same layer twice, also inside a Bidirectional) is refused, so that no model's
+    optimiser silently updates a stale copy."""
+    import copy
+    import gc
+    import pickle
+
+    from fastlstm import optim
+
+    a, b = fl.LSTM(4, 4, random_state=0), fl.LSTM(4, 4, random_state=1)
+    with pytest.raises(ValueError, match=r"layers\[0\] already belongs to a Bidirectional"):
+        fl.MultiLSTM([a, fl.Bidirectional(a, b)])
+    l0, l1 = fl.LSTM(3, 4, random_state=0), fl.LSTM(4, 5, random_state=1)
+    stack = fl.MultiLSTM([l0, l1])
+    W0 = l0.W.copy()
+    for build in (lambda: fl.MultiLSTM([l0]), lambda: fl.Bidirectional(l0, fl.LSTM(3, 4))):
+        with pytest.raises(ValueError, match="already belongs to a MultiLSTM.*deepcopy"):
+            build()
+    # the refusal changed nothing: the stack still trains layer 0
+    X = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+    Y, _, cache = stack.forward(X)
+    stack.backward(np.ones_like(Y), cache)
+    assert np.shares_memory(stack.params["0.W"], l0.W) and stack.grads["0.W"].any()
+    optim.SGD(stack, lr=0.5).step()
+    assert not np.array_equal(l0.W, W0)
+    # a deep copy belongs to no model
+    enc = fl.MultiLSTM([copy.deepcopy(l0)])
+    np.testing.assert_array_equal(enc.params["0.W"], l0.W)
+    assert not np.shares_memory(enc.params["0.W"], l0.W)
+    # an unpickled stack owns its own (new) layers again; a layer pickled alone is free
+    stack2 = pickle.loads(pickle.dumps(stack))
+    with pytest.raises(ValueError, match="already belongs"):
+        fl.MultiLSTM([stack2.layers[0]])
+    fl.MultiLSTM([pickle.loads(pickle.dumps(l1))])
+    # once the first model is gone, its layers can join another
+    del stack, cache
+    gc.collect()
+    again = fl.MultiLSTM([l0])
+    assert np.shares_memory(again.params["0.W"], l0.W)
