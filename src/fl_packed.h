@@ -620,15 +620,18 @@ static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expcored(fl_pk_vd x)
     return p * (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
 }
 
-/* exp clamped to the ranges above (fl_pk_expv), or for x <= 0 only (fl_pk_expn);
- * sigmoid, tanh, sigmoid(a) * tanh(x) from ea = exp(-a); the cell updates; per
- * instruction set, for the clamps. */
+/* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the ranges above, +inf above
+ * FL_EXPF_OVER / FL_EXP_OVER), or for x <= 0 only (fl_pk_expn); sigmoid, tanh,
+ * sigmoid(a) * tanh(x) from ea = exp(-a); the cell updates; per instruction set, for the
+ * clamps. */
 #define FL_PK_CELL(T, SUF, NU, V, ISA, ATTR)                                               \
 ATTR static inline __attribute__((always_inline)) V fl_pk_expv##SUF##_##ISA(V x)          \
 {                                                                                          \
     const V hi = (V){0} + (sizeof(T) == 4 ? (T) 88 : (T) 709);                             \
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
-    return fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
+    const V over = (V){0} + (sizeof(T) == 4 ? (T) FL_EXPF_OVER : (T) FL_EXP_OVER);         \
+    V e = fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
+    return fl_pk_sel##SUF(x > over, (V){0} + (T) INFINITY, e);                             \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_expn##SUF##_##ISA(V x)          \
 {                                                                                          \
@@ -711,8 +714,8 @@ fl_pk_cell_fast##SUF##_##ISA(const T *z, const T *bp, const T *cp, int use_peep,
  * m_t at h and y.  Products of activations share one division:                            \
  *     i * g = sign(zg) (1 - eg) / ((1 + ei) (1 + eg)),   ei = exp(-zi), eg = exp(-2|zg|)  \
  *     f * c = c / (1 + ef),   o * tanh(c) likewise as i * g                               \
- * (3 divisions instead of 5; the exp clamps keep the products finite: (1 + e^88) * 2 is   \
- * below FLT_MAX, (1 + e^709) * 2 below DBL_MAX). */                                       \
+ * (3 divisions instead of 5; an infinite ei or ef, a gate of exactly 0, gives 0: the      \
+ * numerators are finite, eg <= 1). */                                                     \
 ATTR static inline __attribute__((always_inline)) void                                     \
 fl_pk_cell_inf##SUF##_##ISA(const T *z, const T *bp, T *c, T *h, T *y, int use_peep,       \
                             int use_clip, T clip)                                          \

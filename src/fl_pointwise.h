@@ -11,6 +11,7 @@
 #ifndef FL_POINTWISE_H
 #define FL_POINTWISE_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -70,32 +71,40 @@
         p = 1.0 + 2.0 * (px_ / (qx_ - px_));                                               \
     } while (0)
 
+/* The largest x whose exp is finite: above it exp(x) is +inf (as libm's), so that a
+ * sigmoid of a pre-activation below -88.7 (float) or -709.8 (double) is exactly 0; the
+ * clamped core alone would give 1 / (1 + e^88) = 6e-39, which an unbounded activation
+ * (relu, linear) of a huge candidate value could multiply up to O(1).  Below the clamp
+ * at -87 / -708 exp stays at e^-87 / e^-708: every use adds 1 to it. */
+#define FL_EXPF_OVER 88.72283f
+#define FL_EXP_OVER 709.782712893384
+
 FL_INLINE float fl_expf(float x)
 {
-    float t, p, scale;
+    float t, p, scale, xc;
     uint32_t ti;
-    x = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
-    x = x > 88.0f ? 88.0f : x;
-    FL_EXPF_CORE(float, x, t, p);
+    xc = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
+    xc = xc > 88.0f ? 88.0f : xc;
+    FL_EXPF_CORE(float, xc, t, p);
     memcpy(&ti, &t, 4);
     ti <<= 23;                     /* n + 127, the exponent field of 2^n */
     memcpy(&scale, &ti, 4);
-    return p * scale;
+    return x > FL_EXPF_OVER ? (float) INFINITY : p * scale;
 }
 
 FL_INLINE double fl_exp(double x)
 {
     const double magic = FL_EXP_MAGIC;
-    double t, p, scale;
+    double t, p, scale, xc;
     uint64_t ti, mi, e;
-    x = x < -708.0 ? -708.0 : x;
-    x = x > 709.0 ? 709.0 : x;
-    FL_EXP_CORE(double, x, t, p);
+    xc = x < -708.0 ? -708.0 : x;
+    xc = xc > 709.0 ? 709.0 : xc;
+    FL_EXP_CORE(double, xc, t, p);
     memcpy(&ti, &t, 8);
     memcpy(&mi, &magic, 8);
     e = (ti - mi + 1023u) << 52;
     memcpy(&scale, &e, 8);
-    return p * scale;
+    return x > FL_EXP_OVER ? (double) INFINITY : p * scale;
 }
 
 /* ---- activations over arrays (in place) ------------------------------------------- */

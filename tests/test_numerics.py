@@ -128,6 +128,55 @@ def test_extreme_inputs_give_finite_saturated_outputs():
         np.testing.assert_allclose(Y, Yr, rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("path", ["small", "blas", "packed-rows", "packed-units", "step"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_gates_far_below_zero_are_exactly_closed(monkeypatch, path, dtype, activation):
+    """sigmoid(z) for z below -ln(max float) is 0, as in the reference, torch and NumPy: not
+    a floor of ~1e-39 (float32) / 1e-308 (float64), which an unbounded activation of a huge
+    candidate value multiplied up to O(1) (i * g with z_i = -x, g = x = 1e38: c = 0.6)."""
+    from fastlstm import _forward, layers
+
+    huge = 1e38 if dtype == np.float32 else 1e300
+    isas = [0, 1] if _forward.packed_isa(-1) == 1 else [0]
+    rng = np.random.default_rng(5)
+    H, N, T = 20, 7, 3
+    layer = fl.LSTM(2, H, dtype=dtype, activation=activation, random_state=0, n_threads=2)
+    # z_i = -x0, z_f = 0, z_g = -x0 (linear/relu: |g| up to 1e38), z_o = x1 (o = 1 or 0)
+    layer.W[...] = 0
+    layer.W[0, :H] = -1
+    layer.W[0, 2 * H:3 * H] = -1
+    layer.W[1, 3 * H:] = 1
+    layer.U[...] = rng.normal(scale=0.1, size=layer.U.shape)
+    layer.b[...] = 0
+    X = np.zeros((N, T, 2), dtype)
+    X[:, :, 0] = rng.choice([-huge, -1e20, -100.0, -88.8, -88.5, 3.0, 1e20, huge], (N, T))
+    X[:, :, 1] = 50.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        Yr, (cr, hr) = ref.lstm_forward(X.astype(np.float64), ref_params(layer),
+                                        activation=activation)
+    monkeypatch.setattr(layers, "_FORCE_PATH", None if path == "step" else path)
+    try:
+        for isa in isas:
+            _forward.packed_isa(isa)
+            if path == "step":
+                state, ys = layer.zero_state(N), []
+                for t in range(T):
+                    y, state = layer.step(X[:, t], state)
+                    ys.append(y)
+                Y, (c, h) = np.stack(ys, 1), state
+            else:
+                Y, (c, h) = layer(X)
+            assert np.isfinite(Y).all() and np.isfinite(c).all()
+            # states reach ~100 (relu): float32 keeps about 1e-5 of them through h @ U
+            tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10,
+                                                                                atol=1e-12)
+            np.testing.assert_allclose(c, cr, **tol)
+            np.testing.assert_allclose(Y, Yr, **tol)
+    finally:
+        _forward.packed_isa(-1)
+
+
 # -- denormals ---------------------------------------------------------------------------
 
 
