@@ -3,7 +3,8 @@
 - ``W`` (I, 4H): Glorot-uniform, U(±sqrt(6 / (I + 4H))), as Keras.
 - ``U`` (Hout, 4H): orthogonal over the whole (Hout, 4H) matrix, as Keras'
   ``Orthogonal`` initialiser does for ``recurrent_kernel``: orthonormal rows when
-  Hout <= 4H (always the case here), gain 1.
+  Hout <= 4H (always without a projection), orthonormal columns when a projection makes
+  Hout > 4H; gain 1.
 - ``b`` (4H,): zeros, with the forget-gate block set to ``forget_bias``.
 - ``peepholes`` (3, H): zeros.
 - ``P`` (H, Hout): Glorot-uniform.
