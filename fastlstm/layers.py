@@ -282,6 +282,8 @@ class _Module:
 
     # the container whose buffer holds this module's parameters (a weak reference), or None
     _owner = None
+    # True: another container may take this one's children (which then stops being used)
+    _lends_layers = False
 
     def _check_adoptable(self, children, names):
         """Refuse children that another live container holds (also a Bidirectional about
@@ -290,7 +292,8 @@ class _Module:
         optimiser would then update a stale copy."""
         for child, name in zip(children, names):
             owner = child._owner() if child._owner is not None else None
-            if owner is not None and owner is not self:
+            # (fastlstm.tf1's stacks lend their cells' layers: see MultiRNNCell there)
+            if owner is not None and owner is not self and not owner._lends_layers:
                 raise ValueError(
                     f"{name} already belongs to a {type(owner).__name__} (its parameters are "
                     "views into that model's buffer); pass copy.deepcopy(layer) for an "

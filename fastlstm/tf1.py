@@ -428,17 +428,27 @@ class MultiRNNCell(RNNCell):
         if len(dts) > 1:
             raise TypeError("the cells of a MultiRNNCell must share one dtype, got "
                             f"{sorted(map(str, dts))}")
+        return self._current_model()
+
+    def _current_model(self):
+        # The cells' layers in one MultiLSTM.  As in TF, built cells may be wrapped again in
+        # another MultiRNNCell, which then shares their weights: the layers move to the stack
+        # that runs (a lending MultiLSTM lets another one take them), and a stack whose
+        # layers have moved builds its MultiLSTM anew before running.
         key = tuple(id(c.layer) for c in self._cells)
-        if self._model_key != key:
-            self._model = None          # releases the layers for the new model
+        if self._model_key != key or any(
+                c.layer._owner is None or c.layer._owner() is not self._model
+                for c in self._cells):
+            self._model = None
             self._model = MultiLSTM([c.layer for c in self._cells])
+            self._model._lends_layers = True
             self._model_key = key
         return self._model
 
     @property
     def model(self):
         """The fastlstm ``MultiLSTM`` of the cells' layers (None before the first call)."""
-        return self._model if all(c.built for c in self._cells) else None
+        return self._current_model() if all(c.built for c in self._cells) else None
 
     def __call__(self, inputs, state, scope=None):
         x = np.asarray(inputs)

@@ -191,6 +191,36 @@ def test_bidirectional_dynamic_rnn():
         tf.nn.bidirectional_dynamic_rnn(fw, fw, X, dtype=tf.float64)
 
 
+def test_built_cells_wrapped_again_share_their_weights():
+    """As in TF, cells already run inside one MultiRNNCell may be wrapped in another: the
+    two stacks share the cells' weights (a weight written through either shows in both),
+    and both compute the reference stack."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2, 3, 6))
+    cells = [tf.BasicLSTMCell(4, random_state=1), tf.BasicLSTMCell(5, random_state=2)]
+    tol = TOL[np.dtype(np.float64)]
+
+    def want():
+        inp = X
+        for c in cells:
+            inp, _ = ref.lstm_forward(inp, _params(c.layer))
+        return inp
+
+    first = tf.MultiRNNCell(cells)
+    out1, _ = tf.nn.dynamic_rnn(first, X, dtype=tf.float64)
+    second = tf.MultiRNNCell(cells)
+    out2, _ = tf.nn.dynamic_rnn(second, X, dtype=tf.float64)
+    np.testing.assert_array_equal(out1, out2)
+    np.testing.assert_allclose(out1, want(), **tol)
+    cells[1].layer.b[...] = 0.5                      # through the cell, after the second wrap
+    for stack in (first, second, first):
+        out, state = tf.nn.dynamic_rnn(stack, X, dtype=tf.float64)
+        np.testing.assert_allclose(out, want(), **tol)
+        assert stack.model.layers[1] is cells[1].layer
+    (o_f, o_b), _ = tf.nn.bidirectional_dynamic_rnn(first, second, X, dtype=tf.float64)
+    np.testing.assert_array_equal(o_f, out)
+
+
 def test_errors_follow_tf():
     cell = tf.BasicLSTMCell(3)
     X = np.zeros((2, 3, 4), np.float32)
