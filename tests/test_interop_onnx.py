@@ -425,3 +425,64 @@ def test_from_onnx_reads_torch_exported_graphs():
     with torch.no_grad():
         want = m(x)[0].numpy()
     np.testing.assert_allclose(Y, want, **TOL32)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_from_onnx_torch_graphs_with_computed_initial_states(layers):
+    """torch's export computes the initial state inside the graph: zeros (ConstantOfShape)
+    for a call without one, a graph input's values when the caller passes it, and a
+    broadcast of stored values for a learned initial state, which the model alone cannot
+    reproduce: refused (it was dropped, and the outputs silently differed)."""
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+
+    class Learned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(5, 4, num_layers=layers, batch_first=True)
+            self.h0 = torch.nn.Parameter(torch.randn(layers, 1, 4))
+            self.c0 = torch.nn.Parameter(torch.randn(layers, 1, 4))
+
+        def forward(self, x):
+            n = x.shape[0]
+            return self.lstm(x, (self.h0.expand(-1, n, -1).contiguous(),
+                                 self.c0.expand(-1, n, -1).contiguous()))[0]
+
+    class Given(torch.nn.Module):
+        def __init__(self, lstm):
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, x, h0, c0):
+            return self.lstm(x, (h0, c0))[0]
+
+    learned = Learned().eval()
+    x = torch.randn(3, 6, 5)
+    h0, c0 = torch.randn(layers, 3, 4), torch.randn(layers, 3, 4)
+
+    def export(module, args, names):
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, args, buf, dynamo=False, opset_version=14,
+                                  input_names=names, dynamic_axes={"x": {0: "n"}})
+            except Exception as exc:  # pragma: no cover - depends on the torch build
+                pytest.skip(f"torch's ONNX exporter is unavailable: {exc}")
+        return buf.getvalue()
+
+    with pytest.raises(ValueError, match="initial_h is computed from values stored"):
+        fl.from_onnx(export(learned, (x,), ["x"]))
+    # the same LSTM without a state (zeros), and with the state as graph inputs
+    plain = fl.from_onnx(export(learned.lstm, (x,), ["x"]))
+    given = fl.from_onnx(export(Given(learned.lstm), (x, h0, c0), ["x", "h0", "c0"]))
+    with torch.no_grad():
+        want0 = learned.lstm(x)[0].numpy()
+        want1 = learned.lstm(x, (h0, c0))[0].numpy()
+    np.testing.assert_allclose(plain(x.numpy())[0], want0, **TOL32)
+    state = tuple(fl.LSTMState(c0[k].numpy(), h0[k].numpy()) for k in range(layers))
+    Y, _ = given(x.numpy(), initial_state=state if layers > 1 else state[0])
+    np.testing.assert_allclose(Y, want1, **TOL32)

@@ -295,7 +295,7 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     for k, node in enumerate(lstms):
         where = f"LSTM node {k} ({node.name or 'unnamed'})"
         _check_source(node, k, lstms, producer, graph_inputs, where)
-        item, state = _node_to_item(node, consts, graph_inputs, where, dtype)
+        item, state = _node_to_item(node, consts, graph_inputs, where, dtype, producer)
         items.append(item)
         states.append(state)
     result = assemble(items)
@@ -355,7 +355,48 @@ def _const(node, idx, consts, graph_inputs, where, what, required=False):
     return "runtime"
 
 
-def _node_to_item(node, consts, graph_inputs, where, dtype):
+# For a computed initial state: the inputs of each operation that carry values (the others
+# are shapes, axes or indices); None: all of them.  Operations not listed are not traced.
+_VALUE_INPUTS = {
+    "Identity": (0,), "Cast": (0,), "CastLike": (0,), "Reshape": (0,), "Flatten": (0,),
+    "Squeeze": (0,), "Unsqueeze": (0,), "Expand": (0,), "Tile": (0,), "Slice": (0,),
+    "Gather": (0,), "Transpose": (0,), "Split": (0,), "Neg": (0,),
+    "Concat": None, "Add": None, "Sub": None, "Mul": None,
+}
+
+
+def _state_sources(name, consts, graph_inputs, producer, seen=None):
+    """Where a computed initial state's values come from: a set of "input" (a graph
+    input's values, which the caller supplies), "zero" (stored zeros, ConstantOfShape 0)
+    and "stored" (other stored values, or operations this cannot follow)."""
+    from onnx import numpy_helper
+
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    if name in consts:
+        return {"stored" if np.any(np.asarray(consts[name]) != 0) else "zero"}
+    if name in graph_inputs:
+        return {"input"}
+    node = producer.get(name)
+    if node is None:
+        return {"stored"}
+    if node.op_type == "ConstantOfShape":
+        value = _attr_dict(node).get("value")
+        zero = value is None or not np.any(numpy_helper.to_array(value) != 0)
+        return {"zero" if zero else "stored"}
+    if node.op_type not in _VALUE_INPUTS:
+        return {"stored"}
+    idx = _VALUE_INPUTS[node.op_type]
+    names = [n for k, n in enumerate(node.input) if n and (idx is None or k in idx)]
+    out = set()
+    for n in names:
+        out |= _state_sources(n, consts, graph_inputs, producer, seen)
+    return out
+
+
+def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
     attrs = _attr_dict(node)
     if "clip" in attrs:
         raise ValueError(f"{where}: clip={attrs['clip']} clamps the gate pre-activations, "
@@ -387,6 +428,18 @@ def _node_to_item(node, consts, graph_inputs, where, dtype):
     acts = _parse_activations(attrs, D, where)
     h0 = _const(node, 5, consts, graph_inputs, where, "initial_h")
     c0 = _const(node, 6, consts, graph_inputs, where, "initial_c")
+    for what, idx, v in (("initial_h", 5, h0), ("initial_c", 6, c0)):
+        # computed in the graph: from the caller's inputs (they pass it as initial_state),
+        # or zeros (torch's export of a call without a state); a state computed from other
+        # stored values (a learned initial state, broadcast to the batch) is not one the
+        # model alone can reproduce
+        if isinstance(v, str):
+            src = _state_sources(node.input[idx], consts, graph_inputs, producer)
+            if "input" not in src and src != {"zero"}:
+                raise ValueError(
+                    f"{where}: {what} is computed from values stored in the model (a learned "
+                    "initial state?), which fastlstm cannot read from the graph; compute it "
+                    "yourself and pass it to the model as initial_state")
     made = []
     for d in range(D):
         b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
