@@ -137,3 +137,25 @@ def test_go_backwards_is_refused_and_keras2_hard_sigmoid_is_named():
     # the Keras 2 formula has no Keras 3 name: exporting it is refused
     with pytest.raises(ValueError, match="hard_sigmoid"):
         keras_config(fl.LSTM(I, H, recurrent_activation="hard_sigmoid_keras2"))
+
+
+def test_keras_version_of_a_subclass_defined_elsewhere(tmp_path, monkeypatch):
+    """A Keras 3 LSTM subclass defined in a package of another version: the version (and
+    so hard_sigmoid's formula) comes from the Keras class it derives from, not from the
+    package that defines the subclass."""
+    pkg = tmp_path / "oldpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('__version__ = "2.4.1"\n')
+    (pkg / "layers.py").write_text(
+        "import keras\n\nclass MyLSTM(keras.layers.LSTM):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from oldpkg.layers import MyLSTM
+
+    rng = np.random.default_rng(5)
+    layer = MyLSTM(H, recurrent_activation="hard_sigmoid", return_sequences=True)
+    layer.build((None, T, I))
+    _random_weights(layer, rng, np.float32)
+    X = rng.normal(scale=2.0, size=(N, T, I)).astype(np.float32)
+    model = fl.from_keras(layer)
+    assert model.recurrent_activation == "hard_sigmoid"        # Keras 3's x/6 + 0.5
+    np.testing.assert_allclose(model(X)[0], _np(layer(X)), **TOL[np.float32])

@@ -40,8 +40,12 @@ def _fn_name(fn, what):
 
 
 def _keras_major(layer):
-    """2 or 3 from the package that defined ``layer``; None when unknown."""
-    top = type(layer).__module__.split(".")[0]
+    """2 or 3 from the Keras package that defined ``layer``'s class or, for a subclass
+    defined elsewhere, the nearest Keras class it derives from; None when unknown."""
+    tops = [cls.__module__.split(".")[0] for cls in type(layer).__mro__]
+    top = next((t for t in tops if t in ("keras", "tf_keras", "tensorflow")), None)
+    if top is None:
+        return None
     if top == "tf_keras":
         return 2
     if top == "tensorflow":
@@ -160,7 +164,8 @@ def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", kera
         recurrent_activation in sigmoid / hard_sigmoid / hard_sigmoid_keras2 /
         hard_sigmoid_keras3.
     keras_version : 2 or 3.  Needed to read ``"hard_sigmoid"``, whose formula changed in
-        Keras 3; read from the layer's package when a layer object is given.
+        Keras 3; read from the Keras package of the layer's class (or of its nearest
+        Keras base class) when a layer object is given.
     dtype : float32 / float64; default float64 for float64 weights, else float32.
 
     Returns ``LSTM`` (or ``Bidirectional``).  Anything fastlstm cannot compute exactly is
