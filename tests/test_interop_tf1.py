@@ -230,6 +230,36 @@ def test_stack_bidirectional_checkpoint():
     assert set(names) == set(variables)
 
 
+def test_one_cell_stack_checkpoint_is_a_stack():
+    # multi_rnn_cell/cell_0 alone: a one-layer MultiLSTM (TF's state is a 1-tuple), and a
+    # one-layer MultiLSTM written with to_tf1_checkpoint reads back as one
+    rng = np.random.default_rng(9)
+    v = random_vars(rng, 6, 4)
+    variables = {f"rnn/multi_rnn_cell/cell_0/basic_lstm_cell/{n}": a for n, a in v.items()}
+    model = fl.from_tf1_checkpoint(variables)
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 1
+    X = rng.normal(size=(2, 3, 6))
+    Y, state = model(X)
+    want, [(c, h)] = tf_dynamic_rnn(X, [v])
+    np.testing.assert_allclose(Y, want, **TOL[np.dtype(np.float64)])
+    np.testing.assert_allclose(state[0].h, h, **TOL[np.dtype(np.float64)])
+    np.testing.assert_allclose(state[0].c, c, **TOL[np.dtype(np.float64)])
+    assert set(fl.to_tf1_checkpoint(model)) == set(variables)
+    assert isinstance(fl.from_tf1_checkpoint(fl.to_tf1_checkpoint(model)), fl.MultiLSTM)
+    # a single cell outside a stack stays an LSTM
+    alone = {f"rnn/basic_lstm_cell/{n}": a for n, a in v.items()}
+    assert isinstance(fl.from_tf1_checkpoint(alone), fl.LSTM)
+
+
+def test_keras_weights_in_a_checkpoint_are_refused():
+    rng = np.random.default_rng(10)
+    variables = {"lstm/lstm_cell/kernel": rng.normal(size=(10, 16)),
+                 "lstm/lstm_cell/recurrent_kernel": rng.normal(size=(4, 16)),
+                 "lstm/lstm_cell/bias": np.zeros(16)}
+    with pytest.raises(ValueError, match="'lstm/lstm_cell' holds a Keras LSTM's weights"):
+        fl.from_tf1_checkpoint(variables)
+
+
 def test_two_stacks_under_fw_bw_are_refused_but_load_by_scope():
     rng = np.random.default_rng(9)
     variables = {}

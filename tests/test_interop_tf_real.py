@@ -159,6 +159,33 @@ def test_tutorial_multirnn_stack_matches_tf(dtype):
         np.testing.assert_allclose(fl_states[k].h, states[k].h, **TOL[dtype])
 
 
+def test_one_cell_multirnn_checkpoint_keeps_tfs_state_structure():
+    # MultiRNNCell([one cell]): TF's state is a 1-tuple of LSTMStateTuple; the loaded model
+    # is a one-layer MultiLSTM with the same structure (state[0].h)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2, 3, 6)).astype(np.float32)
+    out, states, values = _run_tf(
+        lambda: v1.nn.rnn_cell.MultiRNNCell([v1.nn.rnn_cell.BasicLSTMCell(4)]), X, np.float32)
+    assert isinstance(states, tuple) and len(states) == 1
+    model = fl.from_tf1_checkpoint(values)
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 1
+    Y, fl_states = model(X)
+    np.testing.assert_allclose(Y, out, **TOL[np.float32])
+    np.testing.assert_allclose(fl_states[0].h, states[0].h, **TOL[np.float32])
+
+
+def test_keras_lstm_variables_are_not_read_as_a_tf1_cell():
+    # a tf.keras LSTM in a TF1 graph saves kernel, recurrent_kernel and bias under its cell
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, (2, 3, 6))
+        tf.keras.layers.LSTM(4)(x)
+        names = {v.name: np.zeros(v.shape, np.float32) for v in v1.global_variables()}
+    assert any(n.endswith("recurrent_kernel:0") for n in names)
+    with pytest.raises(ValueError, match="Keras LSTM's weights.*from_keras"):
+        fl.from_tf1_checkpoint(names)
+
+
 def test_bidirectional_dynamic_rnn_matches_tf():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(4, 7, 3)).astype(np.float32)

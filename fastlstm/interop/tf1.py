@@ -114,6 +114,8 @@ def _classify(name):
         kind, parts, low = "bias", parts[:-1], low[:-1]
     elif len(parts) >= 2 and low[-1] in ("w_i_diag", "w_f_diag", "w_o_diag"):
         kind, parts, low = low[-1], parts[:-1], low[:-1]
+    elif len(parts) >= 2 and low[-1] == "recurrent_kernel":   # a Keras layer's, refused
+        kind, parts, low = "recurrent_kernel", parts[:-1], low[:-1]
     else:
         return None
     if low and low[-1] == "projection":
@@ -147,7 +149,8 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
         stored in checkpoints); one value for all layers or a list with one per layer.
 
-    Layouts: one cell -> ``LSTM``; ``multi_rnn_cell/cell_k`` -> ``MultiLSTM``;
+    Layouts: one cell -> ``LSTM``; ``multi_rnn_cell/cell_k`` -> ``MultiLSTM`` (also with
+    one cell: its state is then a 1-tuple, as TF's);
     ``fw``/``bw`` (``bidirectional_dynamic_rnn``) -> ``Bidirectional``;
     ``cell_k/.../fw`` (``stack_bidirectional_dynamic_rnn``) -> ``MultiLSTM`` of
     ``Bidirectional``.  ``bidirectional_dynamic_rnn`` over two ``MultiRNNCell`` stacks runs
@@ -172,6 +175,12 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         if kind in entry:
             raise ValueError(f"two variables give {kind!r} for cell {path!r}")
         entry[kind] = (name, value)
+    for path, entry in cells.items():
+        if "recurrent_kernel" in entry:
+            raise ValueError(
+                f"{path!r} holds a Keras LSTM's weights (kernel, recurrent_kernel), not a TF1 "
+                "cell's (one kernel over [x, h]): load them with fastlstm.from_keras("
+                "[kernel, recurrent_kernel, bias]), or pass scope= to load another RNN")
     cells = {p: v for p, v in cells.items() if "kernel" in v}
     # other layers (a Dense "dense/kernel", ...) share the kernel/bias names: when some
     # cells carry TF's LSTM cell names or sit in a stack (cell_k) or a direction (fw/bw),
@@ -248,7 +257,8 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"cell {path!r}: {exc}") from exc
         items.append(Bidirectional(*made) if len(made) == 2 else made[0])
-    if L == 1:
+    in_stack = any(e[2] is not None for e in cells_by_pos.values())
+    if L == 1 and not in_stack:
         return items[0]
     for k in range(1, L):
         if items[k].input_size != items[k - 1].output_size:
