@@ -78,6 +78,9 @@ def test_state_dict_checks_and_prefix():
     model = fl.from_torch(sd)  # prefix found
     np.testing.assert_array_equal(model.layers[1].backward_layer.W,
                                   g["weight_ih_l1_reverse"].T)
+    for prefix in ("encoder.lstm.", "encoder.lstm"):          # with or without the dot
+        again = fl.from_torch(sd, prefix=prefix)
+        np.testing.assert_array_equal(again.flat_params, model.flat_params)
     with pytest.raises(ValueError, match="hidden_size=5 does not match"):
         fl.from_torch(sd, hidden_size=5)
     with pytest.raises(ValueError, match="num_layers"):
@@ -206,6 +209,33 @@ def test_from_torch_refuses_other_modules():
         fl.from_torch(torch.nn.GRU(3, 4))
     with pytest.raises(TypeError, match="nn.LSTM"):
         fl.from_torch(torch.nn.Linear(3, 4))
+    with pytest.raises(TypeError, match="holds none"):
+        fl.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.GRU(4, 4)))
+    two = torch.nn.Sequential(torch.nn.LSTM(3, 4), torch.nn.LSTM(4, 4))
+    with pytest.raises(ValueError, match="several .*0, 1.*pass one of them"):
+        fl.from_torch(two)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_from_torch_finds_the_lstm_in_a_larger_module():
+    torch = _torch()
+    torch.manual_seed(1)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(3, 5)
+            self.rnn = torch.nn.LSTM(5, 4, num_layers=2, batch_first=True, proj_size=2)
+            self.head = torch.nn.Linear(2, 1)
+
+    m = Model()
+    model = fl.from_torch(m)
+    x = torch.randn(3, 6, 5)
+    with torch.no_grad():
+        want = m.rnn(x)[0].numpy()
+    np.testing.assert_allclose(model(x.numpy())[0], want, **TOL[np.float32])
+    seq = fl.from_torch(torch.nn.Sequential(torch.nn.Identity(), m.rnn))
+    np.testing.assert_array_equal(seq.flat_params, model.flat_params)
 
 
 def _random_fl_model(kind, dtype, rng):

@@ -40,6 +40,8 @@ def _strip_prefix(state_dict, prefix):
         if len(found) > 1:
             raise ValueError(f"state_dict holds several LSTMs (prefixes {found}); pass prefix=")
         prefix = found[0]
+    elif prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in keys):
+        prefix += "."               # "rnn" for the keys "rnn.weight_ih_l0", ...
     sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not sub:
         raise ValueError(f"no state_dict key starts with prefix={prefix!r}")
@@ -55,7 +57,8 @@ def _check_given(given, name, found):
 def from_torch(module, *, dtype=None, prefix=None, **sizes):
     """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
 
-    module : ``nn.LSTM``, ``nn.LSTMCell``, or a ``state_dict`` (a mapping of names to
+    module : ``nn.LSTM``, ``nn.LSTMCell``, a module holding exactly one of them (an
+        ``nn.Sequential``, a model class), or a ``state_dict`` (a mapping of names to
         tensors or NumPy arrays; no torch needed).  With a state_dict the sizes are read
         from the shapes; ``input_size``, ``hidden_size``, ``num_layers``, ``bidirectional``,
         ``proj_size`` and ``bias`` may be passed as keywords and are then checked.  A
@@ -71,6 +74,17 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
     unknown = set(sizes) - set(_SIZE_ARGS)
     if unknown:
         raise TypeError(f"from_torch() got unexpected keyword arguments {sorted(unknown)}")
+    if _is_module(module) and type(module).__name__ not in ("LSTM", "LSTMCell") \
+            and hasattr(module, "named_modules"):
+        # a larger module (nn.Sequential, a model class): its one LSTM
+        inner = [(name, m) for name, m in module.named_modules()
+                 if m is not module and type(m).__name__ in ("LSTM", "LSTMCell")]
+        if len(inner) != 1:
+            raise (TypeError if not inner else ValueError)(
+                f"module must be a torch nn.LSTM or nn.LSTMCell, got {type(module).__name__}"
+                + (f" holding several ({', '.join(n for n, _ in inner)}): pass one of them"
+                   if inner else " (which holds none)"))
+        module = inner[0][1]
     if _is_module(module):
         kind = type(module).__name__
         mode = getattr(module, "mode", "LSTM")
