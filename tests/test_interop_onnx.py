@@ -486,3 +486,11 @@ def test_from_onnx_torch_graphs_with_computed_initial_states(layers):
     state = tuple(fl.LSTMState(c0[k].numpy(), h0[k].numpy()) for k in range(layers))
     Y, _ = given(x.numpy(), initial_state=state if layers > 1 else state[0])
     np.testing.assert_allclose(Y, want1, **TOL32)
+
+
+def test_from_onnx_warns_about_stored_sequence_lens():
+    rng = np.random.default_rng(2)
+    proto = _single_node({}, rng, extra_inits={"L": np.array([5, 3], np.int32)},
+                         inputs=["X", "W", "R", "", "L"])
+    with pytest.warns(UserWarning, match=r"stores sequence_lens \[5, 3\].*pass lengths="):
+        fl.from_onnx(proto)

@@ -19,6 +19,7 @@ onnxruntime computes with 0).
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -272,7 +273,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     A ``direction="reverse"`` node becomes an ``LSTM`` with ``reverse=True``.
     Refused: ``clip``, ``input_forget=1``, activations fastlstm does not compute, and
     graphs whose LSTM nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only
-    concern the call: pass ``lengths=`` (and ``time_major=``) to the fastlstm model.
+    concern the call: pass ``lengths=`` (and ``time_major=``) to the fastlstm model (a
+    ``sequence_lens`` stored in the model is not applied, with a warning).
     """
     from onnx import numpy_helper
 
@@ -426,6 +428,10 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         if arr is not None and arr.shape != shape:
             raise ValueError(f"{where}: {what} must have shape {shape}, got {arr.shape}")
     acts = _parse_activations(attrs, D, where)
+    if len(node.input) > 4 and node.input[4] in consts:
+        warnings.warn(f"{where}: the model stores sequence_lens "
+                      f"{np.asarray(consts[node.input[4]]).tolist()}; a fastlstm model takes "
+                      "lengths per call: pass lengths= to it", UserWarning, stacklevel=3)
     h0 = _const(node, 5, consts, graph_inputs, where, "initial_h")
     c0 = _const(node, 6, consts, graph_inputs, where, "initial_c")
     for what, idx, v in (("initial_h", 5, h0), ("initial_c", 6, c0)):
