@@ -37,7 +37,6 @@ import numpy as np
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
-    ClassNamePrefixFeaturesOutMixin,
     RegressorMixin,
     TransformerMixin,
     _fit_context,
@@ -149,6 +148,7 @@ def _validate_X(est, X, *, reset, lengths=None):
     X = check_array(X, accept_sparse=False, dtype=[dtype, other], ensure_all_finite=False,
                     allow_nd=True, ensure_min_samples=1, ensure_min_features=1,
                     estimator=est, input_name="X")
+    columns = X.shape[-1]      # what a previous step names: time steps (2-D) or features
     if X.ndim == 2:
         X = X[:, :, None]
     elif X.ndim != 3:
@@ -161,6 +161,7 @@ def _validate_X(est, X, *, reset, lengths=None):
                          "(n_samples, n_timesteps, n_features)")
     if reset:
         est.n_features_in_ = F
+        est._n_columns_in = columns
     elif F != est.n_features_in_:
         raise ValueError(
             f"X has {F} features per time step, but {type(est).__name__} is expecting "
@@ -833,7 +834,7 @@ class LSTMClassifier(ClassifierMixin, _ClassificationObjective, _BaseLSTM):
         return accuracy_score(y, self.predict(X, lengths=lengths), sample_weight=sample_weight)
 
 
-class LSTMEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _BaseLSTM):
+class LSTMEncoder(TransformerMixin, _BaseLSTM):
     """Sequences -> fixed-width features for any downstream estimator.
 
     ``transform`` returns the pooled output of an LSTM stack (n_samples, n_features_out):
@@ -968,3 +969,23 @@ class LSTMEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _BaseLSTM):
     @property
     def _n_features_out(self):
         return self.model_.output_size
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``"lstmencoder0"``, ``"lstmencoder1"``, ...
+
+        input_features : None, or the names of the columns of the X seen in ``fit``, as a
+            previous step of a Pipeline or a ColumnTransformer passes them: one per time
+            step for 2-D X (so not ``n_features_in_`` of them), one per feature for 3-D X.
+            Only their number is checked; the outputs do not correspond to input columns.
+        """
+        check_is_fitted(self)
+        if input_features is not None:
+            n = getattr(self, "_n_columns_in", self.n_features_in_)
+            names = np.asarray(input_features, dtype=object)
+            if names.ndim != 1 or names.shape[0] != n:
+                raise ValueError(
+                    f"input_features should have length equal to the number of columns of "
+                    f"the X seen in fit ({n}: time steps of 2-D X, features of 3-D X), got "
+                    f"{names.shape[0] if names.ndim == 1 else names.shape}")
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)

@@ -359,6 +359,34 @@ def test_readonly_memmap_and_float32_inputs(tmp_path, small_fitted):
     assert fitted["reservoir"].transform(X).dtype == np.float32
 
 
+def test_encoder_feature_names_in_pipelines_and_column_transformers():
+    # a previous step names the columns of 2-D X (time steps), not n_features_in_ features
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = _sequences(20, 5, 1, seed=3)[:, :, 0]
+    pipe = make_pipeline(StandardScaler(), LSTMEncoder(hidden_sizes=(2,), random_state=0))
+    names = pipe.fit(X).get_feature_names_out()
+    assert names.dtype == object and list(names) == ["lstmencoder0", "lstmencoder1"]
+    df = pd.DataFrame(X, columns=[f"t{i}" for i in range(5)]).assign(other=1.0)
+    ct = ColumnTransformer([("enc", LSTMEncoder(hidden_sizes=(2,), random_state=0),
+                             [f"t{i}" for i in range(5)])], remainder="passthrough")
+    out = ct.set_output(transform="pandas").fit_transform(df)
+    assert list(out.columns) == ["enc__lstmencoder0", "enc__lstmencoder1", "remainder__other"]
+    np.testing.assert_array_equal(out.iloc[:, :2].to_numpy(),
+                                  ct.named_transformers_["enc"].transform(X))
+    enc = ct.named_transformers_["enc"]
+    with pytest.raises(ValueError, match="input_features should have length equal.*5"):
+        enc.get_feature_names_out(["t0", "t1"])
+    # 3-D X: one name per feature
+    enc3 = LSTMEncoder(hidden_sizes=(3,), random_state=0).fit(_sequences(6, 4, 2, seed=1))
+    assert len(enc3.get_feature_names_out(["a", "b"])) == 3
+    with pytest.raises(ValueError, match="input_features should have length equal"):
+        enc3.get_feature_names_out(["a", "b", "c", "d"])
+
+
 def test_pipeline_cross_val_score_and_grid_search():
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
