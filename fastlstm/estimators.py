@@ -51,7 +51,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from . import _threads
 from .dask import _with_threads
-from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError
+from .layers import _UNSET, LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError
 from .optim import SGD, Adam, clip_grad_norm
 from .readout import Dense, mse_loss, softmax_cross_entropy
 
@@ -555,7 +555,7 @@ class _BaseLSTM(BaseEstimator):
         if isinstance(model, tuple):
             n_features, sizes, bidirectional, dtype = self._arch
             self.model_ = _build_stack(n_features, sizes, bidirectional, np.dtype(dtype),
-                                       self._model_threads, np.random.RandomState(0))
+                                       self._model_threads, _UNSET)   # filled just below
             self.model_.flat_params[...] = model[1]
             if readout is not None:
                 D = self.model_.output_size

@@ -22,11 +22,16 @@ refuses newer format versions.
 
 import json
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
 from ._version import __version__
-from .layers import LSTM, Bidirectional, MultiLSTM
+from .layers import _UNSET, LSTM, Bidirectional, MultiLSTM
+
+# what a damaged or foreign file raises while it is read (besides ValueError)
+_READ_ERRORS = (EOFError, OSError, KeyError, RecursionError, zipfile.BadZipFile, zlib.error)
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -97,7 +102,7 @@ def _build(spec, where="model"):
                         proj_clip=spec["proj_clip"], forget_bias=spec["forget_bias"],
                         activation=spec["activation"],
                         recurrent_activation=spec["recurrent_activation"],
-                        dtype=np.dtype(spec["dtype"]), random_state=0,
+                        dtype=np.dtype(spec["dtype"]), random_state=_UNSET,
                         reverse=spec.get("reverse", False))
         if kind == "Bidirectional":
             return Bidirectional(_build(spec["forward"], where + ".forward"),
@@ -112,11 +117,60 @@ def _build(spec, where="model"):
     raise ValueError(f"{where}: unknown model type {kind!r}")
 
 
+def _param_shapes(spec):
+    """{name: shape} of the parameters a description declares (as ``model.params``), or
+    None when the description is malformed (``_build`` then says how)."""
+    try:
+        kind = spec["type"]
+        if kind == "LSTM":
+            I, H, P = spec["input_size"], spec["hidden_size"], spec["proj_size"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                       for v in (I, H) + ((P,) if P is not None else ())):
+                return None
+            Ho = H if P is None else P
+            out = {"W": (I, 4 * H), "U": (Ho, 4 * H), "b": (4 * H,)}
+            if spec["peepholes"] is True:
+                out["peepholes"] = (3, H)
+            if P is not None:
+                out["P"] = (H, Ho)
+            return out
+        if kind == "Bidirectional":
+            parts = [_param_shapes(spec["forward"]), _param_shapes(spec["backward"])]
+            if None in parts:
+                return None
+            return {f"{d}.{k}": v for d, part in zip(("fw", "bw"), parts)
+                    for k, v in part.items()}
+        if kind == "MultiLSTM":
+            parts = [_param_shapes(s) for s in spec["layers"]]
+            if None in parts or not parts:
+                return None
+            return {f"{j}.{k}": v for j, part in enumerate(parts) for k, v in part.items()}
+    except (KeyError, TypeError):
+        pass
+    return None
+
+
 def load(path):
-    """Read a model written by ``save``.  Raises ValueError for files that are not fastlstm
-    models, newer format versions, or parameters of the wrong name, shape or dtype."""
+    """Read a model written by ``save`` (a path, with or without the ``.npz`` that ``save``
+    appends, or a binary file).  Raises ValueError for files that are not fastlstm models
+    (also damaged ones), newer format versions, or parameters of the wrong name, shape or
+    dtype; the stored parameters are checked against the model's description before the
+    model is built.  A missing file is a FileNotFoundError."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
+    if isinstance(path, str) and not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"              # as save wrote it
+    try:
+        return _load(path)
+    except _READ_ERRORS as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) \
+                and exc.errno is not None:
+            raise                   # the file system's own errors (permissions, ...)
+        raise ValueError(f"{path!r} is not a readable fastlstm model file: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load(path):
     try:
         archive = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -142,16 +196,27 @@ def load(path):
         if version > FORMAT_VERSION:
             raise ValueError(f"{path!r} has format version {version}; this fastlstm "
                              f"({__version__}) reads versions up to {FORMAT_VERSION}")
-        model = _build(meta.get("model"))
-        params = model.params
+        spec = meta.get("model")
+        shapes = _param_shapes(spec)
+        if shapes is None:          # malformed: _build says how
+            _build(spec)
+            raise ValueError(f"{path!r}: malformed model description")
         stored = {k[len(_PREFIX):] for k in archive.files if k.startswith(_PREFIX)}
-        if stored != set(params):
+        if stored != set(shapes):
             raise ValueError(f"{path!r}: parameters {sorted(stored)} do not match the model "
-                             f"description, which needs {sorted(params)}")
-        for name, target in params.items():
+                             f"description, which needs {sorted(shapes)}")
+        values = {}
+        for name, shape in shapes.items():   # read (at most the file's size) before building
             value = archive[_PREFIX + name]
-            if value.shape != target.shape or value.dtype != target.dtype:
-                raise ValueError(f"{path!r}: parameter {name!r} has shape {value.shape} and "
-                                 f"dtype {value.dtype}, expected {target.shape} {target.dtype}")
+            if value.shape != shape:
+                raise ValueError(f"{path!r}: parameter {name!r} has shape {value.shape}, "
+                                 f"expected {shape}")
+            values[name] = value
+        model = _build(spec)
+        for name, target in model.params.items():
+            value = values[name]
+            if value.dtype != target.dtype:
+                raise ValueError(f"{path!r}: parameter {name!r} has dtype {value.dtype}, "
+                                 f"expected {target.dtype}")
             target[...] = value
     return model

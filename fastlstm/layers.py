@@ -378,6 +378,11 @@ class _Module:
         return self._dtype
 
 
+# random_state for a layer whose parameters the caller fills at once (loading a saved
+# model): skips the initialisation (the orthogonal U's QR is most of building a big layer)
+_UNSET = object()
+
+
 class LSTM(_Module):
     """One LSTM layer (TF1 ``BasicLSTMCell`` / ``LSTMCell`` + ``dynamic_rnn``).
 
@@ -439,7 +444,8 @@ class LSTM(_Module):
         self.reverse = reverse
         self._params = self._bind(np.empty(self.n_params, self._dtype))
         self._gflat = np.zeros(self.n_params, self._dtype)
-        self.reset_parameters(random_state)
+        if random_state is not _UNSET:
+            self.reset_parameters(random_state)
 
     _reverse = False      # for layers pickled before the option existed
 

@@ -129,6 +129,65 @@ def test_load_rejects_bad_files(edit, match, tmp_path):
         fl.load(bad)
 
 
+def test_load_damaged_files_raise_value_error(tmp_path):
+    """Whatever the damage, load raises ValueError (a missing file FileNotFoundError)."""
+    model = fl.MultiLSTM([fl.LSTM(5, 4, random_state=0), fl.LSTM(4, 3, random_state=1)])
+    fl.save(model, tmp_path / "ok.npz")
+    fl.save(model, tmp_path / "okz.npz", compressed=True)
+    raw = (tmp_path / "ok.npz").read_bytes()
+    rawz = bytearray((tmp_path / "okz.npz").read_bytes())
+    rawz[len(rawz) // 3:len(rawz) // 3 + 40] = bytes(40)
+    member = bytearray(raw)
+    at = raw.find(b"\x93NUMPY", raw.find(b"param/0.W.npy"))
+    member[at:at + 6] = b"XXXXXX"
+    spec = json.dumps(fl.io._spec(model))
+    deep = ('{"format": "fastlstm", "format_version": 1, "model": '
+            + '{"type": "MultiLSTM", "layers": [' * 5000 + spec + "]}" * 5000 + "}")
+    np.savez(tmp_path / "deep.npz", meta_json=np.array(deep))
+    for name, data in (("empty", b""), ("truncated", raw[:len(raw) // 2]),
+                       ("crc", bytes(rawz)), ("member", bytes(member))):
+        (tmp_path / f"{name}.npz").write_bytes(data)
+    for name in ("empty", "truncated", "crc", "member", "deep"):
+        with pytest.raises(ValueError, match="not a readable fastlstm model file|not a"):
+            fl.load(tmp_path / f"{name}.npz")
+    with pytest.raises(FileNotFoundError):
+        fl.load(tmp_path / "missing.npz")
+    # a path without the .npz that save appended
+    again = fl.load(str(tmp_path / "ok"))
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+
+
+def test_load_checks_parameters_before_building(tmp_path):
+    """A description declaring a huge model without its parameters is refused before any
+    layer is built (no memory spent on it)."""
+    import tracemalloc
+
+    meta = dict(format="fastlstm", format_version=1, model=fl.io._spec(fl.LSTM(3, 2)))
+    meta["model"].update(input_size=4000, hidden_size=4000)
+    np.savez(tmp_path / "declared.npz", meta_json=np.array(json.dumps(meta)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="do not match the model description"):
+            fl.load(tmp_path / "declared.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20               # the model would take 8 * 4000 * 16000 bytes
+    # stored parameters of the wrong shape are refused before building as well
+    meta["model"].update(input_size=4000, hidden_size=4000)
+    np.savez(tmp_path / "shapes.npz", meta_json=np.array(json.dumps(meta)),
+             **{"param/W": np.zeros((3, 8), np.float32), "param/U": np.zeros((2, 8), np.float32),
+                "param/b": np.zeros(8, np.float32)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="has shape"):
+            fl.load(tmp_path / "shapes.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+
+
 def test_load_never_unpickles(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, meta_json=np.array([{"format": "fastlstm"}], dtype=object))
