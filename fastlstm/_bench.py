@@ -471,6 +471,26 @@ def plot(rows, impls, path):
     return True
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastlstm bench",
                                      description="side-by-side LSTM inference timings")
@@ -480,8 +500,9 @@ def main(argv=None):
                         help="comma-separated case names (default: all; see --list)")
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS),
                         help="comma-separated implementations to run")
-    parser.add_argument("--repeats", type=int, default=None, help="samples per implementation")
-    parser.add_argument("--gap", type=float, default=0.2,
+    parser.add_argument("--repeats", type=_positive_int, default=None,
+                        help="samples per implementation")
+    parser.add_argument("--gap", type=_non_negative_float, default=0.2,
                         help="idle seconds before each sample (thread pools go to sleep)")
     parser.add_argument("--plot", default=None, help="save a PNG of time vs size here")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")

@@ -136,12 +136,14 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
 
     Ld = None
     if lengths is not None:
+        if not isinstance(lengths, da.Array):
+            lengths = np.asarray(lengths)
+        if lengths.shape != (n,):       # before rechunking to X's samples, which needs it
+            raise ValueError(f"lengths must have shape ({n},), got {lengths.shape}")
         if isinstance(lengths, da.Array):
             Ld = lengths.rechunk({0: X.chunks[0]})
         else:
-            Ld = da.from_array(np.asarray(lengths), chunks=(X.chunks[0],))
-        if Ld.shape != (n,):
-            raise ValueError(f"lengths must have shape ({n},), got {Ld.shape}")
+            Ld = da.from_array(lengths, chunks=(X.chunks[0],))
         Ld = Ld.reshape((n,) + (1,) * (X.ndim - 1)).rechunk(
             (X.chunks[0],) + ((1,),) * (X.ndim - 1))
 

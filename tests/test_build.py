@@ -125,3 +125,15 @@ def test_build_without_openmp(tmp_path):
     assert result["openmp"] is False
     assert "off (serial build)" in result["text"]
     assert result["n_threads"] == 1
+
+
+def test_bench_command_refuses_bad_numbers(capsys):
+    # argparse errors (exit status 2, the argument named), before any timing runs
+    from fastlstm import _bench
+
+    for args, name in ((["--repeats", "0"], "--repeats"), (["--repeats", "-1"], "--repeats"),
+                       (["--gap", "-1"], "--gap"), (["--gap", "nan"], "--gap")):
+        with pytest.raises(SystemExit) as exc:
+            _bench.main(args)
+        assert exc.value.code == 2
+        assert f"argument {name}" in capsys.readouterr().err

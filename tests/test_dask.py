@@ -233,6 +233,10 @@ def test_argument_errors(data, fitted):
     from sklearn.exceptions import NotFittedError
     with pytest.raises(NotFittedError):
         predict_dask(LSTMRegressor(), dX)
+    n = X.shape[0]
+    for lengths in (np.full(n - 1, T), da.from_array(np.full(n - 1, T)), np.full((n, 1), T)):
+        with pytest.raises(ValueError, match=rf"lengths must have shape \({n},\)"):
+            predict_dask(fitted["regressor"], dX, lengths=lengths)
 
 
 def test_dask_ml_parallel_post_fit_recipe(data, fitted):
