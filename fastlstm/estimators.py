@@ -467,6 +467,9 @@ class _BaseLSTM(BaseEstimator):
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
         best = None
         n_train = idx.shape[0]
+        if self.batch_size != "auto" and not 1 <= self.batch_size <= n_train:
+            warnings.warn(f"batch_size={self.batch_size} is larger than the {n_train} training "
+                          "samples: it is clipped", UserWarning, stacklevel=3)
         bs = min(32 if self.batch_size == "auto" else self.batch_size, n_train)
         dtype = self.model_.dtype
         epochs = 1 if incremental else self.max_iter
@@ -639,7 +642,7 @@ class _ClassificationObjective:
             if labels.shape[0] < 2:
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes "
                                  f"in the data, but the data contains only one class: "
-                                 f"{labels[0]!r}")
+                                 f"{labels.tolist()[0]!r}")
             self.classes_ = labels
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes={classes!r} is not the same as on the first call to "
@@ -916,7 +919,7 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
 
     def _fit_reservoir(self, X, lengths, incremental):
         self._check_params()
-        if incremental and hasattr(self, "model_"):
+        if (incremental or self.warm_start) and hasattr(self, "model_"):   # keep the weights
             X, _ = _validate_X(self, X, reset=False, lengths=lengths)
             self._check_warm_arch(X.shape[2])
             return self

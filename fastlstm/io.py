@@ -191,7 +191,7 @@ def _load(path):
         if not isinstance(meta, dict) or meta.get("format") != "fastlstm":
             raise ValueError(f"{path!r} is not a fastlstm model file")
         version = meta.get("format_version")
-        if not isinstance(version, int) or version < 1:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError(f"{path!r}: invalid format_version {version!r}")
         if version > FORMAT_VERSION:
             raise ValueError(f"{path!r} has format version {version}; this fastlstm "

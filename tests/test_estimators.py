@@ -481,6 +481,29 @@ def test_warm_start_continues():
     assert est.n_iter_ == 3                                   # a fresh fit
 
 
+def test_warm_start_keeps_a_reservoir():
+    # a reservoir refit with warm_start keeps its weights (even unseeded); without, it draws
+    X = _sequences(10, 5, 2, seed=3)
+    enc = LSTMEncoder(hidden_sizes=(4,), warm_start=True).fit(X)
+    weights = enc.model_.flat_params.copy()
+    enc.fit(_sequences(7, 3, 2, seed=4))
+    np.testing.assert_array_equal(enc.model_.flat_params, weights)
+    with pytest.raises(ValueError, match="features per time step"):
+        enc.fit(_sequences(7, 3, 3, seed=4))
+    enc.set_params(warm_start=False).fit(X)
+    assert not np.array_equal(enc.model_.flat_params, weights)
+
+
+def test_small_data_messages():
+    X = _sequences(6, 4, 1, seed=5)
+    y = X[:, :, 0].sum(axis=1)
+    with pytest.warns(UserWarning, match="batch_size=50 is larger than the 6 training"):
+        _fit_quiet(LSTMRegressor(hidden_sizes=(2,), max_iter=1, batch_size=50,
+                                 random_state=0), X, y)
+    with pytest.raises(ValueError, match=r"only one class: 0\.0$"):
+        LSTMClassifier(hidden_sizes=(2,), max_iter=1).fit(X, np.zeros(6))
+
+
 def test_stopping_rules_and_curves():
     X = _sequences(60, 6, 1, seed=13)
     y = X[:, :, 0].sum(axis=1)

@@ -113,6 +113,7 @@ def _rewrite(path, out, edit):
 @pytest.mark.parametrize("edit, match", [
     (lambda a, m: m.update(format_version=FORMAT_VERSION + 1), "reads versions up to"),
     (lambda a, m: m.update(format="other"), "not a fastlstm model"),
+    (lambda a, m: m.update(format_version=True), "invalid format_version"),
     (lambda a, m: a.pop("param/0.W"), "do not match the model description"),
     (lambda a, m: a.update({"param/extra": np.zeros(2)}), "do not match"),
     (lambda a, m: a.update({"param/0.W": np.zeros((5, 3))}), "has shape"),
