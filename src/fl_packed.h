@@ -603,8 +603,8 @@ static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)   
 FL_PK_VSEL(float, f, fl_pk_vf, fl_pk_vif)
 FL_PK_VSEL(double, d, fl_pk_vd, fl_pk_vid)
 
-/* exp for x in [-87, 88] (float) or [-708, 709] (double), or NaN: the cores of
- * fl_pointwise.h on vectors, scaled by 2^n */
+/* exp for x in [-87, 88.7] (float) or [-708, 709.7] (double), or NaN: the cores of
+ * fl_pointwise.h on vectors, scaled by 2^n (+inf for n = 128 / 1024) */
 static inline __attribute__((always_inline)) fl_pk_vf fl_pk_expcoref(fl_pk_vf x)
 {
     fl_pk_vf t, p;
@@ -620,18 +620,15 @@ static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expcored(fl_pk_vd x)
     return p * (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
 }
 
-/* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the ranges above, +inf above
- * FL_EXPF_OVER / FL_EXP_OVER), or for x <= 0 only (fl_pk_expn); sigmoid, tanh,
- * sigmoid(a) * tanh(x) from ea = exp(-a); the cell updates; per instruction set, for the
- * clamps. */
+/* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the same range, so +inf from x ~ 88.38
+ * (709.44) on), or for x <= 0 only (fl_pk_expn); sigmoid, tanh, sigmoid(a) * tanh(x) from
+ * ea = exp(-a); the cell updates; per instruction set, for the clamps. */
 #define FL_PK_CELL(T, SUF, NU, V, ISA, ATTR)                                               \
 ATTR static inline __attribute__((always_inline)) V fl_pk_expv##SUF##_##ISA(V x)          \
 {                                                                                          \
-    const V hi = (V){0} + (sizeof(T) == 4 ? (T) 88 : (T) 709);                             \
+    const V hi = (V){0} + (sizeof(T) == 4 ? (T) FL_EXPF_HI : (T) FL_EXP_HI);               \
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
-    const V over = (V){0} + (sizeof(T) == 4 ? (T) FL_EXPF_OVER : (T) FL_EXP_OVER);         \
-    V e = fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
-    return fl_pk_sel##SUF(x > over, (V){0} + (T) INFINITY, e);                             \
+    return fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_expn##SUF##_##ISA(V x)          \
 {                                                                                          \

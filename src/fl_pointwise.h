@@ -11,7 +11,6 @@
 #ifndef FL_POINTWISE_H
 #define FL_POINTWISE_H
 
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -33,7 +32,7 @@
 /* ---- exp -------------------------------------------------------------------------- */
 
 /* The cores of exp, shared with the vector versions in fl_packed.h (TYPE: float or double,
- * or a GNU vector of them); x is already clamped (float: [-87, 88], double: [-708, 709]) or
+ * or a GNU vector of them); x is already clamped (float: [-87, 88.7], double: [-708, 709.7]) or
  * NaN.  Both round x / ln 2 to an integer n by adding a magic number (1.5 * 2^23 or 1.5 *
  * 2^52), then compute p = exp(r), r = x - n ln 2 (ln 2 in two parts), |r| <= ln(2) / 2;
  * the caller scales p by 2^n, whose exponent field it takes from t's low mantissa bits.
@@ -71,40 +70,42 @@
         p = 1.0 + 2.0 * (px_ / (qx_ - px_));                                               \
     } while (0)
 
-/* The largest x whose exp is finite: above it exp(x) is +inf (as libm's), so that a
- * sigmoid of a pre-activation below -88.7 (float) or -709.8 (double) is exactly 0; the
- * clamped core alone would give 1 / (1 + e^88) = 6e-39, which an unbounded activation
- * (relu, linear) of a huge candidate value could multiply up to O(1).  Below the clamp
- * at -87 / -708 exp stays at e^-87 / e^-708: every use adds 1 to it. */
-#define FL_EXPF_OVER 88.72283f
-#define FL_EXP_OVER 709.782712893384
+/* exp(x): x clamped to [-87, 88.7] (float) or [-708, 709.7] (double); NaN passes.  At
+ * the top of the range n = 128 (1024) and 2^n's exponent field is all ones: the scale is
+ * +inf, so exp overflows to +inf from x ~ 88.38 (709.44) on, where the true value is
+ * above 2^127.5 (2^1023.5): a sigmoid of a pre-activation below that is exactly 0, not a
+ * floor of 1 / (1 + e^88) = 6e-39 that an unbounded activation (relu, linear) of a huge
+ * candidate value could multiply up to O(1).  Below -87 / -708 exp stays at e^-87 /
+ * e^-708: every use adds 1 to it. */
+#define FL_EXPF_HI 88.7f
+#define FL_EXP_HI 709.7
 
 FL_INLINE float fl_expf(float x)
 {
-    float t, p, scale, xc;
+    float t, p, scale;
     uint32_t ti;
-    xc = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
-    xc = xc > 88.0f ? 88.0f : xc;
-    FL_EXPF_CORE(float, xc, t, p);
+    x = x < -87.0f ? -87.0f : x;  /* comparisons keep NaN */
+    x = x > FL_EXPF_HI ? FL_EXPF_HI : x;
+    FL_EXPF_CORE(float, x, t, p);
     memcpy(&ti, &t, 4);
     ti <<= 23;                     /* n + 127, the exponent field of 2^n */
     memcpy(&scale, &ti, 4);
-    return x > FL_EXPF_OVER ? (float) INFINITY : p * scale;
+    return p * scale;
 }
 
 FL_INLINE double fl_exp(double x)
 {
     const double magic = FL_EXP_MAGIC;
-    double t, p, scale, xc;
+    double t, p, scale;
     uint64_t ti, mi, e;
-    xc = x < -708.0 ? -708.0 : x;
-    xc = xc > 709.0 ? 709.0 : xc;
-    FL_EXP_CORE(double, xc, t, p);
+    x = x < -708.0 ? -708.0 : x;
+    x = x > FL_EXP_HI ? FL_EXP_HI : x;
+    FL_EXP_CORE(double, x, t, p);
     memcpy(&ti, &t, 8);
     memcpy(&mi, &magic, 8);
     e = (ti - mi + 1023u) << 52;
     memcpy(&scale, &e, 8);
-    return x > FL_EXP_OVER ? (double) INFINITY : p * scale;
+    return p * scale;
 }
 
 /* ---- activations over arrays (in place) ------------------------------------------- */

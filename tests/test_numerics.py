@@ -132,8 +132,8 @@ def test_extreme_inputs_give_finite_saturated_outputs():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ["linear", "relu"])
 def test_gates_far_below_zero_are_exactly_closed(monkeypatch, path, dtype, activation):
-    """sigmoid(z) for z below -ln(max float) is 0, as in the reference, torch and NumPy: not
-    a floor of ~1e-39 (float32) / 1e-308 (float64), which an unbounded activation of a huge
+    """sigmoid(z) far below -88 (float32) / -709 (float64) is 0, as in the reference, torch
+    and NumPy: not a floor of ~6e-39 / 1e-308, which an unbounded activation of a huge
     candidate value multiplied up to O(1) (i * g with z_i = -x, g = x = 1e38: c = 0.6)."""
     from fastlstm import _forward, layers
 
