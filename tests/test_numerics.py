@@ -177,6 +177,35 @@ def test_gates_far_below_zero_are_exactly_closed(monkeypatch, path, dtype, activ
         _forward.packed_isa(-1)
 
 
+@pytest.mark.parametrize("path", ["small", "blas", "packed-rows", "packed-units"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_near_exp_overflow(monkeypatch, path, dtype):
+    """Across the top of exp's range (where it turns to +inf) a gate stays in [0, 1],
+    finite, and within one subnormal step of the exact value: c = i = sigmoid(z)."""
+    from fastlstm import _forward, layers
+
+    zs = np.linspace(-89.5, -80, 801) if dtype == np.float32 else np.linspace(-711, -700, 801)
+    layer = fl.LSTM(1, 1, dtype=dtype, random_state=0)
+    layer.W[...] = [[1.0, 0.0, 0.0, 0.0]]          # z_i = x
+    layer.U[...] = 0
+    layer.b[...] = [0.0, -1000.0, 50.0, 50.0]      # f = 0, g = o = 1
+    X = zs.astype(dtype)[:, None, None]
+    with np.errstate(over="ignore"):
+        exact = 1 / (1 + np.exp(-X[:, 0, 0].astype(np.float64)))
+    monkeypatch.setattr(layers, "_FORCE_PATH", path)
+    try:
+        for isa in ([0, 1] if _forward.packed_isa(-1) == 1 else [0]):
+            _forward.packed_isa(isa)
+            _, (c, _) = layer(X)
+            assert np.isfinite(c).all() and (c >= 0).all() and (c <= 1).all()
+            np.testing.assert_allclose(c[:, 0], exact, rtol=1e-6 if dtype == np.float32
+                                       else 1e-14, atol=5e-39 if dtype == np.float32
+                                       else 1e-308)
+            assert (c[zs < (-88.4 if dtype == np.float32 else -709.5), 0] == 0).all()
+    finally:
+        _forward.packed_isa(-1)
+
+
 # -- denormals ---------------------------------------------------------------------------
 
 
