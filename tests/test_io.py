@@ -159,34 +159,25 @@ def test_load_damaged_files_raise_value_error(tmp_path):
 
 
 def test_load_checks_parameters_before_building(tmp_path):
-    """A description declaring a huge model without its parameters is refused before any
-    layer is built (no memory spent on it)."""
+    """A description declaring a huge model without its parameters, or with parameters of
+    the wrong shapes, is refused before any layer is built (no memory spent on it)."""
     import tracemalloc
 
     meta = dict(format="fastlstm", format_version=1, model=fl.io._spec(fl.LSTM(3, 2)))
     meta["model"].update(input_size=4000, hidden_size=4000)
-    np.savez(tmp_path / "declared.npz", meta_json=np.array(json.dumps(meta)))
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="do not match the model description"):
-            fl.load(tmp_path / "declared.npz")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 10 * 2**20               # the model would take 8 * 4000 * 16000 bytes
-    # stored parameters of the wrong shape are refused before building as well
-    meta["model"].update(input_size=4000, hidden_size=4000)
-    np.savez(tmp_path / "shapes.npz", meta_json=np.array(json.dumps(meta)),
-             **{"param/W": np.zeros((3, 8), np.float32), "param/U": np.zeros((2, 8), np.float32),
-                "param/b": np.zeros(8, np.float32)})
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="has shape"):
-            fl.load(tmp_path / "shapes.npz")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 10 * 2**20
+    small = {"param/W": np.zeros((3, 8), np.float32), "param/U": np.zeros((2, 8), np.float32),
+             "param/b": np.zeros(8, np.float32)}
+    for name, params, match in (("declared", {}, "do not match the model description"),
+                                ("shapes", small, "has shape")):
+        np.savez(tmp_path / f"{name}.npz", meta_json=np.array(json.dumps(meta)), **params)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match=match):
+                fl.load(tmp_path / f"{name}.npz")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * 2**20           # the model would take 8 * 4000 * 16000 bytes
 
 
 def test_load_never_unpickles(tmp_path):
