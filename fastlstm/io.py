@@ -163,9 +163,8 @@ def load(path):
     try:
         return _load(path)
     except _READ_ERRORS as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) \
-                and exc.errno is not None:
-            raise                   # the file system's own errors (permissions, ...)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise                   # the file system's own errors (missing, permissions)
         raise ValueError(f"{path!r} is not a readable fastlstm model file: "
                          f"{type(exc).__name__}: {exc}") from exc
 
