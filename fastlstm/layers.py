@@ -188,29 +188,28 @@ def _as_input(X, dtype, input_size, time_major, name="X", out_size=0):
             f"got shape {X.shape}"
         )
     T, N = (X.shape[0], X.shape[1]) if time_major else (X.shape[1], X.shape[0])
-    if N * T > _INT_MAX or N * max(input_size, 1) > _INT_MAX:
-        raise ValueError(
-            f"{name} of shape {X.shape} is too large: batch*time = {N * T} must stay "
-            f"below 2**31 for 32-bit BLAS"
-        )
+    for what, size in (("batch*time", N * T), ("batch*features", N * max(input_size, 1))):
+        if size > _INT_MAX:
+            raise ValueError(f"{name} of shape {X.shape} is too large: {what} = {size} must "
+                             "stay below 2**31 for 32-bit BLAS")
     copy = 0 if X.flags.c_contiguous and X.dtype == dtype else input_size
     _check_memory(N * T * (copy + out_size) * np.dtype(dtype).itemsize,
                   f"{name} of shape {X.shape}")
     return np.ascontiguousarray(X, dtype=dtype), N, T
 
 
-def _as_lengths(lengths, N, T):
+def _as_lengths(lengths, N, T, name="lengths"):
     """Validate per-row lengths; returns an int64 array, or None when all rows are full."""
     if lengths is None:
         return None
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu":
-        raise _LengthsDtypeError(f"lengths must be integers, got dtype {L.dtype}")
+        raise _LengthsDtypeError(f"{name} must be integers, got dtype {L.dtype}")
     if L.shape != (N,):
-        raise ValueError(f"lengths must have shape ({N},) (one per batch row), got {L.shape}")
+        raise ValueError(f"{name} must have shape ({N},) (one per batch row), got {L.shape}")
     if N and (L.min() < 0 or L.max() > T):
         raise ValueError(
-            f"lengths must be in [0, T={T}], got values from {L.min()} to {L.max()}"
+            f"{name} must be in [0, T={T}], got values from {L.min()} to {L.max()}"
         )
     L = np.ascontiguousarray(L, dtype=np.int64)
     if N and L.min() == T:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .init import check_random_state
 from .interop.tf1 import activation_name, from_tf1, to_tf1
-from .layers import LSTMState, MultiLSTM, _scalar
+from .layers import LSTMState, MultiLSTM, _as_lengths, _check_time_major, _scalar
 
 __all__ = [
     "BasicLSTMCell",
@@ -483,6 +483,9 @@ def _check_cell(cell, name="cell"):
 def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
     _check_cell(cell, name)
     x = _as_inputs(inputs)
+    time_major = _check_time_major(time_major)
+    N, T = (x.shape[1], x.shape[0]) if time_major else x.shape[:2]
+    sequence_length = _as_lengths(sequence_length, N, T, "sequence_length")
     if initial_state is None and dtype is None:
         raise ValueError("If there is no initial_state, you must give a dtype.")
     s0 = cell._split_state(initial_state, "initial_state")

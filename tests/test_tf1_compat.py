@@ -231,8 +231,11 @@ def test_errors_follow_tf():
     tf.nn.dynamic_rnn(cell, X, dtype=tf.float32)
     with pytest.raises(ValueError, match="built for input width 4"):
         tf.nn.dynamic_rnn(cell, np.zeros((2, 3, 5)), dtype=tf.float32)
-    with pytest.raises(ValueError, match="sequence_length|lengths"):
+    with pytest.raises(ValueError, match=r"sequence_length must be in \[0, T=3\]"):
         tf.nn.dynamic_rnn(cell, X, sequence_length=[4, 1], dtype=tf.float32)
+    with pytest.raises(ValueError, match=r"sequence_length must have shape \(2,\)"):
+        tf.nn.bidirectional_dynamic_rnn(tf.BasicLSTMCell(3), tf.BasicLSTMCell(3), X,
+                                        sequence_length=[3], dtype=tf.float32)
     with pytest.raises(ValueError, match="its own object"):
         tf.MultiRNNCell([cell, cell])
     with pytest.raises(ValueError, match="num_units"):
