@@ -494,3 +494,132 @@ def test_from_onnx_warns_about_stored_sequence_lens():
                          inputs=["X", "W", "R", "", "L"])
     with pytest.warns(UserWarning, match=r"stores sequence_lens \[5, 3\].*pass lengths="):
         fl.from_onnx(proto)
+
+
+def _two_nodes(rng, links, layouts=(0, 0), directions=("forward", "forward"), H=3, I=2,
+               extra=()):
+    """Two LSTM nodes; between them ``links``: (op, attrs, stored inputs) applied in order
+    to the first node's Y.  The graph's output is the second node's Y."""
+    D0 = 2 if directions[0] == "bidirectional" else 1
+    D1 = 2 if directions[1] == "bidirectional" else 1
+    inits = {"W0": (D0, 4 * H, I), "R0": (D0, 4 * H, H), "B0": (D0, 8 * H),
+             "W1": (D1, 4 * H, D0 * H), "R1": (D1, 4 * H, H), "B1": (D1, 8 * H)}
+    tensors = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+               for n, s in inits.items()]
+    nodes = [helper.make_node("LSTM", ["X", "W0", "R0", "B0"], ["Y0"], hidden_size=H,
+                              layout=layouts[0], direction=directions[0])]
+    name = "Y0"
+    for k, (op, attrs, stored) in enumerate(links):
+        ins = [name]
+        for j, value in enumerate(stored):
+            tensors.append(numpy_helper.from_array(np.asarray(value, np.int64), f"s{k}_{j}"))
+            ins.append(f"s{k}_{j}")
+        nodes.append(helper.make_node(op, ins, [f"L{k}"], **attrs))
+        name = f"L{k}"
+    nodes.append(helper.make_node("LSTM", [name, "W1", "R1", "B1"], ["Y1"], hidden_size=H,
+                                  layout=layouts[1], direction=directions[1]))
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)],
+                              tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+BIDIR = ("bidirectional", "forward")
+LINKS_OK = {
+    # torch's export: Squeeze the direction axis / Transpose + Reshape for two directions
+    "squeeze": ([("Squeeze", {}, [[1]])], (0, 0), ("forward", "forward")),
+    "bidir_transpose_reshape": ([("Transpose", dict(perm=[0, 2, 1, 3]), []),
+                                 ("Reshape", {}, [[0, 0, -1]])], (0, 0), BIDIR),
+    "bidir_explicit_features": ([("Transpose", dict(perm=[0, 2, 1, 3]), []),
+                                 ("Reshape", {}, [[0, 0, 6]])], (0, 0), BIDIR),
+    "bidir_flatten_back": ([("Transpose", dict(perm=[0, 2, 1, 3]), []),
+                            ("Reshape", {}, [[0, -1, 6]])], (0, 0), BIDIR),
+    "layout_1": ([("Squeeze", {}, [[-2]])], (1, 1), ("forward", "forward")),
+    "layout_1_bidir": ([("Reshape", {}, [[0, 0, -1]])], (1, 1), BIDIR),
+    "layout_0_to_1": ([("Squeeze", {}, [[1]]), ("Transpose", dict(perm=[1, 0, 2]), [])],
+                      (0, 1), ("forward", "forward")),
+    "unsqueeze_squeeze": ([("Squeeze", {}, [[1]]), ("Unsqueeze", {}, [[0]]),
+                           ("Squeeze", {}, [[0]]), ("Identity", {}, [])], (0, 0),
+                          ("forward", "forward")),
+}
+
+
+@pytest.mark.parametrize("case", LINKS_OK)
+def test_from_onnx_stacks_joined_by_shape_operations(case):
+    """Whatever shape operations join two nodes, as long as the second one reads
+    [time, batch, forward | backward], the MultiLSTM matches onnxruntime."""
+    links, layouts, dirs = LINKS_OK[case]
+    rng = np.random.default_rng(3)
+    proto = _two_nodes(rng, links, layouts, dirs)
+    X = rng.normal(size=(5, 4, 2)).astype(np.float32)   # [T, N, I] or [N, T, I]
+    if 1 in layouts:   # onnxruntime has no layout 1: onnx's own reference evaluator
+        from onnx.reference import ReferenceEvaluator
+        Y = ReferenceEvaluator(proto).run(None, {"X": X})[0]
+    else:
+        Y = run_ort(proto, {"X": X})["Y1"]
+    got, _ = fl.from_onnx(proto)(X, time_major=layouts[0] == 0)
+    want = Y[:, 0] if layouts[1] == 0 else Y[:, :, 0]
+    if layouts[0] != layouts[1]:   # the second node reads [N, T, ...]: output batch-major
+        got = got.transpose(1, 0, 2)
+    np.testing.assert_allclose(got, want, **TOL32)
+
+
+LINKS_BAD = {
+    # time and batch swapped: onnxruntime runs the second node over the batch axis
+    "swap_time_batch": ([("Squeeze", {}, [[1]]), ("Transpose", dict(perm=[1, 0, 2]), [])],
+                        ("forward", "forward"), r"\[batch, time, features\]"),
+    "merge_batch_into_features": ([("Reshape", {}, [[0, 1, -1]])], ("forward", "forward"),
+                                  "splits or merges the time or batch|not a plain stack"),
+    "bidir_without_transpose": ([("Reshape", {}, [[0, 0, -1]])], BIDIR, "not a plain stack"),
+    "directions_swapped": ([("Transpose", dict(perm=[0, 2, 3, 1]), []),
+                            ("Reshape", {}, [[0, 0, -1]])], BIDIR, "not a plain stack"),
+    "squeeze_a_real_axis": ([("Squeeze", {}, [[3]])], ("forward", "forward"),
+                            "not of size 1"),
+    "computed_shape": ([("Reshape", {}, [])], ("forward", "forward"), "cannot be checked"),
+}
+
+
+@pytest.mark.parametrize("case", LINKS_BAD)
+def test_from_onnx_refuses_links_that_move_time_or_batch(case):
+    """A stack whose shape operations give the second node anything but [time, batch,
+    forward | backward] is refused: the MultiLSTM would compute something else (the
+    first case used to import and differ from onnxruntime)."""
+    links, dirs, match = LINKS_BAD[case]
+    proto = _two_nodes(np.random.default_rng(3), links, (0, 0), dirs)
+    if case == "computed_shape":   # the Reshape's shape comes from a graph input
+        node = [n for n in proto.graph.node if n.op_type == "Reshape"][0]
+        node.input.append("shape")
+        proto.graph.input.append(helper.make_tensor_value_info("shape", TensorProto.INT64,
+                                                               [3]))
+    with pytest.raises(ValueError, match=match):
+        fl.from_onnx(proto)
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul", "Neg"])
+def test_from_onnx_refuses_initial_states_computed_by_arithmetic(op):
+    """initial_h = op(graph input, stored values) is not the state the caller passes:
+    refused (Add with a stored offset used to import, the offset dropped); arithmetic on
+    stored zeros alone still imports."""
+    rng = np.random.default_rng(4)
+    H, I, N = 3, 2, 4
+    inits = {"W": rng.normal(size=(1, 4 * H, I)).astype(np.float32),
+             "R": rng.normal(size=(1, 4 * H, H)).astype(np.float32),
+             "off": rng.normal(size=(1, N, H)).astype(np.float32),
+             "zero": np.zeros((1, N, H), np.float32)}
+
+    def graph(a, b):
+        ins = [a] if op == "Neg" else [a, b]
+        nodes = [helper.make_node(op, ins, ["h0"]),
+                 helper.make_node("LSTM", ["X", "W", "R", "", "", "h0", "c_in"], ["Y"],
+                                  hidden_size=H)]
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                         for n in ("X", "h_in", "c_in")],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+    with pytest.raises(ValueError, match="initial_h is computed .* by arithmetic"):
+        fl.from_onnx(graph("h_in", "off"))
+    fl.from_onnx(graph("zero", "zero"))

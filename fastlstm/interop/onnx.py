@@ -261,8 +261,11 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
 
     model : path, bytes, file object or ``onnx.ModelProto``.  Its LSTM nodes, in graph
         order, must form a stack: each node's ``X`` comes from the previous node's ``Y``
-        through shape operations only (the first from a graph input).  W, R, B and P must
-        be stored in the model (initializers or Constant nodes).
+        through shape operations only (the first from a graph input), which must give it
+        [time, batch, features] ([batch, time, features] for layout 1), the features
+        [forward | backward].  W, R, B and P must be stored in the model (initializers
+        or Constant nodes); an initial state computed in the graph must be zeros or a
+        graph input moved by shape operations.
     return_initial_state : also return the initial states stored in the model (a per-layer
         tuple like the model's state, None for a layer without stored state).  Stored
         non-zero initial states are otherwise refused, since the model alone would not
@@ -296,7 +299,7 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     items, states = [], []
     for k, node in enumerate(lstms):
         where = f"LSTM node {k} ({node.name or 'unnamed'})"
-        _check_source(node, k, lstms, producer, graph_inputs, where)
+        _check_source(node, k, lstms, producer, consts, graph_inputs, where)
         item, state = _node_to_item(node, consts, graph_inputs, where, dtype, producer)
         items.append(item)
         states.append(state)
@@ -315,15 +318,12 @@ def _flat_state(s):
     return [s] if isinstance(s, LSTMState) else list(s)
 
 
-def _check_source(node, k, lstms, producer, graph_inputs, where):
+def _check_source(node, k, lstms, producer, consts, graph_inputs, where):
     name = node.input[0]
-    saw_concat_transpose = False
+    chain = []
     while name in producer and producer[name].op_type in _SHAPE_OPS:
-        p = producer[name]
-        if p.op_type == "Transpose":
-            perm = [a.ints for a in p.attribute if a.name == "perm"]
-            saw_concat_transpose |= bool(perm) and list(perm[0]) == [0, 2, 1, 3]
-        name = p.input[0]
+        chain.append(producer[name])
+        name = producer[name].input[0]
     if k == 0:
         if name in producer and producer[name].op_type == "LSTM":
             raise ValueError(f"{where}: the first LSTM node reads another LSTM's output")
@@ -335,12 +335,147 @@ def _check_source(node, k, lstms, producer, graph_inputs, where):
     if name != prev.output[0]:
         raise ValueError(f"{where}: its input does not come from the previous LSTM node's Y "
                          "through shape operations only; the LSTM nodes are not a plain stack")
-    prev_attrs = _attr_dict(prev)
-    if prev_attrs.get("direction", "forward") == "bidirectional" and \
-            prev_attrs.get("layout", 0) == 0 and not saw_concat_transpose:
-        raise ValueError(f"{where}: the bidirectional Y [T, 2, N, H] before it is not "
-                         "transposed with perm [0, 2, 1, 3], so its features are not "
-                         "[forward | backward]")
+    _check_link(prev, node, chain[::-1], consts, where)
+
+
+def _check_link(prev, node, chain, consts, where):
+    """The shape operations from the previous node's Y to this node's X, followed on the
+    meaning of the axes: they must give this node's [T, N, features] ([N, T, features]
+    for layout 1), the features [forward | backward].  A stack that moves the time or
+    batch axis, or mixes the directions' features otherwise, is refused: the MultiLSTM
+    built from it would compute something else."""
+    pa = _attr_dict(prev)
+    D = 2 if pa.get("direction", "forward") == "bidirectional" else 1
+    H = int(pa.get("hidden_size", 0)) or _const_shape(prev, consts)
+    size = {"D": D, "H": H, "1": 1}   # T and N: known only when the model runs
+
+    def atoms(axis):   # the axis' parts that are not of size 1, outermost first
+        return tuple(a for a in axis if size.get(a) != 1)
+
+    axes = [("T",), ("D",), ("N",), ("H",)] if pa.get("layout", 0) == 0 else \
+        [("N",), ("T",), ("D",), ("H",)]
+    for op in chain:
+        axes = _follow_shape_op(op, axes, atoms, size, consts, where)
+    want = [("T",), ("N",), atoms(("D", "H"))]
+    if _attr_dict(node).get("layout", 0) == 1:
+        want[:2] = want[1::-1]
+    if [atoms(a) for a in axes] != want:
+        names = {("T",): "time", ("N",): "batch", atoms(("D", "H")): "features"}
+        got = ", ".join(names.get(atoms(a), "+".join(atoms(a)) or "1") for a in axes)
+        raise ValueError(f"{where}: the shape operations before it turn the previous LSTM "
+                         f"node's Y into [{got}], not this node's "
+                         f"[{', '.join(names[a] for a in want)}] with features "
+                         "[forward | backward]; the LSTM nodes are not a plain stack")
+
+
+def _const_shape(node, consts):
+    W = consts.get(node.input[1]) if len(node.input) > 1 else None
+    return 0 if W is None else int(np.shape(W)[1]) // 4
+
+
+def _int_list(op, consts, attr, idx, where):
+    """An operation's integer list, from its attribute (older opsets) or stored input."""
+    a = _attr_dict(op)
+    if attr in a:
+        return [int(v) for v in np.atleast_1d(a[attr])]
+    if len(op.input) > idx and op.input[idx]:
+        if op.input[idx] not in consts:
+            raise ValueError(f"{where}: the {op.op_type} before it takes a computed {attr}, "
+                             "which cannot be checked")
+        return [int(v) for v in np.atleast_1d(consts[op.input[idx]])]
+    return None
+
+
+def _follow_shape_op(op, axes, atoms, size, consts, where):
+    """The axes after one shape operation; each axis is a tuple of parts (T, N, D, H, or
+    1 for an inserted axis), outermost first."""
+    rank, kind = len(axes), op.op_type
+    bad = f"{where}: the {kind} before it"
+    if kind == "Identity":
+        return axes
+    if kind == "Transpose":
+        perm = _attr_dict(op).get("perm")
+        perm = list(range(rank))[::-1] if perm is None else [int(p) for p in perm]
+        if sorted(perm) != list(range(rank)):
+            raise ValueError(f"{bad} has perm {perm} for a rank-{rank} tensor")
+        return [axes[p] for p in perm]
+    if kind == "Squeeze":
+        ax = _int_list(op, consts, "axes", 1, where)
+        if ax is None:
+            return [a for a in axes if atoms(a)]
+        ax = {a + rank if a < 0 else a for a in ax}
+        if any(not 0 <= a < rank or atoms(axes[a]) for a in ax):
+            raise ValueError(f"{bad} removes axes {sorted(ax)} that are not of size 1")
+        return [a for k, a in enumerate(axes) if k not in ax]
+    if kind == "Unsqueeze":
+        ax = _int_list(op, consts, "axes", 1, where)
+        out_rank = rank + len(ax or ())
+        ax = sorted(a + out_rank if a < 0 else a for a in (ax or ()))
+        out, rest = [], iter(axes)
+        for k in range(out_rank):
+            out.append(("1",) if k in ax else next(rest, ("1",)))
+        return out
+    if kind == "Flatten":
+        axis = int(_attr_dict(op).get("axis", 1))
+        axis = axis + rank if axis < 0 else axis
+        return [sum(axes[:axis], ()), sum(axes[axis:], ())]
+    # Reshape: the new shape must only split or merge parts whose sizes are known, and
+    # keep T and N whole, each on its own axis
+    shape = _int_list(op, consts, "shape", 1, where)
+    if shape is None or (_attr_dict(op).get("allowzero", 0) and 0 in shape):
+        raise ValueError(f"{bad} has no stored shape (or one with allowzero), which "
+                         "cannot be checked")
+    flat = [p for a in axes for p in atoms(a)]
+    offset = np.cumsum([0] + [len(atoms(a)) for a in axes])
+
+    def take(parts, want_size):
+        out, n = [], 1
+        for p in parts:
+            if n == want_size:
+                break
+            if p not in size:
+                return None
+            out.append(p)
+            n *= size[p]
+        return tuple(out) if n == want_size else None
+
+    if shape.count(-1) > 1 or any(v < -1 for v in shape):
+        raise ValueError(f"{bad} has an invalid shape {shape}")
+    split = shape.index(-1) if -1 in shape else len(shape)
+    out, lo = [], 0
+    for j, v in enumerate(shape[:split]):
+        if v == 0:
+            if j >= rank or lo != offset[j]:
+                raise ValueError(f"{bad} (shape {shape}) moves data across the time or "
+                                 "batch axis")
+            part = atoms(axes[j])
+        else:
+            part = take(flat[lo:], v)
+            if part is None:
+                raise ValueError(f"{bad} (shape {shape}) splits or merges the time or batch "
+                                 "axis")
+        out.append(part or ("1",))
+        lo += len(part)
+    tail, hi = [], len(flat)
+    for j, v in reversed(list(enumerate(shape[split + 1:], split + 1))):
+        if v == 0:
+            if j >= rank or hi != offset[j + 1]:
+                raise ValueError(f"{bad} (shape {shape}) moves data across the time or "
+                                 "batch axis")
+            part = atoms(axes[j])
+        else:
+            part = take(flat[:hi][::-1], v)
+            if part is None:
+                raise ValueError(f"{bad} (shape {shape}) splits or merges the time or batch "
+                                 "axis")
+            part = part[::-1]
+        tail.insert(0, part or ("1",))
+        hi -= len(part)
+    if split < len(shape):
+        out.append(tuple(flat[lo:hi]) or ("1",))
+    elif lo != hi:
+        raise ValueError(f"{bad} (shape {shape}) does not hold the whole tensor")
+    return out + tail
 
 
 def _const(node, idx, consts, graph_inputs, where, what, required=False):
@@ -357,20 +492,23 @@ def _const(node, idx, consts, graph_inputs, where, what, required=False):
     return "runtime"
 
 
-# For a computed initial state: the inputs of each operation that carry values (the others
-# are shapes, axes or indices); None: all of them.  Operations not listed are not traced.
+# For a computed initial state: the operations that only move values (the listed inputs
+# carry them; the others are shapes, axes or indices; None: all of them).  Any other
+# operation computes new values, which the model cannot reproduce from the caller's state.
 _VALUE_INPUTS = {
     "Identity": (0,), "Cast": (0,), "CastLike": (0,), "Reshape": (0,), "Flatten": (0,),
     "Squeeze": (0,), "Unsqueeze": (0,), "Expand": (0,), "Tile": (0,), "Slice": (0,),
-    "Gather": (0,), "Transpose": (0,), "Split": (0,), "Neg": (0,),
-    "Concat": None, "Add": None, "Sub": None, "Mul": None,
+    "Gather": (0,), "Transpose": (0,), "Split": (0,), "Concat": None,
 }
+# arithmetic that keeps zeros zero (a state computed from zeros alone is zero)
+_ZERO_PRESERVING = {"Add": None, "Sub": None, "Mul": None, "Neg": (0,)}
 
 
 def _state_sources(name, consts, graph_inputs, producer, seen=None):
     """Where a computed initial state's values come from: a set of "input" (a graph
-    input's values, which the caller supplies), "zero" (stored zeros, ConstantOfShape 0)
-    and "stored" (other stored values, or operations this cannot follow)."""
+    input's values, moved but not changed, which the caller supplies), "zero" (stored
+    zeros, ConstantOfShape 0) and "stored" (other stored values, values computed from
+    them or from a graph input, or operations this cannot follow)."""
     from onnx import numpy_helper
 
     seen = set() if seen is None else seen
@@ -388,13 +526,16 @@ def _state_sources(name, consts, graph_inputs, producer, seen=None):
         value = _attr_dict(node).get("value")
         zero = value is None or not np.any(numpy_helper.to_array(value) != 0)
         return {"zero" if zero else "stored"}
-    if node.op_type not in _VALUE_INPUTS:
+    table = _VALUE_INPUTS if node.op_type in _VALUE_INPUTS else _ZERO_PRESERVING
+    if node.op_type not in table:
         return {"stored"}
-    idx = _VALUE_INPUTS[node.op_type]
+    idx = table[node.op_type]
     names = [n for k, n in enumerate(node.input) if n and (idx is None or k in idx)]
     out = set()
     for n in names:
         out |= _state_sources(n, consts, graph_inputs, producer, seen)
+    if table is _ZERO_PRESERVING and out != {"zero"}:
+        return {"stored"}
     return out
 
 
@@ -441,11 +582,12 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         # model alone can reproduce
         if isinstance(v, str):
             src = _state_sources(node.input[idx], consts, graph_inputs, producer)
-            if "input" not in src and src != {"zero"}:
+            if not src or "stored" in src:
                 raise ValueError(
                     f"{where}: {what} is computed from values stored in the model (a learned "
-                    "initial state?), which fastlstm cannot read from the graph; compute it "
-                    "yourself and pass it to the model as initial_state")
+                    "initial state?) or by arithmetic in the graph, which fastlstm cannot "
+                    "read from the graph; compute it yourself and pass it to the model as "
+                    "initial_state")
     made = []
     for d in range(D):
         b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
