@@ -29,6 +29,7 @@ its batch.  ``fastlstm.dask`` aligns chunk boundaries to these batches, which is
 Dask prediction is bit-identical to ``predict``.
 """
 
+import math
 import numbers
 import time
 import warnings
@@ -432,6 +433,12 @@ class _BaseLSTM(BaseEstimator):
         first = not fitted or (not incremental and not self.warm_start)
         X, L = _validate_X(self, X, reset=first, lengths=lengths)
         n = X.shape[0]
+        n_val = math.ceil(self.validation_fraction * n)   # train_test_split's rule
+        if self.early_stopping and not incremental and n_val < 2:
+            raise ValueError(
+                f"The validation set is too small: validation_fraction="
+                f"{self.validation_fraction} of {n} samples holds out {n_val}; increase "
+                "validation_fraction or the size of the dataset")
         targets = self._encode_targets(y, n, first, classes)
         rng = check_random_state(self.random_state)
         if first:
@@ -440,6 +447,7 @@ class _BaseLSTM(BaseEstimator):
             self.t_ = 0
             self.loss_curve_ = []
             self._no_improvement_count = 0
+            self._best_weights = None
             if self.early_stopping:
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
@@ -465,7 +473,7 @@ class _BaseLSTM(BaseEstimator):
             X_val, L_val, t_val = X[val], (None if L is None else L[val]), targets[val]
             if self.best_validation_score_ is None:           # warm start from no early stopping
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
-        best = None
+                self._best_weights = None
         n_train = idx.shape[0]
         if self.batch_size != "auto" and not 1 <= self.batch_size <= n_train:
             warnings.warn(f"batch_size={self.batch_size} is larger than the {n_train} training "
@@ -496,7 +504,7 @@ class _BaseLSTM(BaseEstimator):
                     self._no_improvement_count = 0
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
-                    best = self._snapshot()
+                    self._best_weights = self._snapshot()
             else:
                 if self.best_loss_ is None:                   # warm start after early stopping
                     self.best_loss_ = np.inf
@@ -519,8 +527,10 @@ class _BaseLSTM(BaseEstimator):
                 warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} epochs reached "
                               "and the optimisation has not converged yet.",
                               ConvergenceWarning)
-        if early and best is not None:
-            self._restore(best)
+        if early and getattr(self, "_best_weights", None) is not None:
+            # the best epoch's weights, also when a warm-started fit never beat the
+            # best score of the fits before it (as MLPClassifier keeps _best_coefs)
+            self._restore(self._best_weights)
         return self
 
     def _check_warm_arch(self, n_features):

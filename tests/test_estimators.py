@@ -538,6 +538,38 @@ def test_early_stopping_restores_best_epoch():
     np.testing.assert_array_equal(est.predict(X), again.predict(X))
 
 
+def test_warm_early_stopping_keeps_the_best_weights_so_far():
+    """A warm-started fit with early stopping whose epochs never beat the best score so
+    far keeps the weights that scored it (as MLPClassifier keeps _best_coefs); the last
+    epoch's weights were kept while best_validation_score_ still reported the old best."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 7, 2))
+    y = (X[:, -2:, 0].sum(1) > 0).astype(int)
+    clf = _fit_quiet(LSTMClassifier(hidden_sizes=(6,), max_iter=20, random_state=0,
+                                    early_stopping=True, n_iter_no_change=3,
+                                    learning_rate=0.01), X, y)
+    best, weights = clf.best_validation_score_, clf.model_.flat_params.copy()
+    clf.set_params(warm_start=True, learning_rate=5.0, max_iter=5)
+    _fit_quiet(clf, X, y)
+    assert max(clf.validation_scores_[-5:]) <= best       # no epoch beat it
+    assert clf.best_validation_score_ == best
+    np.testing.assert_array_equal(clf.model_.flat_params, weights)
+
+
+@pytest.mark.parametrize("cls", [LSTMClassifier, LSTMRegressor])
+def test_early_stopping_refuses_a_validation_set_of_one(cls):
+    """One held-out sample gives no R² (NaN every epoch: stopping never triggered);
+    refused before training, as MLPRegressor does."""
+    X = _sequences(10, 4, 1, seed=17)
+    y = np.arange(10) % 2
+    est = cls(hidden_sizes=(3,), early_stopping=True, validation_fraction=0.1)
+    with pytest.raises(ValueError, match="validation set is too small.*holds out 1"):
+        est.fit(X, y)
+    assert not hasattr(est, "model_")
+    _fit_quiet(cls(hidden_sizes=(3,), early_stopping=True, validation_fraction=0.2,
+                   max_iter=2), X, y)
+
+
 def test_verbose_prints_one_line_per_epoch(capsys):
     X = _sequences(20, 5, 1, seed=15)
     _fit_quiet(LSTMClassifier(hidden_sizes=(3,), max_iter=3, tol=0, verbose=1,
