@@ -623,3 +623,52 @@ def test_from_onnx_refuses_initial_states_computed_by_arithmetic(op):
     with pytest.raises(ValueError, match="initial_h is computed .* by arithmetic"):
         fl.from_onnx(graph("h_in", "off"))
     fl.from_onnx(graph("zero", "zero"))
+
+
+def _dynamo_like(rng, computed, swap=False, T=5, N=4, H=3, I=2):
+    """Two bidirectional nodes joined the way torch's dynamo exporter joins them:
+    Transpose [0, 2, 1, 3], then a Reshape to [T, N, 2H] whose shape is stored with the
+    sizes the model was exported for (X declared with them), or computed in the graph
+    from the Transpose's output: Shape -> Slice -> Mul -> Concat."""
+    f = np.float32
+    inits = {"W0": rng.normal(size=(2, 4 * H, I)).astype(f),
+             "R0": rng.normal(size=(2, 4 * H, H)).astype(f),
+             "W1": rng.normal(size=(2, 4 * H, 2 * H)).astype(f),
+             "R1": rng.normal(size=(2, 4 * H, H)).astype(f)}
+    ints = {"i0": [0], "i1": [1], "i2": [2], "i3": [3], "i4": [4], "m1": [-1],
+            "fixed": [N, T, 2 * H] if swap else [T, N, 2 * H]}
+    nodes = [helper.make_node("LSTM", ["X", "W0", "R0"], ["Y0"], hidden_size=H,
+                              direction="bidirectional"),
+             helper.make_node("Transpose", ["Y0"], ["Yt"], perm=[0, 2, 1, 3])]
+    if computed:
+        nodes += [helper.make_node("Shape", ["Yt"], ["s"])]
+        nodes += [helper.make_node("Slice", ["s", f"i{k}", f"i{k + 1}"], [f"d{k}"])
+                  for k in range(4)]
+        nodes += [helper.make_node("Mul", ["d2", "d3"], ["dh"]),
+                  helper.make_node("Reshape", ["dh", "m1"], ["dhf"]),
+                  helper.make_node("Concat", ["d1", "d0", "dhf"] if swap else
+                                   ["d0", "d1", "dhf"], ["shape"], axis=0)]
+    nodes += [helper.make_node("Reshape", ["Yt", "shape" if computed else "fixed"], ["X1"]),
+              helper.make_node("LSTM", ["X1", "W1", "R1"], ["Y1"], hidden_size=H,
+                               direction="bidirectional")]
+    tensors = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    tensors += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, I])],
+        [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)], tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.parametrize("computed", [False, True], ids=["stored_sizes", "computed"])
+def test_from_onnx_reads_dynamo_style_links(computed):
+    """torch's dynamo exporter reshapes between layers to sizes stored for the export,
+    or computed from Shape: both followed (sizes from ONNX's shape inference); the same
+    graphs with time and batch swapped in the shape are refused."""
+    rng = np.random.default_rng(5)
+    proto = _dynamo_like(rng, computed)
+    X = rng.normal(size=(5, 4, 2)).astype(np.float32)
+    want = onnx_y_to_fl(run_ort(proto, {"X": X})["Y1"])
+    got, _ = fl.from_onnx(proto)(X, time_major=True)
+    np.testing.assert_allclose(got.transpose(1, 0, 2), want, **TOL32)
+    with pytest.raises(ValueError, match="not a plain stack|splits or merges"):
+        fl.from_onnx(_dynamo_like(rng, computed, swap=True))

@@ -238,6 +238,43 @@ def test_from_torch_finds_the_lstm_in_a_larger_module():
     np.testing.assert_array_equal(seq.flat_params, model.flat_params)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_from_torch_takes_subclasses_and_scripted_modules():
+    """A subclass of nn.LSTM / nn.LSTMCell that keeps torch's forward, and a TorchScript
+    compilation, convert like the class itself (they were refused as holding no LSTM); a
+    subclass overriding forward is refused (its outputs may differ)."""
+    torch = _torch()
+    torch.manual_seed(2)
+
+    class Named(torch.nn.LSTM):
+        def describe(self):
+            return "a helper method, same maths"
+
+    class Doubled(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            return super().forward(2 * x, hx)
+
+    x = torch.randn(2, 5, 3)
+    for m in (Named(3, 4, num_layers=2, batch_first=True),
+              torch.nn.Sequential(Named(3, 4, batch_first=True, bidirectional=True)),
+              torch.jit.script(torch.nn.LSTM(3, 4, batch_first=True))):
+        with torch.no_grad():
+            want = m(x)[0].numpy() if not isinstance(m, torch.jit.ScriptModule) else \
+                None
+        model = fl.from_torch(m)
+        if want is not None:
+            np.testing.assert_allclose(model(x.numpy())[0], want, **TOL[np.float32])
+        else:   # a scripted nn.LSTM cannot be called itself: its weights are checked
+            np.testing.assert_array_equal(
+                model.flat_params, fl.from_torch(m.state_dict()).flat_params)
+    cell = torch.jit.script(torch.nn.LSTMCell(3, 4))
+    h, _ = cell(x[:, 0])
+    np.testing.assert_allclose(fl.from_torch(cell).step(x[:, 0].numpy())[0],
+                               h.detach().numpy(), **TOL[np.float32])
+    with pytest.raises(TypeError, match="Doubled subclasses torch's nn.LSTM but overrides"):
+        fl.from_torch(Doubled(3, 4))
+
+
 def _random_fl_model(kind, dtype, rng):
     def lstm(i, h, **kw):
         layer = fl.LSTM(i, h, dtype=dtype, random_state=int(rng.integers(1 << 30)), **kw)

@@ -296,10 +296,11 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     lstms = [n for n in graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
     if not lstms:
         raise ValueError("the ONNX model has no LSTM node")
+    graph_ = _Graph(proto, consts, producer)
     items, states = [], []
     for k, node in enumerate(lstms):
         where = f"LSTM node {k} ({node.name or 'unnamed'})"
-        _check_source(node, k, lstms, producer, consts, graph_inputs, where)
+        _check_source(node, k, lstms, graph_, graph_inputs, where)
         item, state = _node_to_item(node, consts, graph_inputs, where, dtype, producer)
         items.append(item)
         states.append(state)
@@ -318,7 +319,8 @@ def _flat_state(s):
     return [s] if isinstance(s, LSTMState) else list(s)
 
 
-def _check_source(node, k, lstms, producer, consts, graph_inputs, where):
+def _check_source(node, k, lstms, graph, graph_inputs, where):
+    producer = graph.producer
     name = node.input[0]
     chain = []
     while name in producer and producer[name].op_type in _SHAPE_OPS:
@@ -335,10 +337,10 @@ def _check_source(node, k, lstms, producer, consts, graph_inputs, where):
     if name != prev.output[0]:
         raise ValueError(f"{where}: its input does not come from the previous LSTM node's Y "
                          "through shape operations only; the LSTM nodes are not a plain stack")
-    _check_link(prev, node, chain[::-1], consts, where)
+    _check_link(prev, node, chain[::-1], graph, where)
 
 
-def _check_link(prev, node, chain, consts, where):
+def _check_link(prev, node, chain, graph, where):
     """The shape operations from the previous node's Y to this node's X, followed on the
     meaning of the axes: they must give this node's [T, N, features] ([N, T, features]
     for layout 1), the features [forward | backward].  A stack that moves the time or
@@ -346,16 +348,21 @@ def _check_link(prev, node, chain, consts, where):
     built from it would compute something else."""
     pa = _attr_dict(prev)
     D = 2 if pa.get("direction", "forward") == "bidirectional" else 1
-    H = int(pa.get("hidden_size", 0)) or _const_shape(prev, consts)
-    size = {"D": D, "H": H, "1": 1}   # T and N: known only when the model runs
+    H = int(pa.get("hidden_size", 0)) or _const_shape(prev, graph.consts)
+    size = {"D": D, "H": H, "1": 1}
+    order = ("T", "D", "N", "H") if pa.get("layout", 0) == 0 else ("N", "T", "D", "H")
+    for part, n in zip(order, graph.dims(prev.output[0])):
+        if part in ("T", "N") and n:
+            size[part] = n    # a model exported for fixed sizes may reshape to them
 
-    def atoms(axis):   # the axis' parts that are not of size 1, outermost first
-        return tuple(a for a in axis if size.get(a) != 1)
+    def atoms(axis):   # the axis' parts that are not of size 1 (T, N always kept)
+        return tuple(a for a in axis if a in ("T", "N") or size.get(a) != 1)
 
-    axes = [("T",), ("D",), ("N",), ("H",)] if pa.get("layout", 0) == 0 else \
-        [("N",), ("T",), ("D",), ("H",)]
+    axes = [(p,) for p in order]
+    known = {prev.output[0]: axes}
     for op in chain:
-        axes = _follow_shape_op(op, axes, atoms, size, consts, where)
+        axes = _follow_shape_op(op, axes, atoms, size, graph, known, where)
+        known[op.output[0]] = axes
     want = [("T",), ("N",), atoms(("D", "H"))]
     if _attr_dict(node).get("layout", 0) == 1:
         want[:2] = want[1::-1]
@@ -366,6 +373,29 @@ def _check_link(prev, node, chain, consts, where):
                          f"node's Y into [{got}], not this node's "
                          f"[{', '.join(names[a] for a in want)}] with features "
                          "[forward | backward]; the LSTM nodes are not a plain stack")
+
+
+class _Graph:
+    """What the import needs to look up in a graph: stored values, each value's producing
+    node, and the sizes ONNX's shape inference finds (when it can)."""
+
+    def __init__(self, proto, consts, producer):
+        self.consts, self.producer = consts, producer
+        self._proto, self._shapes = proto, None
+
+    def dims(self, name):
+        """The inferred sizes of a value's axes (0 where unknown), or ()."""
+        if self._shapes is None:
+            self._shapes = {}
+            try:
+                from onnx import shape_inference
+                inferred = shape_inference.infer_shapes(self._proto).graph
+                for v in list(inferred.value_info) + list(inferred.input):
+                    self._shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 0
+                                            for d in v.type.tensor_type.shape.dim]
+            except Exception:   # no shapes: sizes stay unknown
+                pass
+        return self._shapes.get(name, ())
 
 
 def _const_shape(node, consts):
@@ -386,10 +416,68 @@ def _int_list(op, consts, attr, idx, where):
     return None
 
 
-def _follow_shape_op(op, axes, atoms, size, consts, where):
+def _shape_value(name, graph, known, depth=0):
+    """A shape computed in the graph from the sizes of followed values (torch's exporter
+    writes Shape -> Slice / Gather -> Mul -> Concat): a list of entries, each an int or a
+    tuple of axis parts whose sizes multiply to it; None when it cannot be followed."""
+    if depth > 64:
+        return None
+    if name in graph.consts:
+        v = np.asarray(graph.consts[name])
+        return [int(x) for x in v.reshape(-1)] if v.dtype.kind in "iu" and v.ndim <= 1 \
+            else None
+    node = graph.producer.get(name)
+    if node is None:
+        return None
+    kind, a = node.op_type, _attr_dict(node)
+
+    def arg(k):
+        return _shape_value(node.input[k], graph, known, depth + 1) \
+            if len(node.input) > k and node.input[k] else None
+
+    if kind == "Shape":
+        axes = known.get(node.input[0])
+        if axes is None:
+            return None
+        r = len(axes)
+        lo, hi = (min(max(v + r if v < 0 else v, 0), r)
+                  for v in (a.get("start", 0), a.get("end", r)))
+        return [tuple(x) for x in axes[lo:hi]]
+    if kind in ("Identity", "Cast", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
+        return arg(0)   # a shape vector (or one entry of it) keeps its entries
+    if kind == "Concat":
+        parts = [_shape_value(n, graph, known, depth + 1) for n in node.input]
+        return None if any(p is None for p in parts) else sum(parts, [])
+    if kind in ("Slice", "Gather"):
+        data, idx = arg(0), [arg(k) for k in range(1, len(node.input))]
+        if data is None or any(v is None or not all(isinstance(x, int) for x in v)
+                               for v in idx) or a.get("axis", 0) != 0:
+            return None
+        if kind == "Gather":
+            return [data[i] for i in idx[0]] if all(-len(data) <= i < len(data)
+                                                    for i in idx[0]) else None
+        starts, ends = idx[0], idx[1]
+        if len(idx) > 2 and idx[2] not in ([0], [-1]):
+            return None
+        step = idx[3][0] if len(idx) > 3 else 1
+        return data[starts[0]:ends[0]:step] if step else None
+    if kind == "Mul":
+        x, y = arg(0), arg(1)
+        if x is None or y is None or len(x) != 1 or len(y) != 1:
+            return None
+        x, y = x[0], y[0]
+        if isinstance(x, int) and isinstance(y, int):
+            return [x * y]
+        if x == 1 or y == 1:
+            return [y if x == 1 else x]
+        return [x + y] if not isinstance(x, int) and not isinstance(y, int) else None
+    return None
+
+
+def _follow_shape_op(op, axes, atoms, size, graph, known, where):
     """The axes after one shape operation; each axis is a tuple of parts (T, N, D, H, or
     1 for an inserted axis), outermost first."""
-    rank, kind = len(axes), op.op_type
+    rank, kind, consts = len(axes), op.op_type, graph.consts
     bad = f"{where}: the {kind} before it"
     if kind == "Identity":
         return axes
@@ -421,33 +509,44 @@ def _follow_shape_op(op, axes, atoms, size, consts, where):
         return [sum(axes[:axis], ()), sum(axes[axis:], ())]
     # Reshape: the new shape must only split or merge parts whose sizes are known, and
     # keep T and N whole, each on its own axis
-    shape = _int_list(op, consts, "shape", 1, where)
+    shape = None
+    if len(op.input) > 1 and op.input[1]:
+        shape = _shape_value(op.input[1], graph, known)
     if shape is None or (_attr_dict(op).get("allowzero", 0) and 0 in shape):
-        raise ValueError(f"{bad} has no stored shape (or one with allowzero), which "
-                         "cannot be checked")
+        raise ValueError(f"{bad} has a shape that is neither stored nor computed from the "
+                         "sizes of its input (or one with allowzero), which cannot be checked")
     flat = [p for a in axes for p in atoms(a)]
     offset = np.cumsum([0] + [len(atoms(a)) for a in axes])
 
-    def take(parts, want_size):
+    def take(parts, want):
+        """The parts at the start of ``parts`` that make an axis of size ``want`` (an
+        int, or parts whose sizes multiply to it), or None."""
+        if not isinstance(want, int):
+            want = atoms(want)
+            return tuple(parts[:len(want)]) if sorted(parts[:len(want)]) == sorted(want) \
+                else None
+        if want == 1 and parts and parts[0] in ("T", "N") and size.get(parts[0]) == 1:
+            return (parts[0],)
         out, n = [], 1
         for p in parts:
-            if n == want_size:
+            if n == want:
                 break
             if p not in size:
                 return None
             out.append(p)
             n *= size[p]
-        return tuple(out) if n == want_size else None
+        return tuple(out) if n == want else None
 
-    if shape.count(-1) > 1 or any(v < -1 for v in shape):
+    ints = [v for v in shape if isinstance(v, int)]
+    if ints.count(-1) > 1 or any(v < -1 for v in ints):
         raise ValueError(f"{bad} has an invalid shape {shape}")
-    split = shape.index(-1) if -1 in shape else len(shape)
+    split = shape.index(-1) if -1 in ints else len(shape)
+    moved = f"{bad} (shape {shape}) moves data across the time or batch axis"
     out, lo = [], 0
     for j, v in enumerate(shape[:split]):
         if v == 0:
             if j >= rank or lo != offset[j]:
-                raise ValueError(f"{bad} (shape {shape}) moves data across the time or "
-                                 "batch axis")
+                raise ValueError(moved)
             part = atoms(axes[j])
         else:
             part = take(flat[lo:], v)
@@ -460,11 +559,10 @@ def _follow_shape_op(op, axes, atoms, size, consts, where):
     for j, v in reversed(list(enumerate(shape[split + 1:], split + 1))):
         if v == 0:
             if j >= rank or hi != offset[j + 1]:
-                raise ValueError(f"{bad} (shape {shape}) moves data across the time or "
-                                 "batch axis")
+                raise ValueError(moved)
             part = atoms(axes[j])
         else:
-            part = take(flat[:hi][::-1], v)
+            part = take(flat[:hi][::-1], v if isinstance(v, int) else tuple(v)[::-1])
             if part is None:
                 raise ValueError(f"{bad} (shape {shape}) splits or merges the time or batch "
                                  "axis")

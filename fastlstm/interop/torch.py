@@ -27,6 +27,22 @@ def _is_module(obj):
     return hasattr(obj, "state_dict") and hasattr(obj, "parameters") and callable(obj.state_dict)
 
 
+def _lstm_kind(module):
+    """"LSTM" / "LSTMCell" for torch's classes, their subclasses that keep torch's
+    ``forward`` and their TorchScript compilations; otherwise None."""
+    scripted = getattr(module, "original_name", None)
+    if scripted in ("LSTM", "LSTMCell") and type(module).__name__ == "RecursiveScriptModule":
+        return scripted
+    for cls in type(module).__mro__:
+        if cls.__name__ in ("LSTM", "LSTMCell") and cls.__module__.startswith("torch.nn"):
+            if type(module).forward is not cls.forward:
+                raise TypeError(f"{type(module).__name__} subclasses torch's nn.{cls.__name__} "
+                                "but overrides forward, so its outputs may differ: convert "
+                                "its state_dict() if the LSTM maths is unchanged")
+            return cls.__name__
+    return None
+
+
 def _strip_prefix(state_dict, prefix):
     """Keys of an LSTM inside a larger state_dict: find (or check) the common prefix."""
     keys = list(state_dict)
@@ -57,7 +73,8 @@ def _check_given(given, name, found):
 def from_torch(module, *, dtype=None, prefix=None, **sizes):
     """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
 
-    module : ``nn.LSTM``, ``nn.LSTMCell``, a module holding exactly one of them (an
+    module : ``nn.LSTM``, ``nn.LSTMCell`` (or a subclass keeping their ``forward``, or
+        a TorchScript compilation), a module holding exactly one of them (an
         ``nn.Sequential``, a model class), or a ``state_dict`` (a mapping of names to
         tensors or NumPy arrays; no torch needed).  With a state_dict the sizes are read
         from the shapes; ``input_size``, ``hidden_size``, ``num_layers``, ``bidirectional``,
@@ -74,11 +91,10 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
     unknown = set(sizes) - set(_SIZE_ARGS)
     if unknown:
         raise TypeError(f"from_torch() got unexpected keyword arguments {sorted(unknown)}")
-    if _is_module(module) and type(module).__name__ not in ("LSTM", "LSTMCell") \
-            and hasattr(module, "named_modules"):
+    if _is_module(module) and _lstm_kind(module) is None and hasattr(module, "named_modules"):
         # a larger module (nn.Sequential, a model class): its one LSTM
         inner = [(name, m) for name, m in module.named_modules()
-                 if m is not module and type(m).__name__ in ("LSTM", "LSTMCell")]
+                 if m is not module and _lstm_kind(m) is not None]
         if len(inner) != 1:
             raise (TypeError if not inner else ValueError)(
                 f"module must be a torch nn.LSTM or nn.LSTMCell, got {type(module).__name__}"
@@ -86,7 +102,7 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
                    if inner else " (which holds none)"))
         module = inner[0][1]
     if _is_module(module):
-        kind = type(module).__name__
+        kind = _lstm_kind(module) or type(module).__name__
         mode = getattr(module, "mode", "LSTM")
         if mode != "LSTM" or kind not in ("LSTM", "LSTMCell"):
             raise TypeError(f"module must be a torch nn.LSTM or nn.LSTMCell, got {kind}"
