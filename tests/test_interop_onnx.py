@@ -391,6 +391,8 @@ def test_from_onnx_refuses_non_stack_graphs():
         fl.from_onnx(empty)
     with pytest.raises(TypeError, match="onnx.ModelProto"):
         fl.from_onnx(12)
+    with pytest.raises(ValueError, match="not a valid ONNX model"):   # was protobuf's error
+        fl.from_onnx(b"garbage")
 
 
 def test_from_onnx_layout_1_initial_state():

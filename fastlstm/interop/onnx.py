@@ -244,16 +244,20 @@ def _parse_activations(attrs, D, where):
 def _load(model):
     import onnx
 
-    if isinstance(model, (str, os.PathLike)):
-        return onnx.load(os.fspath(model))
-    if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
+    from google.protobuf.message import DecodeError
+
     if isinstance(model, onnx.ModelProto):
         return model
-    if hasattr(model, "read"):
-        return onnx.load(model)
-    raise TypeError(f"model must be a path, bytes, a file or an onnx.ModelProto, "
-                    f"got {type(model).__name__}")
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray)) and \
+            not hasattr(model, "read"):
+        raise TypeError(f"model must be a path, bytes, a file or an onnx.ModelProto, "
+                        f"got {type(model).__name__}")
+    try:
+        if isinstance(model, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(model))
+        return onnx.load(os.fspath(model) if isinstance(model, (str, os.PathLike)) else model)
+    except DecodeError as exc:   # the file system's own errors pass as they are
+        raise ValueError(f"model is not a valid ONNX model (protobuf: {exc})") from None
 
 
 def from_onnx(model, *, return_initial_state=False, dtype=None):
