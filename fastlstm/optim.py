@@ -22,8 +22,9 @@ from ._scalars import unwrap
 __all__ = ["SGD", "Adam", "AdamW", "clip_grad_norm"]
 
 
-def _pairs(params):
-    """[(param, grad)] 1-D float arrays from a model, a list of models or of pairs."""
+def _pairs(params, models=None):
+    """[(param, grad)] 1-D float arrays from a model, a list of models or of pairs; the
+    model each pair came from (None for a pair) is appended to ``models``."""
     if hasattr(params, "flat_params") or (isinstance(params, tuple) and len(params) == 2
                                           and isinstance(params[0], np.ndarray)):
         params = [params]
@@ -53,6 +54,8 @@ def _pairs(params):
             raise ValueError(f"params[{k}]: params {p.shape} {p.dtype} and grads {g.shape} "
                              f"{g.dtype} must have the same shape and dtype")
         out.append((p, g))
+        if models is not None:
+            models.append(item if hasattr(item, "flat_params") else None)
     return out
 
 
@@ -89,13 +92,31 @@ class _Optimizer:
     _hyper = ()
 
     def __init__(self, params, lr):
-        self._pairs = _pairs(params)
+        self._models = []
+        self._pairs = _pairs(params, self._models)
         self.lr = _check_number(lr, "lr")
         self.n_steps = 0
 
+    def _live(self):
+        """The (param, grad) pairs, following a model whose buffers have moved since the
+        optimiser was made (a layer put into a MultiLSTM or Bidirectional afterwards
+        trains inside the container's buffers)."""
+        for k, model in enumerate(self._models):
+            if model is None:
+                continue
+            p, g = model.flat_params, model.flat_grads
+            old = self._pairs[k][0]
+            if p is not old or g is not self._pairs[k][1]:
+                if p.shape != old.shape or p.dtype != old.dtype:
+                    raise ValueError(f"params[{k}]: the model's parameters changed from "
+                                     f"{old.shape} {old.dtype} to {p.shape} {p.dtype}; make "
+                                     "a new optimiser")
+                self._pairs[k] = (p, g)
+        return self._pairs
+
     def zero_grad(self):
         """Set every gradient buffer to 0."""
-        for _, g in self._pairs:
+        for _, g in self._live():
             g[...] = 0
 
     def _slots(self):
@@ -180,7 +201,7 @@ class SGD(_Optimizer):
 
     def step(self):
         """One update of every parameter from its current gradient."""
-        for k, (p, g) in enumerate(self._pairs):
+        for k, (p, g) in enumerate(self._live()):
             dt = p.dtype.type
             d = g
             if self.weight_decay:
@@ -244,7 +265,7 @@ class Adam(_Optimizer):
         t = self.n_steps
         bc1 = 1.0 - b1 ** t
         bc2_sqrt = np.sqrt(1.0 - b2 ** t)
-        for k, (p, g) in enumerate(self._pairs):
+        for k, (p, g) in enumerate(self._live()):
             dt = p.dtype.type
             m, v, tmp = self._m[k], self._v[k], self._tmp[k]
             if self.weight_decay:

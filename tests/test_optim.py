@@ -121,6 +121,27 @@ def test_on_models_flat_buffers(rng):
     assert not rnn.flat_grads.any() and not head.flat_grads.any()
 
 
+@pytest.mark.parametrize("wrap", ["stack", "bidirectional"])
+def test_optimiser_follows_a_layer_into_a_container(rng, wrap):
+    """An optimiser made on a layer that is then put into a MultiLSTM / Bidirectional
+    updates the layer inside the container (it updated the layer's old, detached buffer,
+    so training silently did nothing)."""
+    a = fl.LSTM(3, 4, random_state=0)
+    opt = optim.SGD(a, lr=0.5)
+    model = fl.MultiLSTM([a, fl.LSTM(4, 2, random_state=1)]) if wrap == "stack" else \
+        fl.Bidirectional(a, fl.LSTM(3, 4, random_state=1))
+    model.flat_grads[...] = rng.normal(size=model.flat_grads.shape)
+    before = model.flat_params.copy()
+    opt.step()
+    n = a.n_params
+    np.testing.assert_allclose(model.flat_params[:n], before[:n] - 0.5 * model.flat_grads[:n],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(model.flat_params[n:], before[n:])
+    assert np.shares_memory(a.W, model.flat_params)
+    opt.zero_grad()
+    assert not model.flat_grads[:n].any() and model.flat_grads[n:].all()
+
+
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
                                      ("SGD", dict(lr=0.1)),      # no momentum: no buffers
                                      ("SGD", dict(lr=0.1, weight_decay=0.01)),
