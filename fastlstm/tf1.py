@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .init import check_random_state
-from .interop.tf1 import activation_name, from_tf1, to_tf1
+from .interop.tf1 import activation_name, check_forget_bias, from_tf1, to_tf1
 from .layers import LSTMState, MultiLSTM, _as_lengths, _check_time_major, _scalar
 
 __all__ = [
@@ -156,11 +156,8 @@ class _LSTMCellBase(RNNCell):
         self._cell_clip = cell_clip
         self._initializer = initializer
         self._num_proj = None if num_proj is None else int(num_proj)
-        self._proj_clip = proj_clip
-        forget_bias = _scalar(forget_bias)
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
-            raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
-        self._forget_bias = float(forget_bias)
+        self._proj_clip = proj_clip if num_proj is not None else None   # TF ignores it then
+        self._forget_bias = check_forget_bias(forget_bias)
         self._state_is_tuple = bool(state_is_tuple)
         self._activation = activation_name(activation)
         self.name = name or self._tf_name

@@ -376,3 +376,44 @@ def test_checkpoint_stack_with_a_custom_cell_name():
     X = rng.normal(size=(2, 3, 6))
     np.testing.assert_allclose(model(X)[0], tf_dynamic_rnn(X, [v0, v1])[0],
                                **TOL[np.dtype(np.float64)])
+
+
+def test_to_tf1_forget_bias_per_layer_and_checked():
+    """to_tf1_checkpoint takes forget_bias per layer, as from_tf1_checkpoint does: the
+    variables read back exactly (a list was broadcast over the units of every layer, or
+    failed to broadcast); values that are not a finite float are refused (None gave NaN
+    biases, "1.0" and True were taken)."""
+    rng = np.random.default_rng(7)
+    stack = fl.MultiLSTM([fl.LSTM(3, 2, random_state=0), fl.LSTM(2, 2, random_state=1)])
+    stack.flat_params[...] = rng.normal(size=stack.n_params)
+    fb = [1.0, 0.0]
+    variables = fl.to_tf1_checkpoint(stack, forget_bias=fb)
+    bias0 = variables["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias"]
+    np.testing.assert_array_equal(   # TF's f block (i, j, f, o): layer 0's bias - 1.0
+        bias0[4:6], (stack.layers[0].b[2:4] - np.float32(1.0)))
+    back = fl.from_tf1_checkpoint(variables, forget_bias=fb)
+    # b - fb + fb rounds once in the last bit
+    np.testing.assert_allclose(back.flat_params, stack.flat_params, rtol=0, atol=3e-7)
+    bidir = fl.MultiLSTM([fl.Bidirectional(fl.LSTM(3, 2), fl.LSTM(3, 2))])
+    v = fl.to_tf1_checkpoint(bidir, forget_bias=[0.5])
+    np.testing.assert_allclose(fl.from_tf1_checkpoint(v, forget_bias=[0.5]).flat_params,
+                               bidir.flat_params, rtol=0, atol=3e-7)
+    with pytest.raises(ValueError, match="forget_bias has 3 entries for 2 layers"):
+        fl.to_tf1_checkpoint(stack, forget_bias=[1.0, 0.0, 1.0])
+    for bad, err in ((None, TypeError), ("1.0", TypeError), (True, TypeError),
+                     (np.nan, ValueError), ([1.0, np.inf], ValueError)):
+        with pytest.raises(err, match=r"forget_bias(\[1\])? must be"):
+            fl.to_tf1_checkpoint(stack, forget_bias=bad)
+        if not isinstance(bad, list):
+            with pytest.raises(err, match="forget_bias must be"):
+                fl.interop.to_tf1(stack.layers[0], forget_bias=bad)
+
+
+def test_tf1_cell_ignores_proj_clip_without_projection():
+    """TF's LSTMCell ignores proj_clip without num_proj (any value); so does the drop-in."""
+    from fastlstm import tf1
+    x = np.ones((2, 3), np.float32)
+    a = tf1.LSTMCell(4, proj_clip=-1.0, random_state=0)
+    b = tf1.LSTMCell(4, random_state=0)
+    np.testing.assert_array_equal(a(x, a.zero_state(2, np.float32))[0],
+                                  b(x, b.zero_state(2, np.float32))[0])

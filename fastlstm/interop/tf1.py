@@ -81,9 +81,7 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
     b = np.zeros(4 * H, kernel.dtype) if bias is None else \
         check_shape(as_array(bias, "bias"), (4 * H,), "bias", "(4*num_units,)")
     dt = pick_dtype(dtype, [kernel, b, P, peep])
-    forget_bias = _scalar(forget_bias)   # a 0-d array too, as np.load gives it
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
-        raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
+    forget_bias = check_forget_bias(forget_bias)
     b = b.astype(dt, copy=True)
     b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
     return build_layer(blocks(kernel[:I], PERM_TF, 1), blocks(kernel[I:], PERM_TF, 1),
@@ -125,6 +123,17 @@ def _classify(name):
     if not parts:
         return None
     return "/".join(parts), kind
+
+
+def check_forget_bias(value, name="forget_bias"):
+    """A TF cell's forget_bias as a float: a finite real number (a 0-d array too, as
+    np.load gives it)."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 def _per_layer(value, n, name):
@@ -304,6 +313,7 @@ def to_tf1(layer, forget_bias=1.0):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
     refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
                            cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS))
+    forget_bias = check_forget_bias(forget_bias)
     H = layer.hidden_size
     b = blocks(layer.b, PERM_TF, 0).copy()
     b[2 * H:3 * H] -= b.dtype.type(forget_bias)
@@ -331,9 +341,14 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     ``MultiLSTM`` of ``Bidirectional`` -> ``stack_bidirectional_dynamic_rnn``'s
     ``{scope}/cell_k/bidirectional_rnn/fw/{cell}/...`` (scope ``stack_bidirectional_rnn``).
     ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell`` (or
-    ``cell_name``).  ``forget_bias``: see ``to_tf1``.
+    ``cell_name``).  ``forget_bias``: see ``to_tf1``; one value, or one per layer (a
+    list, as ``from_tf1_checkpoint`` takes; both directions of a bidirectional layer use
+    its value).
     """
     items = layers_of(model)
+    fbs = [check_forget_bias(v, f"forget_bias[{k}]" if isinstance(forget_bias, (list, tuple))
+                             else "forget_bias")
+           for k, v in enumerate(_per_layer(forget_bias, len(items), "forget_bias"))]
     for k, item in enumerate(items):
         # the variable names are those of dynamic_rnn / MultiRNNCell, which run forward
         refuse_reverse(item, "a TF1 checkpoint (its variable names are dynamic_rnn's, which "
@@ -345,22 +360,22 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
                          "unidirectional and bidirectional layers")
     out = {}
 
-    def put(prefix, layer):
+    def put(prefix, layer, k):
         name = cell_name or _cell_name(layer)
-        for k, v in to_tf1(layer, forget_bias).items():
-            out[f"{prefix}/{name}/{k}"] = v
+        for key, v in to_tf1(layer, fbs[k]).items():
+            out[f"{prefix}/{name}/{key}"] = v
 
     if isinstance(model, LSTM):
-        put(scope or "rnn", model)
+        put(scope or "rnn", model, 0)
     elif isinstance(model, Bidirectional):
         for tag, layer in zip(("fw", "bw"), directions(model)):
-            put(f"{scope or 'bidirectional_rnn'}/{tag}", layer)
+            put(f"{scope or 'bidirectional_rnn'}/{tag}", layer, 0)
     elif not any(bidir):
         for k, layer in enumerate(items):
-            put(f"{scope or 'rnn'}/multi_rnn_cell/cell_{k}", layer)
+            put(f"{scope or 'rnn'}/multi_rnn_cell/cell_{k}", layer, k)
     else:
         for k, item in enumerate(items):
             for tag, layer in zip(("fw", "bw"), directions(item)):
                 put(f"{scope or 'stack_bidirectional_rnn'}/cell_{k}/bidirectional_rnn/{tag}",
-                    layer)
+                    layer, k)
     return out
