@@ -305,3 +305,24 @@ def _fastlstm_program(t, x1, X, lengths, state_is_tuple, weights):
         sub.set_weights(weights[2 + k])
     outputs, state = t.nn.dynamic_rnn(stacked, X, sequence_length=lengths, dtype=t.float32)
     return [step_out2, step_state2, opt_out, opt_state, outputs, state]
+
+
+def test_partitioned_cell_variables_as_the_graph_lists_them():
+    """LSTMCell(num_unit_shards=, num_proj_shards=): the graph lists kernel/part_k and
+    projection/kernel/part_k (a Saver checkpoint stores them whole); they are joined along
+    the first axis, as TF splits them (they were refused: no cell variables found)."""
+    X = np.random.default_rng(8).normal(size=(3, 5, 4)).astype(np.float32)
+
+    def make():
+        return v1.nn.rnn_cell.LSTMCell(6, num_unit_shards=3, num_proj=4, num_proj_shards=2,
+                                       use_peepholes=True)
+
+    out, state, values = _run_tf(make, X, np.float32, seed=8)
+    assert "rnn/lstm_cell/kernel/part_2:0" in values
+    model = fl.from_tf1_checkpoint(values)
+    Y, s = model(X)
+    np.testing.assert_allclose(Y, out, **TOL[np.float32])
+    np.testing.assert_allclose(s.c, state.c, **TOL[np.float32])
+    del values["rnn/lstm_cell/kernel/part_1:0"]
+    with pytest.raises(ValueError, match=r"kernel' has parts \[0, 2\]"):
+        fl.from_tf1_checkpoint(values)

@@ -136,6 +136,31 @@ def check_forget_bias(value, name="forget_bias"):
     return float(value)
 
 
+_PART_RE = re.compile(r"^(.*)/part_(\d+)(?::\d+)?$")
+
+
+def _merge_partitions(variables):
+    """TF's partitioned variables (``LSTMCell(num_unit_shards=...)``), listed by a graph
+    as ``.../kernel/part_0``, ``part_1``, ...; a Saver checkpoint stores them whole):
+    joined along the first axis, as TF's fixed-size partitioner splits them."""
+    parts, out = {}, {}
+    for name, value in variables.items():
+        m = _PART_RE.match(name) if isinstance(name, str) else None
+        if m:
+            parts.setdefault(m.group(1), {})[int(m.group(2))] = value
+        else:
+            out[name] = value
+    for base, found in parts.items():
+        if sorted(found) != list(range(len(found))):
+            raise ValueError(f"partitioned variable {base!r} has parts {sorted(found)}, not "
+                             f"0..{len(found) - 1}")
+        if base in out or base + ":0" in out:
+            raise ValueError(f"variable {base!r} is given both whole and in parts")
+        out[base] = np.concatenate([as_array(found[k], f"{base}/part_{k}")
+                                    for k in range(len(found))], axis=0)
+    return out
+
+
 def _per_layer(value, n, name):
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -171,7 +196,7 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         raise TypeError(f"variables must be a mapping of TF names to arrays, "
                         f"got {type(variables).__name__}")
     cells = {}
-    for name, value in variables.items():
+    for name, value in _merge_partitions(variables).items():
         if not isinstance(name, str):
             raise TypeError(f"variable names must be strings, got {name!r}")
         if scope is not None and not (name == scope or name.startswith(scope.rstrip("/") + "/")):
