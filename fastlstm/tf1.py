@@ -15,7 +15,8 @@ default initialisation (SPEC.md §9): ``kernel`` Glorot-uniform over its combine
 ``cell.set_weights`` or ``fastlstm.from_tf1_checkpoint``.
 
 Differences from TF: inputs are NumPy arrays and results are computed at once;
-``sequence_length`` values must lie in [0, T] (TF silently treats larger values as T);
+``sequence_length`` values must lie in [0, T] (TF silently treats larger values as T),
+and float values must be whole numbers (TF truncates them to int32);
 ``parallel_iterations``, ``swap_memory`` and ``scope`` are accepted and ignored.
 """
 
@@ -477,12 +478,26 @@ def _check_cell(cell, name="cell"):
                         f"got {type(cell).__name__}")
 
 
+def _whole_lengths(sequence_length):
+    """TF casts sequence_length to int32: float values that are whole numbers are taken
+    as those integers; others are refused (TF would truncate them)."""
+    if sequence_length is None or isinstance(sequence_length, np.ndarray) and \
+            sequence_length.dtype.kind in "iu":
+        return sequence_length
+    L = np.asarray(sequence_length)
+    if L.dtype.kind == "f":
+        if not np.all(np.isfinite(L) & (L == np.round(L))):
+            raise ValueError(f"sequence_length must hold whole numbers, got {L.tolist()}")
+        return L.astype(np.int64)
+    return L
+
+
 def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
     _check_cell(cell, name)
     x = _as_inputs(inputs)
     time_major = _check_time_major(time_major)
     N, T = (x.shape[1], x.shape[0]) if time_major else x.shape[:2]
-    sequence_length = _as_lengths(sequence_length, N, T, "sequence_length")
+    sequence_length = _as_lengths(_whole_lengths(sequence_length), N, T, "sequence_length")
     if initial_state is None and dtype is None:
         raise ValueError("If there is no initial_state, you must give a dtype.")
     s0 = cell._split_state(initial_state, "initial_state")

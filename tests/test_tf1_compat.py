@@ -233,6 +233,14 @@ def test_errors_follow_tf():
         tf.nn.dynamic_rnn(cell, np.zeros((2, 3, 5)), dtype=tf.float32)
     with pytest.raises(ValueError, match=r"sequence_length must be in \[0, T=3\]"):
         tf.nn.dynamic_rnn(cell, X, sequence_length=[4, 1], dtype=tf.float32)
+    # TF casts sequence_length to int32: whole-number floats work, others are refused
+    X2 = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    for a, b in zip(tf.nn.dynamic_rnn(cell, X2, sequence_length=np.array([3.0, 1.0]),
+                                      dtype=tf.float32)[0:1],
+                    tf.nn.dynamic_rnn(cell, X2, sequence_length=[3, 1], dtype=tf.float32)[0:1]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="sequence_length must hold whole numbers"):
+        tf.nn.dynamic_rnn(cell, X, sequence_length=[2.5, 1.0], dtype=tf.float32)
     with pytest.raises(ValueError, match=r"sequence_length must have shape \(2,\)"):
         tf.nn.bidirectional_dynamic_rnn(tf.BasicLSTMCell(3), tf.BasicLSTMCell(3), X,
                                         sequence_length=[3], dtype=tf.float32)
