@@ -233,7 +233,9 @@ def keras_masked_outputs(Y, lengths):
 
     Y (N, T, F) batch-major; lengths (N,).  On padded steps (t >= lengths[n]) Keras
     repeats the last valid output (0 when lengths[n] == 0) where fastlstm writes 0.  Only
-    right-padded masks (a valid prefix per row) are covered.  Returns a new array.
+    right-padded masks (a valid prefix per row) are covered.  Not for a Keras
+    ``Bidirectional``'s outputs: it writes 0 on masked steps, as fastlstm does.  Returns a
+    new array.
     """
     Y = np.asarray(Y)
     if Y.ndim != 3:
