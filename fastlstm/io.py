@@ -22,6 +22,7 @@ refuses newer format versions.
 
 import json
 import os
+import tokenize
 import zipfile
 import zlib
 
@@ -30,8 +31,12 @@ import numpy as np
 from ._version import __version__
 from .layers import _UNSET, LSTM, Bidirectional, MultiLSTM
 
-# what a damaged or foreign file raises while it is read (besides ValueError)
-_READ_ERRORS = (EOFError, OSError, KeyError, RecursionError, zipfile.BadZipFile, zlib.error)
+# what a damaged or foreign file raises while it is read (besides ValueError): zipfile
+# raises NotImplementedError for an unknown compression method and RuntimeError for an
+# encrypted member, NumPy's header parser tokenize.TokenError or SyntaxError
+_READ_ERRORS = (EOFError, OSError, KeyError, RecursionError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError, RuntimeError, tokenize.TokenError, SyntaxError)
+_MAX_META = 1 << 22   # characters of meta_json: far more than any model description
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -169,6 +174,24 @@ def load(path):
                          f"{type(exc).__name__}: {exc}") from exc
 
 
+def _header(archive, key, path):
+    """(shape, dtype) from the header of an archive member, before any of its data is
+    read: a small file declaring (or decompressing to) a huge array costs nothing."""
+    fmt = np.lib.format
+    with archive.zip.open(key + ".npy") as fp:
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"{path!r}: {key} has .npy format version {version}, which "
+                             "fastlstm does not write")
+    if dtype.hasobject:
+        raise ValueError(f"{path!r}: {key} holds Python objects (would need pickle)")
+    return shape, dtype
+
+
 def _load(path):
     try:
         archive = np.load(path, allow_pickle=False)
@@ -179,10 +202,11 @@ def _load(path):
     with archive:
         if "meta_json" not in archive.files:
             raise ValueError(f"{path!r} has no meta_json entry: not a fastlstm model file")
-        try:
-            raw = archive["meta_json"]
-        except ValueError as exc:  # an object array: would need pickle
-            raise ValueError(f"{path!r}: meta_json cannot be read without pickle: {exc}") from exc
+        head = _header(archive, "meta_json", path)
+        if head[0] != () or head[1].kind != "U" or head[1].itemsize > 4 * _MAX_META:
+            raise ValueError(f"{path!r}: meta_json is not a 0-d string of at most "
+                             f"{_MAX_META} characters (got shape {head[0]}, dtype {head[1]})")
+        raw = archive["meta_json"]
         try:
             meta = json.loads(str(raw[()]))
         except (ValueError, TypeError, IndexError) as exc:
@@ -204,13 +228,12 @@ def _load(path):
         if stored != set(shapes):
             raise ValueError(f"{path!r}: parameters {sorted(stored)} do not match the model "
                              f"description, which needs {sorted(shapes)}")
-        values = {}
-        for name, shape in shapes.items():   # read (at most the file's size) before building
-            value = archive[_PREFIX + name]
-            if value.shape != shape:
-                raise ValueError(f"{path!r}: parameter {name!r} has shape {value.shape}, "
+        for name, shape in shapes.items():   # headers first: nothing large is read
+            got = _header(archive, _PREFIX + name, path)[0]
+            if got != shape:
+                raise ValueError(f"{path!r}: parameter {name!r} has shape {got}, "
                                  f"expected {shape}")
-            values[name] = value
+        values = {name: archive[_PREFIX + name] for name in shapes}
         model = _build(spec)
         for name, target in model.params.items():
             value = values[name]

@@ -4,6 +4,8 @@ import copy
 import io
 import json
 import pickle
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -178,6 +180,66 @@ def test_load_checks_parameters_before_building(tmp_path):
         finally:
             tracemalloc.stop()
         assert peak < 10 * 2**20           # the model would take 8 * 4000 * 16000 bytes
+
+
+def _with_member(raw, name, data):
+    """A copy of the archive ``raw`` with member ``name`` replaced by ``data``."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, data if info.filename == name else src.read(info))
+    return out.getvalue()
+
+
+def test_load_reads_headers_before_data():
+    """A parameter whose .npy header declares a huge array, or whose data decompresses to
+    one, is refused from its header: no allocation (a 16 Gi-element header raised
+    MemoryError; a 256 KiB file decompressed 256 MiB before its shape was checked)."""
+    import tracemalloc
+
+    buf = io.BytesIO()
+    fl.save(fl.LSTM(2, 2, random_state=0), buf)
+    raw = buf.getvalue()
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (1 << 34,)})
+    huge_header = _with_member(raw, "param/W.npy", head.getvalue() + bytes(64))
+    big = io.BytesIO()
+    np.save(big, np.zeros(1 << 25, np.float32))          # 128 MiB of zeros, deflated small
+    bomb = _with_member(raw, "param/W.npy", big.getvalue())
+    assert len(bomb) < 1 << 20
+    for data in (huge_header, bomb):
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match="parameter 'W' has shape"):
+                fl.load(io.BytesIO(data))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * 2**20
+
+
+def test_load_damaged_zip_and_npy_headers_raise_value_error():
+    """Damage that zipfile or NumPy report with other exceptions (an unknown compression
+    method: NotImplementedError; the encrypted flag: RuntimeError; a .npy header cut
+    inside its dict: tokenize.TokenError) is a ValueError too."""
+    buf = io.BytesIO()
+    fl.save(fl.LSTM(3, 4, random_state=0), buf)
+    raw = buf.getvalue()
+    cd = raw.rfind(b"PK\x01\x02")            # the last central-directory entry
+
+    def patched(offset, value):
+        r = bytearray(raw)
+        r[offset:offset + 2] = struct.pack("<H", value)
+        return bytes(r)
+
+    hdr = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 16"
+    cut = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr) + 1) + hdr + b"\n"
+    for data in (patched(cd + 10, 99), patched(cd + 8, 1), patched(cd + 6, 99),
+                 _with_member(raw, "param/W.npy", cut)):
+        with pytest.raises(ValueError):
+            fl.load(io.BytesIO(data))
 
 
 def test_load_never_unpickles(tmp_path):
