@@ -10,6 +10,7 @@
   parent ran a threaded kernel runs every kernel serially (results are identical).
 """
 
+import ctypes
 import numbers
 import os
 import threading
@@ -113,8 +114,42 @@ def _release_blas_control():
         clear(force=True)
 
 
+_openblas_entry = {}
+
+# OpenBLAS runs a gemm of m * n * k <= 65536 * GEMM_MULTITHREAD_THRESHOLD (4 by default)
+# multiply-adds on the calling thread; a quarter of that, to leave a margin
+OPENBLAS_SERIAL_GEMM = 65536
+
+
+def blas_is_openblas():
+    """Whether every loaded BLAS library is OpenBLAS (so its own rules apply)."""
+    return _openblas_calls() is not None
+
+
+def _openblas_calls():
+    """[(get, set)] thread-count entry points of the loaded BLAS libraries when they are
+    all OpenBLAS (about a microsecond per call), else None (threadpoolctl's limiter)."""
+    if "calls" not in _openblas_entry:
+        calls = []
+        for lib in controller().lib_controllers:
+            if lib.user_api != "blas":
+                continue
+            get_sym = getattr(lib, "_get_symbol", None)
+            get = get_sym("openblas_get_num_threads") if get_sym else None
+            put = get_sym("openblas_set_num_threads") if get_sym else None
+            if lib.internal_api != "openblas" or get is None or put is None:
+                calls = None
+                break
+            get.restype = ctypes.c_int
+            put.argtypes = [ctypes.c_int]
+            calls.append((get, put))
+        _openblas_entry["calls"] = calls
+    return _openblas_entry["calls"]
+
+
 class _BlasSingleThread:
-    """Context manager: BLAS limited to one thread while OpenMP threads run a kernel."""
+    """Context manager: BLAS limited to one thread while a kernel runs (its OpenMP
+    threads, or its gemms, whose summation order may depend on BLAS's thread count)."""
 
     _depth = 0
     _lock = threading.Lock()
@@ -128,18 +163,31 @@ class _BlasSingleThread:
         with self._lock:
             type(self)._depth += 1
             if type(self)._depth == 1:
-                _release_blas_control()
-                self._limiter = controller().limit(limits=1, user_api="blas")
-                type(self)._active = self._limiter
+                calls = _openblas_calls()
+                if calls is not None:
+                    saved = [get() for get, _ in calls]
+                    for (_, put), n in zip(calls, saved):
+                        if n != 1:
+                            put(1)
+                    type(self)._active = (calls, saved)
+                else:
+                    _release_blas_control()
+                    type(self)._active = controller().limit(limits=1, user_api="blas")
         return self
 
     def __exit__(self, *exc):
         with self._lock:
             type(self)._depth -= 1
             if type(self)._depth == 0:
-                _release_blas_control()  # this thread may not be the one that set it
-                type(self)._active.restore_original_limits()
-                _release_blas_control()
+                active = type(self)._active
+                if isinstance(active, tuple):
+                    for (_, put), n in zip(*active):
+                        if n != 1:
+                            put(n)
+                else:
+                    _release_blas_control()  # this thread may not be the one that set it
+                    active.restore_original_limits()
+                    _release_blas_control()
         return False
 
 
@@ -149,6 +197,7 @@ blas_single_thread = _BlasSingleThread
 def _after_fork_in_child():
     global _controller, _controller_lock
     _controller = None
+    _openblas_entry.clear()
     # a lock held by another thread at fork time would stay held for ever in the child
     _controller_lock = threading.Lock()
     _BlasSingleThread._lock = threading.Lock()

@@ -617,12 +617,18 @@ class LSTM(_Module):
                 RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
                 self.proj_clip if self.proj_size else None, kb, chunks, nt,
                 cache.get("gates"), cache.get("c"), cache.get("m"), cache.get("hp"))
-        if chunks > 1:
-            # Row blocks run with single-threaded BLAS whatever n_threads is, so that the
-            # gemms (and so the results) are the same for every thread count.
-            with _threads.blas_single_thread(openmp=nt > 1):
-                _forward.forward(*args)
-        else:
+        # Single-threaded BLAS whatever n_threads, OMP_NUM_THREADS or threadpoolctl say,
+        # for one block or many: BLAS's summation order may depend on its thread count,
+        # and so would the results.  (OpenBLAS runs gemms this small on one thread by
+        # itself: no limit to set for them.)
+        H4, Ho = 4 * self.hidden_size, self.output_size
+        biggest = max(N * kb * self.input_size * H4, N * Ho * H4,
+                      N * self.hidden_size * Ho if self.proj_size else 0)
+        if chunks == 1 and biggest <= _threads.OPENBLAS_SERIAL_GEMM and \
+                _threads.blas_is_openblas():
+            _forward.forward(*args)
+            return
+        with _threads.blas_single_thread(openmp=nt > 1):
             _forward.forward(*args)
 
     def __call__(self, X, initial_state=None, lengths=None, time_major=False, reverse=None):

@@ -281,6 +281,44 @@ def test_omp_num_threads_env_is_honoured(omp_num_threads, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), Y)
 
 
+BLAS_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import fastlstm as fl
+    from threadpoolctl import threadpool_limits
+    out = []
+    for N, proj, H in ((3, 9, 256), (1, 5, 64), (2, 7, 40), (7, 12, 96)):
+        m = fl.LSTM(128, H, proj_size=proj, random_state=0)
+        X = np.random.default_rng(N).normal(size=(N, 25, 128)).astype(np.float32)
+        Y, s = m(X)
+        with threadpool_limits(limits=1):
+            Y1, s1 = m(X)
+        assert np.array_equal(Y, Y1) and np.array_equal(s.c, s1.c), (N, proj, H)
+        out.append(Y)
+    np.savez(sys.argv[1], *out)
+    """
+)
+
+
+def test_blas_path_results_do_not_depend_on_blas_threads(tmp_path):
+    """Calls on the BLAS kernel (projection layers) that are not split into row blocks
+    give the same bits under OMP_NUM_THREADS=1 or 2 and under threadpool_limits(1): their
+    gemms run on one BLAS thread (they ran on BLAS's own thread count, whose summation
+    order differs)."""
+    got = []
+    for omp in ("1", "2"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "OPENBLAS_"))}
+        env.update(OMP_NUM_THREADS=omp)
+        path = tmp_path / f"y{omp}.npz"
+        proc = subprocess.run([sys.executable, "-c", BLAS_CHILD, str(path)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        got.append(np.load(path))
+    for key in got[0].files:
+        np.testing.assert_array_equal(got[0][key], got[1][key])
+
+
 def _openblas_pthreads():
     return any(i["internal_api"] == "openblas" and i.get("threading_layer") == "pthreads"
                for i in _threads.controller().info())
