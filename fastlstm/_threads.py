@@ -26,10 +26,14 @@ _controller_lock = threading.Lock()
 
 
 def usable_cores():
+    """CPUs this process may use: its affinity, or with OMP_PROC_BIND the OpenMP places
+    (GNU OpenMP binds the initial thread to the first place when it loads, which narrows
+    this thread's affinity to that place although the team may use them all)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, n, _forward.omp_bound_places())
 
 
 def _max_threads():

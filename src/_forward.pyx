@@ -18,7 +18,7 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
-from _omp cimport fl_omp_enabled, fl_omp_max_threads
+from _omp cimport fl_omp_bound_places, fl_omp_enabled, fl_omp_max_threads
 
 cdef extern from "fl_pointwise.h" nogil:
     void fl_pointwise_fwdf(int H, const float *z, const float *gx, const float *b,
@@ -137,6 +137,11 @@ def openmp_enabled():
 
 def omp_max_threads():
     return fl_omp_max_threads()
+
+
+def omp_bound_places():
+    """Places a bound OpenMP team may use (OMP_PROC_BIND), 0 when threads are not bound."""
+    return fl_omp_bound_places()
 
 
 cdef inline void _pointwise(int H, const floating *z, const floating *gx, const floating *b,

@@ -6,9 +6,20 @@
 static inline int fl_omp_enabled(void) { return 1; }
 static inline int fl_omp_thread_num(void) { return omp_get_thread_num(); }
 static inline int fl_omp_max_threads(void) { return omp_get_max_threads(); }
+/* places a bound team may use (OMP_PROC_BIND / OMP_PLACES), or 0 when threads are not
+ * bound: the runtime has then not narrowed the initial thread's CPU affinity */
+static inline int fl_omp_bound_places(void)
+{
+#if _OPENMP >= 201307
+    return omp_get_proc_bind() == omp_proc_bind_false ? 0 : omp_get_num_places();
+#else
+    return 0;
+#endif
+}
 #else
 static inline int fl_omp_enabled(void) { return 0; }
 static inline int fl_omp_thread_num(void) { return 0; }
 static inline int fl_omp_max_threads(void) { return 1; }
+static inline int fl_omp_bound_places(void) { return 0; }
 #endif
 #endif

@@ -319,6 +319,39 @@ def test_blas_path_results_do_not_depend_on_blas_threads(tmp_path):
         np.testing.assert_array_equal(got[0][key], got[1][key])
 
 
+BIND_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import fastlstm as fl
+    layer = fl.LSTM(16, 32, random_state=0)
+    Y, _ = layer(np.random.default_rng(0).normal(size=(64, 5, 16)))
+    np.save(sys.argv[1], Y)
+    print(fl.get_n_threads())
+    """
+)
+
+
+def test_omp_proc_bind_keeps_every_core(tmp_path):
+    """With OMP_PROC_BIND (GNU OpenMP binds the initial thread to one place when it
+    loads, narrowing that thread's affinity), the kernels still use every core and give
+    the same bits (they ran on one thread, with another row-block split)."""
+    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+        pytest.skip("serial build")
+    runs = []
+    for extra in ({}, dict(OMP_PROC_BIND="close", OMP_PLACES="cores")):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+        env.update(OMP_NUM_THREADS="2", **extra)
+        env.pop("FASTLSTM_N_THREADS", None)
+        path = tmp_path / f"y{len(runs)}.npy"
+        proc = subprocess.run([sys.executable, "-c", BIND_CHILD, str(path)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        runs.append((int(proc.stdout.split()[-1]), np.load(path)))
+    assert runs[1][0] == runs[0][0] == min(2, _threads.usable_cores())
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
 def _openblas_pthreads():
     return any(i["internal_api"] == "openblas" and i.get("threading_layer") == "pthreads"
                for i in _threads.controller().info())
