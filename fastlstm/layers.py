@@ -655,10 +655,15 @@ class LSTM(_Module):
         Y = self._run(X, N, T, time_major, c, h, L, reverse)
         return Y, LSTMState(c, h)
 
-    def _run(self, X, N, T, time_major, c, h, L, reverse, cache=None):
+    def _run(self, X, N, T, time_major, c, h, L, reverse, cache=None, out=None):
         Ho = self.output_size
         shape = (T, N, Ho) if time_major else (N, T, Ho)
-        Y = np.zeros(shape, self._dtype) if L is not None else np.empty(shape, self._dtype)
+        if out is not None and out.shape == shape and out.dtype == self._dtype:
+            Y = out          # a buffer to reuse (padded steps must read 0)
+            if L is not None:
+                Y.fill(0)
+        else:
+            Y = np.zeros(shape, self._dtype) if L is not None else np.empty(shape, self._dtype)
         if N and T:
             self._kernel(X.reshape(N * T, self.input_size), N, T, time_major, c, h,
                          Y.reshape(N * T, Ho), L, reverse, cache)
@@ -836,10 +841,17 @@ class Bidirectional(_Module):
 
     def _run_validated(self, X, N, T, time_major, initial_state, L, name, checked=None):
         checked = checked or self._check_states(initial_state, N, name)
-        out = [layer._run(X, N, T, time_major, c, h, L, rev)
-               for layer, (c, h), rev in zip((self.forward_layer, self.backward_layer),
-                                             checked, (False, True))]
-        return np.concatenate(out, axis=-1), tuple(LSTMState(c, h) for c, h in checked)
+        # each half is copied into the joint output as soon as it is done, through one
+        # buffer: beside the output, one half's worth of memory (was two halves)
+        out, half, at = None, None, 0
+        for layer, (c, h), rev in zip((self.forward_layer, self.backward_layer), checked,
+                                      (False, True)):
+            half = layer._run(X, N, T, time_major, c, h, L, rev, out=half)
+            if out is None:
+                out = np.empty(half.shape[:-1] + (self.output_size,), half.dtype)
+            out[..., at:at + half.shape[-1]] = half
+            at += half.shape[-1]
+        return out, tuple(LSTMState(c, h) for c, h in checked)
 
 
 class MultiLSTM(_Module):

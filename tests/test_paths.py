@@ -276,6 +276,8 @@ _MEMORY_CHILD = textwrap.dedent("""
     layers._FORCE_PATH = sys.argv[1]
     N, T, I, H = 4, int(sys.argv[2]), 32, 64
     layer = fl.LSTM(I, H, random_state=0, n_threads=1)
+    if sys.argv[3:] == ["bidirectional"]:
+        layer = fl.Bidirectional(layer, fl.LSTM(I, H, random_state=1, n_threads=1))
     X = np.ones((N, T, I), np.float32)
     layer(X[:, :50])                       # warm up: code, BLAS buffers
     with open("/proc/self/clear_refs", "w") as f:
@@ -302,6 +304,20 @@ def test_peak_memory_does_not_grow_with_T(path):
     assert extra[40_000] - extra[10_000] < 4 << 20, extra
     # and it stays within the bounded time-block workspace (16 MiB) plus slack
     assert extra[40_000] < 24 << 20, extra
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_bidirectional_peak_memory_is_one_half_beside_the_output():
+    """A Bidirectional call holds one direction's output (half of its own) beside the
+    joint output, plus the bounded workspace (it held both halves, then concatenated)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, "packed-rows", "40000",
+                          "bidirectional"], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    output = 4 * 40_000 * 128 * 4
+    assert int(out.stdout.split()[-1]) < output // 2 + (24 << 20), out.stdout
 
 
 def test_unit_split_many_threads_and_oversubscribed(force):
