@@ -43,6 +43,9 @@ def _max_threads():
     return max(1, min(usable_cores(), _forward.omp_max_threads()))
 
 
+_MAX_THREADS = 4096   # an OpenMP team larger than this fails to start (or aborts)
+
+
 def check_n_threads(n_threads, name="n_threads"):
     """Validate a thread-count argument without resolving it."""
     if n_threads is None:
@@ -53,6 +56,9 @@ def check_n_threads(n_threads, name="n_threads"):
     if n_threads == 0:
         raise ValueError(f"{name}=0 is not allowed: use None for all usable cores, "
                          "a positive count, or a negative count back from all cores")
+    if abs(n_threads) > _MAX_THREADS:
+        raise ValueError(f"{name}={n_threads} is out of range: at most {_MAX_THREADS} "
+                         "threads (or back from all cores)")
     return int(n_threads)
 
 

@@ -89,6 +89,9 @@ CTOR_CASES = [
     (dict(input_size=3, hidden_size=4, dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (dict(input_size=3, hidden_size=4, dtype="nonsense"), TypeError, "dtype must be float32 or float64"),
     (dict(input_size=3, hidden_size=4, n_threads=0), ValueError, "n_threads=0"),
+    # a count no OpenMP team can have (2**31 failed with an OverflowError in the kernel)
+    (dict(input_size=3, hidden_size=4, n_threads=2**31), ValueError, "out of range"),
+    (dict(input_size=3, hidden_size=4, n_threads=-5000), ValueError, "out of range"),
     (dict(input_size=3, hidden_size=4, n_threads=1.5), TypeError, "n_threads must be None or an int"),
     (dict(input_size=3, hidden_size=4, n_threads="2"), TypeError, "n_threads must be None or an int"),
     (dict(input_size=3, hidden_size=4, random_state="x"), TypeError, "random_state"),
