@@ -346,6 +346,12 @@ class _Module:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        # buffers handed over read-only (pickle protocol 5 out-of-band, shared memory)
+        # are copied: the parameters are written in place by training and set_weights
+        for key in ("_flat", "_gflat"):
+            buf = self.__dict__.get(key)
+            if isinstance(buf, np.ndarray) and not buf.flags.writeable:
+                self.__dict__[key] = buf.copy()
         self._rebind(self._flat)
         if "_gflat" in state:
             self._rebind_grads(self._gflat)

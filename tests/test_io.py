@@ -280,6 +280,22 @@ def test_pickle_round_trip(name, how):
     np.testing.assert_array_equal(twin(X)[0], model(X)[0])
 
 
+@pytest.mark.parametrize("name", list(_models()))
+def test_unpickle_from_read_only_out_of_band_buffers(name):
+    """Pickle protocol 5 with out-of-band buffers handed back read-only (bytes, shared
+    memory, object stores): the model loads, trains in its own copy (it raised
+    "assignment destination is read-only")."""
+    model = _models()[name]
+    bufs = []
+    data = pickle.dumps(model, protocol=5, buffer_callback=bufs.append)
+    assert bufs
+    again = pickle.loads(data, buffers=[bytes(b.raw()) for b in bufs])
+    assert again.flat_params.flags.writeable
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+    X = np.random.default_rng(0).normal(size=(2, 4, model.input_size))
+    np.testing.assert_array_equal(again(X)[0], model(X)[0])
+
+
 def test_pickled_stack_layers_stay_in_the_joint_buffer():
     model = _randomize(_models()["stack"], 6)
     twin = pickle.loads(pickle.dumps(model))
