@@ -368,11 +368,14 @@ class _BaseLSTM(BaseEstimator):
         return [self.model_, self.readout_]
 
     def _train_batch(self, Xb, Lb, tb):
-        """One optimiser step on a batch; returns the batch loss (with the L2 term)."""
-        loss = self._loss_grads(Xb, Lb, tb)
-        if self.clip_norm is not None:
-            clip_grad_norm(self._param_pairs(), self.clip_norm)
-        self._optimizer.step()
+        """One optimiser step on a batch; returns the batch loss (with the L2 term).  BLAS
+        on one thread (the readout's products too): the same bits whatever BLAS's thread
+        count (joblib workers of GridSearchCV(n_jobs=2) limit it)."""
+        with _threads.blas_single_thread(openmp=False):
+            loss = self._loss_grads(Xb, Lb, tb)
+            if self.clip_norm is not None:
+                clip_grad_norm(self._param_pairs(), self.clip_norm)
+            self._optimizer.step()
         return loss
 
     def _loss_grads(self, Xb, Lb, tb):

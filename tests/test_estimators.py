@@ -570,6 +570,28 @@ def test_early_stopping_refuses_a_validation_set_of_one(cls):
                    max_iter=2), X, y)
 
 
+def test_fit_does_not_depend_on_blas_threads():
+    """Training holds BLAS to one thread, the readout's products included: a fit under
+    threadpool_limits(1) (as in joblib workers of GridSearchCV(n_jobs=2)) gives the same
+    bits as one with BLAS's own thread count (the readout's gradient differed)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(512, 5, 8)).astype(np.float32)
+    y = rng.integers(0, 20, 512)
+
+    def fit():
+        clf = _fit_quiet(LSTMClassifier(hidden_sizes=(256,), batch_size=256, max_iter=2,
+                                        random_state=0), X, y)
+        return np.concatenate([clf.model_.flat_params, clf.readout_.flat_params])
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        free = fit()
+    with threadpool_limits(limits=1, user_api="blas"):
+        limited = fit()
+    np.testing.assert_array_equal(free, limited)
+
+
 def test_verbose_prints_one_line_per_epoch(capsys):
     X = _sequences(20, 5, 1, seed=15)
     _fit_quiet(LSTMClassifier(hidden_sizes=(3,), max_iter=3, tol=0, verbose=1,
