@@ -674,3 +674,72 @@ def test_from_onnx_reads_dynamo_style_links(computed):
     np.testing.assert_allclose(got.transpose(1, 0, 2), want, **TOL32)
     with pytest.raises(ValueError, match="not a plain stack|splits or merges"):
         fl.from_onnx(_dynamo_like(rng, computed, swap=True))
+
+
+def test_from_onnx_opset9_computed_shape_and_squeeze_without_axes():
+    """Opset 9's Slice keeps starts / ends in attributes (torch's legacy export at opset 9
+    computes a Reshape's shape that way: it raised IndexError); a Squeeze without axes
+    also removes the time or batch axis when it has size 1, so it is refused."""
+    rng = np.random.default_rng(9)
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W0", (1, 4 * H, I)), ("R0", (1, 4 * H, H)),
+                          ("W1", (1, 4 * H, H)), ("R1", (1, 4 * H, H)))]
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "m1"))
+
+    def graph(between, opset):
+        nodes = [helper.make_node("LSTM", ["X", "W0", "R0"], ["Y0"], hidden_size=H)]
+        nodes += between + [helper.make_node("LSTM", ["Z", "W1", "R1"], ["Y1"],
+                                             hidden_size=H)]
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+            [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+    sliced = graph([helper.make_node("Shape", ["Y0"], ["s"]),
+                    helper.make_node("Slice", ["s"], ["s0"], starts=[0], ends=[1], axes=[0]),
+                    helper.make_node("Slice", ["s"], ["s2"], starts=[2], ends=[3], axes=[0]),
+                    helper.make_node("Concat", ["s0", "s2", "m1"], ["shape"], axis=0),
+                    helper.make_node("Reshape", ["Y0", "shape"], ["Z"])], 9)
+    sliced.ir_version = 7
+    X = rng.normal(size=(5, 4, I)).astype(np.float32)
+    want = run_ort(sliced, {"X": X})["Y1"][:, 0]
+    np.testing.assert_allclose(fl.from_onnx(sliced)(X, time_major=True)[0], want, **TOL32)
+    squeezed = graph([helper.make_node("Squeeze", ["Y0"], ["Z"])], 14)
+    with pytest.raises(ValueError, match="no axes: it also removes the time or batch"):
+        fl.from_onnx(squeezed)
+
+
+@pytest.mark.parametrize("case", ["input_twice", "cast_int", "cast_half"])
+def test_from_onnx_refuses_states_that_change_the_input(case):
+    """A computed state that reads the graph input twice, once through arithmetic, or
+    casts it to integers / half precision, is not the input moved: refused (both were
+    accepted, and differed from onnxruntime)."""
+    rng = np.random.default_rng(10)
+    H, I, N = 2, 2, 3
+    f32 = np.float32
+    inits = {"W": rng.normal(size=(1, 4 * H, I)).astype(f32),
+             "R": rng.normal(size=(1, 4 * H, H)).astype(f32),
+             "zeros": np.zeros((1, 1, H), f32)}
+    ints = {"i0": [0], "i1": [1]}
+    if case == "input_twice":
+        nodes = [helper.make_node("Slice", ["h_in", "i0", "i1", "i1"], ["first"]),
+                 helper.make_node("Sub", ["zeros", "first"], ["neg"]),
+                 helper.make_node("Concat", ["h_in", "neg"], ["h0"], axis=1)]
+    else:
+        to = TensorProto.INT32 if case == "cast_int" else TensorProto.FLOAT16
+        nodes = [helper.make_node("Cast", ["h_in"], ["narrow"], to=to),
+                 helper.make_node("Cast", ["narrow"], ["h0"], to=TensorProto.FLOAT)]
+    nodes.append(helper.make_node("LSTM", ["X", "W", "R", "", "", "h0"], ["Y"],
+                                  hidden_size=H))
+    tensors = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    tensors += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                       for n in ("X", "h_in")],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], tensors)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(ValueError, match="initial_h is computed"):
+        fl.from_onnx(proto)
+    if case == "cast_int":   # a cast between float types keeps the state the caller passes
+        proto.graph.node[0].attribute[0].i = TensorProto.DOUBLE
+        fl.from_onnx(proto)

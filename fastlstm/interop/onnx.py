@@ -341,7 +341,12 @@ def _check_source(node, k, lstms, graph, graph_inputs, where):
     if name != prev.output[0]:
         raise ValueError(f"{where}: its input does not come from the previous LSTM node's Y "
                          "through shape operations only; the LSTM nodes are not a plain stack")
-    _check_link(prev, node, chain[::-1], graph, where)
+    try:
+        _check_link(prev, node, chain[::-1], graph, where)
+    except (IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{where}: the shape operations before it cannot be followed "
+                         f"({type(exc).__name__}: {exc}); the LSTM nodes are not a plain "
+                         "stack fastlstm can check") from None
 
 
 def _check_link(prev, node, chain, graph, where):
@@ -452,6 +457,12 @@ def _shape_value(name, graph, known, depth=0):
     if kind == "Concat":
         parts = [_shape_value(n, graph, known, depth + 1) for n in node.input]
         return None if any(p is None for p in parts) else sum(parts, [])
+    if kind == "Slice" and len(node.input) == 1:   # opset < 10: starts / ends attributes
+        data = arg(0)
+        if data is None or [int(x) for x in a.get("axes", [0])] not in ([0], [-1]):
+            return None
+        return data[int(a["starts"][0]):int(a["ends"][0])] \
+            if "starts" in a and "ends" in a else None
     if kind in ("Slice", "Gather"):
         data, idx = arg(0), [arg(k) for k in range(1, len(node.input))]
         if data is None or any(v is None or not all(isinstance(x, int) for x in v)
@@ -493,7 +504,10 @@ def _follow_shape_op(op, axes, atoms, size, graph, known, where):
         return [axes[p] for p in perm]
     if kind == "Squeeze":
         ax = _int_list(op, consts, "axes", 1, where)
-        if ax is None:
+        if ax is None:   # every axis of size 1, also time or batch when they are 1
+            if any(p in ("T", "N") and size.get(p, 0) <= 1 for a in axes for p in a):
+                raise ValueError(f"{bad} has no axes: it also removes the time or batch "
+                                 "axis when that has size 1")
             return [a for a in axes if atoms(a)]
         ax = {a + rank if a < 0 else a for a in ax}
         if any(not 0 <= a < rank or atoms(axes[a]) for a in ax):
@@ -598,7 +612,7 @@ def _const(node, idx, consts, graph_inputs, where, what, required=False):
 # carry them; the others are shapes, axes or indices; None: all of them).  Any other
 # operation computes new values, which the model cannot reproduce from the caller's state.
 _VALUE_INPUTS = {
-    "Identity": (0,), "Cast": (0,), "CastLike": (0,), "Reshape": (0,), "Flatten": (0,),
+    "Identity": (0,), "Cast": (0,), "Reshape": (0,), "Flatten": (0,),
     "Squeeze": (0,), "Unsqueeze": (0,), "Expand": (0,), "Tile": (0,), "Slice": (0,),
     "Gather": (0,), "Transpose": (0,), "Split": (0,), "Concat": None,
 }
@@ -606,17 +620,21 @@ _VALUE_INPUTS = {
 _ZERO_PRESERVING = {"Add": None, "Sub": None, "Mul": None, "Neg": (0,)}
 
 
-def _state_sources(name, consts, graph_inputs, producer, seen=None):
+def _state_sources(name, consts, graph_inputs, producer, memo=None):
     """Where a computed initial state's values come from: a set of "input" (a graph
     input's values, moved but not changed, which the caller supplies), "zero" (stored
     zeros, ConstantOfShape 0) and "stored" (other stored values, values computed from
     them or from a graph input, or operations this cannot follow)."""
-    from onnx import numpy_helper
+    memo = {} if memo is None else memo
+    if name not in memo:
+        memo[name] = {"stored"}    # while in progress: a cycle cannot be followed
+        memo[name] = _state_sources_of(name, consts, graph_inputs, producer, memo)
+    return memo[name]
 
-    seen = set() if seen is None else seen
-    if name in seen:
-        return set()
-    seen.add(name)
+
+def _state_sources_of(name, consts, graph_inputs, producer, memo):
+    from onnx import TensorProto, numpy_helper
+
     if name in consts:
         return {"stored" if np.any(np.asarray(consts[name]) != 0) else "zero"}
     if name in graph_inputs:
@@ -628,6 +646,9 @@ def _state_sources(name, consts, graph_inputs, producer, seen=None):
         value = _attr_dict(node).get("value")
         zero = value is None or not np.any(numpy_helper.to_array(value) != 0)
         return {"zero" if zero else "stored"}
+    if node.op_type == "Cast" and _attr_dict(node).get("to") not in (
+            TensorProto.FLOAT, TensorProto.DOUBLE):
+        return {"stored"}   # to integers or half precision: the values change
     table = _VALUE_INPUTS if node.op_type in _VALUE_INPUTS else _ZERO_PRESERVING
     if node.op_type not in table:
         return {"stored"}
@@ -635,7 +656,7 @@ def _state_sources(name, consts, graph_inputs, producer, seen=None):
     names = [n for k, n in enumerate(node.input) if n and (idx is None or k in idx)]
     out = set()
     for n in names:
-        out |= _state_sources(n, consts, graph_inputs, producer, seen)
+        out |= _state_sources(n, consts, graph_inputs, producer, memo)
     if table is _ZERO_PRESERVING and out != {"zero"}:
         return {"stored"}
     return out
