@@ -44,19 +44,19 @@ FORMAT_VERSION = 2
 _PREFIX = "param/"
 
 
-def _spec(model, half=False):
-    """The description of ``model``; ``half``: a Bidirectional's half, whose direction
-    the Bidirectional sets (its own ``reverse`` flag plays no part and is not written)."""
+def _spec(model):
+    """The description of ``model`` (a Bidirectional's halves keep their own ``reverse``
+    flag, which the Bidirectional overrides but a call of the half alone uses)."""
     if isinstance(model, LSTM):
         return dict(type="LSTM", input_size=model.input_size, hidden_size=model.hidden_size,
                     proj_size=model.proj_size, peepholes=model.use_peepholes,
                     cell_clip=model.cell_clip, proj_clip=model.proj_clip,
                     forget_bias=model.forget_bias, activation=model.activation,
                     recurrent_activation=model.recurrent_activation, dtype=model.dtype.name,
-                    **({"reverse": True} if model.reverse and not half else {}))
+                    **({"reverse": True} if model.reverse else {}))
     if isinstance(model, Bidirectional):
-        return dict(type="Bidirectional", forward=_spec(model.forward_layer, True),
-                    backward=_spec(model.backward_layer, True))
+        return dict(type="Bidirectional", forward=_spec(model.forward_layer),
+                    backward=_spec(model.backward_layer))
     if isinstance(model, MultiLSTM):
         return dict(type="MultiLSTM", layers=[_spec(layer) for layer in model.layers])
     raise TypeError(f"model must be a fastlstm LSTM, Bidirectional or MultiLSTM, "
@@ -64,10 +64,11 @@ def _spec(model, half=False):
 
 
 def _runs_reverse(spec):
-    """Whether a description holds a layer with ``"reverse"`` (never a Bidirectional's
-    half: see ``_spec``)."""
+    """Whether a description holds a layer with ``"reverse"``."""
     if spec["type"] == "MultiLSTM":
         return any(_runs_reverse(s) for s in spec["layers"])
+    if spec["type"] == "Bidirectional":
+        return _runs_reverse(spec["forward"]) or _runs_reverse(spec["backward"])
     return bool(spec.get("reverse", False))
 
 
@@ -110,8 +111,14 @@ def _build(spec, where="model"):
                         dtype=np.dtype(spec["dtype"]), random_state=_UNSET,
                         reverse=spec.get("reverse", False))
         if kind == "Bidirectional":
-            return Bidirectional(_build(spec["forward"], where + ".forward"),
-                                 _build(spec["backward"], where + ".backward"))
+            # the halves' own flags are set after pairing them (Bidirectional refuses a
+            # reversed forward half when it is built; a call of that half alone uses it)
+            halves = [_build(dict(spec[k], reverse=False) if isinstance(spec[k], dict)
+                             else spec[k], f"{where}.{k}") for k in ("forward", "backward")]
+            bi = Bidirectional(*halves)
+            for layer, k in zip(halves, ("forward", "backward")):
+                layer.reverse = spec[k].get("reverse", False)
+            return bi
         if kind == "MultiLSTM":
             layers = spec["layers"]
             if not isinstance(layers, list):

@@ -296,6 +296,19 @@ def test_unpickle_from_read_only_out_of_band_buffers(name):
     np.testing.assert_array_equal(again(X)[0], model(X)[0])
 
 
+def test_bidirectional_halves_keep_their_own_reverse_flag(tmp_path):
+    """A Bidirectional's halves keep their own reverse flag through save / load (a
+    reversed backward half came back forward: calling it alone ran the other way)."""
+    bi = fl.Bidirectional(fl.LSTM(3, 4, random_state=0), fl.LSTM(3, 4, random_state=1))
+    bi.backward_layer.reverse = True
+    fl.save(bi, tmp_path / "bi.npz")
+    again = fl.load(tmp_path / "bi.npz")
+    assert again.backward_layer.reverse and not again.forward_layer.reverse
+    X = np.random.default_rng(0).normal(size=(2, 5, 3))
+    np.testing.assert_array_equal(again.backward_layer(X)[0], bi.backward_layer(X)[0])
+    np.testing.assert_array_equal(again(X)[0], bi(X)[0])
+
+
 def test_pickled_stack_layers_stay_in_the_joint_buffer():
     model = _randomize(_models()["stack"], 6)
     twin = pickle.loads(pickle.dumps(model))
