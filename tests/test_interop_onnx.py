@@ -743,3 +743,33 @@ def test_from_onnx_refuses_states_that_change_the_input(case):
     if case == "cast_int":   # a cast between float types keeps the state the caller passes
         proto.graph.node[0].attribute[0].i = TensorProto.DOUBLE
         fl.from_onnx(proto)
+
+
+def test_from_onnx_sizes_come_from_declared_inputs_only():
+    """A value_info hint stating sizes the graph input leaves open does not make a Reshape
+    to those sizes acceptable (onnxruntime runs the graph for other sizes, where the
+    Reshape moves rows across time and batch)."""
+    rng = np.random.default_rng(11)
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("W0", (1, 4 * H, I)), ("R0", (1, 4 * H, H)),
+                          ("W1", (1, 4 * H, H)), ("R1", (1, 4 * H, H)))]
+    inits.append(numpy_helper.from_array(np.array([5, 2, -1], np.int64), "shape"))
+    nodes = [helper.make_node("LSTM", ["X", "W0", "R0"], ["Y0"], hidden_size=H),
+             helper.make_node("Reshape", ["Y0", "shape"], ["Z"]),
+             helper.make_node("LSTM", ["Z", "W1", "R1"], ["Y1"], hidden_size=H)]
+
+    def graph(x_shape, hints):
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)], inits,
+            value_info=hints)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+    hint = [helper.make_tensor_value_info("Y0", TensorProto.FLOAT, [5, 1, 2, H])]
+    with pytest.raises(ValueError, match="splits or merges the time or batch"):
+        fl.from_onnx(graph(["T", "N", I], hint))
+    static = graph([5, 2, I], [])         # declared by the input itself: the export's sizes
+    X = rng.normal(size=(5, 2, I)).astype(np.float32)
+    np.testing.assert_allclose(fl.from_onnx(static)(X, time_major=True)[0],
+                               run_ort(static, {"X": X})["Y1"][:, 0], **TOL32)

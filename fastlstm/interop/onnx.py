@@ -397,8 +397,15 @@ class _Graph:
         if self._shapes is None:
             self._shapes = {}
             try:
-                from onnx import shape_inference
-                inferred = shape_inference.infer_shapes(self._proto).graph
+                from onnx import ModelProto, shape_inference
+                # sizes from the declared inputs only: value_info and output shapes are
+                # hints a graph may state for one size and run for others
+                bare = ModelProto()
+                bare.CopyFrom(self._proto)
+                del bare.graph.value_info[:]
+                for out in bare.graph.output:
+                    out.type.tensor_type.ClearField("shape")
+                inferred = shape_inference.infer_shapes(bare).graph
                 for v in list(inferred.value_info) + list(inferred.input):
                     self._shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 0
                                             for d in v.type.tensor_type.shape.dim]
