@@ -1,6 +1,7 @@
 """Command line: ``python -m fastlstm demo`` | ``config`` | ``bench``."""
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -84,5 +85,17 @@ def main(argv=None):
     return 0
 
 
+def _run():
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader stopped early (`python -m fastlstm demo | head`): exit quietly, with
+        # stdout pointed at devnull so that Python's own final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run())

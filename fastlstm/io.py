@@ -199,6 +199,34 @@ def _header(archive, key, path):
     return shape, dtype
 
 
+def _read_into(archive, key, target, name, path):
+    """Fill ``target`` with a member's data, read straight into it (no second copy of
+    the model while it loads)."""
+    fmt = np.lib.format
+    with archive.zip.open(key + ".npy") as fp:
+        version = fmt.read_magic(fp)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
+            fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(fp)
+        if dtype != target.dtype:
+            raise ValueError(f"{path!r}: parameter {name!r} has dtype {dtype}, "
+                             f"expected {target.dtype}")
+        if fortran or not target.flags.c_contiguous or shape != target.shape:
+            target[...] = archive[key]
+            return
+        want, got = target.nbytes, 0
+        dest = memoryview(target.reshape(-1).view(np.uint8))
+        while got < want:          # in pieces: a zip member's readinto reads it all first
+            piece = fp.read(min(want - got, 1 << 20))
+            if not piece:
+                break
+            dest[got:got + len(piece)] = piece
+            got += len(piece)
+        if got != want:
+            raise ValueError(f"{path!r}: parameter {name!r} is truncated ({got} of {want} "
+                             "bytes)")
+
+
 def _load(path):
     try:
         archive = np.load(path, allow_pickle=False)
@@ -240,12 +268,7 @@ def _load(path):
             if got != shape:
                 raise ValueError(f"{path!r}: parameter {name!r} has shape {got}, "
                                  f"expected {shape}")
-        values = {name: archive[_PREFIX + name] for name in shapes}
         model = _build(spec)
-        for name, target in model.params.items():
-            value = values[name]
-            if value.dtype != target.dtype:
-                raise ValueError(f"{path!r}: parameter {name!r} has dtype {value.dtype}, "
-                                 f"expected {target.dtype}")
-            target[...] = value
+        for name, target in model.params.items():   # read straight into the model
+            _read_into(archive, _PREFIX + name, target, name, path)
     return model

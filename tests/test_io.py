@@ -220,6 +220,36 @@ def test_load_reads_headers_before_data():
         assert peak < 10 * 2**20
 
 
+def test_load_reads_into_the_model_without_a_second_copy(tmp_path):
+    """load reads each parameter straight into the model's buffer, in pieces: its peak is
+    about the model itself (it held every parameter twice, and a zip member's readinto
+    reads the whole member into a temporary first); short data is a ValueError."""
+    import tracemalloc
+
+    from fastlstm.layers import _UNSET
+
+    model = fl.LSTM(512, 1024, random_state=0)
+    fl.save(model, tmp_path / "m.npz", compressed=True)
+    peaks = []
+    for make in (lambda: fl.LSTM(512, 1024, random_state=_UNSET),   # the model alone
+                 lambda: fl.load(tmp_path / "m.npz")):
+        tracemalloc.start()
+        try:
+            again = make()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    np.testing.assert_array_equal(again.flat_params, model.flat_params)
+    size = model.flat_params.nbytes          # 25 MB
+    assert peaks[1] - peaks[0] < 0.25 * size, (peaks, size)
+    raw = (tmp_path / "m.npz").read_bytes()
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        member = z.read("param/U.npy")
+    short = _with_member(raw, "param/U.npy", member[:-100])
+    with pytest.raises(ValueError, match="parameter 'U' is truncated"):
+        fl.load(io.BytesIO(short))
+
+
 def test_load_damaged_zip_and_npy_headers_raise_value_error():
     """Damage that zipfile or NumPy report with other exceptions (an unknown compression
     method: NotImplementedError; the encrypted flag: RuntimeError; a .npy header cut

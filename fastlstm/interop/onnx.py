@@ -511,7 +511,7 @@ def _follow_shape_op(op, axes, atoms, size, graph, known, where):
         return [axes[p] for p in perm]
     if kind == "Squeeze":
         ax = _int_list(op, consts, "axes", 1, where)
-        if ax is None:   # every axis of size 1, also time or batch when they are 1
+        if not ax:   # no (or empty) axes: every axis of size 1, time or batch too if 1
             if any(p in ("T", "N") and size.get(p, 0) <= 1 for a in axes for p in a):
                 raise ValueError(f"{bad} has no axes: it also removes the time or batch "
                                  "axis when that has size 1")
