@@ -147,7 +147,10 @@ def _openblas_calls():
             get_sym = getattr(lib, "_get_symbol", None)
             get = get_sym("openblas_get_num_threads") if get_sym else None
             put = get_sym("openblas_set_num_threads") if get_sym else None
-            if lib.internal_api != "openblas" or get is None or put is None:
+            # an OpenMP-threaded OpenBLAS sets the caller's OpenMP limit instead: leave
+            # that to threadpoolctl
+            if lib.internal_api != "openblas" or get is None or put is None or \
+                    getattr(lib, "threading_layer", None) not in ("pthreads", "disabled"):
                 calls = None
                 break
             get.restype = ctypes.c_int
