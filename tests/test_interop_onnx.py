@@ -773,3 +773,43 @@ def test_from_onnx_sizes_come_from_declared_inputs_only():
     X = rng.normal(size=(5, 2, I)).astype(np.float32)
     np.testing.assert_allclose(fl.from_onnx(static)(X, time_major=True)[0],
                                run_ort(static, {"X": X})["Y1"][:, 0], **TOL32)
+
+
+@pytest.mark.parametrize("order", ["fw_bw", "bw_fw", "fw_only"])
+def test_from_onnx_tf2onnx_direction_slices(order):
+    """tf2onnx joins a bidirectional node to the next one by slicing each direction out
+    of Y, squeezing it and concatenating [forward | backward] on the feature axis: a plain
+    stack, read as one (it was refused); the halves the other way round, or one half
+    alone, are not."""
+    rng = np.random.default_rng(12)
+    H, I, T, N = 3, 2, 5, 4
+    f32 = np.float32
+    width = H if order == "fw_only" else 2 * H
+    inits = [numpy_helper.from_array(rng.normal(size=(2, 4 * H, I)).astype(f32), "W0"),
+             numpy_helper.from_array(rng.normal(size=(2, 4 * H, H)).astype(f32), "R0"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * H, width)).astype(f32), "W1"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * H, H)).astype(f32), "R1")]
+    inits += [numpy_helper.from_array(np.array([k], np.int64), f"c{k}") for k in range(3)]
+    halves = {"fw_bw": ["fw", "bw"], "bw_fw": ["bw", "fw"], "fw_only": ["fw"]}[order]
+    nodes = [helper.make_node("LSTM", ["X", "W0", "R0"], ["Y0"], hidden_size=H,
+                              direction="bidirectional"),
+             helper.make_node("Slice", ["Y0", "c1", "c2", "c1"], ["bw4"]),
+             helper.make_node("Squeeze", ["bw4", "c1"], ["bw"]),
+             helper.make_node("Slice", ["Y0", "c0", "c1", "c1"], ["fw4"]),
+             helper.make_node("Squeeze", ["fw4", "c1"], ["fw"])]
+    if len(halves) == 2:
+        nodes.append(helper.make_node("Concat", halves, ["X1"], axis=2))
+    else:
+        nodes.append(helper.make_node("Identity", halves, ["X1"]))
+    nodes.append(helper.make_node("LSTM", ["X1", "W1", "R1"], ["Y1"], hidden_size=H))
+    g = helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])],
+                          [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    if order != "fw_bw":
+        with pytest.raises(ValueError, match="Concat before it|one direction"):
+            fl.from_onnx(proto)
+        return
+    X = rng.normal(size=(T, N, I)).astype(f32)
+    want = run_ort(proto, {"X": X})["Y1"][:, 0]
+    np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0], want, **TOL32)

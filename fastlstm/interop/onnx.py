@@ -338,18 +338,15 @@ def _check_source(node, k, lstms, graph, graph_inputs, where):
                              "node; only shape operations may precede the first LSTM")
         return
     prev = lstms[k - 1]
-    if name != prev.output[0]:
-        raise ValueError(f"{where}: its input does not come from the previous LSTM node's Y "
-                         "through shape operations only; the LSTM nodes are not a plain stack")
     try:
-        _check_link(prev, node, chain[::-1], graph, where)
+        _check_link(prev, node, graph, where)
     except (IndexError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{where}: the shape operations before it cannot be followed "
                          f"({type(exc).__name__}: {exc}); the LSTM nodes are not a plain "
                          "stack fastlstm can check") from None
 
 
-def _check_link(prev, node, chain, graph, where):
+def _check_link(prev, node, graph, where):
     """The shape operations from the previous node's Y to this node's X, followed on the
     meaning of the axes: they must give this node's [T, N, features] ([N, T, features]
     for layout 1), the features [forward | backward].  A stack that moves the time or
@@ -367,11 +364,37 @@ def _check_link(prev, node, chain, graph, where):
     def atoms(axis):   # the axis' parts that are not of size 1 (T, N always kept)
         return tuple(a for a in axis if a in ("T", "N") or size.get(a) != 1)
 
-    axes = [(p,) for p in order]
-    known = {prev.output[0]: axes}
-    for op in chain:
-        axes = _follow_shape_op(op, axes, atoms, size, graph, known, where)
-        known[op.output[0]] = axes
+    known = {prev.output[0]: [(p,) for p in order]}
+    direction = {prev.output[0]: None}   # a value holding one direction's half only
+    not_stack = (f"{where}: its input does not come from the previous LSTM node's Y "
+                 "through shape operations only; the LSTM nodes are not a plain stack")
+
+    def follow(name, depth=0):
+        """The axes of a value between the two nodes (memoised in ``known``)."""
+        if name in known:
+            return known[name]
+        op = graph.producer.get(name)
+        if op is None or depth > 256 or op.op_type not in _SHAPE_OPS | {"Slice", "Concat"}:
+            raise ValueError(not_stack)
+        if op.op_type == "Concat":
+            parts = [follow(n, depth + 1) for n in op.input]
+            axes = _concat_directions(op, parts, [direction[n] for n in op.input], atoms,
+                                      where)
+            direction[name] = None
+        else:
+            src = follow(op.input[0], depth + 1)
+            if op.op_type == "Slice":
+                axes, direction[name] = _slice_direction(op, src, direction[op.input[0]],
+                                                         size, graph, where)
+            else:
+                axes = _follow_shape_op(op, src, atoms, size, graph, known, where)
+                direction[name] = direction[op.input[0]]
+        known[name] = axes
+        return axes
+
+    axes = follow(node.input[0])
+    if direction[node.input[0]] is not None:
+        raise ValueError(f"{where}: it reads one direction of the previous node only")
     want = [("T",), ("N",), atoms(("D", "H"))]
     if _attr_dict(node).get("layout", 0) == 1:
         want[:2] = want[1::-1]
@@ -382,6 +405,54 @@ def _check_link(prev, node, chain, graph, where):
                          f"node's Y into [{got}], not this node's "
                          f"[{', '.join(names[a] for a in want)}] with features "
                          "[forward | backward]; the LSTM nodes are not a plain stack")
+
+
+def _slice_direction(op, axes, direction, size, graph, where):
+    """A Slice between two nodes: only the selection of one direction of a bidirectional
+    Y ([k:k+1] on its direction axis, as tf2onnx writes), which leaves that axis of size 1
+    and marks the value as holding direction k."""
+    a = _attr_dict(op)
+    if len(op.input) > 1:
+        vals = [_shape_value(n, graph, {}) if n else None for n in list(op.input[1:]) + [""] * 4]
+        starts, ends, ax, steps = vals[:4]
+    else:
+        starts, ends, ax, steps = a.get("starts"), a.get("ends"), a.get("axes"), None
+    bad = ValueError(f"{where}: the Slice before it keeps part of an axis other than one "
+                     "direction of a bidirectional Y; the LSTM nodes are not a plain stack")
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1 or \
+            not all(isinstance(v, int) for v in list(starts) + list(ends)):
+        raise bad
+    k_axis = int((ax or [0])[0])
+    k_axis = k_axis + len(axes) if k_axis < 0 else k_axis
+    if steps not in (None, [1]) or not 0 <= k_axis < len(axes) or \
+            axes[k_axis] != ("D",) or size["D"] != 2 or direction is not None:
+        raise bad
+    start = starts[0] + 2 if starts[0] < 0 else starts[0]
+    end = min(ends[0] + 2 if ends[0] < 0 else ends[0], 2)
+    if start not in (0, 1) or end != start + 1:
+        raise bad
+    return axes[:k_axis] + [("1",)] + axes[k_axis + 1:], start
+
+
+def _concat_directions(op, parts, directions, atoms, where):
+    """A Concat between two nodes: only [forward | backward] along the hidden axis of
+    values holding one direction each (tf2onnx's join of a bidirectional Y)."""
+    axis = int(_attr_dict(op).get("axis", 0))
+    bad = ValueError(f"{where}: the Concat before it does not join the forward and backward "
+                     "halves of the previous node's Y on the feature axis; the LSTM nodes are "
+                     "not a plain stack")
+    if len(parts) != 2 or directions != [0, 1] or len(parts[0]) != len(parts[1]):
+        raise bad
+    rank = len(parts[0])
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank or atoms(parts[0][axis]) != ("H",) or \
+            atoms(parts[1][axis]) != ("H",) or \
+            [atoms(x) for k, x in enumerate(parts[0]) if k != axis] != \
+            [atoms(x) for k, x in enumerate(parts[1]) if k != axis]:
+        raise bad
+    out = list(parts[0])
+    out[axis] = ("D", "H")
+    return out
 
 
 class _Graph:
