@@ -151,7 +151,9 @@ ESTIMATOR_METHODS = [("LSTMRegressor", "predict", CALLS),
                      ("LSTMEncoder", "transform", CALLS // 5)]
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+# (a filterwarnings mark naming sklearn's ConvergenceWarning would make pytest import
+# sklearn to resolve it, an internal error where sklearn is not installed)
+@pytest.mark.filterwarnings("ignore:.*has not converged:UserWarning")
 @pytest.mark.parametrize("name,method,calls", ESTIMATOR_METHODS)
 def test_estimator_predict_leaves_memory_flat(name, method, calls):
     estimators = _estimators()
