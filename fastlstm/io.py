@@ -181,33 +181,35 @@ def load(path):
                          f"{type(exc).__name__}: {exc}") from exc
 
 
-def _header(archive, key, path):
-    """(shape, dtype) from the header of an archive member, before any of its data is
-    read: a small file declaring (or decompressing to) a huge array costs nothing."""
+def _npy_header(fp, key, path):
+    """(shape, fortran_order, dtype) of an open archive member, its data not read yet."""
     fmt = np.lib.format
-    with archive.zip.open(key + ".npy") as fp:
-        version = fmt.read_magic(fp)
-        if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(fp)
-        else:
-            raise ValueError(f"{path!r}: {key} has .npy format version {version}, which "
-                             "fastlstm does not write")
-    if dtype.hasobject:
+    version = fmt.read_magic(fp)
+    if version == (1, 0):
+        header = fmt.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        header = fmt.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"{path!r}: {key} has .npy format version {version}, which "
+                         "fastlstm does not write")
+    if header[2].hasobject:
         raise ValueError(f"{path!r}: {key} holds Python objects (would need pickle)")
+    return header
+
+
+def _header(archive, key, path):
+    """(shape, dtype) of an archive member, before any of its data is read: a small file
+    declaring (or decompressing to) a huge array costs nothing."""
+    with archive.zip.open(key + ".npy") as fp:
+        shape, _, dtype = _npy_header(fp, key, path)
     return shape, dtype
 
 
 def _read_into(archive, key, target, name, path):
     """Fill ``target`` with a member's data, read straight into it (no second copy of
     the model while it loads)."""
-    fmt = np.lib.format
     with archive.zip.open(key + ".npy") as fp:
-        version = fmt.read_magic(fp)
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
-            fmt.read_array_header_2_0
-        shape, fortran, dtype = read_header(fp)
+        shape, fortran, dtype = _npy_header(fp, key, path)
         if dtype != target.dtype:
             raise ValueError(f"{path!r}: parameter {name!r} has dtype {dtype}, "
                              f"expected {target.dtype}")
