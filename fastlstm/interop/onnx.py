@@ -325,12 +325,10 @@ def _flat_state(s):
 
 def _check_source(node, k, lstms, graph, graph_inputs, where):
     producer = graph.producer
-    name = node.input[0]
-    chain = []
-    while name in producer and producer[name].op_type in _SHAPE_OPS:
-        chain.append(producer[name])
-        name = producer[name].input[0]
     if k == 0:
+        name = node.input[0]
+        while name in producer and producer[name].op_type in _SHAPE_OPS:
+            name = producer[name].input[0]
         if name in producer and producer[name].op_type == "LSTM":
             raise ValueError(f"{where}: the first LSTM node reads another LSTM's output")
         if name not in graph_inputs and name in producer:
