@@ -370,6 +370,15 @@ def test_from_onnx_stored_initial_state():
     Y, s = model(X, initial_state=s0, time_major=True)
     np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
     np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
+    # one part stored as zeros, the other omitted (zeros in ONNX): a zero state, not
+    # "only one of initial_h / initial_c is stored"
+    zero = _single_node({}, rng, extra_inits={"h0": np.zeros_like(h0)},
+                        inputs=["X", "W", "R", "", "", "h0"])
+    np.testing.assert_allclose(fl.from_onnx(zero)(X, time_major=True)[0],
+                               run_ort(zero, {"X": X})["Y"][:, 0], **TOL32)
+    half = _single_node({}, rng, extra_inits={"h0": h0}, inputs=["X", "W", "R", "", "", "h0"])
+    with pytest.raises(ValueError, match="only one of initial_h / initial_c"):
+        fl.from_onnx(half)
 
 
 def test_from_onnx_refuses_non_stack_graphs():

@@ -803,6 +803,10 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
     if direction == "reverse":
         made[0].reverse = True
     state = None
+    # one part stored as zeros and the other omitted (zeros too in ONNX): no state
+    if (h0 is None and isinstance(c0, np.ndarray) and not np.any(c0)) or \
+            (c0 is None and isinstance(h0, np.ndarray) and not np.any(h0)):
+        h0 = c0 = None
     if isinstance(h0, np.ndarray) or isinstance(c0, np.ndarray):
         if not (isinstance(h0, np.ndarray) and isinstance(c0, np.ndarray)):
             raise ValueError(f"{where}: only one of initial_h / initial_c is stored in the model")
