@@ -105,6 +105,14 @@ def _check_size(value, name, allow_none=False):
     return int(value)
 
 
+def _check_forget_bias(value, name="forget_bias"):
+    """forget_bias as a float: a real number (a 0-d array too, as np.load gives it)."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    return float(value)
+
+
 def _check_clip(value, name):
     if value is None:
         return None
@@ -437,10 +445,7 @@ class LSTM(_Module):
         self.use_peepholes = bool(peepholes)
         self.cell_clip = _check_clip(cell_clip, "cell_clip")
         self.proj_clip = _check_clip(proj_clip, "proj_clip")
-        forget_bias = _scalar(forget_bias)
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
-            raise TypeError(f"forget_bias must be a float, got {forget_bias!r}")
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = _check_forget_bias(forget_bias)
         self.activation = _check_choice(activation, "activation", ACTIVATIONS)
         self.recurrent_activation = _check_choice(
             recurrent_activation, "recurrent_activation", RECURRENT_ACTIVATIONS)

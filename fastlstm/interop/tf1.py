@@ -12,7 +12,6 @@ both.  ``cell_clip``, ``proj_clip``, ``forget_bias`` and the activation are cons
 arguments in TF, not checkpoint variables: pass them to the importer.
 """
 
-import numbers
 import re
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from ._common import (PERM_TF, as_array, blocks, build_layer, check_shape, directions,
                       layers_of, pick_dtype, refuse_reverse,
                       refuse_unrepresentable)
-from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _scalar
+from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _check_forget_bias
 
 __all__ = ["from_tf1", "from_tf1_checkpoint", "to_tf1", "to_tf1_checkpoint", "activation_name"]
 
@@ -128,12 +127,10 @@ def _classify(name):
 def check_forget_bias(value, name="forget_bias"):
     """A TF cell's forget_bias as a float: a finite real number (a 0-d array too, as
     np.load gives it)."""
-    value = _scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {value!r}")
+    value = _check_forget_bias(value, name)
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    return value
 
 
 _PART_RE = re.compile(r"^(.*)/part_(\d+)(?::\d+)?$")
