@@ -725,7 +725,7 @@ def test_from_onnx_refuses_states_that_change_the_input(case):
     casts it to integers / half precision, is not the input moved: refused (both were
     accepted, and differed from onnxruntime)."""
     rng = np.random.default_rng(10)
-    H, I, N = 2, 2, 3
+    H, I = 2, 2
     f32 = np.float32
     inits = {"W": rng.normal(size=(1, 4 * H, I)).astype(f32),
              "R": rng.normal(size=(1, 4 * H, H)).astype(f32),
