@@ -655,14 +655,16 @@ def forward_small(X, int N, int T, bint time_major, W, U, b, peepholes, c, h, Y,
 
 
 cdef inline bint _plain(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, int tn):
-    """a is exactly an ndarray (N, d1) (d0 < 0: any N) of type tn, aligned, C-contiguous."""
+    """a is exactly an ndarray (N, d1) (d0 < 0: any N) of type tn in native byte order,
+    aligned, C-contiguous."""
     cdef cnp.ndarray arr
     if not cnp.PyArray_CheckExact(a):
         return False
     arr = <cnp.ndarray> a
     return (cnp.PyArray_NDIM(arr) == nd and cnp.PyArray_TYPE(arr) == tn
             and cnp.PyArray_DIM(arr, 1) == d1 and (d0 < 0 or cnp.PyArray_DIM(arr, 0) == d0)
-            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr))
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
 def step_fast(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_type):

@@ -454,3 +454,27 @@ def test_accepted_n_threads():
         assert fl.get_n_threads() >= 1
     finally:
         fl.set_n_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_reads_big_endian_input_and_state(dtype):
+    """One step on big-endian x and (c, h) of the layer's dtype: the small-step path read
+    the swapped bytes as native ones (0.83 off) and returned a big-endian state."""
+    layer = fl.LSTM(I, H, random_state=0, dtype=dtype, peepholes=True)
+    layer.peepholes[...] = np.random.default_rng(2).normal(size=(3, H))
+    rng = np.random.default_rng(3)
+    x, c, h = rng.normal(size=(2, I)), rng.normal(size=(2, H)), rng.normal(size=(2, H))
+    big = np.dtype(dtype).newbyteorder(">")
+    out, state = layer.step(x.astype(big), (c.astype(big), h.astype(big)))
+    want, c_want = fl.reference.lstm_step(x, c, h, {k: v.astype(np.float64)
+                                                    for k, v in layer.params.items()})
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out, want, **tol)
+    np.testing.assert_allclose(state.c, c_want, **tol)
+    for a in (out, state.c, state.h):
+        assert a.dtype == np.dtype(dtype) and a.dtype.isnative
+    stack = fl.MultiLSTM([fl.LSTM(I, H, random_state=0, dtype=dtype),
+                          fl.LSTM(H, 2, random_state=1, dtype=dtype)])
+    native = stack.step(x.astype(dtype))
+    swapped = stack.step(x.astype(big))
+    np.testing.assert_array_equal(swapped[0], native[0])
