@@ -38,10 +38,10 @@ def _with_threads(module, n_threads):
     new = object.__new__(type(module))
     new.__dict__.update(module.__dict__)
     if isinstance(module, MultiLSTM):
-        new.layers = [_with_threads(layer, n_threads) for layer in module.layers]
+        new._layers = tuple(_with_threads(layer, n_threads) for layer in module.layers)
     elif isinstance(module, Bidirectional):
-        new.forward_layer = _with_threads(module.forward_layer, n_threads)
-        new.backward_layer = _with_threads(module.backward_layer, n_threads)
+        new._forward_layer = _with_threads(module.forward_layer, n_threads)
+        new._backward_layer = _with_threads(module.backward_layer, n_threads)
     else:
         new.n_threads = n_threads
     return new
@@ -102,7 +102,9 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
     if n_threads is None or n_threads < 1:
         raise ValueError(f"n_threads must be a positive int for Dask tasks, got {n_threads!r}")
     if not isinstance(X, da.Array):
-        X = da.from_array(np.asarray(X))
+        X = np.asarray(X)
+        # (dask's automatic chunking divides by the size of a sample: none without steps)
+        X = da.from_array(X, chunks=X.shape if X.size == 0 else "auto")
     if X.ndim not in (2, 3):
         raise ValueError(f"X must be 2-D (n_samples, n_timesteps) or 3-D "
                          f"(n_samples, n_timesteps, n_features), got shape {X.shape}")

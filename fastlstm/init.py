@@ -25,6 +25,8 @@ def check_random_state(random_state):
     if random_state is None or isinstance(random_state, (numbers.Integral, np.integer)):
         if isinstance(random_state, bool):
             raise TypeError("random_state must be None, an int, a numpy Generator or RandomState")
+        if random_state is not None and random_state < 0:
+            raise ValueError(f"random_state must be a non-negative int, got {random_state}")
         return np.random.default_rng(random_state)
     if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
         return random_state

@@ -78,6 +78,8 @@ class LSTMState(NamedTuple):
 
 
 def _check_dtype(dtype):
+    if dtype is None:        # (np.dtype(None) would be float64)
+        raise TypeError("dtype must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -105,12 +107,19 @@ def _check_size(value, name, allow_none=False):
     return int(value)
 
 
-def _check_forget_bias(value, name="forget_bias"):
-    """forget_bias as a float: a real number (a 0-d array too, as np.load gives it)."""
+def _check_forget_bias(value, name="forget_bias", dtype=None):
+    """forget_bias as a float: a real number (a 0-d array too, as np.load gives it), finite
+    (and, given the layer's dtype, within its range: it becomes a bias value)."""
     value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {value!r}")
-    return float(value)
+    value = float(value)
+    limit = float(np.finfo(dtype if dtype is not None else np.float64).max)
+    if not abs(value) <= limit:      # also NaN
+        raise ValueError(f"{name} must be a finite float"
+                         + (f" within {np.dtype(dtype).name}'s range" if dtype is not None
+                            else "") + f", got {value}")
+    return value
 
 
 def _check_clip(value, name):
@@ -132,9 +141,36 @@ def _check_reverse(value, name):
 
 
 def _check_choice(value, name, choices):
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:       # unhashable: a list, a dict
+        known = False
+    if not known:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def _fixed(name, why):
+    """A read-only attribute kept in ``_<name>``, fixed when the model is built."""
+    def fget(self):
+        return self.__dict__["_" + name]
+
+    def fset(self, value):
+        raise AttributeError(f"{name} cannot be changed after the {type(self).__name__} is "
+                             f"built ({why}): build a new one")
+
+    return property(fget, fset, doc=f"{name} (read-only: {why}).")
+
+
+def _checked(name, check):
+    """An attribute kept in ``_<name>`` that ``check(self, value)`` validates when set."""
+    def fget(self):
+        return self.__dict__["_" + name]
+
+    def fset(self, value):
+        self.__dict__["_" + name] = check(self, value)
+
+    return property(fget, fset)
 
 
 def _numeric_array(value, name):
@@ -211,7 +247,8 @@ def _as_lengths(lengths, N, T, name="lengths"):
     if lengths is None:
         return None
     L = np.asarray(lengths)
-    if L.dtype.kind not in "iu":
+    if L.dtype.kind not in "iu" and not (L.shape == (0,) and L.dtype.kind == "f"):
+        # (an empty list, for an empty batch, is an empty float array)
         raise _LengthsDtypeError(f"{name} must be integers, got dtype {L.dtype}")
     if L.shape != (N,):
         raise ValueError(f"{name} must have shape ({N},) (one per batch row), got {L.shape}")
@@ -352,7 +389,16 @@ class _Module:
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
         return state
 
+    # attributes kept as "_<name>" behind a property (pickles made before keep "<name>")
+    _FIXED = ()
+
     def __setstate__(self, state):
+        state = dict(state)
+        for name in self._FIXED:
+            if name in state:
+                state["_" + name] = state.pop(name)
+        if isinstance(state.get("_layers"), list):
+            state["_layers"] = tuple(state["_layers"])
         self.__dict__.update(state)
         # buffers handed over read-only (pickle protocol 5 out-of-band, shared memory)
         # are copied: the parameters are written in place by training and set_weights
@@ -437,19 +483,18 @@ class LSTM(_Module):
                  cell_clip=None, proj_clip=None, forget_bias=1.0, activation="tanh",
                  recurrent_activation="sigmoid", dtype=np.float32, random_state=None,
                  n_threads=None, reverse=False):
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
-        self.proj_size = _check_size(proj_size, "proj_size", allow_none=True)
+        self._input_size = _check_size(input_size, "input_size")
+        self._hidden_size = _check_size(hidden_size, "hidden_size")
+        self._proj_size = _check_size(proj_size, "proj_size", allow_none=True)
         if not isinstance(peepholes, (bool, np.bool_)):
             raise TypeError(f"peepholes must be a bool, got {peepholes!r}")
-        self.use_peepholes = bool(peepholes)
-        self.cell_clip = _check_clip(cell_clip, "cell_clip")
-        self.proj_clip = _check_clip(proj_clip, "proj_clip")
-        self.forget_bias = _check_forget_bias(forget_bias)
-        self.activation = _check_choice(activation, "activation", ACTIVATIONS)
-        self.recurrent_activation = _check_choice(
-            recurrent_activation, "recurrent_activation", RECURRENT_ACTIVATIONS)
+        self._use_peepholes = bool(peepholes)
         self._dtype = _check_dtype(dtype)
+        self.cell_clip = cell_clip
+        self.proj_clip = proj_clip
+        self.forget_bias = forget_bias
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
         self.n_threads = _threads.check_n_threads(n_threads)
         self.reverse = reverse
         self._params = self._bind(np.empty(self.n_params, self._dtype))
@@ -458,6 +503,25 @@ class LSTM(_Module):
             self.reset_parameters(random_state)
 
     _reverse = False      # for layers pickled before the option existed
+
+    # The sizes and the peephole switch shape the parameter arrays: fixed.  The options
+    # are checked whenever they are set, as in the constructor.
+    _WHY = "the parameter arrays have its shape"
+    input_size = _fixed("input_size", _WHY)
+    hidden_size = _fixed("hidden_size", _WHY)
+    proj_size = _fixed("proj_size", _WHY)
+    use_peepholes = _fixed("use_peepholes", _WHY)
+    del _WHY
+    _FIXED = ("input_size", "hidden_size", "proj_size", "use_peepholes", "cell_clip",
+              "proj_clip", "forget_bias", "activation", "recurrent_activation")
+    cell_clip = _checked("cell_clip", lambda self, v: _check_clip(v, "cell_clip"))
+    proj_clip = _checked("proj_clip", lambda self, v: _check_clip(v, "proj_clip"))
+    forget_bias = _checked("forget_bias", lambda self, v: _check_forget_bias(
+        v, dtype=self._dtype))
+    activation = _checked("activation", lambda self, v: _check_choice(
+        v, "activation", ACTIVATIONS))
+    recurrent_activation = _checked("recurrent_activation", lambda self, v: _check_choice(
+        v, "recurrent_activation", RECURRENT_ACTIVATIONS))
 
     @property
     def reverse(self):
@@ -772,13 +836,19 @@ class Bidirectional(_Module):
                             f"{forward_layer.dtype} and {backward_layer.dtype}")
         self._check_adoptable((forward_layer, backward_layer),
                               ("forward_layer", "backward_layer"))
-        self.forward_layer = forward_layer
-        self.backward_layer = backward_layer
+        self._forward_layer = forward_layer
+        self._backward_layer = backward_layer
         self._dtype = forward_layer.dtype
         self._flat = np.empty(self.n_params, self._dtype)
         self._rebind(self._flat)
         self._rebind_grads(np.zeros(self.n_params, self._dtype))
         self._adopt()
+
+    _WHY = "its parameter buffer holds the halves'"
+    forward_layer = _fixed("forward_layer", _WHY)
+    backward_layer = _fixed("backward_layer", _WHY)
+    del _WHY
+    _FIXED = ("forward_layer", "backward_layer")
 
     def _param_shapes(self):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
@@ -875,7 +945,11 @@ class MultiLSTM(_Module):
     """
 
     def __init__(self, layers):
-        layers = list(layers) if not isinstance(layers, (LSTM, Bidirectional)) else None
+        try:
+            layers = list(layers) if not isinstance(layers, (LSTM, Bidirectional)) else None
+        except TypeError:
+            raise TypeError("layers must be a non-empty list of LSTM / Bidirectional layers, "
+                            f"got {type(layers).__name__}") from None
         if not layers:
             raise ValueError("layers must be a non-empty list of LSTM / Bidirectional layers")
         seen = set()
@@ -894,7 +968,7 @@ class MultiLSTM(_Module):
                     f"layers[{k}].input_size={layer.input_size} must equal "
                     f"layers[{k - 1}].output_size={layers[k - 1].output_size}")
         self._check_adoptable(layers, [f"layers[{k}]" for k in range(len(layers))])
-        self.layers = layers
+        self._layers = tuple(layers)
         self._dtype = layers[0].dtype
         # widest moment of a call: one layer's input and its outputs (twice for a
         # Bidirectional's halves), per row and step, for the memory check
@@ -906,6 +980,9 @@ class MultiLSTM(_Module):
         self._rebind(self._flat)
         self._rebind_grads(np.zeros(self.n_params, self._dtype))
         self._adopt()
+
+    layers = _fixed("layers", "its parameter buffer holds theirs")
+    _FIXED = ("layers",)
 
     def _param_shapes(self):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)

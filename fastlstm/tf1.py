@@ -26,8 +26,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from .init import check_random_state
-from .interop.tf1 import activation_name, check_forget_bias, from_tf1, to_tf1
-from .layers import LSTMState, MultiLSTM, _as_lengths, _check_time_major, _scalar
+from .interop.tf1 import activation_name, from_tf1, to_tf1
+from .layers import (LSTMState, MultiLSTM, _as_lengths, _check_forget_bias, _check_time_major,
+                     _scalar)
 
 __all__ = [
     "BasicLSTMCell",
@@ -158,7 +159,7 @@ class _LSTMCellBase(RNNCell):
         self._initializer = initializer
         self._num_proj = None if num_proj is None else int(num_proj)
         self._proj_clip = proj_clip if num_proj is not None else None   # TF ignores it then
-        self._forget_bias = check_forget_bias(forget_bias)
+        self._forget_bias = _check_forget_bias(forget_bias)
         self._state_is_tuple = bool(state_is_tuple)
         self._activation = activation_name(activation)
         self.name = name or self._tf_name
@@ -360,6 +361,9 @@ class MultiRNNCell(RNNCell):
         if not cells:
             raise ValueError("Must specify at least one cell for MultiRNNCell.")
         for k, c in enumerate(cells):
+            if isinstance(c, MultiRNNCell):
+                raise TypeError(f"cells[{k}] is a MultiRNNCell: nested stacks are not "
+                                "supported; list its cells in this MultiRNNCell instead")
             if not isinstance(c, _LSTMCellBase):
                 raise TypeError(f"cells[{k}] must be a BasicLSTMCell or LSTMCell, "
                                 f"got {type(c).__name__}")
@@ -501,6 +505,11 @@ def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, revers
     if initial_state is None and dtype is None:
         raise ValueError("If there is no initial_state, you must give a dtype.")
     s0 = cell._split_state(initial_state, "initial_state")
+    if initial_state is None and dtype is not None and cell.dtype is not None and \
+            _resolve_dtype(dtype) != cell.dtype:
+        # TF: the zero state takes dtype, the cell's variables keep theirs: they do not mix
+        raise TypeError(f"dtype={np.dtype(dtype).name} does not match {name}'s dtype "
+                        f"{cell.dtype.name} (its weights were made in {cell.dtype.name})")
     model = cell._ensure_built(x.shape[2], _resolve_dtype(cell.dtype, dtype, x.dtype))
     if isinstance(cell, MultiRNNCell):
         states = []

@@ -97,6 +97,21 @@ CTOR_CASES = [
     (dict(input_size=3, hidden_size=4, random_state="x"), TypeError, "random_state"),
     (dict(input_size=3, hidden_size=4, peepholes="yes"), TypeError, "peepholes must be a bool"),
     (dict(input_size=3, hidden_size=4, forget_bias=None), TypeError, "forget_bias"),
+    # (a NaN forget bias made every output NaN; 1e300 overflowed to inf in float32)
+    (dict(input_size=3, hidden_size=4, forget_bias=float("nan")), ValueError,
+     "forget_bias must be a finite float"),
+    (dict(input_size=3, hidden_size=4, forget_bias=-np.inf), ValueError, "forget_bias"),
+    (dict(input_size=3, hidden_size=4, forget_bias=1e300), ValueError,
+     "within float32's range"),
+    # errors that did not name the argument (an unhashable choice, NumPy's seed message)
+    (dict(input_size=3, hidden_size=4, activation=["tanh"]), ValueError,
+     "activation must be one of"),
+    (dict(input_size=3, hidden_size=4, recurrent_activation={}), ValueError,
+     "recurrent_activation must be one of"),
+    (dict(input_size=3, hidden_size=4, random_state=-1), ValueError,
+     "random_state must be a non-negative int"),
+    # np.dtype(None) is float64: a layer of the wrong dtype, silently
+    (dict(input_size=3, hidden_size=4, dtype=None), TypeError, "dtype must be float32 or"),
 ]
 
 
@@ -110,6 +125,9 @@ def test_constructor_errors(case):
 def test_stack_errors():
     with pytest.raises(ValueError, match="non-empty"):
         fl.MultiLSTM([])
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match="layers must be a non-empty list"):
+            fl.MultiLSTM(bad)
     with pytest.raises(ValueError, match=r"layers\[1\].input_size=5 must equal layers\[0\].output_size=4"):
         fl.MultiLSTM([fl.LSTM(6, 4), fl.LSTM(5, 5)])
     with pytest.raises(TypeError, match=r"layers\[1\] must be an LSTM or Bidirectional"):
@@ -227,3 +245,67 @@ def test_layer_belongs_to_one_model():
     gc.collect()
     again = fl.MultiLSTM([l0])
     assert np.shares_memory(again.params["0.W"], l0.W)
+
+
+def test_sizes_and_parts_cannot_be_reassigned():
+    """The sizes shape the parameter arrays the kernels read: reassigning one read out of
+    bounds (garbage, heap corruption); a stack's list took any layer appended to it."""
+    layer = fl.LSTM(3, 4, random_state=0)
+    for name, value in (("input_size", 100000), ("hidden_size", 64), ("proj_size", 2),
+                        ("use_peepholes", True)):
+        with pytest.raises(AttributeError, match=f"{name} cannot be changed after the LSTM"):
+            setattr(layer, name, value)
+    assert (layer.input_size, layer.hidden_size, layer.proj_size, layer.use_peepholes) == \
+        (3, 4, None, False)
+    stack = fl.MultiLSTM([fl.LSTM(3, 5), fl.LSTM(5, 2)])
+    with pytest.raises(AttributeError, match="layers cannot be changed"):
+        stack.layers = [fl.LSTM(3, 5)]
+    with pytest.raises(AttributeError):
+        stack.layers.append(fl.LSTM(500, 3))
+    bi = fl.Bidirectional(fl.LSTM(3, 2), fl.LSTM(3, 2))
+    with pytest.raises(AttributeError, match="backward_layer cannot be changed"):
+        bi.backward_layer = fl.LSTM(3, 7)
+    X = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    ref = fl.reference.lstm_forward(X, layer.params)[0]
+    np.testing.assert_allclose(layer(X)[0], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, value, exc, match", [
+    ("cell_clip", -1.0, ValueError, "cell_clip must be None or a non-negative float"),
+    ("cell_clip", "big", TypeError, "cell_clip must be None or a non-negative float"),
+    ("proj_clip", float("nan"), ValueError, "proj_clip must be None or a non-negative"),
+    ("activation", "softmax", ValueError, "activation must be one of"),
+    ("recurrent_activation", None, ValueError, "recurrent_activation must be one of"),
+    ("forget_bias", float("nan"), ValueError, "forget_bias must be a finite float"),
+])
+def test_options_are_checked_when_assigned(name, value, exc, match):
+    """Options set after construction get the constructor's checks (they ran silently,
+    or failed inside the kernel call with a KeyError / Cython's message)."""
+    layer = fl.LSTM(3, 4, random_state=0)
+    before = getattr(layer, name)
+    with pytest.raises(exc, match=match):
+        setattr(layer, name, value)
+    assert getattr(layer, name) == before
+
+
+def test_assigned_options_take_effect():
+    layer = fl.LSTM(3, 4, random_state=0)
+    layer.cell_clip = 0.25
+    layer.activation = "relu"
+    layer.recurrent_activation = "hard_sigmoid"
+    X = np.random.default_rng(1).normal(size=(2, 6, 3)) * 3
+    X = X.astype(np.float32)
+    want = fl.reference.lstm_forward(X, layer.params, cell_clip=0.25,
+                                     activation="relu",
+                                     recurrent_activation="hard_sigmoid")[0]
+    np.testing.assert_allclose(layer(X)[0], want, rtol=1e-5, atol=1e-6)
+    assert "cell_clip=0.25" in repr(layer)
+
+
+def test_empty_lengths_list_for_an_empty_batch():
+    """lengths=[] for a batch of 0 rows (an empty list is a float array): accepted."""
+    layer = fl.LSTM(3, 4, random_state=0)
+    Y, state = layer(np.zeros((0, 5, 3)), lengths=[])
+    assert Y.shape == (0, 5, 4) and state.c.shape == (0, 4)
+    with pytest.raises(ValueError, match="lengths must be integers"):
+        layer(np.zeros((1, 5, 3)), lengths=[1.0])

@@ -246,6 +246,8 @@ def test_errors_follow_tf():
                                         sequence_length=[3], dtype=tf.float32)
     with pytest.raises(ValueError, match="its own object"):
         tf.MultiRNNCell([cell, cell])
+    with pytest.raises(TypeError, match="nested stacks are not supported"):
+        tf.MultiRNNCell([tf.MultiRNNCell([tf.BasicLSTMCell(3)]), tf.BasicLSTMCell(3)])
     with pytest.raises(ValueError, match="num_units"):
         tf.BasicLSTMCell(0)
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -254,6 +256,16 @@ def test_errors_follow_tf():
         tf.BasicLSTMCell(3).set_weights([np.zeros((7, 12))])
     with pytest.raises(ValueError, match="activation"):
         tf.BasicLSTMCell(3, activation=np.exp)
+    # a float32 cell's zero state in float64: TF's MatMul refuses the mix (this ran in
+    # float32 and returned float32 outputs); with an initial state, dtype is not used
+    with pytest.raises(TypeError, match="dtype=float64 does not match cell's dtype float32"):
+        tf.nn.dynamic_rnn(cell, X.astype(np.float64), dtype=tf.float64)
+    with pytest.raises(TypeError, match="does not match cell_bw's dtype float32"):
+        tf.nn.bidirectional_dynamic_rnn(tf.BasicLSTMCell(3, dtype=tf.float64), cell, X,
+                                        dtype=tf.float64)
+    out, _ = tf.nn.dynamic_rnn(cell, X, initial_state=cell.zero_state(2, tf.float32),
+                               dtype=tf.float64)
+    assert out.dtype == np.float32
 
 
 def test_namespaces():

@@ -80,7 +80,7 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
     b = np.zeros(4 * H, kernel.dtype) if bias is None else \
         check_shape(as_array(bias, "bias"), (4 * H,), "bias", "(4*num_units,)")
     dt = pick_dtype(dtype, [kernel, b, P, peep])
-    forget_bias = check_forget_bias(forget_bias)
+    forget_bias = _check_forget_bias(forget_bias)
     b = b.astype(dt, copy=True)
     b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
     return build_layer(blocks(kernel[:I], PERM_TF, 1), blocks(kernel[I:], PERM_TF, 1),
@@ -122,15 +122,6 @@ def _classify(name):
     if not parts:
         return None
     return "/".join(parts), kind
-
-
-def check_forget_bias(value, name="forget_bias"):
-    """A TF cell's forget_bias as a float: a finite real number (a 0-d array too, as
-    np.load gives it)."""
-    value = _check_forget_bias(value, name)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 _PART_RE = re.compile(r"^(.*)/part_(\d+)(?::\d+)?$")
@@ -335,7 +326,7 @@ def to_tf1(layer, forget_bias=1.0):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
     refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
                            cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS))
-    forget_bias = check_forget_bias(forget_bias)
+    forget_bias = _check_forget_bias(forget_bias)
     H = layer.hidden_size
     b = blocks(layer.b, PERM_TF, 0).copy()
     b[2 * H:3 * H] -= b.dtype.type(forget_bias)
@@ -368,7 +359,7 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     its value).
     """
     items = layers_of(model)
-    fbs = [check_forget_bias(v, f"forget_bias[{k}]" if isinstance(forget_bias, (list, tuple))
+    fbs = [_check_forget_bias(v, f"forget_bias[{k}]" if isinstance(forget_bias, (list, tuple))
                              else "forget_bias")
            for k, v in enumerate(_per_layer(forget_bias, len(items), "forget_bias"))]
     for k, item in enumerate(items):
