@@ -21,6 +21,7 @@ refuses newer format versions.
 """
 
 import json
+import math
 import os
 import tokenize
 import zipfile
@@ -205,6 +206,24 @@ def _header(archive, key, path):
     return shape, dtype
 
 
+# deflate's largest expansion: 1032 bytes out per byte in (RFC 1951's longest match codes)
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _check_member_size(info, need, name, path):
+    """Refuse, before the model is built, a parameter whose archive member cannot hold the
+    ``need`` bytes its header declares (a truncated or crafted file declaring a huge model
+    would otherwise have it allocated first)."""
+    most = info.file_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        most = min(most, info.compress_size)
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        most = min(most, info.compress_size * _DEFLATE_MAX_RATIO)
+    if most < need:
+        raise ValueError(f"{path!r}: parameter {name!r} is truncated: its header declares "
+                         f"{need} bytes of data, the file holds at most {most}")
+
+
 def _read_into(archive, key, target, name, path):
     """Fill ``target`` with a member's data, read straight into it (no second copy of
     the model while it loads)."""
@@ -230,8 +249,17 @@ def _read_into(archive, key, target, name, path):
 
 
 def _load(path):
+    if isinstance(path, (str, bytes)):
+        # opened here, so that it is closed also when np.load fails on it (a file that is
+        # not a zip archive: np.load leaves its own handle open then)
+        with open(path, "rb") as fh:
+            return _load_from(fh, path)
+    return _load_from(path, path)
+
+
+def _load_from(fh, path):
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(fh, allow_pickle=False)
     except ValueError as exc:
         raise ValueError(f"{path!r} is not a fastlstm .npz file (or needs pickle): {exc}") from exc
     if not hasattr(archive, "files"):
@@ -266,10 +294,12 @@ def _load(path):
             raise ValueError(f"{path!r}: parameters {sorted(stored)} do not match the model "
                              f"description, which needs {sorted(shapes)}")
         for name, shape in shapes.items():   # headers first: nothing large is read
-            got = _header(archive, _PREFIX + name, path)[0]
+            got, dtype = _header(archive, _PREFIX + name, path)
             if got != shape:
                 raise ValueError(f"{path!r}: parameter {name!r} has shape {got}, "
                                  f"expected {shape}")
+            _check_member_size(archive.zip.getinfo(_PREFIX + name + ".npy"),
+                               math.prod(shape) * dtype.itemsize, name, path)
         model = _build(spec)
         for name, target in model.params.items():   # read straight into the model
             _read_into(archive, _PREFIX + name, target, name, path)

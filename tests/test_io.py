@@ -365,3 +365,88 @@ def test_pickle_keeps_training_buffers_consistent():
     np.testing.assert_array_equal(twin.flat_grads, model.flat_grads)
     for value in twin.grads.values():
         assert np.shares_memory(value, twin.flat_grads)
+
+
+def _npy_bytes(arr=None, header=None):
+    b = io.BytesIO()
+    if arr is not None:
+        np.lib.format.write_array(b, arr)
+    else:
+        np.lib.format.write_array_header_1_0(b, header)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_load_refuses_headers_without_their_data_before_building(compression, monkeypatch):
+    """A 2 KB file whose headers declare LSTM(1, 200000) and hold no data: a ValueError
+    before the model is built (it tried to allocate 596 GiB: MemoryError)."""
+    spec = dict(type="LSTM", input_size=1, hidden_size=200000, proj_size=None,
+                peepholes=False, cell_clip=None, proj_clip=None, forget_bias=1.0,
+                activation="tanh", recurrent_activation="sigmoid", dtype="float32")
+    meta = dict(format="fastlstm", format_version=1, fastlstm_version="0.1.0", model=spec)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as z:
+        z.writestr("meta_json.npy", _npy_bytes(np.array(json.dumps(meta))))
+        for name, shape in {"W": (1, 800000), "U": (200000, 800000), "b": (800000,)}.items():
+            z.writestr(f"param/{name}.npy", _npy_bytes(header={
+                "descr": "<f4", "fortran_order": False, "shape": shape}))
+    assert len(buf.getvalue()) < 4096
+    built = []
+    monkeypatch.setattr(fl.io, "_build", lambda *a: built.append(a))
+    buf.seek(0)
+    with pytest.raises(ValueError, match="parameter 'W' is truncated: its header declares"):
+        fl.load(buf)
+    assert not built
+
+
+def test_load_reads_highly_compressed_parameters():
+    """The size check allows what deflate can really do (all-zero weights)."""
+    model = fl.LSTM(200, 400, random_state=0)
+    model.W[...] = 0
+    model.U[...] = 0
+    buf = io.BytesIO()
+    fl.save(model, buf, compressed=True)
+    assert len(buf.getvalue()) < model.n_params * 4 / 100
+    buf.seek(0)
+    np.testing.assert_array_equal(fl.load(buf).flat_params, model.flat_params)
+
+
+def test_unpickle_state_written_with_plain_attributes(monkeypatch):
+    """Pickles whose state holds the sizes, options and parts under their public names
+    (as before they became checked properties) still load and run."""
+    stack = _randomize(_models()["stack"], 11)
+    new_getstate = fl.layers._Module.__getstate__
+
+    def old_getstate(self):
+        state = new_getstate(self)
+        for name in type(self)._FIXED:
+            state[name] = state.pop("_" + name)
+        if "layers" in state:
+            state["layers"] = list(state["layers"])
+        return state
+
+    monkeypatch.setattr(fl.layers._Module, "__getstate__", old_getstate)
+    data = pickle.dumps(stack)
+    monkeypatch.undo()
+    assert b"_hidden_size" not in data and b"hidden_size" in data
+    old = pickle.loads(data)
+    X = np.random.default_rng(12).normal(size=(2, 3, 5))
+    np.testing.assert_array_equal(old(X)[0], stack(X)[0])
+    assert isinstance(old.layers, tuple)
+    assert old.layers[1].proj_size == 2 and old.layers[0].backward_layer.proj_size == 2
+
+
+def test_load_of_a_file_that_is_not_an_archive_closes_it(tmp_path):
+    """np.load left its own handle open when the zip archive failed to open (a
+    ResourceWarning when collected); load opens the file itself."""
+    import gc
+    import warnings
+    path = tmp_path / "truncated.npz"
+    fl.save(fl.LSTM(3, 4), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="not a readable fastlstm model file"):
+            fl.load(path)
+        gc.collect()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)]
