@@ -29,6 +29,7 @@ its batch.  ``fastlstm.dask`` aligns chunk boundaries to these batches, which is
 Dask prediction is bit-identical to ``predict``.
 """
 
+import contextlib
 import math
 import numbers
 import time
@@ -169,7 +170,31 @@ def _validate_X(est, X, *, reset, lengths=None):
             f"{est.n_features_in_} features per time step as input (X is "
             "(n_samples, n_timesteps, n_features); 2-D X has 1 feature per step)")
     L = _nan_lengths(X) if lengths is None else _check_lengths(lengths, X)
+    if X.dtype != dtype and X.size:
+        # float64 input to a float32 network: a finite value of a valid step beyond
+        # float32's range would turn into infinity on the way in (a NaN model from a fit,
+        # NaN predictions); padded steps may hold anything
+        valid = X if L is None else X[np.arange(T)[None, :] < L[:, None]]
+        big = np.fmax.reduce(np.abs(valid), axis=None, initial=0.0)
+        if big > np.finfo(dtype).max:
+            raise ValueError(
+                f"Input X holds values up to {big:.3g}, beyond the range of "
+                f"dtype={dtype.name} (largest {np.finfo(dtype).max:.3g}): scale X, or use "
+                "dtype='float64'")
     return X, L
+
+
+@contextlib.contextmanager
+def _unchanged_on_error(est):
+    """Leave ``est``'s attributes as they were when the block raises (a failed refit
+    keeps the fitted model, as scikit-learn's estimators do)."""
+    saved = dict(est.__dict__)
+    try:
+        yield
+    except BaseException:
+        est.__dict__.clear()
+        est.__dict__.update(saved)
+        raise
 
 
 def _batch_input(X, idx, L, dtype):
@@ -431,18 +456,25 @@ class _BaseLSTM(BaseEstimator):
         self.readout_.flat_params[...] = snap[1]
 
     def _fit(self, X, y, lengths, incremental, classes=None):
+        # Everything up to the first epoch checks the call and sets the fit up; when any
+        # of it fails, the estimator is left as it was (a fitted model stays usable).
+        with _unchanged_on_error(self):
+            setup = self._fit_setup(X, y, lengths, incremental, classes)
+        return self._fit_epochs(*setup, incremental)
+
+    def _fit_setup(self, X, y, lengths, incremental, classes):
         self._check_params()
         fitted = hasattr(self, "model_")
         first = not fitted or (not incremental and not self.warm_start)
         X, L = _validate_X(self, X, reset=first, lengths=lengths)
         n = X.shape[0]
+        targets = self._encode_targets(y, n, first, classes)
         n_val = math.ceil(self.validation_fraction * n)   # train_test_split's rule
         if self.early_stopping and not incremental and n_val < 2:
             raise ValueError(
                 f"The validation set is too small: validation_fraction="
                 f"{self.validation_fraction} of {n} samples holds out {n_val}; increase "
                 "validation_fraction or the size of the dataset")
-        targets = self._encode_targets(y, n, first, classes)
         rng = check_random_state(self.random_state)
         if first:
             self._init_network(X.shape[2], self._n_readout(), rng)
@@ -471,16 +503,29 @@ class _BaseLSTM(BaseEstimator):
         idx = np.arange(n)
         if early:
             stratify = targets if self._stratify else None
-            idx, val = train_test_split(idx, random_state=rng, stratify=stratify,
-                                        test_size=self.validation_fraction)
+            try:
+                idx, val = train_test_split(idx, random_state=rng, stratify=stratify,
+                                            test_size=self.validation_fraction)
+            except ValueError as exc:
+                raise ValueError(
+                    f"early_stopping=True cannot hold out validation_fraction="
+                    f"{self.validation_fraction} of these {n} samples"
+                    + (" in proportion to every class" if stratify is not None else "")
+                    + f": {exc}") from exc
             X_val, L_val, t_val = X[val], (None if L is None else L[val]), targets[val]
             if self.best_validation_score_ is None:           # warm start from no early stopping
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
                 self._best_weights = None
+        else:
+            X_val = L_val = t_val = None
+        return X, L, targets, rng, idx, early, (X_val, L_val, t_val)
+
+    def _fit_epochs(self, X, L, targets, rng, idx, early, validation, incremental):
+        X_val, L_val, t_val = validation
         n_train = idx.shape[0]
         if self.batch_size != "auto" and not 1 <= self.batch_size <= n_train:
             warnings.warn(f"batch_size={self.batch_size} is larger than the {n_train} training "
-                          "samples: it is clipped", UserWarning, stacklevel=3)
+                          "samples: it is clipped", UserWarning, stacklevel=4)
         bs = min(32 if self.batch_size == "auto" else self.batch_size, n_train)
         dtype = self.model_.dtype
         epochs = 1 if incremental else self.max_iter
@@ -611,8 +656,15 @@ class _RegressionObjective:
         if first:
             self._y_ndim = y.ndim
             self.n_outputs_ = Y.shape[1]
-            self._y_mean = Y.mean(axis=0)
-            scale = Y.std(axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                self._y_mean = Y.mean(axis=0)
+                scale = Y.std(axis=0)
+            if not (np.isfinite(self._y_mean).all() and np.isfinite(scale).all()):
+                # targets near float64's limit: the sums overflow; scale them down first
+                top = np.abs(Y).max(axis=0)
+                top[top == 0] = 1.0
+                self._y_mean = (Y / top).mean(axis=0) * top
+                scale = (Y / top).std(axis=0) * top
             scale[scale < 1e-12 * np.maximum(1.0, np.abs(self._y_mean))] = 1.0
             self._y_scale = scale
         elif Y.shape[1] != self.n_outputs_:
@@ -931,6 +983,10 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
         return self._objective()._score_encoded(Z, t)
 
     def _fit_reservoir(self, X, lengths, incremental):
+        with _unchanged_on_error(self):
+            return self._fit_reservoir_checked(X, lengths, incremental)
+
+    def _fit_reservoir_checked(self, X, lengths, incremental):
         self._check_params()
         if (incremental or self.warm_start) and hasattr(self, "model_"):   # keep the weights
             X, _ = _validate_X(self, X, reset=False, lengths=lengths)

@@ -709,3 +709,55 @@ def test_estimators_exported_from_package():
     assert fastlstm.LSTMRegressor is LSTMRegressor
     assert fastlstm.LSTMClassifier is LSTMClassifier
     assert fastlstm.LSTMEncoder is LSTMEncoder
+
+
+def test_failed_refit_keeps_the_fitted_model():
+    """A refit refused by its checks (y's length, the early-stopping split) left the
+    estimator half-reset: the old model gone, predictions from an untrained network, or
+    n_features_in_ disagreeing with the network."""
+    X = _sequences(60, 6, 2, seed=3)
+    y = np.arange(60) % 3
+    clf = _fit_quiet(LSTMClassifier(hidden_sizes=(4,), max_iter=2, random_state=0), X, y)
+    before = (clf.predict_proba(X), clf.classes_.copy(), clf.n_iter_)
+    clf.set_params(early_stopping=True)
+    with pytest.raises(ValueError, match="early_stopping=True cannot hold out"):
+        clf.fit(X[:20], np.array(["a"] * 19 + ["b"]))
+    np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+    np.testing.assert_array_equal(clf.classes_, before[1])
+    assert clf.n_iter_ == before[2]
+    reg = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=2, random_state=0), X,
+                     y.astype(float))
+    want = reg.predict(X)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        reg.fit(_sequences(60, 6, 3), np.zeros(59))
+    assert reg.n_features_in_ == 2
+    np.testing.assert_array_equal(reg.predict(X), want)
+    enc = LSTMEncoder(hidden_sizes=(4,), random_state=0).fit(X)
+    with pytest.raises(ValueError, match="lengths must be in"):
+        enc.fit(_sequences(60, 6, 3), lengths=np.zeros(60, int))
+    assert enc.n_features_in_ == 2 and enc.transform(X).shape == (60, 4)
+
+
+def test_values_beyond_float32_are_refused_for_a_float32_network():
+    """float64 X with a finite 1e39 turned into inf in the float32 network: NaN losses,
+    NaN predictions afterwards."""
+    X = _sequences(30, 5, 2, seed=4)
+    y = X[:, :, 0].sum(axis=1)
+    X[3, 2, 1] = 1e39
+    with pytest.raises(ValueError, match="beyond the range of dtype=float32"):
+        LSTMRegressor(hidden_sizes=(3,), max_iter=1).fit(X, y)
+    reg = _fit_quiet(LSTMRegressor(hidden_sizes=(3,), max_iter=1, dtype="float64",
+                                   random_state=0), X, y)
+    assert np.isfinite(reg.loss_curve_).all()
+
+
+def test_regressor_targets_near_the_float64_limit():
+    """Targets of ~1e200: their standard deviation overflowed, every prediction was -inf.
+    Scaling targets is linear, so predictions are the ones for y / 1e200, times 1e200."""
+    X = _sequences(40, 5, 2, seed=5)
+    y = X[:, :, 0].sum(axis=1)
+    small = _fit_quiet(LSTMRegressor(hidden_sizes=(3,), max_iter=2, random_state=0), X, y)
+    huge = _fit_quiet(LSTMRegressor(hidden_sizes=(3,), max_iter=2, random_state=0), X,
+                      y * 1e200)
+    np.testing.assert_allclose(huge.predict(X) / 1e200, small.predict(X), rtol=1e-4,
+                               atol=1e-6)
