@@ -79,7 +79,14 @@ def clip_grad_norm(params, max_norm):
     """
     max_norm = _check_number(max_norm, "max_norm")
     pairs = _pairs(params)
-    total = float(np.sqrt(sum(float(np.dot(g, g)) for _, g in pairs)))
+    with np.errstate(over="ignore"):
+        total = float(np.sqrt(sum(float(np.dot(g, g)) for _, g in pairs)))
+    if not np.isfinite(total) and all(np.isfinite(g).all() for _, g in pairs):
+        # finite gradients whose sum of squares overflowed (float32 from a norm of ~1.8e19
+        # on): the same sum on gradients scaled down by their largest magnitude
+        top = max(float(np.abs(g).max(initial=0.0)) for _, g in pairs)
+        total = top * float(np.sqrt(sum(float(np.dot(h, h)) for h in
+                                        (g.astype(np.float64) / top for _, g in pairs))))
     if np.isfinite(total):
         scale = max_norm / (total + 1e-6)
         if scale < 1.0:

@@ -220,6 +220,25 @@ def test_clip_grad_norm(rng):
         np.testing.assert_array_equal(g, b)
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e19), (np.float32, 1e37),
+                                          (np.float64, 1e160)])
+def test_clip_grad_norm_of_huge_finite_gradients(dtype, scale):
+    """Finite gradients whose sum of squares overflows the dtype (float32 from a norm of
+    ~1.8e19): they are clipped (they were left unchanged, the norm reported as inf)."""
+    gs = [np.array([3.0, 0.0], dtype) * dtype(scale), np.array([4.0], dtype) * dtype(scale)]
+    want = 5.0 * float(np.float64(dtype(scale)))
+    pairs = [(np.zeros_like(g), g.copy()) for g in gs]
+    got = optim.clip_grad_norm(pairs, 1.0)
+    assert got == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(pairs[0][1], [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(pairs[1][1], [0.8], rtol=1e-6)
+    # a gradient that is not finite still leaves them unchanged
+    pairs[1][1][0] = np.inf
+    assert optim.clip_grad_norm(pairs, 1.0) == np.inf
+    np.testing.assert_allclose(pairs[0][1], [0.6, 0.0], rtol=1e-6)
+
+
 def test_clip_grad_norm_matches_torch(rng):
     torch = pytest.importorskip("torch")
     gs = [rng.normal(size=9), rng.normal(size=4)]
