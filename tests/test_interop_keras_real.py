@@ -159,3 +159,21 @@ def test_keras_version_of_a_subclass_defined_elsewhere(tmp_path, monkeypatch):
     model = fl.from_keras(layer)
     assert model.recurrent_activation == "hard_sigmoid"        # Keras 3's x/6 + 0.5
     np.testing.assert_allclose(model(X)[0], _np(layer(X)), **TOL[np.float32])
+
+
+def test_stateful_layer_warns_and_its_states_continue_the_sequence():
+    """A stateful layer's carried states are not weights: from_keras says so, and passing
+    them as initial_state gives Keras' next call (it was converted silently, and the second
+    call differed by 0.28)."""
+    rng = np.random.default_rng(8)
+    layer = keras.layers.LSTM(H, return_sequences=True, stateful=True)
+    layer.build((N, T, I))
+    _random_weights(layer, rng, np.float32)
+    X1, X2 = (rng.normal(size=(N, T, I)).astype(np.float32) for _ in range(2))
+    layer(X1)
+    h, c = (_np(v) for v in layer.states)
+    want = _np(layer(X2))
+    with pytest.warns(UserWarning, match="is stateful: the states it carries"):
+        model = fl.from_keras(layer)
+    got, _ = model(X2, initial_state=fl.LSTMState(c, h))
+    np.testing.assert_allclose(got, want, **TOL[np.float32])

@@ -376,9 +376,18 @@ def test_from_onnx_stored_initial_state():
                         inputs=["X", "W", "R", "", "", "h0"])
     np.testing.assert_allclose(fl.from_onnx(zero)(X, time_major=True)[0],
                                run_ort(zero, {"X": X})["Y"][:, 0], **TOL32)
-    half = _single_node({}, rng, extra_inits={"h0": h0}, inputs=["X", "W", "R", "", "", "h0"])
-    with pytest.raises(ValueError, match="only one of initial_h / initial_c"):
-        fl.from_onnx(half)
+    # one part stored, the other omitted: that one is zeros (ONNX; it was refused)
+    for name, value in (("h0", h0), ("c0", c0)):
+        inputs = ["X", "W", "R", "", "", "h0"] if name == "h0" else \
+            ["X", "W", "R", "", "", "", "c0"]
+        half = _single_node({}, rng, extra_inits={name: value}, inputs=inputs)
+        model, s0 = fl.from_onnx(half, return_initial_state=True)
+        assert not (s0.c if name == "h0" else s0.h).any()
+        Y, s = model(X, initial_state=s0, time_major=True)
+        got = run_ort(half, {"X": X})
+        np.testing.assert_allclose(got["Y"][:, 0], Y, **TOL32)
+        np.testing.assert_allclose(got["Y_h"][0], s.h, **TOL32)
+        np.testing.assert_allclose(got["Y_c"][0], s.c, **TOL32)
 
 
 def test_from_onnx_refuses_non_stack_graphs():

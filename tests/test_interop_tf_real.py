@@ -326,3 +326,20 @@ def test_partitioned_cell_variables_as_the_graph_lists_them():
     del values["rnn/lstm_cell/kernel/part_1:0"]
     with pytest.raises(ValueError, match=r"kernel' has parts \[0, 2\]"):
         fl.from_tf1_checkpoint(values)
+
+
+def test_keras2_time_major_layer_warns_and_matches_with_time_major_calls():
+    """tf_keras' LSTM(time_major=True) takes (T, N, I): from_keras warns (it converted
+    silently, and a batch-major call of the result differed by 0.16)."""
+    import tf_keras
+    rng = np.random.default_rng(9)
+    N, T, I, H = 3, 5, 2, 4
+    layer = tf_keras.layers.LSTM(H, time_major=True, return_sequences=True)
+    layer.build((T, N, I))
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    X = rng.normal(size=(T, N, I)).astype(np.float32)
+    want = layer(X).numpy()
+    with pytest.warns(UserWarning, match="time_major=True"):
+        model = fl.from_keras(layer)
+    np.testing.assert_allclose(model(X, time_major=True)[0], want, **TOL[np.float32])

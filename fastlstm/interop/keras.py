@@ -13,9 +13,14 @@ What needs care:
 - With a mask, Keras repeats the previous output on padded steps where fastlstm writes 0
   (states agree): ``keras_masked_outputs`` converts fastlstm's outputs to Keras' rule.
 - ``go_backwards`` returns outputs in reversed time order; it is refused.
+- Call options are not weights: a Keras 2 ``time_major=True`` layer takes (T, N, I) inputs
+  (call the fastlstm layer with ``time_major=True``), a ``stateful=True`` layer carries its
+  states from call to call (fastlstm models keep none: pass them as ``initial_state``).
+  ``from_keras`` warns about both.
 """
 
 import importlib
+import warnings
 
 import numpy as np
 
@@ -148,8 +153,17 @@ def _single(layer, keras_version, dtype, allow_backwards=False):
     if kind.startswith("CuDNN"):
         act, rec = "tanh", "sigmoid"
     version = keras_version if keras_version is not None else _keras_major(layer)
-    return _from_weights(weights, act, rec, version, dtype,
-                         f"Keras layer {getattr(layer, 'name', kind)!r}")
+    name = f"Keras layer {getattr(layer, 'name', kind)!r}"
+    if getattr(layer, "time_major", False) is True:
+        warnings.warn(f"{name} is time-major (time_major=True, inputs (T, N, I)): call the "
+                      "fastlstm layer with time_major=True for the same outputs",
+                      UserWarning, stacklevel=4)
+    if getattr(layer, "stateful", False) is True:
+        warnings.warn(f"{name} is stateful: the states it carries between calls are not "
+                      "weights and are not imported; pass them to the fastlstm layer as "
+                      "initial_state (Keras' [h, c] as LSTMState(c, h))",
+                      UserWarning, stacklevel=4)
+    return _from_weights(weights, act, rec, version, dtype, name)
 
 
 def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", keras_version=None,

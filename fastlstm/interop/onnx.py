@@ -803,13 +803,21 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
     if direction == "reverse":
         made[0].reverse = True
     state = None
-    # one part stored as zeros and the other omitted (zeros too in ONNX): no state
+    # one part stored as zeros and the other omitted (zeros too in ONNX): no state; one
+    # part stored and the other omitted: that one is zeros
     if (h0 is None and isinstance(c0, np.ndarray) and not np.any(c0)) or \
             (c0 is None and isinstance(h0, np.ndarray) and not np.any(h0)):
         h0 = c0 = None
+    if h0 is None and isinstance(c0, np.ndarray):
+        h0 = np.zeros_like(c0)
+    if c0 is None and isinstance(h0, np.ndarray):
+        c0 = np.zeros_like(h0)
     if isinstance(h0, np.ndarray) or isinstance(c0, np.ndarray):
         if not (isinstance(h0, np.ndarray) and isinstance(c0, np.ndarray)):
-            raise ValueError(f"{where}: only one of initial_h / initial_c is stored in the model")
+            raise ValueError(f"{where}: one of initial_h / initial_c is stored in the model "
+                             "and the other is a graph input; fastlstm takes the initial "
+                             "state whole, either stored (return_initial_state=True) or "
+                             "passed per call")
         if layout == 1:  # [N, D, H] -> [D, N, H]
             h0, c0 = np.swapaxes(h0, 0, 1), np.swapaxes(c0, 0, 1)
         if h0.ndim != 3 or h0.shape[0] != D or h0.shape[2] != H or c0.shape != h0.shape:
