@@ -266,3 +266,12 @@ def test_dask_ml_parallel_post_fit_recipe(data, fitted):
     np.testing.assert_array_equal(got, fitted["classifier"].predict(X))
     proba = wrapped.predict_proba(dX).compute(scheduler="threads")
     np.testing.assert_array_equal(proba, fitted["classifier"].predict_proba(X))
+
+
+def test_numpy_input_without_time_steps():
+    """A NumPy X with T = 0 (valid for the model): dask's automatic chunking divided by
+    the size of a sample (ZeroDivisionError from 512 samples on)."""
+    model = fastlstm.LSTM(3, 4, random_state=0)
+    X = np.zeros((700, 0, 3), np.float32)
+    got = predict_dask(model, X).compute()
+    assert got.shape == (700, 0, 4) and got.shape == model(X)[0].shape

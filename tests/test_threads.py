@@ -4,6 +4,7 @@ Calls from several Python threads at once must give exactly the serial results, 
 the models' ``n_threads`` and whether the batch is split into row blocks (OpenMP) or not.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -226,7 +227,7 @@ def test_n_threads_values_give_identical_results(dtype, N):
 def test_threadpoolctl_openmp_limit_is_honoured():
     from threadpoolctl import threadpool_limits
 
-    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+    if not fl.show_config(file=io.StringIO())["openmp"]:
         pytest.skip("serial build: OpenMP limits do not apply")
     layer = fl.LSTM(16, 32, random_state=0, n_threads=None)
     X = np.random.default_rng(0).normal(size=(64, 5, 16))
@@ -242,14 +243,14 @@ def test_threadpoolctl_openmp_limit_is_honoured():
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys
+    import io, json, os, sys
     import numpy as np
     import fastlstm as fl
     from fastlstm import _threads
     out = {"get_n_threads": fl.get_n_threads(),
            "resolve_2": _threads.resolve_n_threads(2),
            "resolve_-1": _threads.resolve_n_threads(-1),
-           "config": fl.show_config(file=open(os.devnull, "w"))["n_threads"]}
+           "config": fl.show_config(file=io.StringIO())["n_threads"]}
     layer = fl.LSTM(16, 32, random_state=0, n_threads=None)
     X = np.random.default_rng(0).normal(size=(64, 5, 16))
     Y, s = layer(X)
@@ -261,7 +262,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.parametrize("omp_num_threads", ["1", "2"])
 def test_omp_num_threads_env_is_honoured(omp_num_threads, tmp_path):
-    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+    if not fl.show_config(file=io.StringIO())["openmp"]:
         pytest.skip("serial build: OMP_NUM_THREADS does not apply")
     env = dict(os.environ, OMP_NUM_THREADS=omp_num_threads)
     env.pop("FASTLSTM_N_THREADS", None)
@@ -336,7 +337,7 @@ def test_omp_proc_bind_keeps_every_core(tmp_path):
     """With OMP_PROC_BIND (GNU OpenMP binds the initial thread to one place when it
     loads, narrowing that thread's affinity), the kernels still use every core and give
     the same bits (they ran on one thread, with another row-block split)."""
-    if not fl.show_config(file=open(os.devnull, "w"))["openmp"]:
+    if not fl.show_config(file=io.StringIO())["openmp"]:
         pytest.skip("serial build")
     runs = []
     for extra in ({}, dict(OMP_PROC_BIND="close", OMP_PLACES="cores")):
