@@ -174,10 +174,14 @@ def _checked(name, check):
 
 
 def _numeric_array(value, name):
-    """``np.asarray`` that refuses what cannot be an LSTM input (complex, object, text)."""
+    """``np.asarray`` that refuses what cannot be an LSTM input (complex, object, text,
+    masked arrays with masked entries: their mask would be dropped)."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise TypeError(f"{name} is a masked array with masked entries, and a mask is not "
+                        "read: fill them (np.ma.filled) and pass lengths= for padded steps")
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:   # RuntimeError: torch's tensors
         raise TypeError(f"{name} must be a numeric array: {exc}") from exc
     if arr.dtype.kind not in "biuf":
         raise TypeError(

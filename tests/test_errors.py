@@ -309,3 +309,17 @@ def test_empty_lengths_list_for_an_empty_batch():
     assert Y.shape == (0, 5, 4) and state.c.shape == (0, 4)
     with pytest.raises(ValueError, match="lengths must be integers"):
         layer(np.zeros((1, 5, 3)), lengths=[1.0])
+
+
+def test_masked_arrays_and_tensors_that_need_grad():
+    """A masked array's mask was dropped silently; a torch tensor that requires grad
+    raised torch's RuntimeError."""
+    layer = fl.LSTM(3, 4, random_state=0)
+    X = np.ma.masked_array(np.ones((2, 5, 3)), mask=np.zeros((2, 5, 3), bool))
+    np.testing.assert_array_equal(layer(X)[0], layer(np.ones((2, 5, 3)))[0])  # no entry masked
+    X.mask[1, 3:] = True
+    with pytest.raises(TypeError, match="X is a masked array with masked entries"):
+        layer(X)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="X must be a numeric array"):
+        layer(torch.ones((2, 5, 3), requires_grad=True))
