@@ -394,11 +394,11 @@ class _Module:
         return state
 
     # attributes kept as "_<name>" behind a property (pickles made before keep "<name>")
-    _FIXED = ()
+    _PROPERTIES = ()
 
     def __setstate__(self, state):
         state = dict(state)
-        for name in self._FIXED:
+        for name in self._PROPERTIES:
             if name in state:
                 state["_" + name] = state.pop(name)
         if isinstance(state.get("_layers"), list):
@@ -516,7 +516,7 @@ class LSTM(_Module):
     proj_size = _fixed("proj_size", _WHY)
     use_peepholes = _fixed("use_peepholes", _WHY)
     del _WHY
-    _FIXED = ("input_size", "hidden_size", "proj_size", "use_peepholes", "cell_clip",
+    _PROPERTIES = ("input_size", "hidden_size", "proj_size", "use_peepholes", "cell_clip",
               "proj_clip", "forget_bias", "activation", "recurrent_activation")
     cell_clip = _checked("cell_clip", lambda self, v: _check_clip(v, "cell_clip"))
     proj_clip = _checked("proj_clip", lambda self, v: _check_clip(v, "proj_clip"))
@@ -852,7 +852,7 @@ class Bidirectional(_Module):
     forward_layer = _fixed("forward_layer", _WHY)
     backward_layer = _fixed("backward_layer", _WHY)
     del _WHY
-    _FIXED = ("forward_layer", "backward_layer")
+    _PROPERTIES = ("forward_layer", "backward_layer")
 
     def _param_shapes(self):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
@@ -986,7 +986,7 @@ class MultiLSTM(_Module):
         self._adopt()
 
     layers = _fixed("layers", "its parameter buffer holds theirs")
-    _FIXED = ("layers",)
+    _PROPERTIES = ("layers",)
 
     def _param_shapes(self):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)

@@ -419,7 +419,7 @@ def test_unpickle_state_written_with_plain_attributes(monkeypatch):
 
     def old_getstate(self):
         state = new_getstate(self)
-        for name in type(self)._FIXED:
+        for name in type(self)._PROPERTIES:
             state[name] = state.pop("_" + name)
         if "layers" in state:
             state["layers"] = list(state["layers"])
