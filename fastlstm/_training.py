@@ -131,6 +131,8 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
     h0 = h.copy()
     Y = layer._run(X, N, T, time_major, c, h, L, reverse, cache=part)
     part["X"] = X2m
+    part["options"] = _options(layer)
+    part["params"] = layer._flat.copy()
     part["hprev"] = (_hprev(Y, h0, L, time_major, reverse,
                             _buffer(layer, "hprev", (R, Ho), dt).reshape(Y.shape))
                      if R else np.empty((0, Ho), dt))
@@ -212,6 +214,42 @@ def _bidir_backward(model, dY2, parts, N, T, time_major, L, dstates, dX2):
                        accumulate=j == 1)
 
 
+def _options(layer):
+    return {"activation": layer.activation,
+            "recurrent_activation": layer.recurrent_activation,
+            "cell_clip": layer.cell_clip, "proj_clip": layer.proj_clip}
+
+
+def _layer_parts(model, parts):
+    """(layer, part) for every LSTM of ``model`` and its part of a cache."""
+    if isinstance(model, _layers.LSTM):
+        yield model, parts
+    elif isinstance(model, _layers.Bidirectional):
+        yield from zip((model.forward_layer, model.backward_layer), parts)
+    else:
+        for layer, part in zip(model.layers, parts):
+            yield from _layer_parts(layer, part)
+
+
+def _check_unchanged(model, cache):
+    """The cache describes the model as it was at forward(): refuse it when an option or a
+    parameter has changed since (the gradient would be of neither model; a projection
+    clip switched on would read a buffer the forward did not write)."""
+    for k, (layer, part) in enumerate(_layer_parts(model, cache.parts)):
+        where = "the layer" if isinstance(model, _layers.LSTM) else f"LSTM {k} of the model"
+        for name, value in _options(layer).items():
+            if value != part["options"][name]:
+                raise ValueError(
+                    f"{name} of {where} changed from {part['options'][name]!r} to {value!r} "
+                    "after the forward() that made this cache; run forward() again")
+        unsigned = np.uint32 if layer.dtype == np.float32 else np.uint64
+        if not np.array_equal(layer._flat.view(unsigned), part["params"].view(unsigned)):
+            raise ValueError(
+                f"the parameters of {where} changed after the forward() that made this "
+                "cache (an optimiser step, set_weights, ...): its gradients would be those "
+                "of neither model; run forward() again")
+
+
 def _check_cache(model, cache):
     if not isinstance(cache, TrainingCache):
         raise TypeError(f"cache must be the TrainingCache returned by this model's forward(), "
@@ -222,6 +260,7 @@ def _check_cache(model, cache):
     if cache.used:
         raise ValueError("cache was already used by a backward pass (backward overwrites "
                          "it); run forward() again")
+    _check_unchanged(model, cache)
 
 
 def _check_dY(dY, cache, dtype):

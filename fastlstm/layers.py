@@ -260,7 +260,7 @@ def _as_lengths(lengths, N, T, name="lengths"):
         raise ValueError(
             f"{name} must be in [0, T={T}], got values from {L.min()} to {L.max()}"
         )
-    L = np.ascontiguousarray(L, dtype=np.int64)
+    L = np.array(L, dtype=np.int64, order="C")     # a copy: a training cache keeps it
     if N and L.min() == T:
         return None
     return L

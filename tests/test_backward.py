@@ -457,6 +457,55 @@ def test_cache_errors(rng):
         layer.backward(Y, cache)
 
 
+@pytest.mark.parametrize("change", ["proj_clip", "cell_clip", "activation",
+                                    "recurrent_activation", "params", "inner_params"])
+def test_cache_refused_after_the_model_changed(change, rng):
+    """Options or parameters changed between forward and backward: the gradient would be
+    of neither model (0.07-0.74 off), and a projection clip switched on made the kernel
+    read a buffer the forward had not written (SIGSEGV)."""
+    stack = fl.MultiLSTM([fl.LSTM(3, 4, proj_size=2, random_state=0),
+                          fl.Bidirectional(fl.LSTM(2, 3, random_state=1),
+                                           fl.LSTM(2, 3, random_state=2))])
+    layer = stack.layers[0]
+    X = rng.normal(size=(2, 5, 3))
+    Y, _, cache = stack.forward(X)
+    before = stack.flat_grads.copy()
+    if change == "params":
+        layer.U *= 2
+    elif change == "inner_params":
+        stack.layers[1].backward_layer.b[0] += 1e-6
+    else:
+        setattr(layer, change, {"proj_clip": 0.5, "cell_clip": 0.05, "activation": "relu",
+                                "recurrent_activation": "hard_sigmoid"}[change])
+    match = "parameters of LSTM 2 of the model" if change == "inner_params" else \
+        "parameters of LSTM 0 of the model" if change == "params" else \
+        f"{change} of LSTM 0 of the model changed"
+    with pytest.raises(ValueError, match=match):
+        stack.backward(np.ones_like(Y), cache)
+    np.testing.assert_array_equal(stack.flat_grads, before)
+    single = fl.LSTM(3, 4, random_state=0)
+    Y, _, cache = single.forward(X)
+    kept = single.flat_params[0]
+    single.flat_params[0] += 1.0
+    with pytest.raises(ValueError, match="parameters of the layer changed"):
+        single.backward(np.ones_like(Y), cache)
+    single.flat_params[0] = kept                 # back as it was: the cache serves again
+    single.backward(np.ones_like(Y), cache)
+
+
+def test_cache_keeps_its_own_lengths(rng):
+    """The cache held the caller's int64 lengths: changing them before backward gave
+    wrong gradients, or a crash for values beyond T."""
+    layer = fl.LSTM(3, 4, random_state=0)
+    X = rng.normal(size=(3, 5, 3))
+    L = np.array([5, 2, 0], np.int64)
+    Y, _, cache = layer.forward(X, lengths=L)
+    want = layer.backward(np.ones_like(Y), layer.forward(X, lengths=L.copy())[2])[0]
+    L[:] = 100000
+    got = layer.backward(np.ones_like(Y), cache)[0]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_multilstm_dstate_errors(rng):
     model = stack(rng, np.float32)
     Y, _, cache = model.forward(rng.normal(size=(2, 3, 3)))
