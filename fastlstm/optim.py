@@ -53,6 +53,11 @@ def _pairs(params, models=None):
         if p.shape != g.shape or p.dtype != g.dtype:
             raise ValueError(f"params[{k}]: params {p.shape} {p.dtype} and grads {g.shape} "
                              f"{g.dtype} must have the same shape and dtype")
+        for j, (p0, g0) in enumerate(out):
+            if np.may_share_memory(p, p0) or np.may_share_memory(g, g0):
+                raise ValueError(f"params[{k}] and params[{j}] share parameters (the same "
+                                 "model twice, or a layer and a model holding it): they "
+                                 "would be updated twice per step")
         out.append((p, g))
         if models is not None:
             models.append(item if hasattr(item, "flat_params") else None)
@@ -95,14 +100,37 @@ def clip_grad_norm(params, max_norm):
     return total
 
 
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _check_betas(betas):
+    betas = unwrap(betas)
+    if isinstance(betas, np.ndarray):
+        betas = betas.tolist()
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
+    return (_check_number(betas[0], "betas[0]", high=1.0),
+            _check_number(betas[1], "betas[1]", high=1.0))
+
+
 class _Optimizer:
     _hyper = ()
+    # hyper-parameter checks, run whenever one is set (a learning-rate schedule assigns
+    # lr between steps), as in the constructor
+    _checks = {"lr": lambda v: _check_number(v, "lr")}
 
     def __init__(self, params, lr):
         self._models = []
         self._pairs = _pairs(params, self._models)
-        self.lr = _check_number(lr, "lr")
+        self.lr = lr
         self.n_steps = 0
+
+    def __setattr__(self, name, value):
+        check = type(self)._checks.get(name)
+        object.__setattr__(self, name, value if check is None else check(value))
 
     def _live(self):
         """The (param, grad) pairs, following a model whose buffers have moved since the
@@ -144,7 +172,23 @@ class _Optimizer:
         if not isinstance(state, dict) or state.get("optimizer") != type(self).__name__:
             got = state.get("optimizer") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a {type(self).__name__} state_dict, got {got!r}")
+        for key, kind in (("hyper", dict), ("n_steps", numbers.Integral), ("state", dict)):
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise ValueError(f"state[{key!r}] is missing or not a {kind.__name__}")
+        if state["n_steps"] < 0:
+            raise ValueError(f"state['n_steps'] must be >= 0, got {state['n_steps']}")
+        unknown = set(state["hyper"]) - set(("lr",) + self._hyper)
+        if unknown:
+            raise ValueError(f"state['hyper'] holds {sorted(unknown)}, which "
+                             f"{type(self).__name__} does not have")
         for name, saved in state["state"].items():
+            if not isinstance(saved, (list, tuple)) or not all(
+                    isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in saved):
+                raise TypeError(f"state[{name!r}] must be a list of real arrays, one per "
+                                "buffer")
+            if name == "exp_avg_sq" and not all(np.all(a >= 0) for a in saved):
+                raise ValueError("state['exp_avg_sq'] must hold non-negative values "
+                                 "(squared-gradient averages)")
             # a slot is empty when the saved hyper-parameters do not use it (SGD without
             # momentum has no momentum buffers), else it holds one array per buffer
             if len(saved) not in (0, len(self._pairs)):
@@ -158,6 +202,7 @@ class _Optimizer:
         new = copy.copy(self)
         for name, value in state["hyper"].items():
             setattr(new, name, tuple(value) if isinstance(value, list) else value)
+        new._check_hyper()
         new.n_steps = int(state["n_steps"])
         new._alloc()
         slots = new._slots()
@@ -170,6 +215,9 @@ class _Optimizer:
             for dst, src in zip(arrays, state["state"][name]):
                 dst[...] = src
         self.__dict__.update(new.__dict__)
+
+    def _check_hyper(self):
+        """Checks between hyper-parameters (each is checked alone when set)."""
 
     def __repr__(self):
         hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("lr",) + self._hyper)
@@ -185,17 +233,22 @@ class SGD(_Optimizer):
     """
 
     _hyper = ("momentum", "nesterov", "weight_decay")
+    _checks = dict(_Optimizer._checks,
+                   momentum=lambda v: _check_number(v, "momentum", high=1.0),
+                   nesterov=lambda v: _check_bool(v, "nesterov"),
+                   weight_decay=lambda v: _check_number(v, "weight_decay"))
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
-        self.momentum = _check_number(momentum, "momentum", high=1.0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
-        if nesterov and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self._check_hyper()
         self._alloc()
+
+    def _check_hyper(self):
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
 
     def _alloc(self):
         """Zeroed state and scratch buffers for the current hyper-parameters."""
@@ -203,11 +256,24 @@ class SGD(_Optimizer):
         self._decayed = [np.empty_like(p) for p, _ in self._pairs] if self.weight_decay else []
         self._look = [np.empty_like(p) for p, _ in self._pairs] if self.nesterov else []
 
+    def _grow(self):
+        """Buffers for hyper-parameters set after construction (a momentum buffer starts
+        at zero, as torch's does on its first step)."""
+        n = len(self._pairs)
+        if self.momentum and len(self._buf) != n:
+            self._buf = [np.zeros_like(p) for p, _ in self._pairs]
+        if self.weight_decay and len(self._decayed) != n:
+            self._decayed = [np.empty_like(p) for p, _ in self._pairs]
+        if self.nesterov and len(self._look) != n:
+            self._look = [np.empty_like(p) for p, _ in self._pairs]
+
     def _slots(self):
         return {"momentum_buffer": self._buf}
 
     def step(self):
         """One update of every parameter from its current gradient."""
+        self._check_hyper()
+        self._grow()
         for k, (p, g) in enumerate(self._live()):
             dt = p.dtype.type
             d = g
@@ -240,19 +306,18 @@ class Adam(_Optimizer):
     """
 
     _hyper = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
+    _checks = dict(_Optimizer._checks, betas=_check_betas,
+                   eps=lambda v: _check_number(v, "eps"),
+                   weight_decay=lambda v: _check_number(v, "weight_decay"),
+                   decoupled_weight_decay=lambda v: _check_bool(v, "decoupled_weight_decay"))
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False):
         super().__init__(params, lr)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair of floats in [0, 1), got {betas!r}")
-        self.betas = (_check_number(betas[0], "betas[0]", high=1.0),
-                      _check_number(betas[1], "betas[1]", high=1.0))
-        self.eps = _check_number(eps, "eps")
-        self.weight_decay = _check_number(weight_decay, "weight_decay")
-        if not isinstance(decoupled_weight_decay, (bool, np.bool_)):
-            raise TypeError("decoupled_weight_decay must be a bool")
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.decoupled_weight_decay = decoupled_weight_decay
         self._alloc()
 
     def _alloc(self):
@@ -267,6 +332,8 @@ class Adam(_Optimizer):
 
     def step(self):
         """One update of every parameter from its current gradient."""
+        if self.weight_decay and len(self._tmp2) != len(self._pairs):   # set after building
+            self._tmp2 = [np.empty_like(p) for p, _ in self._pairs]
         self.n_steps += 1
         b1, b2 = self.betas
         t = self.n_steps

@@ -273,3 +273,74 @@ def test_argument_errors():
         optim.Adam([(p, g)], betas=(0.9, 1.0))
     with pytest.raises(TypeError, match="max_norm"):
         optim.clip_grad_norm([(p, g)], float("nan"))
+
+
+def test_shared_parameters_are_refused():
+    """A model listed twice, or a layer beside the model holding it, was updated twice per
+    step (and counted twice by clip_grad_norm)."""
+    stack = fl.MultiLSTM([fl.LSTM(3, 4), fl.LSTM(4, 2)])
+    p, g = np.zeros(3), np.zeros(3)
+    for params in ([stack, stack.layers[0]], [stack, stack], [(p, g), (p, g)]):
+        for make in (optim.SGD, optim.Adam):
+            with pytest.raises(ValueError, match="share parameters"):
+                make(params)
+        with pytest.raises(ValueError, match="share parameters"):
+            optim.clip_grad_norm(params, 1.0)
+    optim.SGD([stack.layers[0], stack.layers[1]])      # disjoint parts of one buffer: fine
+
+
+def _adam_state():
+    return optim.Adam([(np.zeros(3), np.ones(3))]).state_dict()
+
+
+@pytest.mark.parametrize("edit, exc, match", [
+    (lambda sd: sd["hyper"].update(lr=-5.0), ValueError, "lr must be in"),
+    (lambda sd: sd["hyper"].update(betas=(2.0, -1.0)), ValueError, r"betas\[0\] must be in"),
+    (lambda sd: sd["hyper"].update(eps=-1.0), ValueError, "eps must be in"),
+    (lambda sd: sd["hyper"].update(weight_decay=float("nan")), TypeError, "weight_decay"),
+    (lambda sd: sd["hyper"].update(momentum=0.9), ValueError, "does not have"),
+    (lambda sd: sd.update(n_steps=-1), ValueError, "n_steps"),
+    (lambda sd: sd.pop("state"), ValueError, r"state\['state'\] is missing"),
+    (lambda sd: sd["state"].update(exp_avg=None), TypeError, "list of real arrays"),
+    (lambda sd: sd["state"].update(exp_avg_sq=[-np.ones(3)]), ValueError, "non-negative"),
+])
+def test_load_state_dict_checks_what_it_loads(edit, exc, match):
+    """A state_dict gets the constructor's checks (values the constructor refuses were
+    loaded; a negative step count or second moment made later steps fail or NaN)."""
+    sd = _adam_state()
+    edit(sd)
+    opt = optim.Adam([(np.zeros(3), np.ones(3))], lr=0.5)
+    before = opt.state_dict()
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    assert opt.lr == 0.5 and opt.n_steps == before["n_steps"]
+
+
+def test_hyper_parameters_set_after_construction(rng):
+    """Assigning hyper-parameters (a learning-rate schedule) gets the checks, and options
+    switched on later work (weight_decay or momentum set later raised IndexError)."""
+    p0, g = rng.normal(size=5), rng.normal(size=5)
+    opt = optim.SGD([(p0.copy(), g)], lr=0.1)
+    for name, value, exc in (("lr", float("nan"), TypeError), ("lr", -1.0, ValueError),
+                             ("momentum", 1.5, ValueError), ("nesterov", 1, TypeError)):
+        with pytest.raises(exc, match=name):
+            setattr(opt, name, value)
+    assert opt.lr == 0.1
+    opt.momentum, opt.weight_decay = 0.9, 0.01
+    ours = optim.SGD([(p0.copy(), g)], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(3):
+        opt.step()
+        ours.step()
+    np.testing.assert_array_equal(opt._pairs[0][0], ours._pairs[0][0])
+    opt.nesterov = True
+    opt.momentum = 0.0
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        opt.step()
+    adam = optim.Adam([(p0.copy(), g)], lr=0.1)
+    adam.weight_decay = 0.1
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in"):
+        adam.betas = (0.9, 1.0)
+    adam.step()
+    want = optim.Adam([(p0.copy(), g)], lr=0.1, weight_decay=0.1)
+    want.step()
+    np.testing.assert_array_equal(adam._pairs[0][0], want._pairs[0][0])
