@@ -29,12 +29,16 @@ class Dense(_layers._Module):
     """
 
     def __init__(self, in_features, out_features, *, dtype=np.float32, random_state=None):
-        self.in_features = _layers._check_size(in_features, "in_features")
-        self.out_features = _layers._check_size(out_features, "out_features")
+        self._in_features = _layers._check_size(in_features, "in_features")
+        self._out_features = _layers._check_size(out_features, "out_features")
         self._dtype = _layers._check_dtype(dtype)
         self._params = self._bind(np.empty(self.n_params, self._dtype))
         self._gflat = np.zeros(self.n_params, self._dtype)
         self.reset_parameters(random_state)
+
+    in_features = _layers._fixed("in_features", "the parameter arrays have its shape")
+    out_features = _layers._fixed("out_features", "the parameter arrays have its shape")
+    _PROPERTIES = ("in_features", "out_features")
 
     def _param_shapes(self):
         return [("W", (self.in_features, self.out_features)), ("b", (self.out_features,))]
@@ -90,13 +94,23 @@ class Dense(_layers._Module):
         return H @ self._params["W"] + self._params["b"]
 
     def forward(self, H):
-        """Training forward: returns ``out`` and a cache for ``backward``."""
+        """Training forward: returns ``out`` and a cache for ``backward``.
+
+        The cache is ``H`` itself when it is already a C-contiguous array of the layer's
+        dtype (no copy, as an LSTM's cache keeps its ``X``): do not modify it before
+        ``backward``."""
         H = self._as_features(H, "H")
         return H @ self._params["W"] + self._params["b"], H
 
     def backward(self, dout, cache):
         """dout (..., out_features) -> dH (..., in_features); overwrites ``grads``."""
         H = cache
+        if not (isinstance(H, np.ndarray) and H.dtype == self._dtype and H.ndim >= 1
+                and H.shape[-1] == self.in_features and H.flags.c_contiguous):
+            raise TypeError("cache must be the cache returned by this Dense's forward() (its "
+                            f"input, (..., {self.in_features}) {self._dtype.name}), got "
+                            + (f"{H.dtype} {H.shape}" if isinstance(H, np.ndarray)
+                               else type(H).__name__))
         dout = _layers._numeric_array(dout, "dout")
         if dout.shape != H.shape[:-1] + (self.out_features,):
             raise ValueError(f"dout must have shape {H.shape[:-1] + (self.out_features,)}, "
@@ -126,6 +140,9 @@ def _lengths(lengths, N, T):
 
 def sequence_mask(lengths, T, time_major=False):
     """Boolean mask of valid steps, (N, T) (or (T, N) with ``time_major``)."""
+    T = _layers._scalar(T)
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
+        raise ValueError(f"T must be a non-negative int (the number of steps), got {T!r}")
     L = np.asarray(lengths)
     if L.ndim != 1:
         raise ValueError(f"lengths must be 1-D (one per batch row), got shape {L.shape}")
@@ -155,7 +172,18 @@ def last_output(Y, lengths=None, time_major=False):
 
 def last_output_backward(dlast, Y_shape, lengths=None, time_major=False):
     """Gradient w.r.t. ``Y`` of ``last_output``: ``dlast`` (N, F) scattered into zeros."""
-    dY = np.zeros(Y_shape, np.asarray(dlast).dtype)
+    try:
+        Y_shape = tuple(int(d) for d in Y_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"Y_shape must be the shape of Y, got {Y_shape!r}") from None
+    if len(Y_shape) != 3 or min(Y_shape) < 0:
+        raise ValueError(f"Y_shape must be a 3-D shape, got {Y_shape}")
+    N, F = (Y_shape[1] if time_major else Y_shape[0]), Y_shape[2]
+    dlast = _layers._numeric_array(dlast, "dlast")
+    if dlast.shape != (N, F):
+        raise ValueError(f"dlast must have shape ({N}, {F}) (the last_output of Y "
+                         f"{Y_shape}), got {dlast.shape}")
+    dY = np.zeros(Y_shape, dlast.dtype if dlast.dtype.kind == "f" else np.float64)
     dYb = dY.swapaxes(0, 1) if time_major else dY
     N, T = dYb.shape[:2]
     L = _lengths(lengths, N, T)
@@ -165,12 +193,21 @@ def last_output_backward(dlast, Y_shape, lengths=None, time_major=False):
         dYb[:, T - 1] = dlast
     else:
         rows = np.nonzero(L > 0)[0]
-        dYb[rows, L[rows] - 1] = np.asarray(dlast)[rows]
+        dYb[rows, L[rows] - 1] = dlast[rows]
     return dY
 
 
 # ---------------------------------------------------------------------------------------
 # losses: (mean loss over valid samples, gradient w.r.t. the prediction)
+
+
+def _prediction(value, name):
+    """pred / logits as a float array (integers become float64) of at least 1 dimension."""
+    value = _layers._numeric_array(value, name)
+    if value.ndim == 0:
+        raise ValueError(f"{name} must be an array (..., F) with the features last, got a "
+                         "scalar")
+    return value if value.dtype.kind == "f" else value.astype(np.float64)
 
 
 def _weights(mask, lead_shape):
@@ -188,10 +225,16 @@ def mse_loss(pred, target, mask=None):
     pred, target: same shape (..., F); mask: boolean over the leading axes (...), e.g.
     ``sequence_mask`` for per-step outputs, or None.  Returns ``(loss, dpred)``.
     """
-    pred = np.asarray(pred)
-    target = np.asarray(target, dtype=pred.dtype)
+    pred = _prediction(pred, "pred")
+    target = _layers._numeric_array(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred {pred.shape} and target {target.shape} must have one shape")
+    with np.errstate(over="ignore"):
+        cast = target.astype(pred.dtype)
+    if not np.array_equal(np.isfinite(cast), np.isfinite(target)):
+        raise ValueError(f"target holds values beyond the range of pred's dtype "
+                         f"{pred.dtype} (they would become infinite)")
+    target = cast
     diff = pred - target
     w = _weights(mask, pred.shape[:-1])
     if w is not None:
@@ -219,7 +262,7 @@ def softmax_cross_entropy(logits, labels, mask=None):
     logits: (..., C); labels: (...) integers in [0, C); mask: boolean (...) or None.
     Returns ``(loss, dlogits)``, ``dlogits = (softmax - onehot) / n_valid``.
     """
-    logits = np.asarray(logits)
+    logits = _prediction(logits, "logits")
     labels = np.asarray(labels)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape {logits.shape[:-1]}, got {labels.shape}")

@@ -174,3 +174,58 @@ def test_end_to_end_training_learns():
     baseline = float(np.var(target))
     assert losses[-1] < 0.1 * baseline, (losses[0], losses[-1], baseline)
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_integer_logits_and_predictions_get_float_gradients():
+    """Integer logits gave an all-zero integer gradient (the float gradient was cast back
+    to the logits' dtype); they are read as floats."""
+    logits = np.array([[1, 2, 3], [3, 2, 1]])
+    labels = np.array([2, 0])
+    loss, d = readout.softmax_cross_entropy(logits, labels)
+    want_loss, want = readout.softmax_cross_entropy(logits.astype(np.float64), labels)
+    assert loss == want_loss and d.dtype == np.float64
+    np.testing.assert_array_equal(d, want)
+    loss, d = readout.mse_loss(np.array([[1], [2]]), np.array([[0.5], [2.0]]))
+    assert d.dtype == np.float64 and loss == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: readout.mse_loss(np.ones(2, complex), np.zeros(2)), TypeError,
+     "pred must hold real numbers"),
+    (lambda: readout.softmax_cross_entropy(np.ones((2, 3), complex), [0, 1]), TypeError,
+     "logits must hold real numbers"),
+    (lambda: readout.mse_loss(np.float64(1.0), np.float64(0.0)), ValueError,
+     "pred must be an array"),
+    (lambda: readout.softmax_cross_entropy(np.float64(1.0), 0), ValueError,
+     "logits must be an array"),
+    (lambda: readout.mse_loss(np.ones((2, 1), np.float32), np.full((2, 1), 1e40)),
+     ValueError, "beyond the range of pred's dtype float32"),
+    (lambda: readout.sequence_mask([1, 2], 2.5), ValueError, "T must be a non-negative int"),
+    (lambda: readout.last_output_backward(np.ones(2), (3, 4, 2)), ValueError,
+     r"dlast must have shape \(3, 2\)"),
+    (lambda: readout.last_output_backward(np.ones((5, 2)), (3, 4, 2), lengths=[1, 2, 3]),
+     ValueError, r"dlast must have shape \(3, 2\)"),
+    (lambda: readout.last_output_backward(np.ones((3, 2)), (3, 4)), ValueError,
+     "Y_shape must be a 3-D shape"),
+    (lambda: fl.Dense(4, 2).backward(np.ones((3, 2)), None), TypeError,
+     "cache must be the cache returned by this Dense's forward"),
+    (lambda: fl.Dense(4, 2).backward(np.ones((3, 2)), np.ones((3, 5), np.float32)),
+     TypeError, "cache must be the cache returned"),
+])
+def test_readout_argument_errors(call, exc, match):
+    """Errors that were NumPy's broadcasting, IndexError, AttributeError, a silently
+    broadcast gradient or a complex loss."""
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_last_output_backward_of_integer_dlast_is_float():
+    dY = readout.last_output_backward(np.ones((2, 3), int), (2, 4, 3), lengths=[4, 1])
+    assert dY.dtype == np.float64 and dY[0, 3].sum() == 3 and dY[1, 0].sum() == 3
+
+
+def test_dense_sizes_are_fixed():
+    d = fl.Dense(4, 2)
+    with pytest.raises(AttributeError, match="in_features cannot be changed"):
+        d.in_features = 3
+    assert d.W.shape == (4, 2) and d.n_params == 10
