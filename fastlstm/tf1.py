@@ -131,6 +131,21 @@ def _resolve_dtype(*candidates):
     return np.dtype(np.float32)
 
 
+def _float_dtype(dtype, name="dtype"):
+    """An explicit dtype argument: float32 or float64 (TF's cells take floats only, and
+    fastlstm computes in these two), or None."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{name} must be float32 or float64 (fastlstm computes in these), "
+                        f"got {dt}")
+    return dt
+
+
 class RNNCell:
     """Base of the cells: ``state_size``, ``output_size``, ``zero_state``, ``__call__``."""
 
@@ -163,7 +178,7 @@ class _LSTMCellBase(RNNCell):
         self._state_is_tuple = bool(state_is_tuple)
         self._activation = activation_name(activation)
         self.name = name or self._tf_name
-        self._dtype = None if dtype is None else _resolve_dtype(dtype)
+        self._dtype = _float_dtype(dtype)
         self._random_state = random_state
         self._layer = None
 
@@ -192,7 +207,9 @@ class _LSTMCellBase(RNNCell):
         return self._layer
 
     def zero_state(self, batch_size, dtype):
-        dt = _resolve_dtype(dtype)
+        dt = _float_dtype(dtype)
+        if dt is None:
+            raise TypeError("dtype must be float32 or float64, got None")
         H, Ho = self._num_units, self.output_size
         if self._state_is_tuple:
             return LSTMStateTuple(np.zeros((batch_size, H), dt), np.zeros((batch_size, Ho), dt))
@@ -207,7 +224,7 @@ class _LSTMCellBase(RNNCell):
         if depth is None or int(depth) <= 0:
             raise ValueError(f"the input width must be known and positive, got {depth!r}")
         I, H, Ho = int(depth), self._num_units, self.output_size
-        dt = _resolve_dtype(self._dtype, dtype)
+        dt = _resolve_dtype(self._dtype, _float_dtype(dtype))
         rng = check_random_state(self._random_state)
         init = self._initializer
 
@@ -277,7 +294,15 @@ class _LSTMCellBase(RNNCell):
                 raise ValueError(f"projection kernel must have shape ({H}, {Ho}), got {P.shape}")
             extra["projection_kernel"] = P
         dt = self.dtype or _resolve_dtype(kernel.dtype)
-        self._make(kernel, bias, extra, dt)
+        if self._layer is None:
+            self._make(kernel, bias, extra, dt)
+            return
+        # built: the values go into the existing layer (as TF assigns its variables), so
+        # that cell.layer, a MultiRNNCell's model and optimisers made on them stay live
+        new = from_tf1(kernel, bias, self._forget_bias, cell_clip=self._cell_clip,
+                       proj_clip=self._proj_clip, activation=self._activation, dtype=dt,
+                       **extra)
+        self._layer.flat_params[...] = new.flat_params
 
     # -- running ---------------------------------------------------------------------
 
@@ -409,8 +434,13 @@ class MultiRNNCell(RNNCell):
                                 f"({len(self._cells)})")
             return tuple(c._split_state(s, f"{name}[{k}]")
                          for k, (c, s) in enumerate(zip(self._cells, state)))
-        s = np.asarray(state)
         widths = [c.state_size for c in self._cells]
+        if isinstance(state, (tuple, list)) and not all(
+                isinstance(v, numbers.Number) for v in state):
+            raise TypeError(f"{name} must be one array (batch, {sum(widths)}) with "
+                            "state_is_tuple=False (the cells' [c, h] side by side), got a "
+                            f"{type(state).__name__} of {len(state)} states")
+        s = np.asarray(state)
         if s.ndim != 2 or s.shape[1] != sum(widths):
             raise ValueError(f"{name} must have shape (batch, {sum(widths)}), got {s.shape}")
         parts = np.split(s, np.cumsum(widths)[:-1], axis=1)
@@ -461,7 +491,32 @@ class MultiRNNCell(RNNCell):
         return out, self._join_state(states)
 
     def get_weights(self):
+        """The cells' ``get_weights`` lists, bottom cell first (TF's variable order)."""
         return [w for c in self._cells for w in c.get_weights()]
+
+    def set_weights(self, weights):
+        """Load the cells' weights from one list in the ``get_weights`` order (TF's
+        variables: per cell kernel, bias, then peepholes and projection when it has
+        them).  Unbuilt cells are built from the kernels' shapes."""
+        weights = list(weights)
+        counts = [2 + 3 * c._use_peepholes + (c._num_proj is not None) for c in self._cells]
+        if len(weights) != sum(counts):
+            raise ValueError(f"expected {sum(counts)} arrays ({', '.join(map(str, counts))} "
+                             f"for the {len(counts)} cells), got {len(weights)}")
+        at, width = 0, None
+        for k, (cell, n) in enumerate(zip(self._cells, counts)):
+            kernel = np.asarray(weights[at])
+            if width is not None and kernel.ndim == 2 and \
+                    kernel.shape[0] - cell.output_size != width:
+                raise ValueError(f"cell {k}'s kernel is for input width "
+                                 f"{kernel.shape[0] - cell.output_size}, but cell {k - 1} "
+                                 f"outputs {width}")
+            at += n
+            width = cell.output_size
+        at = 0
+        for cell, n in zip(self._cells, counts):
+            cell.set_weights(weights[at:at + n])
+            at += n
 
 
 # ---------------------------------------------------------------------------------------
@@ -499,11 +554,14 @@ def _whole_lengths(sequence_length):
 def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
     _check_cell(cell, name)
     x = _as_inputs(inputs)
+    if isinstance(time_major, (numbers.Integral, np.integer)):   # TF tests its truth value
+        time_major = bool(time_major)
     time_major = _check_time_major(time_major)
     N, T = (x.shape[1], x.shape[0]) if time_major else x.shape[:2]
     sequence_length = _as_lengths(_whole_lengths(sequence_length), N, T, "sequence_length")
     if initial_state is None and dtype is None:
         raise ValueError("If there is no initial_state, you must give a dtype.")
+    dtype = _float_dtype(dtype)
     s0 = cell._split_state(initial_state, "initial_state")
     if initial_state is None and dtype is not None and cell.dtype is not None and \
             _resolve_dtype(dtype) != cell.dtype:

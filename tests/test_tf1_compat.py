@@ -294,3 +294,61 @@ def test_docs_examples_run(k, tmp_path, monkeypatch):
         pytest.skip("the original TF1 code, shown for comparison")
     monkeypatch.chdir(tmp_path)
     exec(compile(block, f"docs/interop.md block {k}", "exec"), {})
+
+
+def test_dtypes_other_than_float32_float64_are_refused():
+    """int32 / float16 ran silently in float32 (TF refuses integers and runs float16)."""
+    X = np.zeros((2, 3, 4), np.float32)
+    for bad in (np.int32, np.float16, "int64"):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            tf.nn.dynamic_rnn(tf.BasicLSTMCell(3), X, dtype=bad)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            tf.BasicLSTMCell(3).zero_state(2, bad)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            tf.LSTMCell(3, dtype=bad)
+
+
+def test_time_major_truth_values_as_tf():
+    cell = tf.BasicLSTMCell(3, random_state=0)
+    X = np.random.default_rng(0).normal(size=(5, 2, 4)).astype(np.float32)
+    a = tf.nn.dynamic_rnn(cell, X, time_major=1, dtype=tf.float32)[0]
+    b = tf.nn.dynamic_rnn(cell, X, time_major=True, dtype=tf.float32)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_multi_rnn_cell_set_weights_and_in_place_updates():
+    """MultiRNNCell had no set_weights; a built cell's set_weights replaced its layer, so
+    cell.layer, the stack's model and optimisers made on them kept the old weights."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2, 4, 5)).astype(np.float32)
+
+    def stack():
+        return tf.MultiRNNCell([tf.LSTMCell(3, use_peepholes=True, random_state=1),
+                                tf.LSTMCell(4, num_proj=2, random_state=2)])
+    src, dst = stack(), stack()
+    tf.nn.dynamic_rnn(src, X, dtype=tf.float32)
+    weights = [w + rng.normal(scale=0.1, size=w.shape).astype(w.dtype)
+               for w in src.get_weights()]
+    src.set_weights(weights)
+    dst.set_weights(weights)                    # unbuilt: built from the kernels
+    for a, b in zip(dst.get_weights(), weights):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(tf.nn.dynamic_rnn(dst, X, dtype=tf.float32)[0],
+                                  tf.nn.dynamic_rnn(src, X, dtype=tf.float32)[0])
+    model, layer = dst.model, dst.cells[0].layer
+    dst.set_weights(src.get_weights())          # built: written in place
+    assert dst.model is model and dst.cells[0].layer is layer
+    with pytest.raises(ValueError, match=r"expected 8 arrays \(5, 3 for the 2 cells\)"):
+        dst.set_weights(weights[:-1])
+    bad = list(weights)
+    bad[5] = np.zeros((7 + 2, 16), np.float32)  # cell 1's kernel for input width 7
+    with pytest.raises(ValueError, match="cell 1's kernel is for input width 7, but cell 0"):
+        dst.set_weights(bad)
+
+
+def test_flat_state_given_as_a_tuple_is_named():
+    cell = tf.MultiRNNCell([tf.BasicLSTMCell(3, state_is_tuple=False),
+                            tf.BasicLSTMCell(4, state_is_tuple=False)], state_is_tuple=False)
+    X = np.zeros((2, 3, 5), np.float32)
+    with pytest.raises(TypeError, match=r"initial_state must be one array \(batch, 14\)"):
+        tf.nn.dynamic_rnn(cell, X, initial_state=(np.zeros((2, 6)), np.zeros((2, 8))))
