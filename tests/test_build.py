@@ -137,3 +137,30 @@ def test_bench_command_refuses_bad_numbers(capsys):
             _bench.main(args)
         assert exc.value.code == 2
         assert f"argument {name}" in capsys.readouterr().err
+
+
+def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):
+    """The sdist lacked build_tools/ (setup.py imports it), the .pyx / .pxd sources and the
+    tests' data: it could not be installed."""
+    import tarfile
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    pytest.importorskip("Cython")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    copy = tmp_path / "tree"
+    for name in tracked:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+                         cwd=copy, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (archive,) = tmp_path.glob("fastlstm-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    wanted = [n for n in tracked
+              if n.split("/")[0] in ("build_tools", "src", "fastlstm", "tests", "bench",
+                                     "docs", "examples")
+              or n in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")]
+    missing = sorted(set(wanted) - names)
+    assert not missing, f"not in the sdist: {missing}"
