@@ -47,3 +47,7 @@ def __getattr__(name):
 
         return getattr(estimators, name)
     raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_ESTIMATORS))

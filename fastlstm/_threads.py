@@ -15,7 +15,18 @@ import numbers
 import os
 import threading
 
-from . import _forward
+try:
+    from . import _forward
+except ImportError as exc:    # a source tree whose extensions are not built
+    import glob as _glob
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if not _glob.glob(os.path.join(_here, "_forward*.*")):
+        raise ImportError(
+            f"fastlstm is imported from {_here}, a source tree whose compiled kernels are not "
+            "built (python -m puts the current directory first on sys.path): build them "
+            "there (pip install -e .), or run from another directory to use an installed "
+            "fastlstm") from exc
+    raise
 from ._scalars import unwrap
 
 __all__ = ["get_n_threads", "set_n_threads", "resolve_n_threads", "show_config"]

@@ -36,20 +36,21 @@ import time
 import warnings
 
 import numpy as np
-from sklearn.base import (
-    BaseEstimator,
-    ClassifierMixin,
-    RegressorMixin,
-    TransformerMixin,
-    _fit_context,
-)
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, r2_score
-from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+
+try:
+    from sklearn.base import (BaseEstimator, ClassifierMixin, RegressorMixin,
+                              TransformerMixin, _fit_context)
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils._param_validation import Interval, StrOptions
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+except ImportError:
+    from ._optional import need
+    need("sklearn", "fastlstm's estimators (LSTMRegressor, LSTMClassifier, LSTMEncoder)")
+    raise
 
 from . import _threads
 from .dask import _with_threads

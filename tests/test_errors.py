@@ -323,3 +323,31 @@ def test_masked_arrays_and_tensors_that_need_grad():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="X must be a numeric array"):
         layer(torch.ones((2, 5, 3), requires_grad=True))
+
+
+@pytest.mark.parametrize("module, call, match", [
+    ("onnx", lambda: fl.to_onnx(fl.LSTM(3, 4)), r"to_onnx needs onnx.*fastlstm\[onnx\]"),
+    ("onnx", lambda: fl.from_onnx(b"x"), r"from_onnx needs onnx.*fastlstm\[onnx\]"),
+    ("torch", lambda: fl.to_torch(fl.LSTM(3, 4)), r"to_torch needs torch.*fastlstm\[torch\]"),
+])
+def test_missing_optional_package_names_the_extra(module, call, match, monkeypatch):
+    """A missing optional package said only "No module named 'onnx'"."""
+    monkeypatch.setitem(__import__("sys").modules, module, None)   # import -> ImportError
+    with pytest.raises(ImportError, match=match):
+        call()
+
+
+def test_estimators_without_scikit_learn_name_it():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import fastlstm\n"
+            "assert 'LSTMClassifier' in dir(fastlstm)\n"
+            "try:\n"
+            "    from fastlstm import LSTMClassifier\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "needs scikit-learn" in out.stdout and "fastlstm[sklearn]" in out.stdout

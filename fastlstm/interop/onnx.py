@@ -25,6 +25,7 @@ import numpy as np
 
 from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer,
                       directions, layers_of, refuse_unrepresentable)
+from .._optional import need
 from ..layers import ACTIVATIONS, LSTMState
 
 __all__ = ["to_onnx", "from_onnx", "onnx_state"]
@@ -85,7 +86,7 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     Refused (ValueError): projections, ``cell_clip`` (ONNX's ``clip`` is a different
     operation), and bidirectional layers whose two directions differ in size.
     """
-    import onnx
+    onnx = need("onnx", "to_onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     items = layers_of(model)
@@ -242,7 +243,7 @@ def _parse_activations(attrs, D, where):
 
 
 def _load(model):
-    import onnx
+    onnx = need("onnx", "from_onnx")
 
     from google.protobuf.message import DecodeError
 
@@ -283,9 +284,9 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     concern the call: pass ``lengths=`` (and ``time_major=``) to the fastlstm model (a
     ``sequence_lens`` stored in the model is not applied, with a warning).
     """
+    proto = _load(model)
     from onnx import numpy_helper
 
-    proto = _load(model)
     graph = proto.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     producer = {}

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
                       pick_dtype, refuse_reverse, refuse_unrepresentable)
+from .._optional import need
 from ..layers import Bidirectional, LSTM
 
 __all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
@@ -263,8 +264,7 @@ def to_torch(model, *, batch_first=True, cell=False):
     or with ``cell=True`` an ``nn.LSTMCell`` (single ``LSTM`` layer without projection
     only).  The module has the model's dtype.  Refusals: see ``to_torch_state_dict``.
     """
-    import torch
-
+    torch = need("torch", "to_torch")
     config, sd = to_torch_state_dict(model)
     tdtype = torch.float64 if model.dtype == np.float64 else torch.float32
     if cell:
