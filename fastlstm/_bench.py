@@ -447,7 +447,8 @@ def plot(rows, impls, path):
     try:
         import matplotlib
     except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+        print("matplotlib is not installed: no plot (pip install matplotlib)",
+              file=sys.stderr)
         return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -543,6 +544,20 @@ def main(argv=None):
     print()
     print(_header(impls))
     rows = run_cases(cases, impls, repeats=repeats, min_time=min_time, gap=ns.gap)
+    skipped = {}                  # (implementation, reason) -> the cases it missed
+    for case, _, notes in rows:
+        for impl, why in notes.items():
+            skipped.setdefault((impl, why), []).append(case.title)
+    if skipped:
+        print()
+        for (impl, why), titles in skipped.items():
+            where = "any case" if len(titles) == len(rows) else ", ".join(titles)
+            print(f"{impl} did not run for {where}: {why}")
+        absent = {impl for (impl, why) in skipped if why.endswith("not installed")}
+        if absent >= {"onnxruntime", "torch"}:
+            print("(without ONNX Runtime and PyTorch, the speedups are over the NumPy "
+                  "reference: pip install onnxruntime onnx torch for bench/RESULTS.md's "
+                  "comparison)")
     if ns.plot:
         if plot(rows, impls, ns.plot):
             print(f"plot saved to {ns.plot}")

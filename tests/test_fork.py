@@ -48,7 +48,8 @@ def threaded_parent():
     assert proj._chunks_for(N) > 1, "the batch must be split into row blocks"
     Y, s = model(X, lengths=L)
     Yp, _ = proj(X, lengths=L)
-    if _threads._forward.openmp_enabled() and _threads.usable_cores() > 1:
+    # (under a limit of one thread, OMP_NUM_THREADS=1, n_threads=2 runs serially)
+    if _threads._forward.openmp_enabled() and _threads.resolve_n_threads(2) > 1:
         assert _threads._state["omp_used"], "the parent did not run an OpenMP region"
     return model, X, L, Y, s, proj, Yp
 

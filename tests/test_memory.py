@@ -156,10 +156,10 @@ ESTIMATOR_METHODS = [("LSTMRegressor", "predict", CALLS),
 @pytest.mark.filterwarnings("ignore:.*has not converged:UserWarning")
 @pytest.mark.parametrize("name,method,calls", ESTIMATOR_METHODS)
 def test_estimator_predict_leaves_memory_flat(name, method, calls):
+    pytest.importorskip("sklearn")
     estimators = _estimators()
     if estimators is None:
         pytest.skip("fastlstm.estimators is not in this build")
-    pytest.importorskip("sklearn")
     cls = getattr(estimators, name, None)
     if cls is None:
         pytest.skip(f"fastlstm.estimators has no {name}")
