@@ -257,3 +257,12 @@ def test_keras_masked_outputs_checks():
     np.testing.assert_array_equal(out[0, 2:], np.broadcast_to(Y[0, 1], (2, 3)))
     with pytest.raises(ValueError, match="lengths must be in"):
         keras_masked_outputs(Y, [5])
+
+
+def test_keras_version_and_masked_output_arguments():
+    w = [np.zeros((3, 16)), np.zeros((4, 16)), np.zeros(16)]
+    for bad in (7, "x", True):
+        with pytest.raises(ValueError, match="keras_version must be None, 2 or 3"):
+            fl.from_keras(w, keras_version=bad)
+    with pytest.raises(TypeError, match="Y must hold real numbers"):
+        keras_masked_outputs(np.full((1, 2, 3), "a"), [1])

@@ -177,3 +177,13 @@ def test_stateful_layer_warns_and_its_states_continue_the_sequence():
         model = fl.from_keras(layer)
     got, _ = model(X2, initial_state=fl.LSTMState(c, h))
     np.testing.assert_allclose(got, want, **TOL[np.float32])
+
+
+def test_mixed_precision_layer_warns():
+    """A mixed_float16 layer computes in float16: the float32 import differs by float16
+    rounding (5e-4), which from_keras now says."""
+    layer = keras.layers.LSTM(H, dtype="mixed_float16")
+    layer.build((None, T, I))
+    with pytest.warns(UserWarning, match="computes in float16"):
+        model = fl.from_keras(layer)
+    assert model.dtype == np.float32

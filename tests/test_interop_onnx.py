@@ -831,3 +831,63 @@ def test_from_onnx_tf2onnx_direction_slices(order):
     X = rng.normal(size=(T, N, I)).astype(f32)
     want = run_ort(proto, {"X": X})["Y1"][:, 0]
     np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0], want, **TOL32)
+
+
+def test_to_onnx_argument_checks(tmp_path):
+    """graph_name, path and opset were not checked (the onnx checker's or os.fspath's
+    errors; an opset beyond onnx's newest passed the checker and onnxruntime refused it;
+    np.int64(14) was refused with a message that contradicted itself)."""
+    import io
+    import onnx
+    model = fl.LSTM(3, 4, random_state=0)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (13, newest + 1, 14.0, True):
+        with pytest.raises(ValueError, match=f"opset must be an int from 14 .* to {newest}"):
+            fl.to_onnx(model, opset=opset)
+    assert fl.to_onnx(model, opset=np.int64(14)).opset_import[0].version == 14
+    for name in ("", None, 5):
+        with pytest.raises(TypeError, match="graph_name must be a non-empty str"):
+            fl.to_onnx(model, graph_name=name)
+    with pytest.raises(TypeError, match="path must be None, a path or a binary file"):
+        fl.to_onnx(model, path=3)
+    buf = io.BytesIO()
+    fl.to_onnx(model, path=buf)
+    X = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fl.from_onnx(buf.getvalue())(X)[0], model(X)[0])
+
+
+def test_from_onnx_refuses_undefined_layouts_and_bad_stored_states():
+    rng = np.random.default_rng(11)
+    with pytest.raises(ValueError, match=r"layout=2 \(ONNX defines 0 and 1\)"):
+        fl.from_onnx(_single_node(dict(layout=2), rng))
+    # a stored all-zero state of a wrong shape was accepted (onnxruntime refuses it)
+    for layout, value in ((0, np.zeros((7, 7), np.float32)),
+                          (1, np.zeros(3, np.float32))):
+        bad = _single_node(dict(layout=layout), rng, extra_inits={"h0": value},
+                           inputs=["X", "W", "R", "", "", "h0"])
+        with pytest.raises(ValueError, match="initial_h must have shape"):
+            fl.from_onnx(bad, return_initial_state=True)
+
+
+def test_from_onnx_bytes_of_a_model_with_external_data(tmp_path):
+    import onnx
+    proto = fl.to_onnx(fl.LSTM(3, 40, random_state=0))
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path), save_as_external_data=True, size_threshold=0)
+    with pytest.raises(ValueError, match="external data files, which bytes do not carry"):
+        fl.from_onnx(path.read_bytes())
+    with pytest.raises(ValueError, match="external data files that are not loaded"):
+        fl.from_onnx(proto)                    # onnx.save turned it into references
+    X = np.ones((1, 2, 3), np.float32)
+    np.testing.assert_array_equal(fl.from_onnx(path)(X)[0],
+                                  fl.LSTM(3, 40, random_state=0)(X)[0])
+
+
+def test_onnx_state_checks_its_arguments():
+    s = fl.LSTMState(np.ones((2, 4)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="lengths must be >= 0"):
+        onnx_state(s, [-1, 1])
+    with pytest.raises(ValueError, match=r"state.h must be 2-D with one row per length"):
+        onnx_state(fl.LSTMState(np.ones((2, 4)), np.ones((3, 4))), [0, 1])
+    with pytest.raises(ValueError, match=r"state.c must be 2-D"):
+        onnx_state(fl.LSTMState(np.float64(1.0), np.float64(1.0)), [1])

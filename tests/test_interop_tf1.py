@@ -417,3 +417,36 @@ def test_tf1_cell_ignores_proj_clip_without_projection():
     b = tf1.LSTMCell(4, random_state=0)
     np.testing.assert_array_equal(a(x, a.zero_state(2, np.float32))[0],
                                   b(x, b.zero_state(2, np.float32))[0])
+
+
+def test_checkpoint_scope_partitions_and_mixed_dtypes():
+    """scope=0 was an AttributeError and scope="" dropped every variable; an export scope
+    ending in / wrote "enc//..."; parts of different widths failed in NumPy; float32 and
+    float64 halves of one bidirectional layer failed in Bidirectional."""
+    ck = fl.to_tf1_checkpoint(fl.LSTM(3, 4, random_state=0))
+    for scope in (0, "", "/"):
+        with pytest.raises(TypeError, match="scope must be None or a non-empty"):
+            fl.from_tf1_checkpoint(ck, scope=scope)
+        with pytest.raises(TypeError, match="scope must be None or a non-empty"):
+            fl.to_tf1_checkpoint(fl.LSTM(3, 4), scope=scope)
+    assert sorted(fl.to_tf1_checkpoint(fl.LSTM(3, 4), scope="enc/")) == \
+        ["enc/basic_lstm_cell/bias", "enc/basic_lstm_cell/kernel"]
+    parts = {"rnn/lstm_cell/kernel/part_0": np.zeros((4, 16)),
+             "rnn/lstm_cell/kernel/part_1": np.zeros((3, 15))}
+    with pytest.raises(ValueError, match="its parts have shapes"):
+        fl.from_tf1_checkpoint(parts)
+    bi = fl.Bidirectional(fl.LSTM(3, 4, random_state=1), fl.LSTM(3, 4, random_state=2))
+    v = fl.to_tf1_checkpoint(bi)
+    mixed = fl.from_tf1_checkpoint({k: a.astype(np.float64) if "/bw/" in k else a
+                                    for k, a in v.items()})
+    assert mixed.dtype == np.float64
+    np.testing.assert_allclose(mixed.flat_params, bi.flat_params, rtol=0, atol=3e-7)
+
+
+def test_to_tf1_forget_bias_within_the_model_dtype():
+    """forget_bias=1e39 wrote -inf biases into a float32 export."""
+    with pytest.raises(ValueError, match="within float32's range"):
+        to_tf1(fl.LSTM(3, 4), forget_bias=1e39)
+    with pytest.raises(ValueError, match="within float32's range"):
+        fl.to_tf1_checkpoint(fl.LSTM(3, 4), forget_bias=1e39)
+    assert np.isfinite(to_tf1(fl.LSTM(3, 4, dtype=np.float64), forget_bias=1e39)["bias"]).all()

@@ -430,3 +430,68 @@ def test_import_fastlstm_needs_neither_torch_nor_onnx():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("sizes", [dict(input_size=1, hidden_size=4),
+                                   dict(input_size=3, hidden_size=1),
+                                   dict(input_size=3, hidden_size=4, proj_size=1)])
+def test_state_dict_export_is_a_copy(sizes):
+    """Widths of 1 made the transposes contiguous, and the exported arrays were the
+    model's own memory: editing them changed the model."""
+    model = fl.LSTM(**sizes, random_state=0)
+    before = model.flat_params.copy()
+    _, sd = to_torch_state_dict(model)
+    for value in sd.values():
+        assert not np.shares_memory(value, model.flat_params)
+        value[...] = 7
+    np.testing.assert_array_equal(model.flat_params, before)
+
+
+def _numpy_state_dict(**kw):
+    _, sd = to_torch_state_dict(fl.MultiLSTM([fl.LSTM(3, 4, random_state=0, **kw),
+                                              fl.LSTM(kw.get("proj_size", 4), 4,
+                                                      random_state=1, **kw)]))
+    return sd
+
+
+@pytest.mark.parametrize("edit, exc, match", [
+    (lambda sd: sd.pop("weight_hh_l0"), ValueError, "state_dict has no weight_hh_l0"),
+    (lambda sd: sd.update(weight_hr_l0=np.zeros(())), ValueError,
+     r"weight_hr_l0 must have shape \(proj_size, hidden_size=4\)"),
+    (lambda sd: sd.update(weight_hr_l0=np.zeros(4)), ValueError,
+     r"weight_hr_l0 must have shape \(proj_size, hidden_size=4\)"),
+    (lambda sd: sd.update({0: np.zeros(3)}), TypeError, "state_dict keys must be str"),
+])
+def test_from_torch_state_dict_errors(edit, exc, match):
+    """A missing weight_hh_l0 was a bare KeyError, a malformed weight_hr_l0 an IndexError
+    or an error about weight_hh_l0, an int key an AttributeError."""
+    sd = _numpy_state_dict(proj_size=2)
+    edit(sd)
+    with pytest.raises(exc, match=match):
+        fl.from_torch(sd)
+
+
+def test_from_torch_prefix_and_cell_keywords():
+    sd = _numpy_state_dict()
+    with pytest.raises(TypeError, match="prefix must be None or a str"):
+        fl.from_torch(sd, prefix=0)
+    cell = {"weight_ih": np.zeros((16, 3)), "weight_hh": np.zeros((16, 4)),
+            "bias_ih": np.zeros(16), "bias_hh": np.zeros(16)}
+    for kw, match in ((dict(num_layers=5), "num_layers=5"),
+                      (dict(bidirectional=True), "bidirectional=True"),
+                      (dict(proj_size=2), "proj_size=2")):
+        with pytest.raises(ValueError, match=match):
+            fl.from_torch(cell, **kw)
+    assert fl.from_torch(cell, num_layers=1, bidirectional=False, proj_size=0).input_size == 3
+
+
+def test_from_torch_cell_module_keywords_and_meta_device():
+    torch = pytest.importorskip("torch")
+    cell = torch.nn.LSTMCell(3, 4)
+    assert fl.from_torch(cell, num_layers=1, proj_size=0).hidden_size == 4
+    with pytest.raises(ValueError, match="num_layers=2"):
+        fl.from_torch(cell, num_layers=2)
+    with torch.device("meta"):
+        meta = torch.nn.LSTM(3, 4)
+    with pytest.raises(ValueError, match="on torch's meta device"):
+        fl.from_torch(meta)

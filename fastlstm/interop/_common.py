@@ -30,6 +30,9 @@ def as_array(value, name):
     if value is None:
         raise ValueError(f"{name} is missing")
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, duck-typed
+        if getattr(value, "is_meta", False):
+            raise ValueError(f"{name} is on torch's meta device: it has a shape but no "
+                             "values; load or initialise the weights first")
         value = value.detach().cpu()
         if str(getattr(value, "dtype", "")) == "torch.bfloat16":
             value = value.float()

@@ -158,6 +158,12 @@ def _single(layer, keras_version, dtype, allow_backwards=False):
         warnings.warn(f"{name} is time-major (time_major=True, inputs (T, N, I)): call the "
                       "fastlstm layer with time_major=True for the same outputs",
                       UserWarning, stacklevel=4)
+    policy = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) or \
+        getattr(layer, "compute_dtype", None)
+    if isinstance(policy, str) and policy in ("float16", "bfloat16"):
+        warnings.warn(f"{name} computes in {policy} (a mixed-precision dtype policy); "
+                      "fastlstm computes in float32 or float64, so outputs differ from "
+                      f"Keras' by {policy} rounding", UserWarning, stacklevel=4)
     if getattr(layer, "stateful", False) is True:
         warnings.warn(f"{name} is stateful: the states it carries between calls are not "
                       "weights and are not imported; pass them to the fastlstm layer as "
@@ -185,6 +191,9 @@ def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", kera
     Returns ``LSTM`` (or ``Bidirectional``).  Anything fastlstm cannot compute exactly is
     a ValueError.
     """
+    if keras_version is not None and (isinstance(keras_version, bool)
+                                      or keras_version not in (2, 3)):
+        raise ValueError(f"keras_version must be None, 2 or 3, got {keras_version!r}")
     if isinstance(layer, (list, tuple)):
         return _from_weights(layer, activation, recurrent_activation, keras_version, dtype,
                              "weights")
@@ -251,7 +260,7 @@ def keras_masked_outputs(Y, lengths):
     ``Bidirectional``'s outputs: it writes 0 on masked steps, as fastlstm does.  Returns a
     new array.
     """
-    Y = np.asarray(Y)
+    Y = as_array(Y, "Y")
     if Y.ndim != 3:
         raise ValueError(f"Y must be 3-D (batch, time, features), got shape {Y.shape}")
     N, T = Y.shape[:2]

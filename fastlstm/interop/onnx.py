@@ -95,8 +95,18 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     dt = np.dtype(dtype) if dtype is not None else model.dtype
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    if not isinstance(opset, int) or opset < 14:
-        raise ValueError(f"opset must be an int >= 14 (the layout attribute), got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or \
+            not 14 <= opset <= newest:
+        raise ValueError(f"opset must be an int from 14 (the layout attribute) to {newest} "
+                         f"(the newest this onnx {onnx.__version__} knows), got {opset!r}")
+    opset = int(opset)
+    if not isinstance(graph_name, str) or not graph_name:
+        raise TypeError(f"graph_name must be a non-empty str, got {graph_name!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)) and \
+            not hasattr(path, "write"):
+        raise TypeError(f"path must be None, a path or a binary file, got "
+                        f"{type(path).__name__}")
     elem = TensorProto.FLOAT if dt == np.float32 else TensorProto.DOUBLE
     I = model.input_size
     x_shape = ["time", "batch", I] if time_major else ["batch", "time", I]
@@ -164,7 +174,7 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
                                    producer_name="fastlstm")
     onnx.checker.check_model(onnx_model)
     if path is not None:
-        onnx.save(onnx_model, os.fspath(path))
+        onnx.save(onnx_model, os.fspath(path) if isinstance(path, (str, os.PathLike)) else path)
     return onnx_model
 
 
@@ -248,17 +258,28 @@ def _load(model):
     from google.protobuf.message import DecodeError
 
     if isinstance(model, onnx.ModelProto):
-        return model
+        proto = model
+        if any(t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data
+               for t in proto.graph.initializer):
+            raise ValueError("model refers to weights in external data files that are not "
+                             "loaded: pass its path (or onnx.load it with its data)")
+        return proto
     if not isinstance(model, (str, os.PathLike, bytes, bytearray)) and \
             not hasattr(model, "read"):
         raise TypeError(f"model must be a path, bytes, a file or an onnx.ModelProto, "
                         f"got {type(model).__name__}")
     try:
         if isinstance(model, (bytes, bytearray)):
-            return onnx.load_from_string(bytes(model))
-        return onnx.load(os.fspath(model) if isinstance(model, (str, os.PathLike)) else model)
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            return onnx.load(os.fspath(model) if isinstance(model, (str, os.PathLike))
+                             else model)
     except DecodeError as exc:   # the file system's own errors pass as they are
         raise ValueError(f"model is not a valid ONNX model (protobuf: {exc})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ValueError("model keeps its weights in external data files, which bytes do not "
+                         "carry: pass its path instead")
+    return proto
 
 
 def from_onnx(model, *, return_initial_state=False, dtype=None):
@@ -751,6 +772,8 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         raise ValueError(f"{where}: unknown direction {direction!r}")
     D = 2 if direction == "bidirectional" else 1
     layout = attrs.get("layout", 0)
+    if layout not in (0, 1):
+        raise ValueError(f"{where}: layout={layout} (ONNX defines 0 and 1)")
     W = _const(node, 1, consts, graph_inputs, where, "W", required=True)
     R = _const(node, 2, consts, graph_inputs, where, "R", required=True)
     if W.ndim != 3 or W.shape[0] != D or W.shape[1] % 4:
@@ -804,6 +827,12 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
     if direction == "reverse":
         made[0].reverse = True
     state = None
+    for what, v in (("initial_h", h0), ("initial_c", c0)):
+        if isinstance(v, np.ndarray) and (v.ndim != 3 or v.shape[2] != H
+                                          or v.shape[1 if layout == 1 else 0] != D):
+            raise ValueError(f"{where}: {what} must have shape "
+                             + (f"(N, {D}, {H})" if layout == 1 else f"({D}, N, {H})")
+                             + f", got {v.shape}")
     # one part stored as zeros and the other omitted (zeros too in ONNX): no state; one
     # part stored and the other omitted: that one is zeros
     if (h0 is None and isinstance(c0, np.ndarray) and not np.any(c0)) or \
@@ -819,7 +848,7 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
                              "and the other is a graph input; fastlstm takes the initial "
                              "state whole, either stored (return_initial_state=True) or "
                              "passed per call")
-        if layout == 1:  # [N, D, H] -> [D, N, H]
+        if layout == 1 and h0.ndim == 3 and c0.ndim == 3:  # [N, D, H] -> [D, N, H]
             h0, c0 = np.swapaxes(h0, 0, 1), np.swapaxes(c0, 0, 1)
         if h0.ndim != 3 or h0.shape[0] != D or h0.shape[2] != H or c0.shape != h0.shape:
             raise ValueError(f"{where}: initial_h / initial_c must have shape ({D}, N, {H})")
@@ -836,11 +865,15 @@ def onnx_state(state, lengths):
     L = np.asarray(lengths)
     if L.ndim != 1 or L.dtype.kind not in "iu":
         raise ValueError(f"lengths must be a 1-D integer array, got {L.shape} {L.dtype}")
+    if L.size and L.min() < 0:
+        raise ValueError(f"lengths must be >= 0, got {L.min()}")
     empty = L == 0
     if isinstance(state, LSTMState):
         c, h = (np.asarray(a).copy() for a in state)
-        if c.shape[0] != L.shape[0]:
-            raise ValueError(f"state rows ({c.shape[0]}) and lengths ({L.shape[0]}) differ")
+        for name, a in (("c", c), ("h", h)):
+            if a.ndim != 2 or a.shape[0] != L.shape[0]:
+                raise ValueError(f"state.{name} must be 2-D with one row per length "
+                                 f"({L.shape[0]}), got shape {a.shape}")
         c[empty] = 0
         h[empty] = 0
         return LSTMState(c, h)

@@ -144,8 +144,12 @@ def _merge_partitions(variables):
                              f"0..{len(found) - 1}")
         if base in out or base + ":0" in out:
             raise ValueError(f"variable {base!r} is given both whole and in parts")
-        out[base] = np.concatenate([as_array(found[k], f"{base}/part_{k}")
-                                    for k in range(len(found))], axis=0)
+        pieces = [as_array(found[k], f"{base}/part_{k}") for k in range(len(found))]
+        if len({p.shape[1:] for p in pieces}) > 1 or any(p.ndim == 0 for p in pieces):
+            raise ValueError(f"partitioned variable {base!r}: its parts have shapes "
+                             f"{[p.shape for p in pieces]}, which do not join on the first "
+                             "axis")
+        out[base] = np.concatenate(pieces, axis=0)
     return out
 
 
@@ -183,6 +187,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     if not hasattr(variables, "items"):
         raise TypeError(f"variables must be a mapping of TF names to arrays, "
                         f"got {type(variables).__name__}")
+    if scope is not None and (not isinstance(scope, str) or not scope.strip("/")):
+        raise TypeError(f"scope must be None or a non-empty variable name prefix, got "
+                        f"{scope!r}")
     cells = {}
     for name, value in _merge_partitions(variables).items():
         if not isinstance(name, str):
@@ -278,6 +285,8 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                                      activation=opts["activation"][k], dtype=dtype))
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"cell {path!r}: {exc}") from exc
+        if len(made) == 2 and made[0].dtype != made[1].dtype and dtype is None:
+            made = [_recast(m, np.float64) for m in made]   # as for the layers of a stack
         items.append(Bidirectional(*made) if len(made) == 2 else made[0])
     in_stack = any(e[2] is not None for e in cells_by_pos.values())
     if L == 1 and not in_stack:
@@ -326,7 +335,7 @@ def to_tf1(layer, forget_bias=1.0):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
     refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
                            cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS))
-    forget_bias = _check_forget_bias(forget_bias)
+    forget_bias = _check_forget_bias(forget_bias, dtype=layer.dtype)
     H = layer.hidden_size
     b = blocks(layer.b, PERM_TF, 0).copy()
     b[2 * H:3 * H] -= b.dtype.type(forget_bias)
@@ -358,9 +367,14 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     list, as ``from_tf1_checkpoint`` takes; both directions of a bidirectional layer use
     its value).
     """
+    if scope is not None:
+        if not isinstance(scope, str) or not scope.strip("/"):
+            raise TypeError(f"scope must be None or a non-empty variable name prefix, got "
+                            f"{scope!r}")
+        scope = scope.rstrip("/")       # as from_tf1_checkpoint reads it
     items = layers_of(model)
     fbs = [_check_forget_bias(v, f"forget_bias[{k}]" if isinstance(forget_bias, (list, tuple))
-                             else "forget_bias")
+                              else "forget_bias", dtype=model.dtype)
            for k, v in enumerate(_per_layer(forget_bias, len(items), "forget_bias"))]
     for k, item in enumerate(items):
         # the variable names are those of dynamic_rnn / MultiRNNCell, which run forward

@@ -47,6 +47,11 @@ def _lstm_kind(module):
 def _strip_prefix(state_dict, prefix):
     """Keys of an LSTM inside a larger state_dict: find (or check) the common prefix."""
     keys = list(state_dict)
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"state_dict keys must be str (parameter names), got {bad[0]!r}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be None or a str, got {prefix!r}")
     if prefix is None:
         found = sorted({k[:-len(tail)] for k in keys for tail in ("weight_ih_l0", "weight_ih")
                         if k.endswith(tail)
@@ -109,6 +114,8 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
             raise TypeError(f"module must be a torch nn.LSTM or nn.LSTMCell, got {kind}"
                             + (f" (mode {mode})" if mode != "LSTM" else ""))
         given = {k: getattr(module, k) for k in _SIZE_ARGS if hasattr(module, k)}
+        if kind == "LSTMCell":      # an nn.LSTMCell is one layer, one direction, no projection
+            given.update(num_layers=1, bidirectional=False, proj_size=0)
         for k, v in sizes.items():
             _check_given(v, k, given.get(k))
         state_dict = module.state_dict()
@@ -134,6 +141,10 @@ def _from_cell(sd, given, dtype):
     H, I = w_ih.shape[0] // 4, w_ih.shape[1]
     _check_given(given.get("input_size"), "input_size", I)
     _check_given(given.get("hidden_size"), "hidden_size", H)
+    # what an nn.LSTMCell is, for the nn.LSTM keywords
+    _check_given(given.get("num_layers"), "num_layers", 1)
+    _check_given(given.get("bidirectional"), "bidirectional", False)
+    _check_given(given.get("proj_size"), "proj_size", 0)
     check_shape(w_hh, (4 * H, H), "weight_hh", "(4*hidden_size, hidden_size)")
     b = _bias(sd, "", H, given.get("bias"))
     dt = pick_dtype(dtype, [w_ih, w_hh, b])
@@ -171,22 +182,25 @@ def _from_lstm(sd, given, dtype):
     unknown = names - expected
     if unknown:
         raise ValueError(f"unexpected nn.LSTM state_dict entries {sorted(unknown)}")
+    for k in range(L):
+        for sfx in ([""] if D == 1 else ["", "_reverse"]):
+            for w in ("weight_ih", "weight_hh"):
+                if f"{w}_l{k}{sfx}" not in sd:
+                    raise ValueError(f"state_dict has no {w}_l{k}{sfx}")
     w_hh0 = sd["weight_hh_l0"]
     if w_hh0.ndim != 2 or w_hh0.shape[0] % 4:
         raise ValueError(f"weight_hh_l0 must have shape (4*hidden_size, .), got {w_hh0.shape}")
     H = w_hh0.shape[0] // 4
     has_proj = "weight_hr_l0" in names
+    if has_proj and (sd["weight_hr_l0"].ndim != 2 or sd["weight_hr_l0"].shape[1] != H):
+        raise ValueError(f"weight_hr_l0 must have shape (proj_size, hidden_size={H}), got "
+                         f"{sd['weight_hr_l0'].shape}")
     Ho = sd["weight_hr_l0"].shape[0] if has_proj else H
     _check_given(given.get("hidden_size"), "hidden_size", H)
     if given.get("proj_size") is not None:
         _check_given(given["proj_size"], "proj_size", Ho if has_proj else 0)
     I = sd["weight_ih_l0"].shape[1] if sd["weight_ih_l0"].ndim == 2 else None
     _check_given(given.get("input_size"), "input_size", I)
-    for k in range(L):
-        for sfx in ([""] if D == 1 else ["", "_reverse"]):
-            for w in ("weight_ih", "weight_hh"):
-                if f"{w}_l{k}{sfx}" not in sd:
-                    raise ValueError(f"state_dict has no {w}_l{k}{sfx}")
     dt = pick_dtype(dtype, list(sd.values()))
     items = []
     in_size = I
@@ -248,12 +262,12 @@ def to_torch_state_dict(model):
     for k, item in enumerate(items):
         for d, layer in enumerate(directions(item)):
             tag = f"l{k}{'_reverse' if d else ''}"
-            sd[f"weight_ih_{tag}"] = np.ascontiguousarray(layer.W.T)
-            sd[f"weight_hh_{tag}"] = np.ascontiguousarray(layer.U.T)
+            sd[f"weight_ih_{tag}"] = layer.W.T.copy()     # copies, also where .T is
+            sd[f"weight_hh_{tag}"] = layer.U.T.copy()     # contiguous (a width of 1)
             sd[f"bias_ih_{tag}"] = layer.b.copy()
             sd[f"bias_hh_{tag}"] = np.zeros_like(layer.b)
             if P is not None:
-                sd[f"weight_hr_{tag}"] = np.ascontiguousarray(layer.P.T)
+                sd[f"weight_hr_{tag}"] = layer.P.T.copy()
     return config, sd
 
 
