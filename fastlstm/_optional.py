@@ -14,5 +14,9 @@ def need(module, what):
         return importlib.import_module(module)
     except ImportError as exc:
         pip_name, extra = _PACKAGES[module]
+        if getattr(exc, "name", None) not in (module, None) or \
+                not isinstance(exc, ModuleNotFoundError):
+            raise ImportError(f"{what} needs {pip_name}, which is installed but failed to "
+                              f"import: {exc}") from exc
         raise ImportError(f"{what} needs {pip_name}, which is not installed: pip install "
                           f"'fastlstm[{extra}]' (or: pip install {pip_name})") from exc

@@ -83,7 +83,7 @@ def _buffer(layer, key, shape, dtype, zero=False):
     return arr
 
 
-def _give_back(layer, part, keys=("gates", "c", "m", "hp", "hprev")):
+def _give_back(layer, part, keys=("gates", "c", "m", "hp", "hprev", "params")):
     """After a backward: the layer keeps the cache's own buffers for its next training
     forward (one set per layer; not pickled), and the spent cache drops them."""
     pool = layer.__dict__.setdefault("_train_buffers", {})
@@ -132,7 +132,8 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
     Y = layer._run(X, N, T, time_major, c, h, L, reverse, cache=part)
     part["X"] = X2m
     part["options"] = _options(layer)
-    part["params"] = layer._flat.copy()
+    part["params"] = _buffer(layer, "params", layer._flat.shape, dt)
+    np.copyto(part["params"], layer._flat)
     part["hprev"] = (_hprev(Y, h0, L, time_major, reverse,
                             _buffer(layer, "hprev", (R, Ho), dt).reshape(Y.shape))
                      if R else np.empty((0, Ho), dt))
@@ -215,28 +216,32 @@ def _bidir_backward(model, dY2, parts, N, T, time_major, L, dstates, dX2):
 
 
 def _options(layer):
+    """The options a training forward computed with (proj_clip only acts on a projection)."""
     return {"activation": layer.activation,
             "recurrent_activation": layer.recurrent_activation,
-            "cell_clip": layer.cell_clip, "proj_clip": layer.proj_clip}
+            "cell_clip": layer.cell_clip,
+            "proj_clip": layer.proj_clip if layer.proj_size is not None else None}
 
 
-def _layer_parts(model, parts):
-    """(layer, part) for every LSTM of ``model`` and its part of a cache."""
+def _layer_parts(model, parts, where="the layer"):
+    """(layer, part, where) for every LSTM of ``model``, its part of a cache and its name
+    in the model."""
     if isinstance(model, _layers.LSTM):
-        yield model, parts
+        yield model, parts, where
     elif isinstance(model, _layers.Bidirectional):
-        yield from zip((model.forward_layer, model.backward_layer), parts)
+        at = "" if where == "the layer" else where + "."
+        yield model.forward_layer, parts[0], at + "forward_layer"
+        yield model.backward_layer, parts[1], at + "backward_layer"
     else:
-        for layer, part in zip(model.layers, parts):
-            yield from _layer_parts(layer, part)
+        for k, (layer, part) in enumerate(zip(model.layers, parts)):
+            yield from _layer_parts(layer, part, f"layers[{k}]")
 
 
 def _check_unchanged(model, cache):
     """The cache describes the model as it was at forward(): refuse it when an option or a
     parameter has changed since (the gradient would be of neither model; a projection
     clip switched on would read a buffer the forward did not write)."""
-    for k, (layer, part) in enumerate(_layer_parts(model, cache.parts)):
-        where = "the layer" if isinstance(model, _layers.LSTM) else f"LSTM {k} of the model"
+    for layer, part, where in _layer_parts(model, cache.parts):
         for name, value in _options(layer).items():
             if value != part["options"][name]:
                 raise ValueError(

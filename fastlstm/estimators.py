@@ -171,18 +171,31 @@ def _validate_X(est, X, *, reset, lengths=None):
             f"{est.n_features_in_} features per time step as input (X is "
             "(n_samples, n_timesteps, n_features); 2-D X has 1 feature per step)")
     L = _nan_lengths(X) if lengths is None else _check_lengths(lengths, X)
-    if X.dtype != dtype and X.size:
+    if X.dtype.itemsize > dtype.itemsize and X.size:
         # float64 input to a float32 network: a finite value of a valid step beyond
         # float32's range would turn into infinity on the way in (a NaN model from a fit,
         # NaN predictions); padded steps may hold anything
-        valid = X if L is None else X[np.arange(T)[None, :] < L[:, None]]
-        big = np.fmax.reduce(np.abs(valid), axis=None, initial=0.0)
-        if big > np.finfo(dtype).max:
+        big = _largest_valid(X, L)
+        if big > float(np.finfo(dtype).max):
             raise ValueError(
                 f"Input X holds values up to {big:.3g}, beyond the range of "
                 f"dtype={dtype.name} (largest {np.finfo(dtype).max:.3g}): scale X, or use "
                 "dtype='float64'")
     return X, L
+
+
+def _largest_valid(X, L, block_bytes=1 << 20):
+    """max |x| over the finite values of the valid steps of X, read in blocks of samples
+    (the memory it takes stays bounded for large or memory-mapped X)."""
+    n, T = X.shape[:2]
+    rows = max(1, block_bytes // max(1, X[0].nbytes))
+    top = 0.0
+    for s in range(0, n, rows):
+        block = X[s:s + rows]
+        if L is not None:
+            block = block[np.arange(T)[None, :] < L[s:s + rows, None]]
+        top = max(top, float(np.fmax.reduce(np.abs(block), axis=None, initial=0.0)))
+    return top
 
 
 @contextlib.contextmanager
@@ -522,6 +535,7 @@ class _BaseLSTM(BaseEstimator):
         return X, L, targets, rng, idx, early, (X_val, L_val, t_val)
 
     def _fit_epochs(self, X, L, targets, rng, idx, early, validation, incremental):
+        self._sync_threads()
         X_val, L_val, t_val = validation
         n_train = idx.shape[0]
         if self.batch_size != "auto" and not 1 <= self.batch_size <= n_train:
@@ -591,6 +605,10 @@ class _BaseLSTM(BaseEstimator):
                 "bidirectional, pooling and dtype cannot change: fitted with "
                 f"hidden_sizes={self._arch[1]}, bidirectional={self._arch[2]}, "
                 f"pooling={self._fit_pooling!r}, dtype={self._arch[3]!r}")
+
+    def _sync_threads(self):
+        """The network's layers run on ``n_threads`` (set after every check of a fit: a
+        refused refit leaves them as they were)."""
         if self.n_threads != self._model_threads:
             _set_threads(self.model_, self.n_threads)
             self._model_threads = self.n_threads
@@ -992,6 +1010,7 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
         if (incremental or self.warm_start) and hasattr(self, "model_"):   # keep the weights
             X, _ = _validate_X(self, X, reset=False, lengths=lengths)
             self._check_warm_arch(X.shape[2])
+            self._sync_threads()
             return self
         X, _ = _validate_X(self, X, reset=True, lengths=lengths)
         self._fit_objective = "reservoir"

@@ -172,11 +172,15 @@ class _Optimizer:
         if not isinstance(state, dict) or state.get("optimizer") != type(self).__name__:
             got = state.get("optimizer") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"state must be a {type(self).__name__} state_dict, got {got!r}")
-        for key, kind in (("hyper", dict), ("n_steps", numbers.Integral), ("state", dict)):
-            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-                raise ValueError(f"state[{key!r}] is missing or not a {kind.__name__}")
-        if state["n_steps"] < 0:
-            raise ValueError(f"state['n_steps'] must be >= 0, got {state['n_steps']}")
+        n_steps = unwrap(state.get("n_steps"))       # a 0-d array too (np.load)
+        for key, value, kind in (("hyper", state.get("hyper"), dict),
+                                 ("n_steps", n_steps, (numbers.Integral, np.integer)),
+                                 ("state", state.get("state"), dict)):
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"state[{key!r}] is missing or not "
+                                 + ("an int" if key == "n_steps" else "a dict"))
+        if n_steps < 0:
+            raise ValueError(f"state['n_steps'] must be >= 0, got {n_steps}")
         unknown = set(state["hyper"]) - set(("lr",) + self._hyper)
         if unknown:
             raise ValueError(f"state['hyper'] holds {sorted(unknown)}, which "
@@ -187,8 +191,9 @@ class _Optimizer:
                 raise TypeError(f"state[{name!r}] must be a list of real arrays, one per "
                                 "buffer")
             if name == "exp_avg_sq" and not all(np.all(a >= 0) for a in saved):
-                raise ValueError("state['exp_avg_sq'] must hold non-negative values "
-                                 "(squared-gradient averages)")
+                raise ValueError("state['exp_avg_sq'] must hold non-negative numbers "
+                                 "(squared-gradient averages); it holds negative or NaN "
+                                 "values")
             # a slot is empty when the saved hyper-parameters do not use it (SGD without
             # momentum has no momentum buffers), else it holds one array per buffer
             if len(saved) not in (0, len(self._pairs)):
@@ -203,17 +208,18 @@ class _Optimizer:
         for name, value in state["hyper"].items():
             setattr(new, name, tuple(value) if isinstance(value, list) else value)
         new._check_hyper()
-        new.n_steps = int(state["n_steps"])
+        new.n_steps = int(n_steps)
         new._alloc()
         slots = new._slots()
         if set(state["state"]) != set(slots):
             raise ValueError(f"state holds {sorted(state['state'])}, expected {sorted(slots)}")
         for name, arrays in slots.items():
-            if len(arrays) != len(state["state"][name]):
-                raise ValueError(f"state[{name!r}] has {len(state['state'][name])} buffers, "
-                                 f"its hyper-parameters need {len(arrays)}")
-            for dst, src in zip(arrays, state["state"][name]):
-                dst[...] = src
+            # a buffer saved empty is one never stepped (momentum set after the last
+            # step): zeros, as allocated; a saved buffer the hyper-parameters no longer
+            # use (momentum switched off) is not needed
+            if arrays and state["state"][name]:
+                for dst, src in zip(arrays, state["state"][name]):
+                    dst[...] = src
         self.__dict__.update(new.__dict__)
 
     def _check_hyper(self):

@@ -229,12 +229,16 @@ def mse_loss(pred, target, mask=None):
     target = _layers._numeric_array(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred {pred.shape} and target {target.shape} must have one shape")
-    with np.errstate(over="ignore"):
-        cast = target.astype(pred.dtype)
-    if not np.array_equal(np.isfinite(cast), np.isfinite(target)):
-        raise ValueError(f"target holds values beyond the range of pred's dtype "
-                         f"{pred.dtype} (they would become infinite)")
-    target = cast
+    if target.dtype.itemsize > pred.dtype.itemsize:     # a narrowing cast can overflow
+        with np.errstate(over="ignore"):
+            cast = target.astype(pred.dtype)
+        if not np.isfinite(cast).all() and not np.array_equal(np.isfinite(cast),
+                                                               np.isfinite(target)):
+            raise ValueError(f"target holds values beyond the range of pred's dtype "
+                             f"{pred.dtype} (they would become infinite)")
+        target = cast
+    else:
+        target = target.astype(pred.dtype, copy=False)
     diff = pred - target
     w = _weights(mask, pred.shape[:-1])
     if w is not None:

@@ -435,12 +435,14 @@ class MultiRNNCell(RNNCell):
             return tuple(c._split_state(s, f"{name}[{k}]")
                          for k, (c, s) in enumerate(zip(self._cells, state)))
         widths = [c.state_size for c in self._cells]
-        if isinstance(state, (tuple, list)) and not all(
-                isinstance(v, numbers.Number) for v in state):
+        try:
+            s = np.asarray(state)
+        except ValueError:                   # ragged: a tuple of per-cell states
+            s = None
+        if s is None or s.dtype == object:
             raise TypeError(f"{name} must be one array (batch, {sum(widths)}) with "
                             "state_is_tuple=False (the cells' [c, h] side by side), got a "
                             f"{type(state).__name__} of {len(state)} states")
-        s = np.asarray(state)
         if s.ndim != 2 or s.shape[1] != sum(widths):
             raise ValueError(f"{name} must have shape (batch, {sum(widths)}), got {s.shape}")
         parts = np.split(s, np.cumsum(widths)[:-1], axis=1)
@@ -513,10 +515,20 @@ class MultiRNNCell(RNNCell):
                                  f"outputs {width}")
             at += n
             width = cell.output_size
+        # all or nothing: a cell refusing its arrays puts back the cells set before it
+        before = [(cell, cell.get_weights() if cell.built else None) for cell in self._cells]
         at = 0
-        for cell, n in zip(self._cells, counts):
-            cell.set_weights(weights[at:at + n])
-            at += n
+        try:
+            for cell, n in zip(self._cells, counts):
+                cell.set_weights(weights[at:at + n])
+                at += n
+        except BaseException:
+            for cell, saved in before:
+                if saved is None:
+                    cell._layer = None
+                else:
+                    cell.set_weights(saved)
+            raise
 
 
 # ---------------------------------------------------------------------------------------

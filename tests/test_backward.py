@@ -477,9 +477,9 @@ def test_cache_refused_after_the_model_changed(change, rng):
     else:
         setattr(layer, change, {"proj_clip": 0.5, "cell_clip": 0.05, "activation": "relu",
                                 "recurrent_activation": "hard_sigmoid"}[change])
-    match = "parameters of LSTM 2 of the model" if change == "inner_params" else \
-        "parameters of LSTM 0 of the model" if change == "params" else \
-        f"{change} of LSTM 0 of the model changed"
+    match = r"parameters of layers\[1\].backward_layer" if change == "inner_params" else \
+        r"parameters of layers\[0\]" if change == "params" else \
+        rf"{change} of layers\[0\] changed"
     with pytest.raises(ValueError, match=match):
         stack.backward(np.ones_like(Y), cache)
     np.testing.assert_array_equal(stack.flat_grads, before)

@@ -351,3 +351,23 @@ def test_estimators_without_scikit_learn_name_it():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "needs scikit-learn" in out.stdout and "fastlstm[sklearn]" in out.stdout
+
+
+def test_installed_but_broken_optional_package_is_told_apart(monkeypatch):
+    import sys
+    import types
+    from fastlstm import _optional
+
+    def broken(name, *a, **k):
+        raise ModuleNotFoundError("No module named 'its_dependency'", name="its_dependency")
+    monkeypatch.setattr(_optional.importlib, "import_module", broken)
+    monkeypatch.setitem(sys.modules, "onnx_probe", types.ModuleType("onnx_probe"))
+    with pytest.raises(ImportError, match="installed but failed to import: No module named"):
+        _optional.need("onnx", "to_onnx")
+
+
+def test_options_of_an_unbuilt_layer_read_as_missing_attributes():
+    """Before __init__ ran (a subclass checking an option first) the properties raised
+    KeyError; they raise AttributeError, so hasattr and getattr defaults work."""
+    raw = object.__new__(fl.LSTM)
+    assert not hasattr(raw, "activation") and getattr(raw, "hidden_size", None) is None

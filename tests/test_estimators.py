@@ -761,3 +761,32 @@ def test_regressor_targets_near_the_float64_limit():
                       y * 1e200)
     np.testing.assert_allclose(huge.predict(X) / 1e200, small.predict(X), rtol=1e-4,
                                atol=1e-6)
+
+
+def test_float32_range_check_reads_x_in_blocks():
+    """The check of float64 X against float32's range copied the whole of X (abs, and
+    the valid steps with lengths): prediction memory is bounded by the batches again."""
+    import tracemalloc
+    X = _sequences(2000, 50, 8, seed=6)                      # 6.4 MB of float64
+    reg = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=1, random_state=0),
+                     X[:64], X[:64, 0, 0])
+    lengths = np.full(2000, 50)
+    lengths[::2] = 30
+    for kw in ({}, {"lengths": lengths}):
+        reg.predict(X[:300], **{k: v[:300] for k, v in kw.items()})
+        tracemalloc.start()
+        reg.predict(X, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < X.nbytes / 2, (kw.keys(), peak)
+
+
+def test_refused_refit_keeps_the_layers_thread_count():
+    X = _sequences(30, 5, 2, seed=7)
+    y = np.arange(30) % 2
+    clf = _fit_quiet(LSTMClassifier(hidden_sizes=(3,), max_iter=1, random_state=0,
+                                    n_threads=1), X, y)
+    clf.set_params(n_threads=2, warm_start=True, early_stopping=True, validation_fraction=0.01)
+    with pytest.raises(ValueError, match="validation set is too small"):
+        clf.fit(X, y)
+    assert {layer.n_threads for layer in clf.model_.layers} == {1}   # as fitted

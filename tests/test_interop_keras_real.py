@@ -187,3 +187,14 @@ def test_mixed_precision_layer_warns():
     with pytest.warns(UserWarning, match="computes in float16"):
         model = fl.from_keras(layer)
     assert model.dtype == np.float32
+
+
+def test_call_option_warnings_point_at_the_caller():
+    layer = keras.layers.LSTM(H, stateful=True)
+    layer.build((N, T, I))
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fl.from_keras(layer)
+    mine = [w for w in seen if "is stateful" in str(w.message)]
+    assert len(mine) == 1 and mine[0].filename == __file__

@@ -891,3 +891,29 @@ def test_onnx_state_checks_its_arguments():
         onnx_state(fl.LSTMState(np.ones((2, 4)), np.ones((3, 4))), [0, 1])
     with pytest.raises(ValueError, match=r"state.c must be 2-D"):
         onnx_state(fl.LSTMState(np.float64(1.0), np.float64(1.0)), [1])
+
+
+def test_from_onnx_stored_state_part_with_the_other_computed_as_zeros():
+    """One part stored, the other ConstantOfShape(0) (as exporters write zeros): the
+    zeros as if omitted (it was refused as "a graph input")."""
+    rng = np.random.default_rng(12)
+    I, H, N, T = 3, 4, 2, 5
+    W = rng.normal(size=(1, 4 * H, I)).astype(np.float32)
+    R = rng.normal(size=(1, 4 * H, H)).astype(np.float32)
+    h0 = rng.normal(size=(1, N, H)).astype(np.float32)
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
+             numpy_helper.from_array(h0, "h0"),
+             numpy_helper.from_array(np.array([1, N, H], np.int64), "c0_shape")]
+    nodes = [helper.make_node("ConstantOfShape", ["c0_shape"], ["c0"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("LSTM", ["X", "W", "R", "", "", "h0", "c0"], ["Y"],
+                              hidden_size=H)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, I])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    X = rng.normal(size=(T, N, I)).astype(np.float32)
+    model, s0 = fl.from_onnx(proto, return_initial_state=True)
+    assert not s0.c.any()
+    np.testing.assert_allclose(model(X, initial_state=s0, time_major=True)[0],
+                               run_ort(proto, {"X": X})["Y"][:, 0], **TOL32)

@@ -343,3 +343,13 @@ def test_keras2_time_major_layer_warns_and_matches_with_time_major_calls():
     with pytest.warns(UserWarning, match="time_major=True"):
         model = fl.from_keras(layer)
     np.testing.assert_allclose(model(X, time_major=True)[0], want, **TOL[np.float32])
+    # a Bidirectional warns once, from the caller's line
+    bi = tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(H, time_major=True,
+                                                            return_sequences=True))
+    bi.build((T, N, I))
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fl.from_keras(bi)
+    mine = [w for w in seen if "time-major" in str(w.message)]
+    assert len(mine) == 1 and mine[0].filename == __file__

@@ -186,18 +186,24 @@ def test_state_dict_errors():
 
 
 def test_state_dict_refused_changes_nothing():
-    # a momentum state without its buffers is refused, and the optimiser keeps its own
+    # a momentum buffer of the wrong shape is refused, and the optimiser keeps its own
     # hyper-parameters, step count and buffers
     p, g = np.zeros(3), np.ones(3)
     opt = optim.SGD([(p, g)], lr=0.5, momentum=0.5)
     opt.step()
     buf = opt._slots()["momentum_buffer"][0].copy()
-    state = optim.SGD([(p.copy(), g.copy())], lr=0.1).state_dict()   # no momentum buffers
-    state["hyper"]["momentum"] = 0.9
+    state = optim.SGD([(p.copy(), g.copy())], lr=0.1, momentum=0.9).state_dict()
+    state["state"]["momentum_buffer"] = [np.zeros(4)]
     with pytest.raises(ValueError, match="momentum_buffer"):
         opt.load_state_dict(state)
     assert (opt.lr, opt.momentum, opt.n_steps) == (0.5, 0.5, 1)
     np.testing.assert_array_equal(opt._slots()["momentum_buffer"][0], buf)
+    # momentum set after the last step (no buffer saved yet): a zero buffer, as torch
+    # starts one (its first step makes it the gradient)
+    unstepped = optim.SGD([(p.copy(), g.copy())], lr=0.1)
+    unstepped.momentum = 0.9
+    opt.load_state_dict(unstepped.state_dict())
+    assert opt.momentum == 0.9 and not opt._slots()["momentum_buffer"][0].any()
     # momentum 0 into an optimiser that had momentum: the buffers go away
     opt.load_state_dict(optim.SGD([(p.copy(), g.copy())], lr=0.1).state_dict())
     assert opt.momentum == 0 and opt._slots()["momentum_buffer"] == []
@@ -344,3 +350,14 @@ def test_hyper_parameters_set_after_construction(rng):
     want = optim.Adam([(p0.copy(), g)], lr=0.1, weight_decay=0.1)
     want.step()
     np.testing.assert_array_equal(adam._pairs[0][0], want._pairs[0][0])
+
+
+def test_state_dict_with_a_stored_step_count():
+    """n_steps stored as a 0-d array (np.load) loads, as the hyper-parameters do."""
+    opt = optim.Adam([(np.zeros(3), np.ones(3))])
+    opt.step()
+    sd = opt.state_dict()
+    sd["n_steps"] = np.array(sd["n_steps"])
+    again = optim.Adam([(np.zeros(3), np.ones(3))])
+    again.load_state_dict(sd)
+    assert again.n_steps == 1

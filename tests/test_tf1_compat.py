@@ -352,3 +352,23 @@ def test_flat_state_given_as_a_tuple_is_named():
     X = np.zeros((2, 3, 5), np.float32)
     with pytest.raises(TypeError, match=r"initial_state must be one array \(batch, 14\)"):
         tf.nn.dynamic_rnn(cell, X, initial_state=(np.zeros((2, 6)), np.zeros((2, 8))))
+
+
+def test_flat_state_as_nested_lists_and_atomic_set_weights():
+    """A state_is_tuple=False state written as rows of numbers was refused as a tuple of
+    states; a MultiRNNCell.set_weights that failed on cell 1 had already set cell 0."""
+    cell = tf.MultiRNNCell([tf.BasicLSTMCell(3, state_is_tuple=False, random_state=0),
+                            tf.BasicLSTMCell(4, state_is_tuple=False, random_state=1)],
+                           state_is_tuple=False)
+    X = np.random.default_rng(4).normal(size=(2, 3, 5)).astype(np.float32)
+    s0 = np.random.default_rng(5).normal(size=(2, 14)).astype(np.float32)
+    a = tf.nn.dynamic_rnn(cell, X, initial_state=s0)[0]
+    b = tf.nn.dynamic_rnn(cell, X, initial_state=s0.tolist())[0]
+    np.testing.assert_array_equal(a, b)
+    before = cell.get_weights()
+    bad = [w + 1 for w in before]
+    bad[3] = np.zeros(7, np.float32)                 # cell 1's bias of the wrong shape
+    with pytest.raises(ValueError, match="bias"):
+        cell.set_weights(bad)
+    for now, then in zip(cell.get_weights(), before):
+        np.testing.assert_array_equal(now, then)

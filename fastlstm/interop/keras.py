@@ -124,17 +124,39 @@ def _from_layer(layer, keras_version, dtype):
         if mode != "concat":
             raise ValueError(f"Bidirectional merge_mode={mode!r} cannot be represented: fastlstm "
                              "concatenates [forward | backward]")
-        fw = _from_layer(layer.forward_layer, keras_version, dtype)
+        fw = _single(layer.forward_layer, keras_version, dtype, warn=False)
         bw_layer = layer.backward_layer
         if not getattr(bw_layer, "go_backwards", False):
             raise ValueError("the backward layer of a Keras Bidirectional must have "
                              "go_backwards=True")
-        bw = _single(bw_layer, keras_version, dtype, allow_backwards=True)
+        bw = _single(bw_layer, keras_version, dtype, allow_backwards=True, warn=False)
+        _warn_call_options(layer.forward_layer,                 # once for both halves
+                           f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
         return Bidirectional(fw, bw)
     return _single(layer, keras_version, dtype)
 
 
-def _single(layer, keras_version, dtype, allow_backwards=False):
+def _warn_call_options(layer, name, stacklevel):
+    """What a Keras layer does at call time that its weights do not say (stacklevel + 1:
+    the caller of from_keras, counted from the warning)."""
+    if getattr(layer, "time_major", False) is True:
+        warnings.warn(f"{name} is time-major (time_major=True, inputs (T, N, I)): call the "
+                      "fastlstm layer with time_major=True for the same outputs",
+                      UserWarning, stacklevel=stacklevel + 1)
+    policy = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) or \
+        getattr(layer, "compute_dtype", None)
+    if isinstance(policy, str) and policy in ("float16", "bfloat16"):
+        warnings.warn(f"{name} computes in {policy} (a mixed-precision dtype policy); "
+                      "fastlstm computes in float32 or float64, so outputs differ from "
+                      f"Keras' by {policy} rounding", UserWarning, stacklevel=stacklevel + 1)
+    if getattr(layer, "stateful", False) is True:
+        warnings.warn(f"{name} is stateful: the states it carries between calls are not "
+                      "weights and are not imported; pass them to the fastlstm layer as "
+                      "initial_state (Keras' [h, c] as LSTMState(c, h))",
+                      UserWarning, stacklevel=stacklevel + 1)
+
+
+def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
     kind = type(layer).__name__
     if "LSTM" not in kind or not hasattr(layer, "get_weights"):
         raise TypeError(f"expected a Keras LSTM layer, got {kind}")
@@ -154,21 +176,8 @@ def _single(layer, keras_version, dtype, allow_backwards=False):
         act, rec = "tanh", "sigmoid"
     version = keras_version if keras_version is not None else _keras_major(layer)
     name = f"Keras layer {getattr(layer, 'name', kind)!r}"
-    if getattr(layer, "time_major", False) is True:
-        warnings.warn(f"{name} is time-major (time_major=True, inputs (T, N, I)): call the "
-                      "fastlstm layer with time_major=True for the same outputs",
-                      UserWarning, stacklevel=4)
-    policy = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) or \
-        getattr(layer, "compute_dtype", None)
-    if isinstance(policy, str) and policy in ("float16", "bfloat16"):
-        warnings.warn(f"{name} computes in {policy} (a mixed-precision dtype policy); "
-                      "fastlstm computes in float32 or float64, so outputs differ from "
-                      f"Keras' by {policy} rounding", UserWarning, stacklevel=4)
-    if getattr(layer, "stateful", False) is True:
-        warnings.warn(f"{name} is stateful: the states it carries between calls are not "
-                      "weights and are not imported; pass them to the fastlstm layer as "
-                      "initial_state (Keras' [h, c] as LSTMState(c, h))",
-                      UserWarning, stacklevel=4)
+    if warn:
+        _warn_call_options(layer, name, 4)
     return _from_weights(weights, act, rec, version, dtype, name)
 
 

@@ -811,6 +811,11 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
                     "initial state?) or by arithmetic in the graph, which fastlstm cannot "
                     "read from the graph; compute it yourself and pass it to the model as "
                     "initial_state")
+            if src == {"zero"}:       # computed zeros: as if omitted
+                if what == "initial_h":
+                    h0 = None
+                else:
+                    c0 = None
     made = []
     for d in range(D):
         b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
