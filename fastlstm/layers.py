@@ -166,7 +166,9 @@ def _checked(name, check):
     key = "_" + name
 
     def fset(self, value):
-        self.__dict__[key] = check(self, value)
+        # (object.__setattr__, not self.__dict__[key]: reading __dict__ makes CPython keep
+        # the instance's attributes in a dict, slower to read on every call)
+        object.__setattr__(self, key, check(self, value))
 
     return property(operator.attrgetter(key), fset)
 
@@ -548,7 +550,7 @@ class LSTM(_Module):
     @property
     def output_size(self):
         """Width of the output and of ``h``: ``proj_size`` or ``hidden_size``."""
-        return self.proj_size or self.hidden_size
+        return self._proj_size or self._hidden_size
 
     def _param_shapes(self):
         I, H, Ho = self.input_size, self.hidden_size, self.output_size
@@ -633,17 +635,17 @@ class LSTM(_Module):
 
     def _chunks_for(self, N):
         """How many row blocks a batch of N rows is split into (independent of n_threads)."""
-        H, Ho = self.hidden_size, self.output_size
-        flops_per_row = 4 * H * (self.input_size + Ho) + (H * Ho if self.proj_size else 0)
+        H, Ho = self._hidden_size, self.output_size
+        flops_per_row = 4 * H * (self._input_size + Ho) + (H * Ho if self._proj_size else 0)
         by_work = (N * flops_per_row) // _MIN_FLOPS_PER_CHUNK_STEP
         return int(max(1, min(_CHUNK_CORES, N // _MIN_ROWS_PER_CHUNK, by_work)))
 
     def _packed_plan(self, N, T):
         """(n_threads, by_rows) for the packed kernel, or None for the BLAS kernel."""
         force = _FORCE_PATH
-        if self.proj_size is not None or (force is None and not _PACKED) or force == "blas":
+        if self._proj_size is not None or (force is None and not _PACKED) or force == "blas":
             return None
-        step_work = N * 4 * self.hidden_size * (self.input_size + self.hidden_size)
+        step_work = N * 4 * self._hidden_size * (self._input_size + self._hidden_size)
         if force is None and (step_work * T < _PACKED_MIN_WORK_THREADED or (
                 N < _PACKED_ROW_TILE + 1 and step_work < _PACKED_MIN_STEP_WORK_UNITS)):
             return 1, True      # one thread whatever n_threads is (decided before asking)
@@ -662,14 +664,14 @@ class LSTM(_Module):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""
         p = self._params
         force = _FORCE_PATH
-        if self.proj_size is None and self.hidden_size <= _SMALL_MAX_H and (
-                force == "small" or force is None and N * T * 4 * self.hidden_size
-                * (self.input_size + self.hidden_size) <= _SMALL_MAX_WORK):
+        if self._proj_size is None and self._hidden_size <= _SMALL_MAX_H and (
+                force == "small" or force is None and N * T * 4 * self._hidden_size
+                * (self._input_size + self._hidden_size) <= _SMALL_MAX_WORK):
             cache = cache or {}
             _forward.forward_small(
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
-                lengths, reverse, ACTIVATIONS[self.activation],
-                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
+                lengths, reverse, ACTIVATIONS[self._activation],
+                RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip,
                 cache.get("gates"), cache.get("c"))
             return
         plan = self._packed_plan(N, T)
@@ -679,28 +681,28 @@ class LSTM(_Module):
                 _threads._state["omp_used"] = True   # fork safety (see _threads)
             slow = _forward.forward_packed(
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
-                lengths, reverse, ACTIVATIONS[self.activation],
-                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip, plan[0],
+                lengths, reverse, ACTIVATIONS[self._activation],
+                RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip, plan[0],
                 plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"))
             if plan[0] > 1 and not plan[1]:
                 _unit_split_done(slow, T)
             return
-        kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self.hidden_size))))
+        kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self._hidden_size))))
         chunks = self._chunks_for(N)
         nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
         cache = cache or {}
         args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
-                c, h, Y2, lengths, reverse, ACTIVATIONS[self.activation],
-                RECURRENT_ACTIVATIONS[self.recurrent_activation], self.cell_clip,
-                self.proj_clip if self.proj_size else None, kb, chunks, nt,
+                c, h, Y2, lengths, reverse, ACTIVATIONS[self._activation],
+                RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip,
+                self._proj_clip if self._proj_size else None, kb, chunks, nt,
                 cache.get("gates"), cache.get("c"), cache.get("m"), cache.get("hp"))
         # Single-threaded BLAS whatever n_threads, OMP_NUM_THREADS or threadpoolctl say,
         # for one block or many: BLAS's summation order may depend on its thread count,
         # and so would the results.  (OpenBLAS runs gemms this small on one thread by
         # itself: no limit to set for them.)
-        H4, Ho = 4 * self.hidden_size, self.output_size
-        biggest = max(N * kb * self.input_size * H4, N * Ho * H4,
-                      N * self.hidden_size * Ho if self.proj_size else 0)
+        H4, Ho = 4 * self._hidden_size, self.output_size
+        biggest = max(N * kb * self._input_size * H4, N * Ho * H4,
+                      N * self._hidden_size * Ho if self._proj_size else 0)
         if chunks == 1 and biggest <= _threads.OPENBLAS_SERIAL_GEMM and \
                 _threads.blas_is_openblas():
             _forward.forward(*args)
@@ -742,7 +744,7 @@ class LSTM(_Module):
         else:
             Y = np.zeros(shape, self._dtype) if L is not None else np.empty(shape, self._dtype)
         if N and T:
-            self._kernel(X.reshape(N * T, self.input_size), N, T, time_major, c, h,
+            self._kernel(X.reshape(N * T, self._input_size), N, T, time_major, c, h,
                          Y.reshape(N * T, Ho), L, reverse, cache)
         return Y
 
@@ -784,28 +786,28 @@ class LSTM(_Module):
             raise TypeError("this layer has reverse=True and cannot run one step at a time "
                             "(its steps start from the end of each row's sequence): call it "
                             "on the whole sequence, or set reverse=False")
-        if self.proj_size is None:
+        if self._proj_size is None:
             # fast path: plain arrays of the right dtype and shape, a small step
             p = self._params
             fast = _forward.step_fast(x, state, p["W"], p["U"], p["b"], p.get("peepholes"),
-                                      ACTIVATIONS[self.activation],
-                                      RECURRENT_ACTIVATIONS[self.recurrent_activation],
-                                      self.cell_clip, LSTMState)
+                                      ACTIVATIONS[self._activation],
+                                      RECURRENT_ACTIVATIONS[self._recurrent_activation],
+                                      self._cell_clip, LSTMState)
             if fast is not None:
                 return fast
         x = _numeric_array(x, "x")
-        if x.ndim != 2 or x.shape[1] != self.input_size:
+        if x.ndim != 2 or x.shape[1] != self._input_size:
             raise ValueError(
-                f"x must be 2-D [batch, features] with features={self.input_size}, "
+                f"x must be 2-D [batch, features] with features={self._input_size}, "
                 f"got shape {x.shape}")
         N = x.shape[0]
         if N > _INT_MAX:
             raise ValueError(f"x of shape {x.shape} is too large: the batch must stay below "
                              "2**31 for 32-bit BLAS")
-        _check_memory(N * (self.input_size + self.hidden_size + 2 * self.output_size)
+        _check_memory(N * (self._input_size + self._hidden_size + 2 * self.output_size)
                       * self._dtype.itemsize, f"x of shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=self._dtype)
-        c, h = _as_state(state, N, self.hidden_size, self.output_size, self._dtype, "state")
+        c, h = _as_state(state, N, self._hidden_size, self.output_size, self._dtype, "state")
         out = np.empty((N, self.output_size), self._dtype)
         if N:
             self._kernel(x, N, 1, False, c, h, out, None, False)
@@ -1093,15 +1095,15 @@ class MultiLSTM(_Module):
             return None
         specs = []
         for layer in self.layers:
-            if (type(layer) is not LSTM or layer.proj_size is not None or layer.reverse
-                    or layer.hidden_size > _SMALL_MAX_H
-                    or N * T * 4 * layer.hidden_size * (layer.input_size + layer.hidden_size)
+            if (type(layer) is not LSTM or layer._proj_size is not None or layer.reverse
+                    or layer._hidden_size > _SMALL_MAX_H
+                    or N * T * 4 * layer._hidden_size * (layer._input_size + layer._hidden_size)
                     > _SMALL_MAX_WORK):
                 return None
             p = layer._params
             specs.append((p["W"], p["U"], p["b"], p.get("peepholes"),
-                          ACTIVATIONS[layer.activation],
-                          RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip))
+                          ACTIVATIONS[layer._activation],
+                          RECURRENT_ACTIVATIONS[layer._recurrent_activation], layer._cell_clip))
         return _forward.stack_small(X, specs, LSTMState)
 
     def step(self, x, state=None):
