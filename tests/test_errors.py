@@ -337,21 +337,6 @@ def test_missing_optional_package_names_the_extra(module, call, match, monkeypat
         call()
 
 
-def test_estimators_without_scikit_learn_name_it():
-    import subprocess
-    import sys
-    code = ("import sys; sys.modules['sklearn'] = None\n"
-            "import fastlstm\n"
-            "assert 'LSTMClassifier' in dir(fastlstm)\n"
-            "try:\n"
-            "    from fastlstm import LSTMClassifier\n"
-            "except ImportError as e:\n"
-            "    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "needs scikit-learn" in out.stdout and "fastlstm[sklearn]" in out.stdout
-
 
 def test_installed_but_broken_optional_package_is_told_apart(monkeypatch):
     import sys

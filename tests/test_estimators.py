@@ -693,14 +693,17 @@ def test_import_fastlstm_without_scikit_learn():
     code = ("import sys; sys.modules['sklearn'] = None\n"
             "import fastlstm\n"
             "assert fastlstm.LSTM\n"
+            "assert 'LSTMRegressor' in dir(fastlstm)\n"
             "try:\n"
-            "    fastlstm.LSTMRegressor\n"
+            "    from fastlstm import LSTMRegressor\n"
             "except ImportError as exc:\n"
             "    print('ImportError', exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ImportError")
+    # the message names the package and the extra that installs it
+    assert out.stdout.startswith("ImportError") and "needs scikit-learn" in out.stdout
+    assert "fastlstm[sklearn]" in out.stdout
 
 
 def test_estimators_exported_from_package():
