@@ -17,7 +17,9 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    # 1 / (1 + e^-x) without overflowing e^-x for very negative x
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 KERAS_RECURRENT = {
