@@ -457,8 +457,10 @@ class _BaseLSTM(BaseEstimator):
             self.readout_.grads["W"][...] += W.dtype.type(a) * W
         return loss
 
-    def _new_optimizer(self):
-        if self.optimizer == "adam":
+    def _new_optimizer(self, kind=None):
+        """A fresh optimiser of ``kind`` ("adam" or "sgd"; default: the ``optimizer``
+        parameter's)."""
+        if (self.optimizer if kind is None else kind) == "adam":
             return Adam(self._param_pairs(), lr=self.learning_rate)
         return SGD(self._param_pairs(), lr=self.learning_rate)
 
@@ -643,7 +645,10 @@ class _BaseLSTM(BaseEstimator):
                 self.readout_.flat_params[...] = readout[1]
             self._optimizer = None
             if opt is not None:
-                self._optimizer = self._new_optimizer()
+                # the optimiser that was in use, which need not be the one the
+                # ``optimizer`` parameter names now (set_params after fitting)
+                kind = "adam" if opt.get("optimizer") == "Adam" else "sgd"
+                self._optimizer = self._new_optimizer(kind)
                 self._optimizer.load_state_dict(opt)
 
 

@@ -326,6 +326,26 @@ def test_pickle_with_sgd(small_fitted):
     np.testing.assert_array_equal(a.predict(X), est.predict(X))
 
 
+@pytest.mark.parametrize("first, then", [("adam", "sgd"), ("sgd", "adam")])
+def test_pickle_after_the_optimizer_parameter_changed(small_fitted, first, then):
+    # the saved optimiser state is the one in use, whatever ``optimizer`` names now: it
+    # loads into an optimiser of its own kind, and training goes on as it would have
+    import copy
+    import pickle
+
+    X, y, _ = small_fitted
+    est = _fit_quiet(LSTMRegressor(hidden_sizes=(4,), max_iter=2, optimizer=first,
+                                   random_state=0), X, y)
+    est.set_params(optimizer=then)
+    for other in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        assert type(other._optimizer) is type(est._optimizer)
+        np.testing.assert_array_equal(other.predict(X), est.predict(X))
+    a = pickle.loads(pickle.dumps(est))
+    est.partial_fit(X, y)
+    a.partial_fit(X, y)
+    np.testing.assert_array_equal(a.predict(X), est.predict(X))
+
+
 def test_clone_and_params_round_trip(small_fitted):
     from sklearn.base import clone
 
