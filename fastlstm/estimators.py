@@ -214,7 +214,10 @@ def _unchanged_on_error(est):
 def _batch_input(X, idx, L, dtype):
     """Rows ``idx`` (slice or index array) of X as a C-contiguous array of ``dtype``, with
     padded steps set to 0, and their lengths."""
-    Xb = np.ascontiguousarray(X[idx], dtype=dtype)
+    # valid steps were checked to fit in ``dtype``; padded steps may hold anything and
+    # are zeroed below, so their overflow in the cast is not worth a warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        Xb = np.ascontiguousarray(X[idx], dtype=dtype)
     if L is None:
         return Xb, None
     Lb = L[idx]

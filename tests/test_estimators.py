@@ -191,6 +191,22 @@ def test_nan_padding_equals_lengths_and_leaves_input_alone():
     np.testing.assert_allclose(a.predict_proba(X_nan), single, rtol=1e-5, atol=1e-6)
 
 
+def test_padding_beyond_float32_range_is_ignored_without_a_warning():
+    # float64 X for a float32 network: a padded step past float32's range is not data
+    # (no overflow warning from the cast, the same results as zero padding)
+    X = _sequences(20, 6, 2, seed=6)
+    y = X[:, -2:, 0].sum(axis=1)
+    lengths = np.r_[5, [6] * 19]
+    est = _fit_quiet(LSTMRegressor(**FAST), X, y, lengths=lengths)
+    X_big = X.copy()
+    X_big[0, 5, 0] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = est.predict(X_big, lengths=lengths)
+        _fit_quiet(LSTMRegressor(**FAST), X_big, y, lengths=lengths)
+    np.testing.assert_array_equal(p, est.predict(X, lengths=lengths))
+
+
 @pytest.mark.parametrize("where, match", [
     ((0, 0, slice(None)), "step 0 is NaN but step 1 is not"),
     ((1, 7, 0), "both NaN and finite"),
