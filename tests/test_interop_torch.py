@@ -275,6 +275,46 @@ def test_from_torch_takes_subclasses_and_scripted_modules():
         fl.from_torch(Doubled(3, 4))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_from_torch_takes_traced_modules_of_torchs_classes_only():
+    """``torch.jit.trace`` of an nn.LSTM / nn.LSTMCell (alone or inside a traced model)
+    converts like the module (it was refused as holding no LSTM); a traced or scripted
+    class that is only named LSTM is refused (its forward may compute something else)."""
+    torch = _torch()
+    torch.manual_seed(3)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True,
+                                     batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    class LSTM(torch.nn.LSTM):          # torch's name, other maths
+        def forward(self, x, hx=None):
+            return super().forward(2 * x, hx)
+
+    x = torch.randn(2, 5, 3)
+    lstm = torch.nn.LSTM(3, 4, proj_size=2, batch_first=True)
+    for traced in (torch.jit.trace(lstm, x), torch.jit.trace(Model(), x)):
+        with torch.no_grad():
+            out = traced(x)
+        want = (out[0] if isinstance(out, tuple) else out).numpy()
+        np.testing.assert_allclose(fl.from_torch(traced)(x.numpy())[0], want,
+                                   **TOL[np.float32])
+    cell = torch.jit.trace(torch.nn.LSTMCell(3, 4), x[:, 0])
+    with torch.no_grad():
+        h, _ = cell(x[:, 0])
+    np.testing.assert_allclose(fl.from_torch(cell).step(x[:, 0].numpy())[0], h.numpy(),
+                               **TOL[np.float32])
+    impostor = torch.jit.trace(LSTM(3, 4, batch_first=True), x)
+    with pytest.raises(TypeError, match="named LSTM but not torch's nn.LSTM"):
+        fl.from_torch(impostor)
+    assert fl.from_torch(impostor.state_dict()).hidden_size == 4   # as the message says
+
+
 def _random_fl_model(kind, dtype, rng):
     def lstm(i, h, **kw):
         layer = fl.LSTM(i, h, dtype=dtype, random_state=int(rng.integers(1 << 30)), **kw)

@@ -28,12 +28,31 @@ def _is_module(obj):
     return hasattr(obj, "state_dict") and hasattr(obj, "parameters") and callable(obj.state_dict)
 
 
+_TORCHSCRIPT = ("RecursiveScriptModule", "TopLevelTracedModule", "TracedModule")
+
+
 def _lstm_kind(module):
     """"LSTM" / "LSTMCell" for torch's classes, their subclasses that keep torch's
-    ``forward`` and their TorchScript compilations; otherwise None."""
-    scripted = getattr(module, "original_name", None)
-    if scripted in ("LSTM", "LSTMCell") and type(module).__name__ == "RecursiveScriptModule":
-        return scripted
+    ``forward`` and their TorchScript versions (``torch.jit.script`` or ``trace``);
+    otherwise None."""
+    if type(module).__name__ in _TORCHSCRIPT:
+        name = getattr(module, "original_name", None)
+        if name not in ("LSTM", "LSTMCell"):
+            return None
+        # the compiled class's qualified name tells torch's own nn.LSTM
+        # ("__torch__.torch.nn.modules.rnn[.___torch_mangle_N].LSTM") from a class of the
+        # same name, whose forward may compute something else
+        try:
+            qualified = module._c._type().qualified_name()
+        except Exception:                   # noqa: BLE001 - any other TorchScript build
+            qualified = ""
+        if not (qualified.startswith("__torch__.torch.nn.modules.rnn.")
+                and qualified.rsplit(".", 1)[-1] == name):
+            raise TypeError(f"{type(module).__name__} {qualified or name!r} is a TorchScript "
+                            f"module named {name} but not torch's nn.{name}, so its outputs "
+                            "may differ: convert its state_dict() if the LSTM maths is "
+                            "unchanged")
+        return name
     for cls in type(module).__mro__:
         if cls.__name__ in ("LSTM", "LSTMCell") and cls.__module__.startswith("torch.nn"):
             if type(module).forward is not cls.forward:
@@ -80,7 +99,7 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
     """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
 
     module : ``nn.LSTM``, ``nn.LSTMCell`` (or a subclass keeping their ``forward``, or
-        a TorchScript compilation), a module holding exactly one of them (an
+        their ``torch.jit.script`` / ``torch.jit.trace`` versions), a module holding exactly one of them (an
         ``nn.Sequential``, a model class), or a ``state_dict`` (a mapping of names to
         tensors or NumPy arrays; no torch needed).  With a state_dict the sizes are read
         from the shapes; ``input_size``, ``hidden_size``, ``num_layers``, ``bidirectional``,
