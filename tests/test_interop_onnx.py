@@ -917,3 +917,29 @@ def test_from_onnx_stored_state_part_with_the_other_computed_as_zeros():
     assert not s0.c.any()
     np.testing.assert_allclose(model(X, initial_state=s0, time_major=True)[0],
                                run_ort(proto, {"X": X})["Y"][:, 0], **TOL32)
+
+
+@pytest.mark.parametrize("stored", ["initial_h", "initial_c"])
+def test_from_onnx_stored_zero_part_with_the_other_a_graph_input(stored):
+    """One part stored as zeros, the other a graph input: the zeros as if computed (the
+    caller passes the state whole), not refused as half-stored."""
+    rng = np.random.default_rng(13)
+    I, H, N, T = 2, 3, 2, 4
+    W = rng.uniform(-1, 1, (1, 4 * H, I)).astype(np.float32)
+    R = rng.uniform(-1, 1, (1, 4 * H, H)).astype(np.float32)
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
+             numpy_helper.from_array(np.zeros((1, N, H), np.float32), "s0")]
+    given = "c0" if stored == "initial_h" else "h0"
+    names = ["s0", "c0"] if stored == "initial_h" else ["h0", "s0"]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["X", "W", "R", "", ""] + names, ["Y"], hidden_size=H)],
+        "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, I]),
+              helper.make_tensor_value_info(given, TensorProto.FLOAT, [1, N, H])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    X = rng.normal(size=(T, N, I)).astype(np.float32)
+    part = rng.normal(size=(1, N, H)).astype(np.float32)
+    zeros = np.zeros((N, H), np.float32)
+    state = fl.LSTMState(part[0], zeros) if given == "c0" else fl.LSTMState(zeros, part[0])
+    np.testing.assert_allclose(fl.from_onnx(proto)(X, initial_state=state, time_major=True)[0],
+                               run_ort(proto, {"X": X, given: part})["Y"][:, 0], **TOL32)

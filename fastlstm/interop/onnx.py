@@ -838,6 +838,12 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
             raise ValueError(f"{where}: {what} must have shape "
                              + (f"(N, {D}, {H})" if layout == 1 else f"({D}, N, {H})")
                              + f", got {v.shape}")
+    # one part stored as zeros and the other a graph input: as computed zeros (the caller
+    # passes the initial state whole, that part zeros)
+    if isinstance(h0, np.ndarray) and isinstance(c0, str) and not np.any(h0):
+        h0 = None
+    if isinstance(c0, np.ndarray) and isinstance(h0, str) and not np.any(c0):
+        c0 = None
     # one part stored as zeros and the other omitted (zeros too in ONNX): no state; one
     # part stored and the other omitted: that one is zeros
     if (h0 is None and isinstance(c0, np.ndarray) and not np.any(c0)) or \
