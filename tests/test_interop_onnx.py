@@ -424,7 +424,10 @@ def test_from_onnx_layout_1_initial_state():
     np.testing.assert_array_equal(s0.c, c0[:, 0])
 
 
-def test_from_onnx_reads_torch_exported_graphs():
+@pytest.mark.parametrize("opset, folding", [(14, True), (9, False), (14, False), (17, False)])
+def test_from_onnx_reads_torch_exported_graphs(opset, folding):
+    """torch's export; without constant folding its graph reorders the gates of W, R and
+    B with Slice / Concat nodes on the stored weights (that was refused as "not stored")."""
     torch = pytest.importorskip("torch")
     import io
     import warnings
@@ -436,15 +439,22 @@ def test_from_onnx_reads_torch_exported_graphs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=14, input_names=["X"])
+            torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=opset,
+                              input_names=["X"], do_constant_folding=folding)
         except Exception as exc:  # pragma: no cover - depends on the torch build
             pytest.skip(f"torch's ONNX exporter is unavailable: {exc}")
+    proto = onnx.load_from_string(buf.getvalue())
+    lstm_inputs = [n.input[1] for n in proto.graph.node if n.op_type == "LSTM"]
+    stored = {t.name for t in proto.graph.initializer}
+    assert all(w in stored for w in lstm_inputs) == folding    # the case this test is about
     model = fl.from_onnx(buf.getvalue())
     assert isinstance(model, fl.MultiLSTM) and len(model) == 2
     Y, _ = model(x.numpy(), time_major=True)
     with torch.no_grad():
         want = m(x)[0].numpy()
     np.testing.assert_allclose(Y, want, **TOL32)
+    np.testing.assert_allclose(Y, run_ort(proto, {"X": x.numpy()})[proto.graph.output[0].name],
+                               **TOL32)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -943,3 +953,41 @@ def test_from_onnx_stored_zero_part_with_the_other_a_graph_input(stored):
     state = fl.LSTMState(part[0], zeros) if given == "c0" else fl.LSTMState(zeros, part[0])
     np.testing.assert_allclose(fl.from_onnx(proto)(X, initial_state=state, time_major=True)[0],
                                run_ort(proto, {"X": X, given: part})["Y"][:, 0], **TOL32)
+
+
+def test_from_onnx_folds_weights_computed_from_stored_values_only():
+    """W, R and B computed from stored values alone are evaluated at import; computed from
+    a graph input (the caller's values) or by a random operation, refused as not stored."""
+    rng = np.random.default_rng(14)
+    I, H, N, T = 3, 4, 2, 5
+    W = rng.normal(size=(1, 4 * H, I)).astype(np.float32)
+    R = rng.normal(size=(1, 4 * H, H)).astype(np.float32)
+    B = rng.normal(size=(1, 8 * H)).astype(np.float32)
+    X = rng.normal(size=(T, N, I)).astype(np.float32)
+
+    def graph(w_node, extra_inputs=()):
+        inits = [numpy_helper.from_array(np.ascontiguousarray(W.transpose(0, 2, 1)), "Wt"),
+                 numpy_helper.from_array(R, "R"),
+                 numpy_helper.from_array(B[:, :4 * H], "B1"),
+                 numpy_helper.from_array(B[:, 4 * H:], "B2")]
+        nodes = [w_node,
+                 helper.make_node("Concat", ["B1", "B2"], ["B"], axis=1),
+                 helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=H)]
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, I])]
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, I, 4 * H])
+                   for n in extra_inputs]
+        return helper.make_model(
+            helper.make_graph(nodes, "g", inputs,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              inits),
+            opset_imports=[helper.make_opsetid("", 14)])
+
+    folded = graph(helper.make_node("Transpose", ["Wt"], ["W"], perm=[0, 2, 1]))
+    np.testing.assert_allclose(fl.from_onnx(folded)(X, time_major=True)[0],
+                               run_ort(folded, {"X": X})["Y"][:, 0], **TOL32)
+    given = graph(helper.make_node("Transpose", ["Wg"], ["W"], perm=[0, 2, 1]), ["Wg"])
+    with pytest.raises(ValueError, match=r"W \('W'\) is not stored in the model"):
+        fl.from_onnx(given)
+    noisy = graph(helper.make_node("RandomUniformLike", ["Wt"], ["W"]))
+    with pytest.raises(ValueError, match=r"W \('W'\) is not stored in the model"):
+        fl.from_onnx(noisy)

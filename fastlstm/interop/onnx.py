@@ -290,7 +290,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
         through shape operations only (the first from a graph input), which must give it
         [time, batch, features] ([batch, time, features] for layout 1), the features
         [forward | backward].  W, R, B and P must be stored in the model (initializers
-        or Constant nodes); an initial state computed in the graph must be zeros or a
+        or Constant nodes) or computed from stored values alone (as torch's export with
+        ``do_constant_folding=False`` reorders the gates); an initial state computed in the graph must be zeros or a
         graph input moved by shape operations.
     return_initial_state : also return the initial states stored in the model (a per-layer
         tuple like the model's state, None for a layer without stored state).  Stored
@@ -322,6 +323,7 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     lstms = [n for n in graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
     if not lstms:
         raise ValueError("the ONNX model has no LSTM node")
+    _fold_parameters(proto, lstms, consts, producer, graph_inputs)
     graph_ = _Graph(proto, consts, producer)
     items, states = [], []
     for k, node in enumerate(lstms):
@@ -339,6 +341,61 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
                              "model does not hold: pass return_initial_state=True and give it "
                              "to the model as initial_state")
     return result
+
+
+# operations whose results are not a function of their inputs alone
+_NOT_FOLDABLE = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                 "Multinomial", "Bernoulli", "Dropout", "LSTM", "GRU", "RNN", "Loop", "If",
+                 "Scan")
+
+
+def _fold_parameters(proto, lstms, consts, producer, graph_inputs):
+    """W, R, B and P computed in the graph from stored values alone (torch's export with
+    ``do_constant_folding=False`` reorders the gates with Slice / Concat nodes) are
+    evaluated once here, with ONNX's reference evaluator, and added to ``consts``.
+    Anything reading a graph input, or not a plain function of its inputs, is left
+    alone (and refused later as not stored)."""
+    for node in lstms:
+        for idx in (1, 2, 3, 7):
+            name = node.input[idx] if len(node.input) > idx else ""
+            if not name or name in consts or name not in producer:
+                continue
+            needed, todo, ok = {}, [name], True
+            while todo and ok:
+                out = todo.pop()
+                if out in consts or out == "" or out in needed:
+                    continue
+                op = producer.get(out)
+                ok = (op is not None and out not in graph_inputs
+                      and op.domain in ("", "ai.onnx") and op.op_type not in _NOT_FOLDABLE
+                      and not any(a.type in (5, 10) for a in op.attribute))   # no subgraphs
+                if ok:
+                    needed[out] = op
+                    todo.extend(op.input)
+            if not ok or len(needed) > 1000:
+                continue
+            nodes = []
+            for n in proto.graph.node:            # graph order is a topological order
+                if any(o in needed for o in n.output) and n not in nodes:
+                    nodes.append(n)
+            leaves = {i for n in nodes for i in n.input if i in consts}
+            try:
+                consts[name] = _evaluate(proto, nodes, {k: consts[k] for k in leaves}, name)
+            except Exception:                 # noqa: BLE001 - left to the "not stored" error
+                continue
+
+
+def _evaluate(proto, nodes, values, name):
+    """The value ``name`` computed by ``nodes`` from the stored ``values``."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = helper.make_graph(
+        nodes, "fold", [], [helper.make_tensor_value_info(name, 0, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in values.items()])
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import),
+                              ir_version=proto.ir_version)
+    return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
 
 
 def _flat_state(s):
