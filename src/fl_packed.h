@@ -620,8 +620,25 @@ static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expcored(fl_pk_vd x)
     return p * (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
 }
 
+/* e^x - 1 likewise (fl_em1nf / fl_em1n): 2^n (e^r - 1) + (2^n - 1) */
+static inline __attribute__((always_inline)) fl_pk_vf fl_pk_em1coref(fl_pk_vf x)
+{
+    fl_pk_vf t, q, scale;
+    FL_EM1F_CORE(fl_pk_vf, x, t, q);
+    scale = (fl_pk_vf) ((fl_pk_vif) t << 23);
+    return scale * q + (scale - 1.0f);
+}
+
+static inline __attribute__((always_inline)) fl_pk_vd fl_pk_em1cored(fl_pk_vd x)
+{
+    fl_pk_vd t, q, scale;
+    FL_EM1_CORE(fl_pk_vd, x, t, q);
+    scale = (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
+    return scale * q + (scale - 1.0);
+}
+
 /* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the same range, so +inf from x ~ 88.38
- * (709.44) on), or for x <= 0 only (fl_pk_expn); sigmoid, tanh, sigmoid(a) * tanh(x) from
+ * (709.44) on); e^x - 1 for x <= 0 (fl_pk_em1n); sigmoid, tanh, sigmoid(a) * tanh(x) from
  * ea = exp(-a); the cell updates; per instruction set, for the clamps. */
 #define FL_PK_CELL(T, SUF, NU, V, ISA, ATTR)                                               \
 ATTR static inline __attribute__((always_inline)) V fl_pk_expv##SUF##_##ISA(V x)          \
@@ -630,10 +647,10 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_expv##SUF##_##ISA(V x)
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
     return fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
 }                                                                                          \
-ATTR static inline __attribute__((always_inline)) V fl_pk_expn##SUF##_##ISA(V x)          \
-{                                                                                          \
+ATTR static inline __attribute__((always_inline)) V fl_pk_em1n##SUF##_##ISA(V x)          \
+{   /* e^x - 1 for x <= 0 */                                                               \
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
-    return fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, x));                           \
+    return fl_pk_em1core##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, x));                           \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_clip##SUF##_##ISA(V x, T clip)  \
 {                                                                                          \
@@ -648,16 +665,16 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF##_##ISA(V x
 {                                                                                          \
     const fl_pk_vi##SUF sign = (fl_pk_vi##SUF) (-(V){0});   /* -0.0 */                     \
     V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
-    V y = fl_pk_expn##SUF##_##ISA((T) -2 * ax);                                            \
-    V r = ((T) 1 - y) / ((T) 1 + y);                                                       \
+    V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);      /* tanh |x| = -m / (2 + m) */         \
+    V r = m / ((T) -2 - m);                                                                \
     return (V) ((fl_pk_vi##SUF) r | ((fl_pk_vi##SUF) x & sign));                           \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF##_##ISA(V ea, V x)  \
 {   /* sigmoid(a) * tanh(x), ea = exp(-a) */                                               \
     const fl_pk_vi##SUF sign = (fl_pk_vi##SUF) (-(V){0});                                  \
     V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
-    V y = fl_pk_expn##SUF##_##ISA((T) -2 * ax);                                            \
-    V r = ((T) 1 - y) / (((T) 1 + ea) * ((T) 1 + y));                                      \
+    V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);                                            \
+    V r = m / (((T) 1 + ea) * ((T) -2 - m));                                               \
     return (V) ((fl_pk_vi##SUF) r | ((fl_pk_vi##SUF) x & sign));                           \
 }                                                                                          \
 /* the gate pre-activations of one vector of units: products z (gate q at z + q * NU) plus  \
@@ -709,10 +726,10 @@ fl_pk_cell_fast##SUF##_##ISA(const T *z, const T *bp, const T *cp, int use_peep,
 }                                                                                          \
 /* Inference (no training cache), a whole panel: reads c_{t-1} at c and writes c_t there,  \
  * m_t at h and y.  Products of activations share one division:                            \
- *     i * g = sign(zg) (1 - eg) / ((1 + ei) (1 + eg)),   ei = exp(-zi), eg = exp(-2|zg|)  \
+ *     i * g = sign(zg) mg / ((1 + ei) (-2 - mg)),  ei = exp(-zi), mg = exp(-2|zg|) - 1    \
  *     f * c = c / (1 + ef),   o * tanh(c) likewise as i * g                               \
  * (3 divisions instead of 5; an infinite ei or ef, a gate of exactly 0, gives 0: the      \
- * numerators are finite, eg <= 1). */                                                     \
+ * numerators are finite, -1 <= mg <= 0). */                                               \
 ATTR static inline __attribute__((always_inline)) void                                     \
 fl_pk_cell_inf##SUF##_##ISA(const T *z, const T *bp, T *c, T *h, T *y, int use_peep,       \
                             int use_clip, T clip)                                          \

@@ -40,9 +40,10 @@
  * minimax polynomial of degree 6 (relative error 4e-9; every float input checked: at
  * most 0.91 ulp with FMA, 1.18 without).  double: Cephes' rational approximation. */
 #define FL_EXPF_MAGIC 12583039.0f
-#define FL_EXPF_CORE(TYPE, x, t, p)                                                        \
+/* the reduction and (e^r - 1) / r in p, r in r_ */
+#define FL_EXPF_REDUCE(TYPE, x, t, r_, p)                                                  \
     do {                                                                                   \
-        TYPE n_, r_;                                                                       \
+        TYPE n_;                                                                           \
         t = (x) * 1.44269504088896341f + FL_EXPF_MAGIC;                                    \
         n_ = t - FL_EXPF_MAGIC;                                                            \
         r_ = (x) - n_ * 0.693359375f;                                                      \
@@ -52,10 +53,23 @@
         p = p * r_ + 1.666652113199234E-1f;                                                \
         p = p * r_ + 4.999999403953552E-1f;                                                \
         p = p * r_ + 1.0f;                                                                 \
-        p = p * r_ + 1.0f;                                                                 \
+    } while (0)
+#define FL_EXPF_CORE(TYPE, x, t, p)                                                        \
+    do {                                                                                   \
+        TYPE rc_;                                                                          \
+        FL_EXPF_REDUCE(TYPE, x, t, rc_, p);                                                \
+        p = p * rc_ + 1.0f;                                                                \
+    } while (0)
+/* e^r - 1 (the caller forms e^x - 1 = 2^n q + (2^n - 1)): no cancellation near x = 0 */
+#define FL_EM1F_CORE(TYPE, x, t, q)                                                        \
+    do {                                                                                   \
+        TYPE rc_;                                                                          \
+        FL_EXPF_REDUCE(TYPE, x, t, rc_, q);                                                \
+        q = q * rc_;                                                                       \
     } while (0)
 #define FL_EXP_MAGIC 6755399441055744.0
-#define FL_EXP_CORE(TYPE, x, t, p)                                                         \
+/* the reduction and e^r - 1 = 2 P(r) / (Q(r) - P(r)) in q */
+#define FL_EM1_CORE(TYPE, x, t, q)                                                         \
     do {                                                                                   \
         TYPE n_, r_, rr_, px_, qx_;                                                        \
         t = (x) * 1.4426950408889634073599 + FL_EXP_MAGIC;                                 \
@@ -67,7 +81,12 @@
                     + 9.99999999999999999910E-1);                                          \
         qx_ = ((3.00198505138664455042E-6 * rr_ + 2.52448340349684104192E-3) * rr_         \
                + 2.27265548208155028766E-1) * rr_ + 2.00000000000000000009E0;              \
-        p = 1.0 + 2.0 * (px_ / (qx_ - px_));                                               \
+        q = 2.0 * (px_ / (qx_ - px_));                                                     \
+    } while (0)
+#define FL_EXP_CORE(TYPE, x, t, p)                                                         \
+    do {                                                                                   \
+        FL_EM1_CORE(TYPE, x, t, p);                                                        \
+        p = 1.0 + p;                                                                       \
     } while (0)
 
 /* exp(x): x clamped to [-87, 88.7] (float) or [-708, 709.7] (double); NaN passes.  At
@@ -108,15 +127,45 @@ FL_INLINE double fl_exp(double x)
     return p * scale;
 }
 
+/* e^x - 1 for x <= 0 (clamped at -87 / -708; NaN passes), with the relative accuracy of
+ * exp near x = 0, where e^x - 1 computed from e^x cancels: tanh is built on it. */
+FL_INLINE float fl_em1nf(float x)
+{
+    float t, q, scale;
+    uint32_t ti;
+    x = x < -87.0f ? -87.0f : x;
+    FL_EM1F_CORE(float, x, t, q);
+    memcpy(&ti, &t, 4);
+    ti <<= 23;
+    memcpy(&scale, &ti, 4);
+    return scale * q + (scale - 1.0f);
+}
+
+FL_INLINE double fl_em1n(double x)
+{
+    const double magic = FL_EXP_MAGIC;
+    double t, q, scale;
+    uint64_t ti, mi, e;
+    x = x < -708.0 ? -708.0 : x;
+    FL_EM1_CORE(double, x, t, q);
+    memcpy(&ti, &t, 8);
+    memcpy(&mi, &magic, 8);
+    e = (ti - mi + 1023u) << 52;
+    memcpy(&scale, &e, 8);
+    return scale * q + (scale - 1.0);
+}
+
 /* ---- activations over arrays (in place) ------------------------------------------- */
 
-#define FL_DEFINE_ACTIVATIONS(T, SUF, EXP)                                              \
+/* tanh |x| = (1 - e) / (1 + e), e = exp(-2|x|), written with m = e - 1 (fl_em1n) as
+ * m / (-2 - m): relative accuracy near 0 too (1 - e cancels there) */
+#define FL_DEFINE_ACTIVATIONS(T, SUF, EXP, EM1N)                                        \
 FL_INLINE T fl_sigmoid##SUF(T x) { return (T)1 / ((T)1 + EXP(-x)); }                   \
 FL_INLINE T fl_tanh##SUF(T x)                                                          \
 {                                                                                      \
     T ax = x < 0 ? -x : x;                                                             \
-    T y = EXP((T)-2 * ax);                                                             \
-    T r = ((T)1 - y) / ((T)1 + y);                                                     \
+    T m = EM1N((T)-2 * ax);                                                            \
+    T r = m / ((T)-2 - m);                                                             \
     return x < 0 ? -r : r;                                                             \
 }                                                                                      \
 static void fl_act_inplace##SUF(int kind, T *restrict a, int n)                        \
@@ -161,8 +210,8 @@ static void fl_rec_inplace##SUF(int kind, T *restrict a, int n)                 
     }                                                                                  \
 }
 
-FL_DEFINE_ACTIVATIONS(float, f, fl_expf)
-FL_DEFINE_ACTIVATIONS(double, d, fl_exp)
+FL_DEFINE_ACTIVATIONS(float, f, fl_expf, fl_em1nf)
+FL_DEFINE_ACTIVATIONS(double, d, fl_exp, fl_em1n)
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FL_UNUSED __attribute__((unused))   /* not every module uses every helper */

@@ -206,6 +206,54 @@ def test_sigmoid_near_exp_overflow(monkeypatch, path, dtype):
         _forward.packed_isa(-1)
 
 
+@pytest.mark.parametrize("path", ["small", "blas", "packed-rows", "packed-units", "step",
+                                  "training"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_is_relatively_accurate_near_zero(monkeypatch, path, dtype):
+    """tanh(x) ~ x near 0 to a few ulp, as NumPy and TF give it: written as
+    (1 - e^-2|x|) / (1 + e^-2|x|) it lost all relative precision there (float32 tanh(1e-7)
+    was 11 % off and 0 below 1e-8), so small cell states and outputs came out as 0.
+    Gates i = o = 1, f = 0 and z_g = x make c = tanh(x) and h = tanh(tanh(x))."""
+    from fastlstm import _forward, layers
+
+    rng = np.random.default_rng(8)
+    tiny = 1e-30 if dtype == np.float32 else 1e-300
+    mags = np.geomspace(tiny, 20.0, 1200)
+    x = (mags * rng.choice([-1.0, 1.0], mags.size)).astype(dtype)
+    layer = fl.LSTM(1, 1, dtype=dtype, random_state=0)
+    layer.W[...] = [[0.0, 0.0, 1.0, 0.0]]          # z_g = x
+    layer.U[...] = 0
+    layer.b[...] = [50.0, -1000.0, 0.0, 50.0]      # i = o = 1, f = 0
+    X = np.repeat(x[:, None, None], 2, axis=1)     # two steps: c_prev = tanh(x), then f = 0
+    x64 = x.astype(np.float64)
+    want_c, want_h = np.tanh(x64), np.tanh(np.tanh(x64))
+    rtol = 4 * np.finfo(dtype).eps
+    monkeypatch.setattr(layers, "_FORCE_PATH", path if path in ("small", "blas", "packed-rows",
+                                                                "packed-units") else None)
+    try:
+        for isa in ([0, 1] if _forward.packed_isa(-1) == 1 else [0]):
+            _forward.packed_isa(isa)
+            if path == "step":
+                state = layer.zero_state(x.size)
+                for t in range(2):
+                    h, state = layer.step(X[:, t], state)
+                c = state.c
+            elif path == "training":
+                Y, (c, h), cache = layer.forward(X)
+                # the backward reads tanh(c) too: d h / d x = (1 - tanh^2(tanh x)) (1 - tanh^2 x)
+                dX = layer.backward(np.stack([np.zeros_like(x), np.ones_like(x)], 1)[:, :, None],
+                                    cache)[0]
+                # (1 - y^2 from y, as torch does it: absolute accuracy where y ~ 1)
+                want_dx = (1 - want_h ** 2) * (1 - want_c ** 2)
+                np.testing.assert_allclose(dX[:, 1, 0], want_dx, rtol=rtol, atol=rtol)
+            else:
+                Y, (c, h) = layer(X)
+            np.testing.assert_allclose(c[:, 0], want_c, rtol=rtol, atol=0)
+            np.testing.assert_allclose(h[:, 0], want_h, rtol=rtol, atol=0)
+    finally:
+        _forward.packed_isa(-1)
+
+
 # -- denormals ---------------------------------------------------------------------------
 
 
