@@ -353,3 +353,30 @@ def test_keras2_time_major_layer_warns_and_matches_with_time_major_calls():
         fl.from_keras(bi)
     mine = [w for w in seen if "time-major" in str(w.message)]
     assert len(mine) == 1 and mine[0].filename == __file__
+
+
+def test_tensorflow_bundled_keras2_layers_read_as_keras2(monkeypatch):
+    """TensorFlow still ships its Keras 2 code (tensorflow.python.keras, tf.keras of TF
+    1.x), whose hard_sigmoid is 0.2 x + 0.5: its layers were read as Keras 3 (TF 2.16+
+    names Keras 3 as tf.keras) and imported with x / 6 + 0.5 (0.11 off)."""
+    import importlib
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            recurrent = importlib.import_module("tensorflow.python.keras.layers.recurrent")
+    except ImportError:  # pragma: no cover - a TensorFlow without its bundled Keras 2
+        pytest.skip("this TensorFlow does not ship tensorflow.python.keras")
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    cell = recurrent.LSTMCell(4, recurrent_activation="hard_sigmoid")
+    rnn = recurrent.RNN(cell, return_sequences=True)
+    rnn(tf.constant(X))
+    cell.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in cell.get_weights()])
+    want = np.asarray(rnn(tf.constant(X)))
+    # whatever tf.keras names (this module sets TF_USE_LEGACY_KERAS: tf_keras, Keras 2;
+    # by default TF 2.16+ names Keras 3)
+    monkeypatch.setattr(tf.keras, "__version__", "3.15.0", raising=False)
+    model = fl.from_keras(cell)
+    assert model.recurrent_activation == "hard_sigmoid_keras2"
+    np.testing.assert_allclose(model(X)[0], want, **TOL[np.float32])

@@ -53,6 +53,10 @@ def _keras_major(layer):
         return None
     if top == "tf_keras":
         return 2
+    if any(cls.__module__.startswith("tensorflow.python.keras") for cls in type(layer).__mro__):
+        # the Keras 2 code bundled in TensorFlow (tf.keras of TF 1.x; still shipped, as a
+        # private module, beside Keras 3 in TF 2.16+)
+        return 2
     if top == "tensorflow":
         try:
             import tensorflow as tf
