@@ -378,6 +378,24 @@ def test_checkpoint_stack_with_a_custom_cell_name():
                                **TOL[np.dtype(np.float64)])
 
 
+def test_to_tf1_checkpoint_cell_names_per_layer():
+    """MultiRNNCell([BasicLSTMCell(4), LSTMCell(5)]): the variable names come back exactly
+    with one cell_name per layer (one name for every layer could not write them)."""
+    rng = np.random.default_rng(14)
+    v0, v1 = random_vars(rng, 6, 4), random_vars(rng, 4, 5)
+    variables = {f"rnn/multi_rnn_cell/cell_0/basic_lstm_cell/{n}": a for n, a in v0.items()}
+    variables.update({f"rnn/multi_rnn_cell/cell_1/lstm_cell/{n}": a for n, a in v1.items()})
+    model = fl.from_tf1_checkpoint(variables)
+    back = fl.to_tf1_checkpoint(model, cell_name=["basic_lstm_cell", "lstm_cell"])
+    assert set(back) == set(variables)
+    for name, value in variables.items():
+        np.testing.assert_allclose(back[name], value, rtol=1e-15, atol=1e-15)
+    assert set(fl.to_tf1_checkpoint(model, cell_name=[None, "lstm_cell/"])) == set(variables)
+    for bad in (5, "", ["lstm_cell"], ["lstm_cell", 3]):
+        with pytest.raises((TypeError, ValueError), match="cell_name"):
+            fl.to_tf1_checkpoint(model, cell_name=bad)
+
+
 def test_to_tf1_forget_bias_per_layer_and_checked():
     """to_tf1_checkpoint takes forget_bias per layer, as from_tf1_checkpoint does: the
     variables read back exactly (a list was broadcast over the units of every layer, or

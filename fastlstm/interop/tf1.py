@@ -362,10 +362,12 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     ``{scope}/fw/{cell}/...`` and ``.../bw/...`` (scope ``bidirectional_rnn``); a
     ``MultiLSTM`` of ``Bidirectional`` -> ``stack_bidirectional_dynamic_rnn``'s
     ``{scope}/cell_k/bidirectional_rnn/fw/{cell}/...`` (scope ``stack_bidirectional_rnn``).
-    ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell`` (or
-    ``cell_name``).  ``forget_bias``: see ``to_tf1``; one value, or one per layer (a
-    list, as ``from_tf1_checkpoint`` takes; both directions of a bidirectional layer use
-    its value).
+    ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell``, or
+    ``cell_name``: one name, or one per layer (a list; None entries keep the default),
+    e.g. ``["basic_lstm_cell", "lstm_cell"]`` for ``MultiRNNCell([BasicLSTMCell(4),
+    LSTMCell(5)])``.  ``forget_bias``: see ``to_tf1``; one value, or one per layer (a
+    list, as ``from_tf1_checkpoint`` takes).  Both directions of a bidirectional layer use
+    its values.
     """
     if scope is not None:
         if not isinstance(scope, str) or not scope.strip("/"):
@@ -381,6 +383,11 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
         refuse_reverse(item, "a TF1 checkpoint (its variable names are dynamic_rnn's, which "
                        "runs forward; to_tf1 gives the cell's variables, to run over "
                        "tf.reverse_sequence)", f"layer {k}")
+    names = _per_layer(cell_name, len(items), "cell_name")
+    for v in names:
+        if v is not None and (not isinstance(v, str) or not v.strip("/")):
+            raise TypeError("cell_name must be None, a variable scope name, or a list of "
+                            f"them with one per layer, got {cell_name!r}")
     bidir = [isinstance(it, Bidirectional) for it in items]
     if any(bidir) and not all(bidir):
         raise ValueError("TF1 has no standard variable names for a stack mixing "
@@ -388,7 +395,7 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     out = {}
 
     def put(prefix, layer, k):
-        name = cell_name or _cell_name(layer)
+        name = names[k].strip("/") if names[k] is not None else _cell_name(layer)
         for key, v in to_tf1(layer, fbs[k]).items():
             out[f"{prefix}/{name}/{key}"] = v
 
