@@ -198,3 +198,28 @@ def test_call_option_warnings_point_at_the_caller():
         fl.from_keras(layer)
     mine = [w for w in seen if "is stateful" in str(w.message)]
     assert len(mine) == 1 and mine[0].filename == __file__
+
+
+def test_rnn_over_an_lstm_cell_imports_like_lstm():
+    """keras.layers.RNN(LSTMCell(units)) computes what LSTM(units) does: it imports (it was
+    refused as "not an LSTM layer"); an RNN over stacked cells is refused with what to do."""
+    rng = np.random.default_rng(11)
+    rnn = keras.layers.RNN(keras.layers.LSTMCell(H, recurrent_activation="hard_sigmoid"),
+                           return_sequences=True, return_state=True)
+    rnn.build((None, T, I))
+    _random_weights(rnn, rng, np.float32)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+    out, h, c = (_np(a) for a in rnn(X))
+    model = fl.from_keras(rnn)
+    Y, state = model(X)
+    np.testing.assert_allclose(Y, out, **TOL[np.float32])
+    np.testing.assert_allclose(state.c, c, **TOL[np.float32])
+    bi = keras.layers.Bidirectional(keras.layers.RNN(keras.layers.LSTMCell(H),
+                                                     return_sequences=True))
+    bi.build((None, T, I))
+    _random_weights(bi, rng, np.float32)
+    np.testing.assert_allclose(fl.from_keras(bi)(X)[0], _np(bi(X)), **TOL[np.float32])
+    stacked = keras.layers.RNN([keras.layers.LSTMCell(H), keras.layers.LSTMCell(H)])
+    stacked.build((None, T, I))
+    with pytest.raises(TypeError, match="convert each cell"):
+        fl.from_keras(stacked)

@@ -162,8 +162,17 @@ def _warn_call_options(layer, name, stacklevel):
 
 def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
     kind = type(layer).__name__
-    if "LSTM" not in kind or not hasattr(layer, "get_weights"):
-        raise TypeError(f"expected a Keras LSTM layer, got {kind}")
+    cell_kind = type(getattr(layer, "cell", None)).__name__
+    # keras.layers.RNN(LSTMCell(units)) computes what LSTM(units) does
+    wrapped = kind == "RNN" and "LSTM" in cell_kind
+    if not (wrapped or "LSTM" in kind) or not hasattr(layer, "get_weights"):
+        hint = ""
+        if kind == "RNN" and cell_kind == "StackedRNNCells":
+            hint = (" over several cells: convert each cell (from_keras(cell)) and stack them "
+                    "in fastlstm.MultiLSTM")
+        elif kind == "RNN":
+            hint = f" over a {cell_kind}, not an LSTMCell"
+        raise TypeError(f"expected a Keras LSTM layer, got {kind}{hint}")
     if getattr(layer, "go_backwards", False) and not allow_backwards:
         raise ValueError("go_backwards=True returns outputs in reversed time order, which "
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
@@ -189,8 +198,8 @@ def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", kera
                dtype=None):
     """A fastlstm layer with the same outputs and final states as a Keras ``LSTM``.
 
-    layer : a ``keras.layers.LSTM`` (or ``Bidirectional(LSTM(...), merge_mode="concat")``)
-        object, or its ``get_weights()`` list ``[kernel (I, 4H), recurrent_kernel (H, 4H),
+    layer : a ``keras.layers.LSTM``, ``LSTMCell`` or ``RNN(LSTMCell(...))`` (or
+        ``Bidirectional(...)`` of one, ``merge_mode="concat"``) object, or its ``get_weights()`` list ``[kernel (I, 4H), recurrent_kernel (H, 4H),
         bias (4H,)]`` (bias may be left out; an (8H,) CuDNN bias is summed).
     activation, recurrent_activation : used only with a weights list (a layer object brings
         its own).  Names or functions: activation in tanh / relu / sigmoid / linear;
