@@ -146,6 +146,24 @@ def _float_dtype(dtype, name="dtype"):
     return dt
 
 
+def _input_dtype(x, state):
+    """The dtype an unbuilt cell takes from its first call: the inputs' when they are
+    float32 / float64, else the state's (integer inputs, as fed to a float placeholder,
+    are cast), else None (the default, float32)."""
+    for a in [x] + [np.asarray(p) for p in _leaves(state)]:
+        if a.dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+            return a.dtype
+    return None
+
+
+def _leaves(state):
+    if state is None:
+        return []
+    if isinstance(state, (tuple, list)):
+        return [leaf for part in state for leaf in _leaves(part)]
+    return [state]
+
+
 class RNNCell:
     """Base of the cells: ``state_size``, ``output_size``, ``zero_state``, ``__call__``."""
 
@@ -332,7 +350,7 @@ class _LSTMCellBase(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
-        layer = self._ensure_built(x.shape[1], x.dtype)
+        layer = self._ensure_built(x.shape[1], _input_dtype(x, state))
         out, new = layer.step(x, self._split_state(state))
         return out, self._join_state(new)
 
@@ -488,7 +506,7 @@ class MultiRNNCell(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
-        model = self._ensure_built(x.shape[1], x.dtype)
+        model = self._ensure_built(x.shape[1], _input_dtype(x, state))
         out, states = model.step(x, self._split_state(state))
         return out, self._join_state(states)
 

@@ -308,6 +308,22 @@ def test_dtypes_other_than_float32_float64_are_refused():
             tf.LSTMCell(3, dtype=bad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_cell_call_on_integer_inputs_takes_the_states_dtype(dtype):
+    """The tutorial's integer array fed to an unbuilt cell by hand (where TF had a float
+    placeholder): the cell is built in the state's dtype and the inputs cast, as
+    dynamic_rnn(dtype=...) does (it was a TypeError about a dtype argument never given)."""
+    x = TUTORIAL_X[:, 0]
+    for make in (lambda: tf.BasicLSTMCell(4, random_state=0),
+                 lambda: tf.MultiRNNCell([tf.BasicLSTMCell(4, random_state=0),
+                                          tf.BasicLSTMCell(5, random_state=1)])):
+        cell, twin = make(), make()
+        out, _ = cell(x, cell.zero_state(2, dtype))
+        want, _ = tf.nn.dynamic_rnn(twin, TUTORIAL_X[:, :1], dtype=dtype)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, want[:, 0])
+
+
 def test_time_major_truth_values_as_tf():
     cell = tf.BasicLSTMCell(3, random_state=0)
     X = np.random.default_rng(0).normal(size=(5, 2, 4)).astype(np.float32)
