@@ -225,6 +225,19 @@ def _after_fork_in_child():
     # a lock held by another thread at fork time would stay held for ever in the child
     _controller_lock = threading.Lock()
     _BlasSingleThread._lock = threading.Lock()
+    if _BlasSingleThread._depth:
+        # forked while another thread ran a kernel: that thread is not in the child, so
+        # nothing there would give BLAS its thread counts back
+        active = _BlasSingleThread._active
+        try:
+            if isinstance(active, tuple):
+                for (_, put), n in zip(*active):
+                    if n != 1:
+                        put(n)
+            else:
+                active.restore_original_limits()
+        except Exception:  # noqa: BLE001 - best effort; the child's results do not depend on it
+            pass
     _BlasSingleThread._depth = 0
     if _state["omp_used"]:
         _state["forked_after_omp"] = True

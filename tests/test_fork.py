@@ -153,6 +153,37 @@ def test_fork_while_another_thread_is_inside_a_threaded_call(threaded_parent):
         t.join()
 
 
+def test_fork_while_another_thread_holds_blas_at_one_thread():
+    """BLAS is held to one thread while a kernel runs; a child forked meanwhile has BLAS's
+    own thread counts back (it kept 1 for good: its NumPy ran single-threaded)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    inside, release = threading.Event(), threading.Event()
+
+    def kernel_call():          # what a kernel call does around its work
+        with _threads.blas_single_thread(openmp=False):
+            inside.set()
+            release.wait(TIMEOUT)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = counts()
+        assert before and all(n == 2 for n in before)
+        t = threading.Thread(target=kernel_call)
+        t.start()
+        assert inside.wait(TIMEOUT)
+        try:
+            if _threads.blas_is_openblas():
+                assert all(n == 1 for n in counts())   # held while the call runs
+            _fork(lambda: counts() == before, timeout=20)
+        finally:
+            release.set()
+            t.join()
+        assert counts() == before
+
+
 def test_fork_while_threads_run_kernels(threaded_parent):
     model, X, L, Y, _, proj, _ = threaded_parent
     stop = threading.Event()
