@@ -657,7 +657,10 @@ class LSTM(_Module):
         if nt > 1 and step_work >= _PACKED_MIN_STEP_WORK_UNITS:
             if force is None and time.monotonic() < _unit_split["until"]:
                 return 1, True      # backing off: see _UNIT_SPLIT_SLOW_SHARE
-            return nt, False
+            # threads that wait for each other at every step: never more than the cores
+            # (an explicit n_threads above them made every wait a scheduler time slice)
+            nt = min(nt, _threads.usable_cores())
+            return (nt, False) if nt > 1 else (1, True)
         return 1, True
 
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
@@ -685,7 +688,9 @@ class LSTM(_Module):
                 RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip, plan[0],
                 plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"))
             if plan[0] > 1 and not plan[1]:
-                _unit_split_done(slow, T)
+                # the steps that ran: the longest row's (padding is skipped)
+                _unit_split_done(slow, T if lengths is None or not len(lengths)
+                                 else int(np.max(lengths)))
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self._hidden_size))))
         chunks = self._chunks_for(N)

@@ -362,6 +362,7 @@ def test_unit_split_backs_off(monkeypatch):
     monkeypatch.setattr(layers.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
     monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 2)
+    monkeypatch.setattr(layers._threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(layers, "_FORCE_PATH", None)
     monkeypatch.setattr(layers, "_PACKED", True)
     layer = fl.LSTM(64, 128, n_threads=2)
@@ -388,6 +389,41 @@ def test_unit_split_backs_off(monkeypatch):
     for _ in range(10):
         layers._unit_split_done(0, T)
     assert layers._unit_split["delay"] == 0.0
+
+
+def test_unit_split_uses_at_most_the_usable_cores(monkeypatch):
+    """Threads owning units wait for each other at every step: an explicit n_threads
+    above the usable cores ran 20-40x slower (every wait a scheduler time slice); the
+    unit split takes at most the cores (rows, with no per-step wait, take n_threads)."""
+    cores = [2]
+    monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 8)
+    monkeypatch.setattr(layers._threads, "usable_cores", lambda: cores[0])
+    monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
+    monkeypatch.setattr(layers, "_FORCE_PATH", None)
+    monkeypatch.setattr(layers, "_PACKED", True)
+    layer = fl.LSTM(64, 128, n_threads=8)
+    assert layer._packed_plan(1, 100) == (2, False)
+    assert layer._packed_plan(64, 100) == (8, True)
+    cores[0] = 1
+    assert layer._packed_plan(1, 100) == (1, True)
+
+
+def test_unit_split_back_off_counts_the_steps_that_ran(monkeypatch):
+    """The back-off compares slow waits with the steps the kernel ran (the longest row's
+    length), not the padded T: a short batch padded to T = 2000 never backed off."""
+    seen = []
+    monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 2)
+    monkeypatch.setattr(layers._threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
+    monkeypatch.setattr(layers, "_FORCE_PATH", None)
+    monkeypatch.setattr(layers, "_PACKED", True)
+    monkeypatch.setattr(layers._forward, "forward_packed", lambda *a: 5)   # 5 slow waits
+    monkeypatch.setattr(layers, "_unit_split_done", lambda slow, T: seen.append((slow, T)))
+    layer = fl.LSTM(16, 256, n_threads=2)
+    X = np.zeros((2, 2000, 16), np.float32)
+    layer(X, lengths=[60, 35])
+    layer(X)
+    assert seen == [(5, 60), (5, 2000)]
 
 
 def test_forward_packed_reports_slow_waits():
