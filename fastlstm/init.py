@@ -17,6 +17,8 @@ import numbers
 
 import numpy as np
 
+from . import _threads
+
 __all__ = ["check_random_state", "glorot_uniform", "orthogonal"]
 
 
@@ -46,7 +48,10 @@ def orthogonal(shape, rng, dtype):
     """A (rows, cols) matrix with orthonormal rows (rows <= cols) or columns, gain 1."""
     rows, cols = shape
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
-    q, r = np.linalg.qr(a)
+    # on one BLAS thread: the factorisation's bits depend on BLAS's thread count, and a
+    # seeded model must be the same under any OMP_NUM_THREADS / OPENBLAS_NUM_THREADS
+    with _threads.blas_single_thread(openmp=False):
+        q, r = np.linalg.qr(a)
     q = q * np.sign(np.diag(r))  # make the decomposition unique (Keras does the same)
     if rows < cols:
         q = q.T

@@ -467,3 +467,26 @@ def test_kernels_release_the_gil(path, monkeypatch):
     else:
         ratio = _progress_while(lambda: layer(X))
     assert ratio > 0.1, f"the other thread ran at {ratio:.1%} of its speed: GIL held?"
+
+
+def test_seeded_initialisation_is_the_same_under_any_blas_thread_count():
+    """The orthogonal recurrent kernel comes from a QR factorisation, whose bits depended
+    on BLAS's thread count: the same random_state gave different weights (1.8e-16) under
+    OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 than with BLAS's default threads."""
+    code = textwrap.dedent("""
+        import hashlib, numpy as np, fastlstm as fl
+        h = hashlib.sha256()
+        for seed in range(12):
+            h.update(fl.LSTM(50, 130, random_state=seed, dtype=np.float64)
+                     .flat_params.tobytes())
+        print(h.hexdigest())
+    """)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    digests = set()
+    for extra in ({}, {"OMP_NUM_THREADS": "1"}, {"OPENBLAS_NUM_THREADS": "1"},
+                  {"OPENBLAS_NUM_THREADS": "2"}):
+        out = subprocess.run([sys.executable, "-c", code], env={**base, **extra},
+                             capture_output=True, text=True, timeout=120, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
