@@ -35,10 +35,11 @@ ACTIVATIONS = {
 
 RECURRENT_ACTIVATIONS = {
     "sigmoid": _sigmoid,
-    # Keras 3 hard_sigmoid: relu6(x + 3) / 6
-    "hard_sigmoid": lambda x: np.clip(x / 6.0 + 0.5, 0.0, 1.0),
-    # Keras 2 hard_sigmoid
-    "hard_sigmoid_keras2": lambda x: np.clip(0.2 * x + 0.5, 0.0, 1.0),
+    # Keras 3 hard_sigmoid: relu6(x + 3) / 6 = clip(x / 6 + 0.5, 0, 1)
+    "hard_sigmoid": lambda x: np.clip((x + 3.0) / 6.0, 0.0, 1.0),
+    # Keras 2 hard_sigmoid: clip(0.2 x + 0.5, 0, 1), written as (x + 2.5) / 5 (no
+    # cancellation just above the lower knee)
+    "hard_sigmoid_keras2": lambda x: np.clip((x + 2.5) / 5.0, 0.0, 1.0),
 }
 
 
@@ -179,7 +180,7 @@ __all__ += ["lstm_backward", "bidirectional_backward", "stack_backward"]
 def _activation_grad(name, x, y):
     """d act(x) / dx for ``ACTIVATIONS[name]``, given x and y = act(x)."""
     if name == "tanh":
-        return 1.0 - y * y
+        return (1.0 - y) * (1.0 + y)        # 1 - y^2 without cancelling near |y| = 1
     if name == "relu":
         return (x > 0).astype(x.dtype)
     if name == "sigmoid":
@@ -199,8 +200,7 @@ def _recurrent_activation_grad(name, x, y):
         slope = 0.2
     else:
         raise KeyError(name)
-    u = slope * x + 0.5
-    return np.where((u > 0.0) & (u < 1.0), slope, 0.0).astype(x.dtype)
+    return np.where((y > 0.0) & (y < 1.0), slope, 0.0).astype(x.dtype)
 
 
 def _clip_pass(v, a):

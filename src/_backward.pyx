@@ -81,7 +81,7 @@ cdef extern from *:
             }                                                                              \\
             switch (act) {                                                                 \\
             case FL_ACT_TANH:                                                              \\
-                dg = (T)1 - gg * gg; da = (T)1 - ac[j] * ac[j];                            \\
+                dg = ((T)1 - gg) * ((T)1 + gg); da = ((T)1 - ac[j]) * ((T)1 + ac[j]);      \\
                 break;                                                                     \\
             case FL_ACT_RELU:                                                              \\
                 dg = gg > 0 ? (T)1 : (T)0; da = ac[j] > 0 ? (T)1 : (T)0;                   \\

@@ -666,8 +666,8 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF##_##ISA(V x
     const fl_pk_vi##SUF sign = (fl_pk_vi##SUF) (-(V){0});   /* -0.0 */                     \
     V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
     V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);      /* tanh |x| = -m / (2 + m) */         \
-    V r = m / ((T) -2 - m);                                                                \
-    return (V) ((fl_pk_vi##SUF) r | ((fl_pk_vi##SUF) x & sign));                           \
+    V r = m / ((T) -2 - m);                          /* -0 for x = 0: x's sign, not its */ \
+    return (V) (((fl_pk_vi##SUF) r & ~sign) | ((fl_pk_vi##SUF) x & sign));                 \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF##_##ISA(V ea, V x)  \
 {   /* sigmoid(a) * tanh(x), ea = exp(-a) */                                               \
@@ -675,7 +675,7 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF##_##ISA(V 
     V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
     V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);                                            \
     V r = m / (((T) 1 + ea) * ((T) -2 - m));                                               \
-    return (V) ((fl_pk_vi##SUF) r | ((fl_pk_vi##SUF) x & sign));                           \
+    return (V) (((fl_pk_vi##SUF) r & ~sign) | ((fl_pk_vi##SUF) x & sign));                 \
 }                                                                                          \
 /* the gate pre-activations of one vector of units: products z (gate q at z + q * NU) plus  \
  * bias, and the input and forget gates' peepholes on c_{t-1} (c0) */                      \

@@ -254,6 +254,83 @@ def test_tanh_is_relatively_accurate_near_zero(monkeypatch, path, dtype):
         _forward.packed_isa(-1)
 
 
+@pytest.mark.parametrize("path", ["small", "blas", "packed-rows", "packed-units", "step"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_state_and_input_give_positive_zero(monkeypatch, path, dtype):
+    """tanh(+0) is +0 (NumPy, torch): the quotient in the tanh and in sigmoid * tanh is -0
+    there, and h came out as -0.0 for a zero cell state."""
+    from fastlstm import _forward, layers
+
+    layer = fl.LSTM(3, 20, dtype=dtype, random_state=0)
+    layer.b[...] = 0
+    X = np.zeros((7, 3, 3), dtype)
+    monkeypatch.setattr(layers, "_FORCE_PATH", None if path == "step" else path)
+    try:
+        for isa in ([0, 1] if _forward.packed_isa(-1) == 1 else [0]):
+            _forward.packed_isa(isa)
+            if path == "step":
+                y, (c, h) = layer.step(X[:, 0], layer.zero_state(7))
+            else:
+                y, (c, h) = layer(X)
+            for a in (y, c, h):
+                assert not a.any() and not np.signbit(a).any()
+    finally:
+        _forward.packed_isa(-1)
+
+
+@pytest.mark.parametrize("path", ["small", "blas", "packed-rows", "packed-units", "step"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rec", ["hard_sigmoid", "hard_sigmoid_keras2"])
+def test_hard_sigmoid_is_relatively_accurate_above_its_lower_knee(monkeypatch, path, dtype,
+                                                                   rec):
+    """x / 6 + 0.5 (0.2 x + 0.5) cancels just above x = -3 (-2.5): float32 one ulp above
+    the knee was 25 % (37 %) off.  c = i = rec(x) with g = o = 1, f = 0."""
+    from fastlstm import _forward, layers
+
+    knee, width = (-3.0, 6.0) if rec == "hard_sigmoid" else (-2.5, 5.0)
+    x = np.nextafter(np.full(64, knee, dtype), dtype(0))
+    for k in range(1, 64):                       # k ulp above the knee, then wider
+        x[k] = np.nextafter(x[k - 1], dtype(0)) if k < 32 else dtype(knee) + dtype(2.0 ** -k)
+    layer = fl.LSTM(1, 1, dtype=dtype, recurrent_activation=rec, random_state=0)
+    layer.W[...] = [[1.0, 0.0, 0.0, 0.0]]          # z_i = x
+    layer.U[...] = 0
+    layer.b[...] = [0.0, -1000.0, 50.0, 50.0]      # f = 0, g = o = 1
+    X = x[:, None, None]
+    want = (x.astype(np.float64) - knee) / width
+    monkeypatch.setattr(layers, "_FORCE_PATH", None if path == "step" else path)
+    try:
+        for isa in ([0, 1] if _forward.packed_isa(-1) == 1 else [0]):
+            _forward.packed_isa(isa)
+            if path == "step":
+                _, (c, _) = layer.step(X[:, 0], layer.zero_state(x.size))
+            else:
+                _, (c, _) = layer(X)
+            np.testing.assert_allclose(c[:, 0], want, rtol=2 * np.finfo(dtype).eps, atol=0)
+    finally:
+        _forward.packed_isa(-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_derivative_keeps_relative_accuracy_where_tanh_nears_one(dtype):
+    """The backward's tanh'(x) = 1 - y^2 from y = tanh(x): written so, it cancels as |y|
+    nears 1 (float64 2e-10 relative at x = 8.3, growing towards 1e-2); (1 - y)(1 + y)
+    does not.  Peepholes (all zero) send the backward through its general code; without
+    them, same maths, through the vector code.  One step with i = o = 1, f = 0:
+    c = tanh(x), h = tanh(c), dh/dx = (1 - h^2)(1 - c^2), from the kernel's own c and h."""
+    x = np.linspace(3.0, 9.0 if dtype == np.float64 else 4.5, 200).astype(dtype)
+    for peep in (True, False):
+        layer = fl.LSTM(1, 1, dtype=dtype, peepholes=peep, random_state=0)
+        layer.W[...] = [[0.0, 0.0, 1.0, 0.0]]      # z_g = x
+        layer.U[...] = 0
+        layer.b[...] = [50.0, -1000.0, 0.0, 50.0]
+        Y, (c, h), cache = layer.forward(x[:, None, None])
+        got = layer.backward(np.ones_like(Y), cache)[0][:, 0, 0]
+        c64, h64 = c[:, 0].astype(np.float64), h[:, 0].astype(np.float64)
+        want = (1 - h64) * (1 + h64) * (1 - c64) * (1 + c64)
+        np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps, atol=0,
+                                   err_msg=f"peepholes={peep}")
+
+
 # -- denormals ---------------------------------------------------------------------------
 
 
