@@ -810,7 +810,7 @@ _SHARED_DOC = """
 
 
 class LSTMRegressor(RegressorMixin, _RegressionObjective, _BaseLSTM):
-    """Sequence regression: an LSTM stack, pooled, with a linear readout, trained on
+    __doc__ = """Sequence regression: an LSTM stack, pooled, with a linear readout, trained on
     squared error.
 
     ``X``: (n_samples, n_timesteps, n_features), or (n_samples, n_timesteps) univariate
@@ -873,7 +873,7 @@ class LSTMRegressor(RegressorMixin, _RegressionObjective, _BaseLSTM):
 
 
 class LSTMClassifier(ClassifierMixin, _ClassificationObjective, _BaseLSTM):
-    """Sequence classification (binary and multiclass): an LSTM stack, pooled, with a
+    __doc__ = """Sequence classification (binary and multiclass): an LSTM stack, pooled, with a
     softmax readout, trained on cross-entropy.
 
     ``X`` as for ``LSTMRegressor``; ``y``: (n_samples,) labels of any type.
@@ -930,7 +930,7 @@ class LSTMClassifier(ClassifierMixin, _ClassificationObjective, _BaseLSTM):
 
 
 class LSTMEncoder(TransformerMixin, _BaseLSTM):
-    """Sequences -> fixed-width features for any downstream estimator.
+    __doc__ = """Sequences -> fixed-width features for any downstream estimator.
 
     ``transform`` returns the pooled output of an LSTM stack (n_samples, n_features_out):
     the last valid step (``pooling="last"``) or the mean over the valid steps.

@@ -362,6 +362,16 @@ def test_pickle_after_the_optimizer_parameter_changed(small_fitted, first, then)
     np.testing.assert_array_equal(a.predict(X), est.predict(X))
 
 
+@pytest.mark.parametrize("cls", [LSTMRegressor, LSTMClassifier, LSTMEncoder])
+def test_docstrings_document_every_parameter(cls):
+    # the class docstrings were expressions (a string + the shared part), which Python
+    # does not store: help() showed nothing
+    doc = cls.__doc__ or ""
+    assert "Parameters" in doc and "Attributes" in doc
+    missing = [name for name in cls().get_params() if f"{name} :" not in doc]
+    assert not missing
+
+
 def test_clone_and_params_round_trip(small_fitted):
     from sklearn.base import clone
 
