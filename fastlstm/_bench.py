@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -453,7 +453,8 @@ def plot(rows, impls, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r[0].dtype == "float32" and r[0].n_threads == 2]
+    top = max((r[0].n_threads for r in rows if r[0].dtype == "float32"), default=1)
+    rows = [r for r in rows if r[0].dtype == "float32" and r[0].n_threads == top]
     rows.sort(key=lambda r: r[0].flops)
     fig, ax = plt.subplots(figsize=(8, 5))
     for impl in impls:
@@ -464,7 +465,7 @@ def plot(rows, impls, path):
         ax.annotate(r[0].name, (r[0].flops, r[1].get("fastlstm", 1)), fontsize=7)
     ax.set_xlabel("gemm FLOPs per call")
     ax.set_ylabel("seconds per call (median)")
-    ax.set_title("LSTM inference, float32, 2 threads")
+    ax.set_title(f"LSTM inference, float32, {top} thread{'s' if top > 1 else ''}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -520,27 +521,48 @@ def main(argv=None):
             print(f"{c.name:12s} {c.title:26s} B,T,I,H={c.shape} {c.dtype} "
                   f"threads={c.n_threads}")
         return 0
-    if ns.cases:
+    if ns.cases is not None:
         by_name = {c.name: c for c in CASES}
+        names = [n.strip() for n in ns.cases.split(",")]
         try:
-            cases = [by_name[n.strip()] for n in ns.cases.split(",")]
+            cases = [by_name[n] for n in names]
         except KeyError as exc:
             parser.error(f"unknown case {exc}; use --list")
+        if len(set(names)) < len(names):
+            parser.error(f"--cases names a case twice: {ns.cases!r}")
     else:
         cases = QUICK if ns.quick else CASES
     impls = [i.strip() for i in ns.impls.split(",")]
     for i in impls:
         if i not in IMPLEMENTATIONS:
             parser.error(f"unknown implementation {i!r}; choose from {list(IMPLEMENTATIONS)}")
+    if len(set(impls)) < len(impls):
+        parser.error(f"--impls names an implementation twice: {ns.impls!r}")
+    if ns.plot is not None:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib (pip install matplotlib)")
+        folder = os.path.dirname(os.path.abspath(ns.plot))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"--plot: cannot write to {ns.plot!r} (no such writable folder)")
     repeats = ns.repeats or (3 if ns.quick else 7)
     min_time = 0.02 if ns.quick else 0.1
 
     import fastlstm
 
+    # every implementation runs a case on the same number of threads: at most those
+    # fastlstm may use here (OMP_NUM_THREADS, the CPU affinity), as the table's thr says
+    available = fastlstm.get_n_threads()
+    capped = sorted({c.n_threads for c in cases if c.n_threads > available})
+    cases = [replace(c, n_threads=min(c.n_threads, available)) for c in cases]
+
     v = versions()
     print(" ".join(f"{k} {val}" for k, val in v.items()))
-    print(f"fastlstm threads available: {fastlstm.get_n_threads()}; samples: {repeats}, "
+    print(f"fastlstm threads available: {available}; samples: {repeats}, "
           f"median; {ns.gap:g} s idle gap before each sample")
+    if capped:
+        print(f"(cases meant for {', '.join(map(str, capped))} threads run on {available} "
+              "for every implementation: that is all fastlstm may use here)")
     print()
     print(_header(impls))
     rows = run_cases(cases, impls, repeats=repeats, min_time=min_time, gap=ns.gap)
@@ -558,7 +580,11 @@ def main(argv=None):
             print("(without ONNX Runtime and PyTorch, the speedups are over the NumPy "
                   "reference: pip install onnxruntime onnx torch for bench/RESULTS.md's "
                   "comparison)")
-    if ns.plot:
-        if plot(rows, impls, ns.plot):
-            print(f"plot saved to {ns.plot}")
+    if ns.plot is not None:
+        try:
+            if plot(rows, impls, ns.plot):
+                print(f"plot saved to {ns.plot}")
+        except OSError as exc:
+            print(f"could not save the plot to {ns.plot!r}: {exc}", file=sys.stderr)
+            return 1
     return 0

@@ -139,6 +139,48 @@ def test_bench_command_refuses_bad_numbers(capsys):
         assert f"argument {name}" in capsys.readouterr().err
 
 
+def test_bench_command_refuses_bad_selections_before_running(capsys, monkeypatch, tmp_path):
+    """An empty or repeated case list, a repeated implementation and a --plot that cannot
+    be written are refused before any timing (they ran every case, two identical columns,
+    or failed after the whole run)."""
+    import importlib.util
+
+    from fastlstm import _bench
+
+    monkeypatch.setattr(_bench, "run_cases", lambda *a, **k: pytest.fail("timed anyway"))
+    real_find_spec = importlib.util.find_spec
+    for args, message in ((["--cases", ""], "unknown case ''"),
+                          (["--cases", "step,step"], "names a case twice"),
+                          (["--impls", "fastlstm,fastlstm"], "names an implementation twice"),
+                          (["--plot", str(tmp_path / "no" / "t.png")], "--plot")):
+        if args[0] == "--plot":       # whether or not matplotlib is installed here
+            monkeypatch.setattr(importlib.util, "find_spec",
+                                lambda name, *a: object() if name == "matplotlib"
+                                else real_find_spec(name, *a))
+        with pytest.raises(SystemExit) as exc:
+            _bench.main(args)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_bench_peers_run_on_the_threads_fastlstm_may_use(capsys, monkeypatch):
+    """Under a limit of one thread every implementation runs a 2-thread case on one, and
+    the table says so (torch and ONNX Runtime were given 2 against fastlstm's 1)."""
+    from fastlstm import _bench
+
+    seen = []
+
+    def fake_run(cases, impls, **kwargs):
+        seen.extend(cases)
+        return []
+
+    monkeypatch.setattr(_bench, "run_cases", fake_run)
+    monkeypatch.setattr(fl, "get_n_threads", lambda: 1)
+    assert _bench.main(["--cases", "small,small-1t", "--impls", "fastlstm"]) == 0
+    assert [c.n_threads for c in seen] == [1, 1]
+    assert "run on 1 for every implementation" in capsys.readouterr().out
+
+
 def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):
     """The sdist lacked build_tools/ (setup.py imports it), the .pyx / .pxd sources and the
     tests' data: it could not be installed."""
