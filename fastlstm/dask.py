@@ -16,7 +16,7 @@ bit of floating point).
 import numpy as np
 
 from . import _threads
-from .layers import LSTM, Bidirectional, MultiLSTM
+from .layers import LSTM, Bidirectional, MultiLSTM, _LengthsDtypeError
 
 __all__ = ["predict_dask"]
 
@@ -110,6 +110,8 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
                          f"(n_samples, n_timesteps, n_features), got shape {X.shape}")
     if any(np.isnan(c) for c in X.shape):
         raise ValueError("X must have known chunk sizes (call X.compute_chunk_sizes())")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
     is_model = isinstance(model_or_estimator, (LSTM, Bidirectional, MultiLSTM))
     if not is_model and not hasattr(model_or_estimator, "_predict_chunk"):
         raise TypeError("model_or_estimator must be a fitted fastlstm estimator or an LSTM / "
@@ -142,6 +144,14 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
             lengths = np.asarray(lengths)
         if lengths.shape != (n,):       # before rechunking to X's samples, which needs it
             raise ValueError(f"lengths must have shape ({n},), got {lengths.shape}")
+        if lengths.dtype.kind not in "iu":
+            raise _LengthsDtypeError(f"lengths must be integers, got dtype {lengths.dtype}")
+        low = 0 if is_model else 1      # estimators take samples of at least one step
+        if not isinstance(lengths, da.Array) and n and (lengths.min() < low
+                                                        or lengths.max() > T):
+            # known now: refused before any task runs, as the tasks would refuse it
+            raise ValueError(f"lengths must be in [{low}, {T}] (n_timesteps), got values "
+                             f"from {lengths.min()} to {lengths.max()}")
         if isinstance(lengths, da.Array):
             Ld = lengths.rechunk({0: X.chunks[0]})
         else:

@@ -237,6 +237,17 @@ def test_argument_errors(data, fitted):
     for lengths in (np.full(n - 1, T), da.from_array(np.full(n - 1, T)), np.full((n, 1), T)):
         with pytest.raises(ValueError, match=rf"lengths must have shape \({n},\)"):
             predict_dask(fitted["regressor"], dX, lengths=lengths)
+    # lengths known now are checked now (they failed only inside compute()), as is X's
+    # dtype (its message showed a probe array of zeros)
+    for est, low in ((fitted["regressor"], 1), (fastlstm.LSTM(F, 2), 0)):
+        for bad, match in ((np.full(n, T + 1), rf"lengths must be in \[{low}, {T}\]"),
+                           (np.full(n, low - 1), rf"lengths must be in \[{low}, {T}\]"),
+                           (np.full(n, 2.5), "lengths must be integers"),
+                           (da.from_array(np.full(n, 2.5)), "lengths must be integers")):
+            with pytest.raises(ValueError, match=match):
+                predict_dask(est, dX, lengths=bad)
+        with pytest.raises(TypeError, match="X must hold real numbers, got dtype complex"):
+            predict_dask(est, dX.astype(np.complex64))
 
 
 def test_dask_ml_parallel_post_fit_recipe(data, fitted):
