@@ -58,8 +58,16 @@ def demo(file=None):
     return Y, states
 
 
+def _prog():
+    """How the user called us: ``fastlstm`` (the installed command) or ``python -m
+    fastlstm``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m fastlstm" if name in ("", "__main__.py", "-c") else name
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastlstm", description=__doc__)
+    prog = _prog()
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the TF1 walk-through natively and print the results")
     sub.add_parser("config", help="show how fastlstm was built and what it uses")
@@ -70,7 +78,7 @@ def main(argv=None):
     if argv[:1] == ["bench"]:  # the runner parses its own options
         from . import _bench
 
-        return _bench.main(argv[1:])
+        return _bench.main(argv[1:], prog=f"{prog} bench")
     ns = parser.parse_args(argv)
     if ns.command == "demo":
         demo()
@@ -81,11 +89,13 @@ def main(argv=None):
     else:
         from . import _bench
 
-        return _bench.main(ns.args)
+        return _bench.main(ns.args, prog=f"{prog} bench")
     return 0
 
 
-def _run():
+def run():
+    """The command line (``python -m fastlstm`` and the installed ``fastlstm``): ``main``,
+    exiting quietly when the reader of its output stops early."""
     try:
         code = main()
         sys.stdout.flush()
@@ -98,4 +108,4 @@ def _run():
 
 
 if __name__ == "__main__":
-    sys.exit(_run())
+    sys.exit(run())

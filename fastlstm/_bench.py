@@ -493,8 +493,8 @@ def _non_negative_float(text):
     return value
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastlstm bench",
+def main(argv=None, prog="python -m fastlstm bench"):
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="side-by-side LSTM inference timings")
     parser.add_argument("--quick", action="store_true",
                         help="small shapes, 3 samples each (under a minute)")

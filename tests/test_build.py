@@ -181,6 +181,33 @@ def test_bench_peers_run_on_the_threads_fastlstm_may_use(capsys, monkeypatch):
     assert "run on 1 for every implementation" in capsys.readouterr().out
 
 
+def test_installed_command_exits_quietly_on_a_closed_pipe(monkeypatch, capsys):
+    """The installed ``fastlstm`` command runs what ``python -m fastlstm`` runs, with its
+    handling of a reader that stops early (``fastlstm demo | head -1`` printed a
+    BrokenPipeError traceback: the command pointed at main), and names itself in --help."""
+    import tomllib
+
+    from fastlstm import __main__ as cli
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fastlstm"]
+    module, name = target.split(":")
+    assert module == "fastlstm.__main__" and getattr(cli, name) is cli.run
+
+    def broken(argv=None):
+        raise BrokenPipeError
+    monkeypatch.setattr(cli, "main", broken)
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)    # keep pytest's stdout
+    with open(os.devnull, "w") as sink:
+        monkeypatch.setattr(cli.sys, "stdout", sink)
+        assert cli.run() == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.sys, "argv", ["/usr/local/bin/fastlstm", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().out.startswith("usage: fastlstm ")
+
+
 def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):
     """The sdist lacked build_tools/ (setup.py imports it), the .pyx / .pxd sources and the
     tests' data: it could not be installed."""
