@@ -462,7 +462,8 @@ class LSTM(_Module):
         Clamp the cell state / the projected output to [-clip, clip] (TF semantics; 0.0
         clamps to zero, None is off).  ``proj_clip`` is ignored without a projection.
     forget_bias : float
-        Initial value of the forget-gate block of ``b`` (nothing is added at call time).
+        Initial value of the forget-gate block of ``b`` (nothing is added at call time;
+        set later, it is used by the next ``reset_parameters()`` and leaves ``b`` as is).
     activation : {"tanh", "relu", "sigmoid", "linear"}
         Cell activation, used on the candidate and on the cell output.
     recurrent_activation : {"sigmoid", "hard_sigmoid", "hard_sigmoid_keras2"}

@@ -349,6 +349,17 @@ def test_default_initialisation():
     assert fl.LSTM(2, 3, random_state=np.random.RandomState(0)).W.shape == (2, 12)
 
 
+def test_forget_bias_set_later_is_an_initialisation_choice():
+    # as documented: b keeps its values (nothing is added at call time, SPEC Part A);
+    # the next reset_parameters() uses the new value
+    layer = fl.LSTM(3, 4, random_state=0)
+    b = layer.b.copy()
+    layer.forget_bias = 3.0
+    np.testing.assert_array_equal(layer.b, b)
+    layer.reset_parameters(random_state=0)
+    np.testing.assert_array_equal(layer.b[4:8], 3.0)
+
+
 def test_zero_state_and_repr():
     layer = fl.LSTM(6, 4, proj_size=3, dtype=np.float64)
     s = layer.zero_state(2)
