@@ -56,7 +56,7 @@ from . import _threads
 from .dask import _with_threads
 from .layers import _UNSET, LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError
 from .optim import SGD, Adam, clip_grad_norm
-from .readout import Dense, mse_loss, softmax_cross_entropy
+from .readout import Dense, _log_softmax64, mse_loss, softmax_cross_entropy
 
 __all__ = ["LSTMRegressor", "LSTMClassifier", "LSTMEncoder"]
 
@@ -755,9 +755,7 @@ class _ClassificationObjective:
 
     @staticmethod
     def _log_proba(Z):
-        Z64 = Z.astype(np.float64)
-        Z64 -= Z64.max(axis=1, keepdims=True)
-        return Z64 - np.log(np.exp(Z64).sum(axis=1, keepdims=True))
+        return _log_softmax64(Z)
 
 
 # ---------------------------------------------------------------------------------------

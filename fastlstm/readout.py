@@ -157,7 +157,7 @@ def last_output(Y, lengths=None, time_major=False):
     For a forward LSTM this equals the final ``h``.  (For a Bidirectional, read the
     final states instead: the reverse half's last step is t = 0.)
     """
-    Y = np.asarray(Y)
+    Y = _layers._numeric_array(Y, "Y")
     if Y.ndim != 3:
         raise ValueError(f"Y must be 3-D, got shape {Y.shape}")
     Yb = Y.swapaxes(0, 1) if time_major else Y
@@ -214,6 +214,11 @@ def _weights(mask, lead_shape):
     if mask is None:
         return None
     w = np.asarray(mask)
+    if w.dtype.kind not in "biu" or (w.dtype.kind != "b" and w.size and
+                                     not np.isin(w, (0, 1)).all()):
+        # a float or other-valued array would be read as "nonzero": refused, not guessed
+        raise TypeError(f"mask must be boolean (or 0 / 1 integers), got dtype {w.dtype}"
+                        + ("" if w.dtype.kind not in "iu" else " with other values"))
     if w.shape != lead_shape:
         raise ValueError(f"mask must have shape {lead_shape}, got {w.shape}")
     return w.astype(bool)
@@ -248,7 +253,9 @@ def mse_loss(pred, target, mask=None):
         count = diff.size
     if count == 0:
         return 0.0, np.zeros_like(diff)
-    loss = float(np.sum(diff * diff)) / count
+    # the squares summed in float64: float32 squares overflow from |diff| ~ 1.8e19 and
+    # turn subnormal below ~1e-19, where the mean itself is a normal float64
+    loss = float(np.sum(np.square(diff, dtype=np.float64))) / count
     return loss, (2.0 / count) * diff
 
 
@@ -258,6 +265,18 @@ def softmax(logits):
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _log_softmax64(logits):
+    """log softmax over the last axis in float64: z - max - log1p(sum of the other
+    exp(z - max)), the largest term left out of the sum (log(1 + s) cancels for small s:
+    a confident prediction's loss came out as 0)."""
+    z = np.asarray(logits, np.float64)
+    top = np.argmax(z, axis=-1)[..., None]
+    z = z - np.take_along_axis(z, top, axis=-1)
+    e = np.exp(z)
+    np.put_along_axis(e, top, 0.0, axis=-1)
+    return z - np.log1p(e.sum(axis=-1, keepdims=True))
 
 
 def softmax_cross_entropy(logits, labels, mask=None):
@@ -277,17 +296,15 @@ def softmax_cross_entropy(logits, labels, mask=None):
     valid = np.ones(labels.shape, bool) if w is None else w
     if labels[valid].size and (labels[valid].min() < 0 or labels[valid].max() >= C):
         raise ValueError(f"labels must be in [0, {C})")
-    z = logits - logits.max(axis=-1, keepdims=True)
-    logsum = np.log(np.exp(z).sum(axis=-1))
-    safe = np.where(valid, labels, 0)
-    picked = np.take_along_axis(z, safe[..., None], axis=-1)[..., 0]
-    nll = logsum - picked
     n = int(valid.sum())
     if n == 0:
         return 0.0, np.zeros_like(logits)
-    loss = float(np.sum(np.where(valid, nll, 0))) / n
-    d = np.exp(z - logsum[..., None])
-    np.put_along_axis(d, safe[..., None],
-                      np.take_along_axis(d, safe[..., None], axis=-1) - 1, axis=-1)
+    logp = _log_softmax64(logits)              # float64: float32 logits' differences fit
+    safe = np.where(valid, labels, 0)
+    picked = np.take_along_axis(logp, safe[..., None], axis=-1)
+    loss = float(-np.sum(np.where(valid, picked[..., 0], 0))) / n
+    d = np.exp(logp)
+    # p - 1 at the label as expm1(log p): exact where p is within rounding of 1
+    np.put_along_axis(d, safe[..., None], np.expm1(picked), axis=-1)
     d = np.where(valid[..., None], d, 0) / n
     return loss, d.astype(logits.dtype, copy=False)

@@ -839,3 +839,10 @@ def test_refused_refit_keeps_the_layers_thread_count():
     with pytest.raises(ValueError, match="validation set is too small"):
         clf.fit(X, y)
     assert {layer.n_threads for layer in clf.model_.layers} == {1}   # as fitted
+
+
+def test_log_proba_of_confident_predictions_is_not_rounded_to_zero():
+    # log p of the likely class, -log1p(e^-40) = -4.2e-18, came out as 0
+    logp = LSTMClassifier._log_proba(np.array([[0.0, -40.0], [3.0, 3.0]], np.float32))
+    np.testing.assert_allclose(logp, [[-np.log1p(np.exp(-40.0)), -40.0 - np.log1p(np.exp(-40.0))],
+                                      [-np.log(2.0), -np.log(2.0)]], rtol=1e-15)

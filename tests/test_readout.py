@@ -229,3 +229,51 @@ def test_dense_sizes_are_fixed():
     with pytest.raises(AttributeError, match="in_features cannot be changed"):
         d.in_features = 3
     assert d.W.shape == (4, 2) and d.n_params == 10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_of_confident_predictions_keeps_relative_accuracy(dtype):
+    """log(1 + s) cancels for a small s: a confident prediction's loss came out as 0, and
+    the gradient at its label (p - 1) as 0 while the others were not (rows not summing to
+    0).  Against the exact values: loss = log1p(e^-d), gradient -+ e^-d / (1 + e^-d)."""
+    from fastlstm.readout import softmax_cross_entropy
+
+    for gap in (20.0, 40.0, 80.0):
+        loss, d = softmax_cross_entropy(np.array([[0.0, -gap]], dtype), np.array([0]))
+        s = np.exp(-gap)
+        np.testing.assert_allclose(loss, np.log1p(s), rtol=1e-15)
+        np.testing.assert_allclose(d[0], [-s / (1 + s), s / (1 + s)],
+                                   rtol=4 * np.finfo(dtype).eps)
+    # float32 logits far apart: the loss fits in the float64 it is returned as
+    big = np.finfo(np.float32).max
+    loss, d = softmax_cross_entropy(np.array([[big, -big]], np.float32), np.array([1]))
+    assert loss == 2.0 * float(big) and np.isfinite(d).all()
+
+
+def test_mse_of_float32_predictions_sums_in_float64():
+    """Squares of float32 differences overflowed from |diff| ~ 1.8e19 (the mean, 1e38,
+    fits) and went subnormal below ~1e-19."""
+    from fastlstm.readout import mse_loss
+
+    for value in (1e19, 2e19, 1e-20):
+        pred = np.full((4, 1), value, np.float32)
+        loss, _ = mse_loss(pred, np.zeros_like(pred))
+        np.testing.assert_allclose(loss, float(np.float32(value)) ** 2, rtol=1e-15)
+
+
+def test_masks_must_be_boolean_and_outputs_numeric():
+    """A float mask (say, sample weights) was read as "nonzero"; last_output took complex
+    and text arrays."""
+    from fastlstm.readout import last_output, mse_loss, softmax_cross_entropy
+
+    pred = np.ones((2, 3, 1))
+    for bad in (np.array([[0.1, 0.0, 1.0], [1.0, 1.0, 1.0]]), np.array([[2, 0, 1], [1, 1, 1]])):
+        with pytest.raises(TypeError, match="mask must be boolean"):
+            mse_loss(pred, pred, mask=bad)
+        with pytest.raises(TypeError, match="mask must be boolean"):
+            softmax_cross_entropy(np.ones((2, 3, 2)), np.zeros((2, 3), int), mask=bad)
+    ones = np.ones((2, 3), int)
+    assert mse_loss(pred, 2 * pred, mask=ones)[0] == mse_loss(pred, 2 * pred)[0]
+    for bad in (np.ones((2, 3, 1), complex), np.full((2, 3, 1), "a")):
+        with pytest.raises(TypeError, match="Y must hold real numbers"):
+            last_output(bad)

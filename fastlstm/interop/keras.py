@@ -199,8 +199,9 @@ def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", kera
     """A fastlstm layer with the same outputs and final states as a Keras ``LSTM``.
 
     layer : a ``keras.layers.LSTM``, ``LSTMCell`` or ``RNN(LSTMCell(...))`` (or
-        ``Bidirectional(...)`` of one, ``merge_mode="concat"``) object, or its ``get_weights()`` list ``[kernel (I, 4H), recurrent_kernel (H, 4H),
-        bias (4H,)]`` (bias may be left out; an (8H,) CuDNN bias is summed).
+        ``Bidirectional(...)`` of one, ``merge_mode="concat"``) object, or its
+        ``get_weights()`` list ``[kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)]``
+        (bias may be left out; an (8H,) CuDNN bias is summed).
     activation, recurrent_activation : used only with a weights list (a layer object brings
         its own).  Names or functions: activation in tanh / relu / sigmoid / linear;
         recurrent_activation in sigmoid / hard_sigmoid / hard_sigmoid_keras2 /

@@ -291,8 +291,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
         [time, batch, features] ([batch, time, features] for layout 1), the features
         [forward | backward].  W, R, B and P must be stored in the model (initializers
         or Constant nodes) or computed from stored values alone (as torch's export with
-        ``do_constant_folding=False`` reorders the gates); an initial state computed in the graph must be zeros or a
-        graph input moved by shape operations.
+        ``do_constant_folding=False`` reorders the gates); an initial state computed in
+        the graph must be zeros or a graph input moved by shape operations.
     return_initial_state : also return the initial states stored in the model (a per-layer
         tuple like the model's state, None for a layer without stored state).  Stored
         non-zero initial states are otherwise refused, since the model alone would not

@@ -99,11 +99,12 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
     """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
 
     module : ``nn.LSTM``, ``nn.LSTMCell`` (or a subclass keeping their ``forward``, or
-        their ``torch.jit.script`` / ``torch.jit.trace`` versions), a module holding exactly one of them (an
-        ``nn.Sequential``, a model class), or a ``state_dict`` (a mapping of names to
-        tensors or NumPy arrays; no torch needed).  With a state_dict the sizes are read
-        from the shapes; ``input_size``, ``hidden_size``, ``num_layers``, ``bidirectional``,
-        ``proj_size`` and ``bias`` may be passed as keywords and are then checked.  A
+        their ``torch.jit.script`` / ``torch.jit.trace`` versions), a module holding
+        exactly one of them (an ``nn.Sequential``, a model class), or a ``state_dict`` (a
+        mapping of names to tensors or NumPy arrays; no torch needed).  With a state_dict
+        the sizes are read from the shapes; ``input_size``, ``hidden_size``,
+        ``num_layers``, ``bidirectional``, ``proj_size`` and ``bias`` may be passed as
+        keywords and are then checked.  A
         state_dict of a larger model works too: the LSTM's key prefix is found (or give
         ``prefix=``).
     dtype : float32 / float64, default: float64 when the weights are float64, else float32.
