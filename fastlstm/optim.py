@@ -13,6 +13,7 @@ term added to the gradient, in ``AdamW`` it is decoupled (``p -= lr * wd * p``).
 """
 
 import copy
+import math
 import numbers
 
 import numpy as np
@@ -84,19 +85,31 @@ def clip_grad_norm(params, max_norm):
     """
     max_norm = _check_number(max_norm, "max_norm")
     pairs = _pairs(params)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         total = float(np.sqrt(sum(float(np.dot(g, g)) for _, g in pairs)))
-    if not np.isfinite(total) and all(np.isfinite(g).all() for _, g in pairs):
+    if (not np.isfinite(total) or total < 1e-15) and \
+            all(np.isfinite(g).all() for _, g in pairs):
         # finite gradients whose sum of squares overflowed (float32 from a norm of ~1.8e19
-        # on): the same sum on gradients scaled down by their largest magnitude
+        # on) or lost precision to underflow (float32 squares below ~1e-38): the same sum
+        # on gradients scaled by their largest magnitude
         top = max(float(np.abs(g).max(initial=0.0)) for _, g in pairs)
-        total = top * float(np.sqrt(sum(float(np.dot(h, h)) for h in
-                                        (g.astype(np.float64) / top for _, g in pairs))))
-    if np.isfinite(total):
-        scale = max_norm / (total + 1e-6)
-        if scale < 1.0:
-            for _, g in pairs:
-                g *= g.dtype.type(scale)
+        if top > 0:
+            total = top * float(np.sqrt(sum(float(np.dot(h, h)) for h in
+                                            (g.astype(np.float64) / top for _, g in pairs))))
+    if np.isfinite(total) and max_norm < total + 1e-6:
+        # scale = max_norm / (total + 1e-6) as mantissa * 2^exponent: near the ends of
+        # the range the scale itself is below the normal numbers (of float32 or even of
+        # float64) and would round to a subnormal or 0
+        m, e = math.frexp(total + 1e-6)
+        mantissa, exponent = math.frexp(max_norm / m)
+        exponent -= e
+        scale = math.ldexp(mantissa, exponent)
+        for _, g in pairs:
+            if scale >= np.finfo(g.dtype).tiny:
+                g *= g.dtype.type(scale)          # as torch: one multiplication
+            else:
+                g *= g.dtype.type(mantissa)       # then the power of two, exactly
+                np.ldexp(g, exponent, out=g)
     return total
 
 
