@@ -686,13 +686,19 @@ class _RegressionObjective:
             with np.errstate(over="ignore", invalid="ignore"):
                 self._y_mean = Y.mean(axis=0)
                 scale = Y.std(axis=0)
-            if not (np.isfinite(self._y_mean).all() and np.isfinite(scale).all()):
-                # targets near float64's limit: the sums overflow; scale them down first
+            if not (np.isfinite(self._y_mean).all() and np.isfinite(scale).all()) or (
+                    (scale < 1e-150) & (Y.max(axis=0) != Y.min(axis=0))).any():
+                # targets near float64's limits: the sums of squares overflow, or underflow
+                # (a spread below ~1e-154 has a subnormal or zero variance); scaled first
                 top = np.abs(Y).max(axis=0)
                 top[top == 0] = 1.0
                 self._y_mean = (Y / top).mean(axis=0) * top
                 scale = (Y / top).std(axis=0) * top
-            scale[scale < 1e-12 * np.maximum(1.0, np.abs(self._y_mean))] = 1.0
+            # a constant target (its spread within the rounding of its mean, scikit-learn's
+            # rule for StandardScaler) is not scaled; any other spread is, however small
+            # (a floor of 1e-12 left targets of spread 1e-13 unscaled: R2 of -4.5e22)
+            eps = np.finfo(np.float64).eps
+            scale[scale <= n * eps * np.abs(self._y_mean)] = 1.0
             self._y_scale = scale
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} outputs, but {type(self).__name__} was "

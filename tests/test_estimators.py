@@ -846,3 +846,17 @@ def test_log_proba_of_confident_predictions_is_not_rounded_to_zero():
     logp = LSTMClassifier._log_proba(np.array([[0.0, -40.0], [3.0, 3.0]], np.float32))
     np.testing.assert_allclose(logp, [[-np.log1p(np.exp(-40.0)), -40.0 - np.log1p(np.exp(-40.0))],
                                       [-np.log(2.0), -np.log(2.0)]], rtol=1e-15)
+
+
+def test_tiny_target_spreads_are_standardised_and_constant_targets_are_not():
+    # a floor of 1e-12 on the spread left targets of spread ~1e-13 unscaled (training R2
+    # of -4.5e22); now only a spread within the rounding of the mean counts as constant
+    X = _sequences(40, 6, 2, seed=9)
+    y = X[:, -2:, 0].sum(axis=1)
+    base = _fit_quiet(LSTMRegressor(**FAST), X, y)
+    for factor in (1e-11, 1e-13, 1e-200):
+        est = _fit_quiet(LSTMRegressor(**FAST), X, y * factor)
+        np.testing.assert_allclose(est.predict(X) / factor, base.predict(X), rtol=1e-6)
+    for value in (0.0, 0.1, 1e6):
+        est = _fit_quiet(LSTMRegressor(**FAST), X, np.full(40, value))
+        assert est._y_scale[0] == 1.0 and np.isfinite(est.predict(X)).all()
