@@ -275,13 +275,15 @@ def test_from_torch_takes_subclasses_and_scripted_modules():
         fl.from_torch(Doubled(3, 4))
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_from_torch_takes_traced_modules_of_torchs_classes_only():
     """``torch.jit.trace`` of an nn.LSTM / nn.LSTMCell (alone or inside a traced model)
     converts like the module (it was refused as holding no LSTM); a traced or scripted
     class that is only named LSTM is refused (its forward may compute something else)."""
+    import warnings
+
     torch = _torch()
     torch.manual_seed(3)
+    warnings.simplefilter("ignore", torch.jit.TracerWarning)   # (restored by pytest)
 
     class Model(torch.nn.Module):
         def __init__(self):
