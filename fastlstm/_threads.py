@@ -176,6 +176,7 @@ class _BlasSingleThread:
     threads, or its gemms, whose summation order may depend on BLAS's thread count)."""
 
     _depth = 0
+    _active = None          # what __enter__ changed (set while _depth > 0)
     _lock = threading.Lock()
 
     def __init__(self, openmp=True):
@@ -190,10 +191,10 @@ class _BlasSingleThread:
                 calls = _openblas_calls()
                 if calls is not None:
                     saved = [get() for get, _ in calls]
+                    type(self)._active = (calls, saved)   # before: a fork may come between
                     for (_, put), n in zip(calls, saved):
                         if n != 1:
                             put(1)
-                    type(self)._active = (calls, saved)
                 else:
                     _release_blas_control()
                     type(self)._active = controller().limit(limits=1, user_api="blas")
@@ -225,22 +226,25 @@ def _after_fork_in_child():
     # a lock held by another thread at fork time would stay held for ever in the child
     _controller_lock = threading.Lock()
     _BlasSingleThread._lock = threading.Lock()
-    if _BlasSingleThread._depth:
-        # forked while another thread ran a kernel: that thread is not in the child, so
-        # nothing there would give BLAS its thread counts back
-        active = _BlasSingleThread._active
-        try:
+    try:
+        if _BlasSingleThread._depth:
+            # forked while another thread ran a kernel: that thread is not in the child,
+            # so nothing there would give BLAS its thread counts back (None: forked before
+            # that thread had changed them)
+            active = _BlasSingleThread._active
             if isinstance(active, tuple):
                 for (_, put), n in zip(*active):
                     if n != 1:
                         put(n)
-            else:
+            elif active is not None:
                 active.restore_original_limits()
-        except Exception:  # noqa: BLE001 - best effort; the child's results do not depend on it
-            pass
-    _BlasSingleThread._depth = 0
-    if _state["omp_used"]:
-        _state["forked_after_omp"] = True
+    except Exception:  # noqa: BLE001 - best effort; the child's results do not depend on it
+        pass
+    finally:
+        _BlasSingleThread._depth = 0
+        _BlasSingleThread._active = None
+        if _state["omp_used"]:
+            _state["forked_after_omp"] = True
 
 
 if hasattr(os, "register_at_fork"):

@@ -184,6 +184,25 @@ def test_fork_while_another_thread_holds_blas_at_one_thread():
         assert counts() == before
 
 
+def test_fork_before_the_first_limit_is_recorded(monkeypatch):
+    """A fork in the moment a thread has entered the BLAS limit but not yet recorded what
+    it changed (the first entry scans the loaded libraries): the child resets the limit's
+    bookkeeping (its handler failed, and the child's kernels no longer held BLAS to one
+    thread)."""
+    monkeypatch.setattr(_threads._BlasSingleThread, "_depth", 1)
+    monkeypatch.setattr(_threads._BlasSingleThread, "_active", None)
+
+    def child():
+        if _threads._BlasSingleThread._depth != 0:
+            return False
+        calls = _threads._openblas_calls()
+        with _threads.blas_single_thread(openmp=False):
+            inside = [get() for get, _ in calls] if calls else [1]
+        return inside == [1] * len(inside)
+
+    _fork(child, timeout=20)
+
+
 def test_fork_while_threads_run_kernels(threaded_parent):
     model, X, L, Y, _, proj, _ = threaded_parent
     stop = threading.Event()
