@@ -275,6 +275,7 @@ def test_from_torch_takes_subclasses_and_scripted_modules():
         fl.from_torch(Doubled(3, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_from_torch_takes_traced_modules_of_torchs_classes_only():
     """``torch.jit.trace`` of an nn.LSTM / nn.LSTMCell (alone or inside a traced model)
     converts like the module (it was refused as holding no LSTM); a traced or scripted
@@ -312,9 +313,25 @@ def test_from_torch_takes_traced_modules_of_torchs_classes_only():
     np.testing.assert_allclose(fl.from_torch(cell).step(x[:, 0].numpy())[0], h.numpy(),
                                **TOL[np.float32])
     impostor = torch.jit.trace(LSTM(3, 4, batch_first=True), x)
-    with pytest.raises(TypeError, match="named LSTM but not torch's nn.LSTM"):
+    with pytest.raises(TypeError, match="holds no torch nn.LSTM.*convert the state_dict"):
         fl.from_torch(impostor)
     assert fl.from_torch(impostor.state_dict()).hidden_size == 4   # as the message says
+
+    class LSTMNet(torch.nn.Module):     # a model class that only shares the name...
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(3, 4, batch_first=True)
+            self.head = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    LSTMNet.__name__ = LSTMNet.__qualname__ = "LSTM"
+    net = LSTMNet()
+    for compiled in (torch.jit.trace(net, x), torch.jit.script(net)):
+        assert compiled.original_name == "LSTM"
+        np.testing.assert_array_equal(fl.from_torch(compiled).flat_params,  # ...holds one
+                                      fl.from_torch(net.rnn).flat_params)
 
 
 def _random_fl_model(kind, dtype, rng):

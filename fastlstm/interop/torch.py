@@ -31,28 +31,30 @@ def _is_module(obj):
 _TORCHSCRIPT = ("RecursiveScriptModule", "TopLevelTracedModule", "TracedModule")
 
 
+def _torchscript_class(module):
+    """The qualified name of a TorchScript module's class (``torch.jit.script`` or
+    ``trace``), "" when unknown; None for a module that is not TorchScript."""
+    if type(module).__name__ not in _TORCHSCRIPT:
+        return None
+    try:
+        return module._c._type().qualified_name()
+    except Exception:                       # noqa: BLE001 - any other TorchScript build
+        return ""
+
+
 def _lstm_kind(module):
     """"LSTM" / "LSTMCell" for torch's classes, their subclasses that keep torch's
-    ``forward`` and their TorchScript versions (``torch.jit.script`` or ``trace``);
-    otherwise None."""
-    if type(module).__name__ in _TORCHSCRIPT:
-        name = getattr(module, "original_name", None)
-        if name not in ("LSTM", "LSTMCell"):
-            return None
+    ``forward`` and the TorchScript versions of torch's classes; otherwise None."""
+    qualified = _torchscript_class(module)
+    if qualified is not None:
         # the compiled class's qualified name tells torch's own nn.LSTM
-        # ("__torch__.torch.nn.modules.rnn[.___torch_mangle_N].LSTM") from a class of the
-        # same name, whose forward may compute something else
-        try:
-            qualified = module._c._type().qualified_name()
-        except Exception:                   # noqa: BLE001 - any other TorchScript build
-            qualified = ""
-        if not (qualified.startswith("__torch__.torch.nn.modules.rnn.")
-                and qualified.rsplit(".", 1)[-1] == name):
-            raise TypeError(f"{type(module).__name__} {qualified or name!r} is a TorchScript "
-                            f"module named {name} but not torch's nn.{name}, so its outputs "
-                            "may differ: convert its state_dict() if the LSTM maths is "
-                            "unchanged")
-        return name
+        # ("__torch__.torch.nn.modules.rnn[.___torch_mangle_N].LSTM") from any other class
+        # (a subclass, or a class of the same name), whose compiled forward may differ
+        name = qualified.rsplit(".", 1)[-1]
+        if qualified.startswith("__torch__.torch.nn.modules.rnn.") and \
+                name in ("LSTM", "LSTMCell"):
+            return name
+        return None
     for cls in type(module).__mro__:
         if cls.__name__ in ("LSTM", "LSTMCell") and cls.__module__.startswith("torch.nn"):
             if type(module).forward is not cls.forward:
@@ -98,8 +100,9 @@ def _check_given(given, name, found):
 def from_torch(module, *, dtype=None, prefix=None, **sizes):
     """A fastlstm model with the same outputs as a torch ``nn.LSTM`` or ``nn.LSTMCell``.
 
-    module : ``nn.LSTM``, ``nn.LSTMCell`` (or a subclass keeping their ``forward``, or
-        their ``torch.jit.script`` / ``torch.jit.trace`` versions), a module holding
+    module : ``nn.LSTM``, ``nn.LSTMCell`` (or a subclass keeping their ``forward``), their
+        ``torch.jit.script`` / ``torch.jit.trace`` versions (of torch's classes: a
+        compiled subclass is refused, its forward unknown), a module holding
         exactly one of them (an ``nn.Sequential``, a model class), or a ``state_dict`` (a
         mapping of names to tensors or NumPy arrays; no torch needed).  With a state_dict
         the sizes are read from the shapes; ``input_size``, ``hidden_size``,
@@ -122,6 +125,14 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
         inner = [(name, m) for name, m in module.named_modules()
                  if m is not module and _lstm_kind(m) is not None]
         if len(inner) != 1:
+            qualified = _torchscript_class(module)
+            if not inner and qualified:
+                raise TypeError(
+                    f"{type(module).__name__} of {qualified!r} holds no torch nn.LSTM or "
+                    "nn.LSTMCell; TorchScript versions of other classes (subclasses of "
+                    "nn.LSTM among them) are not read, since their compiled forward may "
+                    "compute something else: convert the state_dict() if the LSTM maths "
+                    "is torch's")
             raise (TypeError if not inner else ValueError)(
                 f"module must be a torch nn.LSTM or nn.LSTMCell, got {type(module).__name__}"
                 + (f" holding several ({', '.join(n for n, _ in inner)}): pass one of them"
