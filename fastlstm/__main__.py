@@ -62,7 +62,7 @@ def _prog():
     """How the user called us: ``fastlstm`` (the installed command) or ``python -m
     fastlstm``."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return "python -m fastlstm" if name in ("", "__main__.py", "-c") else name
+    return "fastlstm" if os.path.splitext(name)[0] == "fastlstm" else "python -m fastlstm"
 
 
 def main(argv=None):

@@ -144,7 +144,8 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
             lengths = np.asarray(lengths)
         if lengths.shape != (n,):       # before rechunking to X's samples, which needs it
             raise ValueError(f"lengths must have shape ({n},), got {lengths.shape}")
-        if lengths.dtype.kind not in "iu":
+        if lengths.dtype.kind not in "iu" and not (n == 0 and lengths.dtype.kind == "f"):
+            # (an empty list, for an empty batch, is an empty float array)
             raise _LengthsDtypeError(f"lengths must be integers, got dtype {lengths.dtype}")
         low = 0 if is_model else 1      # estimators take samples of at least one step
         if not isinstance(lengths, da.Array) and n and (lengths.min() < low

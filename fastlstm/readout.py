@@ -214,6 +214,8 @@ def _weights(mask, lead_shape):
     if mask is None:
         return None
     w = np.asarray(mask)
+    if w.size == 0 and w.dtype.kind == "f":     # an empty list, for an empty batch
+        w = w.astype(bool)
     if w.dtype.kind not in "biu" or (w.dtype.kind != "b" and w.size and
                                      not np.isin(w, (0, 1)).all()):
         # a float or other-valued array would be read as "nonzero": refused, not guessed

@@ -202,10 +202,13 @@ def test_installed_command_exits_quietly_on_a_closed_pipe(monkeypatch, capsys):
         monkeypatch.setattr(cli.sys, "stdout", sink)
         assert cli.run() == 0
     monkeypatch.undo()
-    monkeypatch.setattr(cli.sys, "argv", ["/usr/local/bin/fastlstm", "--help"])
-    with pytest.raises(SystemExit):
-        cli.main()
-    assert capsys.readouterr().out.startswith("usage: fastlstm ")
+    for argv0, prog in (("/usr/local/bin/fastlstm", "fastlstm"),
+                        ("/x/fastlstm/__main__.py", "python -m fastlstm"),
+                        ("ipykernel_launcher.py", "python -m fastlstm")):
+        monkeypatch.setattr(cli.sys, "argv", [argv0, "--help"])
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert capsys.readouterr().out.startswith(f"usage: {prog} ")
 
 
 def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):

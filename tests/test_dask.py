@@ -248,6 +248,8 @@ def test_argument_errors(data, fitted):
                 predict_dask(est, dX, lengths=bad)
         with pytest.raises(TypeError, match="X must hold real numbers, got dtype complex"):
             predict_dask(est, dX.astype(np.complex64))
+    empty = fastlstm.LSTM(F, 2)
+    assert predict_dask(empty, np.zeros((0, T, F)), lengths=[]).compute().shape == (0, T, 2)
 
 
 def test_dask_ml_parallel_post_fit_recipe(data, fitted):

@@ -277,3 +277,11 @@ def test_masks_must_be_boolean_and_outputs_numeric():
     for bad in (np.ones((2, 3, 1), complex), np.full((2, 3, 1), "a")):
         with pytest.raises(TypeError, match="Y must hold real numbers"):
             last_output(bad)
+
+
+def test_empty_batch_masks_given_as_empty_lists():
+    # an empty list is an empty float array: accepted for an empty batch, as lengths=[]
+    from fastlstm.readout import mse_loss, softmax_cross_entropy
+
+    assert mse_loss(np.zeros((0, 1)), np.zeros((0, 1)), mask=[])[0] == 0.0
+    assert softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, int), mask=[])[0] == 0.0
