@@ -131,6 +131,8 @@ def _lengths(lengths, N, T):
     if lengths is None:
         return None
     L = np.asarray(lengths)
+    if L.shape == (0,) and L.dtype.kind == "f":   # an empty list, for an empty batch
+        L = L.astype(np.int64)
     if L.dtype.kind not in "iu" or L.shape != (N,):
         raise ValueError(f"lengths must be ({N},) integers, got {L.dtype} {L.shape}")
     if N and (L.min() < 0 or L.max() > T):
@@ -163,8 +165,10 @@ def last_output(Y, lengths=None, time_major=False):
     Yb = Y.swapaxes(0, 1) if time_major else Y
     N, T = Yb.shape[:2]
     L = _lengths(lengths, N, T)
+    if T == 0:        # every row has length 0
+        return np.zeros((N, Y.shape[2]), Y.dtype)
     if L is None:
-        return Yb[:, T - 1].copy() if T else np.zeros((N, Y.shape[2]), Y.dtype)
+        return Yb[:, T - 1].copy()
     out = Yb[np.arange(N), np.maximum(L - 1, 0)].copy()
     out[L == 0] = 0
     return out
@@ -289,6 +293,8 @@ def softmax_cross_entropy(logits, labels, mask=None):
     """
     logits = _prediction(logits, "logits")
     labels = np.asarray(labels)
+    if labels.size == 0 and labels.dtype.kind == "f":   # an empty list, for an empty batch
+        labels = labels.astype(np.int64)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels must have shape {logits.shape[:-1]}, got {labels.shape}")
     if labels.dtype.kind not in "iu":

@@ -285,3 +285,25 @@ def test_empty_batch_masks_given_as_empty_lists():
 
     assert mse_loss(np.zeros((0, 1)), np.zeros((0, 1)), mask=[])[0] == 0.0
     assert softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, int), mask=[])[0] == 0.0
+
+
+def test_readout_helpers_take_empty_batches_and_empty_time():
+    # lengths=[] / labels=[] (empty float lists) for an empty batch, as the models take
+    from fastlstm.readout import (last_output, last_output_backward, sequence_mask,
+                                  softmax_cross_entropy)
+
+    Y = np.zeros((0, 5, 4), np.float32)
+    assert last_output(Y, []).shape == (0, 4)
+    assert sequence_mask([], 5).shape == (0, 5)
+    assert last_output_backward(np.zeros((0, 4)), Y.shape, []).shape == Y.shape
+    assert softmax_cross_entropy(np.zeros((0, 3)), [])[0] == 0.0
+    # T = 0: every row has length 0, so zeros, with lengths as without them
+    model = fl.LSTM(3, 4, random_state=0)
+    Y0, state = model(np.zeros((2, 0, 3), np.float32), lengths=[0, 0])
+    for L in (None, [0, 0]):
+        for tm in (False, True):
+            got = last_output(Y0.swapaxes(0, 1) if tm else Y0, L, time_major=tm)
+            assert got.shape == (2, 4) and not got.any()
+    # non-empty float lengths are still refused
+    with pytest.raises(ValueError, match="integers"):
+        last_output(np.zeros((2, 3, 4)), [1.0, 2.0])
