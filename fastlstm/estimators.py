@@ -32,6 +32,8 @@ Dask prediction is bit-identical to ``predict``.
 import contextlib
 import math
 import numbers
+import os
+import sys
 import time
 import warnings
 
@@ -148,6 +150,11 @@ def _validate_X(est, X, *, reset, lengths=None):
     """
     dtype = _check_dtype(est.dtype)
     other = np.float64 if dtype == np.float32 else np.float32
+    if isinstance(X, np.ma.MaskedArray) and np.ma.is_masked(X):
+        # check_array would drop the mask and read the values under it
+        raise TypeError("X is a masked array with masked entries, and a mask is not read: "
+                        "fill them with NaN (X.filled(np.nan): trailing all-NaN steps are "
+                        "padding) or pass lengths=")
     X = check_array(X, accept_sparse=False, dtype=[dtype, other], ensure_all_finite=False,
                     allow_nd=True, ensure_min_samples=1, ensure_min_features=1,
                     estimator=est, input_name="X")
@@ -274,6 +281,25 @@ def _pool(Y, states, L, pooling):
     if L is None:
         return Y.mean(axis=1)
     return Y.sum(axis=1) / L[:, None].astype(Y.dtype)   # padded outputs are 0
+
+
+def _caller_stacklevel():
+    """``stacklevel`` for a warning issued by the function that calls this one, pointing at
+    the first frame outside fastlstm and scikit-learn's fit wrapper (``_fit_context``),
+    however many of their frames lie in between: the user's ``fit(...)`` line, or the
+    scikit-learn code (a Pipeline, a search) that called it."""
+    here = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(2)        # the caller of the function that warns
+    level = 2
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        wrapper = (frame.f_code.co_name == "wrapper"
+                   and name.endswith(os.path.join("sklearn", "base.py")))
+        if not name.startswith(here) and not wrapper:
+            return level
+        frame = frame.f_back
+        level += 1
+    return 1
 
 
 class _BaseLSTM(BaseEstimator):
@@ -545,7 +571,7 @@ class _BaseLSTM(BaseEstimator):
         n_train = idx.shape[0]
         if self.batch_size != "auto" and not 1 <= self.batch_size <= n_train:
             warnings.warn(f"batch_size={self.batch_size} is larger than the {n_train} training "
-                          "samples: it is clipped", UserWarning, stacklevel=4)
+                          "samples: it is clipped", UserWarning, stacklevel=_caller_stacklevel())
         bs = min(32 if self.batch_size == "auto" else self.batch_size, n_train)
         dtype = self.model_.dtype
         epochs = 1 if incremental else self.max_iter
@@ -594,7 +620,7 @@ class _BaseLSTM(BaseEstimator):
             if not incremental:
                 warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} epochs reached "
                               "and the optimisation has not converged yet.",
-                              ConvergenceWarning)
+                              ConvergenceWarning, stacklevel=_caller_stacklevel())
         if early and getattr(self, "_best_weights", None) is not None:
             # the best epoch's weights, also when a warm-started fit never beat the
             # best score of the fits before it (as MLPClassifier keeps _best_coefs)

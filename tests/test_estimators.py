@@ -860,3 +860,45 @@ def test_tiny_target_spreads_are_standardised_and_constant_targets_are_not():
     for value in (0.0, 0.1, 1e6):
         est = _fit_quiet(LSTMRegressor(**FAST), X, np.full(40, value))
         assert est._y_scale[0] == 1.0 and np.isfinite(est.predict(X)).all()
+
+
+@pytest.mark.parametrize("Est", [LSTMRegressor, LSTMClassifier, LSTMEncoder])
+def test_fit_warnings_point_at_the_callers_line(Est):
+    # scikit-learn's fit wrapper (_fit_context) sits between the caller and fit: a fixed
+    # stacklevel pointed into sklearn/base.py
+    import inspect
+
+    X = _sequences(20, 6, 2, seed=3)
+    y = (X[:, -1, 0] > 0).astype(int) if Est is LSTMClassifier else X[:, -1, 0]
+    kw = dict(hidden_sizes=(3,), max_iter=1, batch_size=1000, random_state=0)
+    if Est is LSTMEncoder:
+        kw["objective"] = "regression"
+    for method in ("fit", "partial_fit"):
+        est = Est(**kw)
+        if not hasattr(est, method):
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = inspect.currentframe().f_lineno + 1
+            getattr(est, method)(X, y, **({"classes": [0, 1]} if method == "partial_fit"
+                                          and Est is LSTMClassifier else {}))
+        kinds = {type(w.message) for w in caught}
+        assert UserWarning in kinds and (method == "partial_fit" or ConvergenceWarning in kinds)
+        for w in caught:
+            assert (w.filename, w.lineno) == (__file__, line), (method, str(w.message))
+
+
+def test_masked_X_is_refused_not_read_under_the_mask():
+    X = _sequences(20, 6, 2, seed=4)
+    y = X[:, -1, 0]
+    est = _fit_quiet(LSTMRegressor(**FAST), X, y)
+    junk = X.copy()
+    junk[:, 4:] = 1e6
+    masked = np.ma.masked_array(junk, mask=np.broadcast_to(
+        np.arange(6)[None, :, None] >= 4, X.shape))
+    with pytest.raises(TypeError, match="masked array with masked entries"):
+        est.predict(masked)
+    with pytest.raises(TypeError, match="masked array with masked entries"):
+        LSTMRegressor(**FAST).fit(masked, y)
+    # a masked array without masked entries is plain data
+    np.testing.assert_array_equal(est.predict(np.ma.masked_array(X)), est.predict(X))
