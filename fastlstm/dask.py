@@ -102,7 +102,13 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
     if n_threads is None or n_threads < 1:
         raise ValueError(f"n_threads must be a positive int for Dask tasks, got {n_threads!r}")
     if not isinstance(X, da.Array):
+        if isinstance(X, np.ma.MaskedArray) and np.ma.is_masked(X):
+            raise TypeError("X is a masked array with masked entries, and a mask is not "
+                            "read: fill them (np.ma.filled) and pass lengths= for padded "
+                            "steps")
         X = np.asarray(X)
+        if X.dtype.kind not in "biuf":      # before dask's chunking, which would fail first
+            raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
         # (dask's automatic chunking divides by the size of a sample: none without steps)
         X = da.from_array(X, chunks=X.shape if X.size == 0 else "auto")
     if X.ndim not in (2, 3):

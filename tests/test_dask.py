@@ -250,6 +250,15 @@ def test_argument_errors(data, fitted):
             predict_dask(est, dX.astype(np.complex64))
     empty = fastlstm.LSTM(F, 2)
     assert predict_dask(empty, np.zeros((0, T, F)), lengths=[]).compute().shape == (0, T, 2)
+    # a NumPy X is checked before dask wraps it (its automatic chunking raised
+    # NotImplementedError for object arrays), and a mask is not dropped
+    for est in (fitted["regressor"], fastlstm.LSTM(F, 2)):
+        with pytest.raises(TypeError, match="X must hold real numbers, got dtype object"):
+            predict_dask(est, X.astype(object))
+        last_step = np.broadcast_to(np.arange(T)[None, :, None] == T - 1, X.shape)
+        masked = np.ma.masked_array(X, mask=last_step)
+        with pytest.raises(TypeError, match="masked array"):
+            predict_dask(est, masked)
 
 
 def test_dask_ml_parallel_post_fit_recipe(data, fitted):
