@@ -20,6 +20,7 @@ and float values must be whole numbers (TF truncates them to int32);
 ``parallel_iterations``, ``swap_memory`` and ``scope`` are accepted and ignored.
 """
 
+import contextlib
 import numbers
 from types import SimpleNamespace
 
@@ -156,12 +157,52 @@ def _input_dtype(x, state):
     return None
 
 
+def _batch_size(batch_size):
+    """zero_state's batch_size: a non-negative int (or a 0-d integer array)."""
+    value = _scalar(batch_size)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) \
+            or value < 0:
+        raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
+    return int(value)
+
+
 def _leaves(state):
     if state is None:
         return []
     if isinstance(state, (tuple, list)):
         return [leaf for part in state for leaf in _leaves(part)]
     return [state]
+
+
+def _rng_state(random_state):
+    if isinstance(random_state, np.random.RandomState):
+        return random_state.get_state()
+    if isinstance(random_state, np.random.Generator):
+        return random_state.bit_generator.state
+    return None     # None or an int: every build draws from a fresh generator
+
+
+@contextlib.contextmanager
+def _building(cells):
+    """A call that builds cells is all or nothing: when it fails (bad inputs or state),
+    the cells it built are unbuilt again, and a generator given as their random_state is
+    put back, so that the failed call changes nothing (a wrong first call does not fix
+    the input width, and the same seed then draws the same weights)."""
+    fresh = [(c, _rng_state(c._random_state)) for c in cells if not c.built]
+    try:
+        yield
+    except BaseException:
+        for c, state in fresh:
+            c._layer = None
+            if isinstance(c._random_state, np.random.RandomState):
+                c._random_state.set_state(state)
+            elif isinstance(c._random_state, np.random.Generator):
+                c._random_state.bit_generator.state = state
+        raise
+
+
+def _cells_of(cell):
+    return list(cell._cells) if isinstance(cell, MultiRNNCell) else [cell]
 
 
 class RNNCell:
@@ -225,6 +266,7 @@ class _LSTMCellBase(RNNCell):
         return self._layer
 
     def zero_state(self, batch_size, dtype):
+        batch_size = _batch_size(batch_size)
         dt = _float_dtype(dtype)
         if dt is None:
             raise TypeError("dtype must be float32 or float64, got None")
@@ -350,8 +392,9 @@ class _LSTMCellBase(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
-        layer = self._ensure_built(x.shape[1], _input_dtype(x, state))
-        out, new = layer.step(x, self._split_state(state))
+        with _building([self]):
+            layer = self._ensure_built(x.shape[1], _input_dtype(x, state))
+            out, new = layer.step(x, self._split_state(state))
         return out, self._join_state(new)
 
     def __repr__(self):
@@ -439,6 +482,7 @@ class MultiRNNCell(RNNCell):
         return self._cells[0].dtype
 
     def zero_state(self, batch_size, dtype):
+        batch_size = _batch_size(batch_size)
         states = tuple(c.zero_state(batch_size, dtype) for c in self._cells)
         return states if self._state_is_tuple else np.concatenate(states, axis=1)
 
@@ -506,8 +550,9 @@ class MultiRNNCell(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
-        model = self._ensure_built(x.shape[1], _input_dtype(x, state))
-        out, states = model.step(x, self._split_state(state))
+        with _building(self._cells):
+            model = self._ensure_built(x.shape[1], _input_dtype(x, state))
+            out, states = model.step(x, self._split_state(state))
         return out, self._join_state(states)
 
     def get_weights(self):
@@ -581,7 +626,10 @@ def _whole_lengths(sequence_length):
     return L
 
 
-def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
+def _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
+    """Check a dynamic_rnn call and build the cell: returns the function that runs it.
+    Everything the run would refuse is refused here, before any kernel runs (call it
+    inside ``_building``: a refused call leaves the cell as it was)."""
     _check_cell(cell, name)
     x = _as_inputs(inputs)
     if isinstance(time_major, (numbers.Integral, np.integer)):   # TF tests its truth value
@@ -599,16 +647,32 @@ def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, revers
         raise TypeError(f"dtype={np.dtype(dtype).name} does not match {name}'s dtype "
                         f"{cell.dtype.name} (its weights were made in {cell.dtype.name})")
     model = cell._ensure_built(x.shape[2], _resolve_dtype(cell.dtype, dtype, x.dtype))
-    if isinstance(cell, MultiRNNCell):
-        states = []
+    layers = model.layers if isinstance(cell, MultiRNNCell) else [model]
+    states = [None] * len(layers) if s0 is None else (
+        list(s0) if isinstance(cell, MultiRNNCell) else [s0])
+    # the layers' own checks of the inputs and states, on no time steps (no kernel runs)
+    out = x[:0] if time_major else x[:, :0]
+    for layer, state in zip(layers, states):
+        out = layer(out, state, time_major=time_major)[0]
+
+    def run():
         out = x
-        for k, layer in enumerate(model.layers):
-            out, s = layer(out, None if s0 is None else s0[k], lengths=sequence_length,
-                           time_major=time_major, reverse=reverse)
-            states.append(s)
-        return out, cell._join_state(tuple(states))
-    out, s = model(x, s0, lengths=sequence_length, time_major=time_major, reverse=reverse)
-    return out, cell._join_state(s)
+        final = []
+        for layer, state in zip(layers, states):
+            out, s = layer(out, state, lengths=sequence_length, time_major=time_major,
+                           reverse=reverse)
+            final.append(s)
+        return out, cell._join_state(tuple(final) if isinstance(cell, MultiRNNCell)
+                                     else final[0])
+
+    return run
+
+
+def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
+    with _building(_cells_of(cell) if isinstance(cell, (_LSTMCellBase, MultiRNNCell)) else []):
+        run = _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major,
+                       reverse, name)
+    return run()
 
 
 def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=None,
@@ -635,10 +699,15 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     """
     if cell_fw is cell_bw:
         raise ValueError("cell_fw and cell_bw must be two different cell objects")
-    out_fw, st_fw = _run(cell_fw, inputs, sequence_length, initial_state_fw, dtype, time_major,
-                         False, "cell_fw")
-    out_bw, st_bw = _run(cell_bw, inputs, sequence_length, initial_state_bw, dtype, time_major,
-                         True, "cell_bw")
+    cells = [c for cell in (cell_fw, cell_bw)
+             if isinstance(cell, (_LSTMCellBase, MultiRNNCell)) for c in _cells_of(cell)]
+    with _building(cells):    # both directions checked before either runs
+        run_fw = _prepare(cell_fw, inputs, sequence_length, initial_state_fw, dtype,
+                          time_major, False, "cell_fw")
+        run_bw = _prepare(cell_bw, inputs, sequence_length, initial_state_bw, dtype,
+                          time_major, True, "cell_bw")
+    out_fw, st_fw = run_fw()
+    out_bw, st_bw = run_bw()
     return (out_fw, out_bw), (st_fw, st_bw)
 
 

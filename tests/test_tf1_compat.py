@@ -388,3 +388,50 @@ def test_flat_state_as_nested_lists_and_atomic_set_weights():
         cell.set_weights(bad)
     for now, then in zip(cell.get_weights(), before):
         np.testing.assert_array_equal(now, then)
+
+
+def test_refused_calls_leave_the_cells_unbuilt():
+    # a refused call changes nothing: no weights drawn, no input width fixed, and the same
+    # seed then gives the weights of a cell that was never called wrongly
+    X = np.ones((2, 3, 6), np.float32)
+    bad_state = (np.zeros((2, 4)), np.zeros((3, 4)))
+    for make in (lambda rs: tf.nn.rnn_cell.BasicLSTMCell(4, random_state=rs),
+                 lambda rs: tf.nn.rnn_cell.MultiRNNCell(
+                     [tf.nn.rnn_cell.BasicLSTMCell(4, random_state=rs),
+                      tf.nn.rnn_cell.BasicLSTMCell(4, random_state=rs)])):
+        rs = np.random.RandomState(5)
+        cell = make(rs)
+        multi = isinstance(cell, tf.nn.rnn_cell.MultiRNNCell)
+        state = (bad_state, bad_state) if multi else bad_state
+        with pytest.raises(TypeError, match="real numbers"):
+            tf.nn.dynamic_rnn(cell, X.astype(complex), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"must have shape \(2, 4\)"):
+            # a wrong width and a bad state: refused, and the width is not kept
+            tf.nn.dynamic_rnn(cell, np.ones((2, 3, 5), np.float32), initial_state=state)
+        with pytest.raises(ValueError, match=r"must have shape \(2, 4\)"):
+            cell(np.ones((2, 5), np.float32), state)       # one step, likewise
+        assert not any(c.built for c in (cell.cells if multi else [cell]))
+        out, _ = tf.nn.dynamic_rnn(cell, X, dtype=np.float32)
+        fresh = make(np.random.RandomState(5))
+        expected, _ = tf.nn.dynamic_rnn(fresh, X, dtype=np.float32)
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_bidirectional_checks_both_directions_before_running_either():
+    X = np.ones((2, 3, 6), np.float32)
+    fw, bw = tf.nn.rnn_cell.BasicLSTMCell(4), tf.nn.rnn_cell.BasicLSTMCell(4)
+    with pytest.raises(ValueError, match=r"must have shape \(2, 4\)"):
+        tf.nn.bidirectional_dynamic_rnn(fw, bw, X, dtype=np.float32,
+                                        initial_state_bw=(np.zeros((9, 4)), np.zeros((9, 4))))
+    assert not fw.built and not bw.built
+    (out_fw, out_bw), _ = tf.nn.bidirectional_dynamic_rnn(fw, bw, X, dtype=np.float32)
+    assert out_fw.shape == out_bw.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.0, None, True, "2"])
+def test_zero_state_batch_size_is_checked(bad):
+    for cell in (tf.nn.rnn_cell.BasicLSTMCell(4), tf.nn.rnn_cell.MultiRNNCell(
+            [tf.nn.rnn_cell.BasicLSTMCell(4), tf.nn.rnn_cell.BasicLSTMCell(5)])):
+        with pytest.raises(ValueError, match="batch_size must be a non-negative int"):
+            cell.zero_state(bad, np.float32)
+    assert tf.nn.rnn_cell.BasicLSTMCell(4).zero_state(np.int64(3), np.float32).c.shape == (3, 4)
