@@ -991,3 +991,14 @@ def test_from_onnx_folds_weights_computed_from_stored_values_only():
     noisy = graph(helper.make_node("RandomUniformLike", ["Wt"], ["W"]))
     with pytest.raises(ValueError, match=r"W \('W'\) is not stored in the model"):
         fl.from_onnx(noisy)
+
+
+def test_float32_export_refuses_weights_beyond_its_range():
+    pytest.importorskip("onnx")
+    from fastlstm.interop import to_onnx
+
+    m = fl.LSTM(3, 4, dtype=np.float64, random_state=0)
+    m.U[0, 0] = 1e300
+    with pytest.raises(ValueError, match="layer 0: U holds values up to 1e\\+300"):
+        to_onnx(m, dtype=np.float32)
+    to_onnx(m)                                  # float64 holds it

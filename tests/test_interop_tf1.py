@@ -468,3 +468,26 @@ def test_to_tf1_forget_bias_within_the_model_dtype():
     with pytest.raises(ValueError, match="within float32's range"):
         fl.to_tf1_checkpoint(fl.LSTM(3, 4), forget_bias=1e39)
     assert np.isfinite(to_tf1(fl.LSTM(3, 4, dtype=np.float64), forget_bias=1e39)["bias"]).all()
+
+
+def test_narrowing_import_refuses_values_beyond_the_dtype():
+    # float64 weights imported as float32: a finite value beyond float32's range would
+    # become infinite; refused, naming the array (infinities themselves are kept)
+    from fastlstm.interop import from_tf1
+
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.normal(size=(3 + 2, 8)), rng.normal(size=8)
+    big = kernel.copy()
+    big[0, 0] = 1e300
+    with pytest.raises(ValueError, match="input kernel holds values up to 1e\\+300"):
+        from_tf1(big, bias, dtype=np.float32)
+    big_b = bias.copy()
+    big_b[3] = -4e38
+    with pytest.raises(ValueError, match="bias holds values up to 4e\\+38"):
+        from_tf1(kernel, big_b, dtype=np.float32)
+    inf = kernel.copy()
+    inf[0, 0] = np.inf
+    assert np.isinf(from_tf1(inf, bias, dtype=np.float32).W).any()
+    assert from_tf1(big, bias).dtype == np.float64           # float64 holds it
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'junk'"):
+        from_tf1(kernel, bias, dtype="junk")

@@ -554,3 +554,15 @@ def test_from_torch_cell_module_keywords_and_meta_device():
         meta = torch.nn.LSTM(3, 4)
     with pytest.raises(ValueError, match="on torch's meta device"):
         fl.from_torch(meta)
+
+
+def test_from_torch_to_float32_refuses_weights_beyond_its_range():
+    torch = pytest.importorskip("torch")
+    t = torch.nn.LSTM(4, 3).double()
+    with torch.no_grad():
+        t.weight_ih_l0[0, 0] = 1e300
+    with pytest.raises(ValueError, match="input kernel holds values up to 1e\\+300"):
+        fl.from_torch(t, dtype=np.float32)
+    assert np.isfinite(fl.from_torch(t).W).all()              # float64 holds it
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'junk'"):
+        fl.from_torch(torch.nn.LSTM(4, 3), dtype="junk")

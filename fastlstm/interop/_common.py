@@ -58,7 +58,10 @@ def check_shape(arr, shape, name, meaning=""):
 def pick_dtype(dtype, arrays):
     """``dtype`` if given, else float64 when any of ``arrays`` is float64, else float32."""
     if dtype is not None:
-        dt = np.dtype(dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         return dt
@@ -98,6 +101,9 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
                  peepholes=peepholes is not None, cell_clip=cell_clip, proj_clip=proj_clip,
                  forget_bias=forget_bias, activation=activation,
                  recurrent_activation=recurrent_activation, dtype=dt, random_state=0)
+    for what, arr in (("input kernel", W), ("recurrent kernel", U), ("bias", b),
+                      ("peepholes", peepholes), ("projection kernel", P)):
+        check_range(arr, dt, f"{name}: {what}")
     layer.W[...] = W
     layer.U[...] = U
     layer.b[...] = 0 if b is None else b
@@ -106,6 +112,21 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
     if P is not None:
         layer.P[...] = P
     return layer
+
+
+def check_range(arr, dt, name):
+    """Refuse finite values that ``dt`` cannot hold (they would become infinite)."""
+    if arr is None:
+        return
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= dt.itemsize or not arr.size:
+        return
+    finite = np.isfinite(arr)
+    big = float(np.max(np.abs(arr[finite]), initial=0.0))
+    if big > float(np.finfo(dt).max):
+        raise ValueError(f"{name} holds values up to {big:.3g}, beyond the range of "
+                         f"{dt.name} (largest {np.finfo(dt).max:.3g}): they would become "
+                         "infinite; use dtype=np.float64")
 
 
 def assemble(items):

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer,
+from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer, check_range,
                       directions, layers_of, refuse_unrepresentable)
 from .._optional import need
 from ..layers import ACTIVATIONS, LSTMState
@@ -123,6 +123,9 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     for k, item in enumerate(items):
         dirs = directions(item)
         D, H = len(dirs), dirs[0].hidden_size
+        for layer in dirs:   # a float64 model written as float32: nothing may overflow
+            for what in ("W", "U", "b") + (("peepholes",) if layer.use_peepholes else ()):
+                check_range(getattr(layer, what), dt, f"layer {k}: {what}")
         W = np.stack([blocks(layer.W.T, PERM_TO_ONNX, 0) for layer in dirs]).astype(dt)
         R = np.stack([blocks(layer.U.T, PERM_TO_ONNX, 0) for layer in dirs]).astype(dt)
         B = np.stack([np.concatenate([blocks(layer.b, PERM_TO_ONNX, 0), np.zeros(4 * H)])
@@ -921,6 +924,8 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         if h0.ndim != 3 or h0.shape[0] != D or h0.shape[2] != H or c0.shape != h0.shape:
             raise ValueError(f"{where}: initial_h / initial_c must have shape ({D}, N, {H})")
         dt = made[0].dtype
+        check_range(h0, dt, f"{where}: initial_h")
+        check_range(c0, dt, f"{where}: initial_c")
         per_dir = [LSTMState(c0[d].astype(dt), h0[d].astype(dt)) for d in range(D)]
         state = tuple(per_dir) if D == 2 else per_dir[0]
     return item, state

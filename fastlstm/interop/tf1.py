@@ -16,8 +16,8 @@ import re
 
 import numpy as np
 
-from ._common import (PERM_TF, as_array, blocks, build_layer, check_shape, directions,
-                      layers_of, pick_dtype, refuse_reverse,
+from ._common import (PERM_TF, as_array, blocks, build_layer, check_range, check_shape,
+                      directions, layers_of, pick_dtype, refuse_reverse,
                       refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _check_forget_bias
 
@@ -81,6 +81,7 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
         check_shape(as_array(bias, "bias"), (4 * H,), "bias", "(4*num_units,)")
     dt = pick_dtype(dtype, [kernel, b, P, peep])
     forget_bias = _check_forget_bias(forget_bias)
+    check_range(b, dt, "TF1 cell: bias")
     b = b.astype(dt, copy=True)
     b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
     return build_layer(blocks(kernel[:I], PERM_TF, 1), blocks(kernel[I:], PERM_TF, 1),
