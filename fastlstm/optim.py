@@ -82,8 +82,10 @@ def clip_grad_norm(params, max_norm):
     params: as for the optimisers.  Returns the norm before clipping (as PyTorch's
     ``clip_grad_norm_``; the scale is ``max_norm / (norm + 1e-6)`` when it is below 1).
     A non-finite norm is returned as is and leaves the gradients unchanged.
+    ``max_norm=inf`` only measures the norm (as torch).
     """
-    max_norm = _check_number(max_norm, "max_norm")
+    if not (isinstance(unwrap(max_norm), numbers.Real) and unwrap(max_norm) == np.inf):
+        max_norm = _check_number(max_norm, "max_norm")
     pairs = _pairs(params)
     with np.errstate(over="ignore", under="ignore"):
         total = float(np.sqrt(sum(float(np.dot(g, g)) for _, g in pairs)))

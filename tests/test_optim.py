@@ -219,11 +219,15 @@ def test_clip_grad_norm(rng):
     assert new == pytest.approx(1.0 / (norm + 1e-6) * norm, rel=1e-12)
     for (_, g), g0 in zip(pairs, gs):
         np.testing.assert_allclose(g, g0 * (1.0 / (norm + 1e-6)), rtol=1e-12)
-    # below the limit nothing changes
+    # below the limit nothing changes; max_norm=inf only measures (as torch)
     before = [g.copy() for _, g in pairs]
     optim.clip_grad_norm(pairs, 10.0)
+    assert optim.clip_grad_norm(pairs, np.inf) == optim.clip_grad_norm(pairs, float("inf"))
     for (_, g), b in zip(pairs, before):
         np.testing.assert_array_equal(g, b)
+    for bad in (-np.inf, np.nan):
+        with pytest.raises(TypeError, match="max_norm must be a finite number"):
+            optim.clip_grad_norm(pairs, bad)
 
 
 @pytest.mark.filterwarnings("error")
