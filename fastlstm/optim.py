@@ -355,12 +355,13 @@ class Adam(_Optimizer):
         """One update of every parameter from its current gradient."""
         if self.weight_decay and len(self._tmp2) != len(self._pairs):   # set after building
             self._tmp2 = [np.empty_like(p) for p, _ in self._pairs]
+        pairs = self._live()            # may refuse: before anything changes
         self.n_steps += 1
         b1, b2 = self.betas
         t = self.n_steps
         bc1 = 1.0 - b1 ** t
         bc2_sqrt = np.sqrt(1.0 - b2 ** t)
-        for k, (p, g) in enumerate(self._live()):
+        for k, (p, g) in enumerate(pairs):
             dt = p.dtype.type
             m, v, tmp = self._m[k], self._v[k], self._tmp[k]
             if self.weight_decay:

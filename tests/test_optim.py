@@ -385,3 +385,23 @@ def test_state_dict_with_a_stored_step_count():
     again = optim.Adam([(np.zeros(3), np.ones(3))])
     again.load_state_dict(sd)
     assert again.n_steps == 1
+
+
+@pytest.mark.parametrize("Opt", [optim.SGD, optim.Adam])
+def test_a_refused_step_changes_nothing(Opt):
+    # a model whose buffers changed size is refused before any update or step count
+    class Model:
+        def __init__(self, n):
+            self.flat_params, self.flat_grads = np.ones(n), np.full(n, 0.5)
+
+    model = Model(4)
+    opt = Opt(model, lr=0.1)
+    opt.step()
+    state = opt.state_dict()
+    model.flat_params, model.flat_grads = np.ones(5), np.ones(5)
+    with pytest.raises(ValueError, match="make a new optimiser"):
+        opt.step()
+    assert opt.n_steps == 1
+    for key, value in opt.state_dict().items():
+        if isinstance(value, (int, float)):
+            assert value == state[key], key
