@@ -230,10 +230,15 @@ class _Optimizer:
             raise ValueError(f"state holds {sorted(state['state'])}, expected {sorted(slots)}")
         for name, arrays in slots.items():
             # a buffer saved empty is one never stepped (momentum set after the last
-            # step): zeros, as allocated; a saved buffer the hyper-parameters no longer
-            # use (momentum switched off) is not needed
-            if arrays and state["state"][name]:
-                for dst, src in zip(arrays, state["state"][name]):
+            # step): zeros, as allocated; a saved buffer the hyper-parameters do not use
+            # now (momentum switched off for a while) is kept, as the optimiser that saved
+            # it kept it, for when they use it again
+            saved = state["state"][name]
+            if saved and not arrays:
+                arrays.extend(np.array(src, dtype=p.dtype)
+                              for (p, _), src in zip(new._pairs, saved))
+            elif saved:
+                for dst, src in zip(arrays, saved):
                     dst[...] = src
         self.__dict__.update(new.__dict__)
 

@@ -405,3 +405,27 @@ def test_a_refused_step_changes_nothing(Opt):
     for key, value in opt.state_dict().items():
         if isinstance(value, (int, float)):
             assert value == state[key], key
+
+
+def test_momentum_buffer_survives_a_checkpoint_taken_while_momentum_is_off(rng):
+    # an optimiser keeps its buffer while momentum is 0 (torch too); a state_dict round
+    # trip in that window must keep it as well, or the resumed run differs
+    grads = [rng.normal(size=5) for _ in range(8)]
+
+    def run(checkpoint):
+        p, g = np.ones(5), np.zeros(5)
+        opt = optim.SGD([(p, g)], lr=0.1, momentum=0.9)
+        for s, gs in enumerate(grads):
+            if s == 3:
+                opt.momentum = 0.0
+            if s == 4 and checkpoint:
+                saved = opt.state_dict()
+                opt = optim.SGD([(p, g)], lr=0.1)
+                opt.load_state_dict(saved)
+            if s == 5:
+                opt.momentum = 0.9
+            g[...] = gs
+            opt.step()
+        return p
+
+    np.testing.assert_array_equal(run(True), run(False))
