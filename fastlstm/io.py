@@ -8,8 +8,9 @@ archive holds:
   ``{"format": "fastlstm", "format_version": 1, "fastlstm_version": ..., "model": SPEC}``
   where ``SPEC`` describes the structure:
   ``{"type": "LSTM", "input_size", "hidden_size", "proj_size", "peepholes", "cell_clip",
-  "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}`` and, in
-  version 2, ``"reverse"`` (absent: False),
+  "proj_clip", "forget_bias", "activation", "recurrent_activation", "dtype"}``, an
+  optional ``"n_threads"`` (absent: None; a run-time setting, which readers that do not
+  know it ignore) and, in version 2, ``"reverse"`` (absent: False),
   ``{"type": "Bidirectional", "forward": SPEC, "backward": SPEC}`` or
   ``{"type": "MultiLSTM", "layers": [SPEC, ...]}``;
 - ``param/<name>`` for every entry of ``model.params`` (e.g. ``param/W``,
@@ -54,7 +55,8 @@ def _spec(model):
                     cell_clip=model.cell_clip, proj_clip=model.proj_clip,
                     forget_bias=model.forget_bias, activation=model.activation,
                     recurrent_activation=model.recurrent_activation, dtype=model.dtype.name,
-                    **({"reverse": True} if model.reverse else {}))
+                    **({"reverse": True} if model.reverse else {}),
+                    **({"n_threads": model.n_threads} if model.n_threads is not None else {}))
     if isinstance(model, Bidirectional):
         return dict(type="Bidirectional", forward=_spec(model.forward_layer),
                     backward=_spec(model.backward_layer))
@@ -110,7 +112,8 @@ def _build(spec, where="model"):
                         activation=spec["activation"],
                         recurrent_activation=spec["recurrent_activation"],
                         dtype=np.dtype(spec["dtype"]), random_state=_UNSET,
-                        reverse=spec.get("reverse", False))
+                        reverse=spec.get("reverse", False),
+                        n_threads=spec.get("n_threads"))
         if kind == "Bidirectional":
             # the halves' own flags are set after pairing them (Bidirectional refuses a
             # reversed forward half when it is built; a call of that half alone uses it)

@@ -393,6 +393,17 @@ class _Module:
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
         return state
 
+    def __copy__(self):
+        # a second handle on the same model: the same buffers (and, for a container, the
+        # same layers, which stay the original's: the pickle route would re-adopt them,
+        # and once the copy was gone another container could take them from the original)
+        new = object.__new__(type(self))
+        state = self.__dict__.copy()
+        state.pop("_owner", None)             # the copy belongs to no container
+        state.pop("_train_buffers", None)     # training scratch is per object
+        new.__dict__.update(state)
+        return new
+
     # attributes kept as "_<name>" behind a property (pickles made before keep "<name>")
     _PROPERTIES = ()
 
@@ -621,6 +632,8 @@ class LSTM(_Module):
             opts.append(f"dtype={self._dtype.name}")
         if self.reverse:
             opts.append("reverse=True")
+        if self.n_threads is not None:
+            opts.append(f"n_threads={self.n_threads}")
         return f"LSTM({', '.join(opts)})"
 
     # -- running -----------------------------------------------------------------------

@@ -311,6 +311,31 @@ def test_pickle_round_trip(name, how):
 
 
 @pytest.mark.parametrize("name", list(_models()))
+def test_shallow_copy_is_a_second_handle_and_takes_no_layers(name):
+    # copy.copy shares the buffers; a container's layers stay the original's (the pickle
+    # route re-adopted them, and once the copy was gone another container could take
+    # them from the live original, whose optimiser then trained a stale copy)
+    import gc
+
+    model = _models()[name]
+    twin = copy.copy(model)
+    assert twin.flat_params is model.flat_params and twin.flat_grads is model.flat_grads
+    X = np.random.default_rng(1).normal(size=(2, 3, model.input_size))
+    np.testing.assert_array_equal(twin(X)[0], model(X)[0])
+    inner = [c for c in model._children()]
+    del twin
+    gc.collect()
+    for child in inner:
+        assert child._owner() is model
+        with pytest.raises(ValueError, match="already belongs"):
+            fl.MultiLSTM([child])
+    if isinstance(model, fl.LSTM):
+        inside = fl.MultiLSTM([model])
+        loose = copy.copy(model)            # a copy of a held layer belongs to no container
+        assert loose._owner is None and model._owner() is inside
+
+
+@pytest.mark.parametrize("name", list(_models()))
 def test_unpickle_from_read_only_out_of_band_buffers(name):
     """Pickle protocol 5 with out-of-band buffers handed back read-only (bytes, shared
     memory, object stores): the model loads, trains in its own copy (it raised
@@ -450,3 +475,15 @@ def test_load_of_a_file_that_is_not_an_archive_closes_it(tmp_path):
             fl.load(path)
         gc.collect()
     assert not [w for w in seen if issubclass(w.category, ResourceWarning)]
+
+
+def test_n_threads_round_trips(tmp_path):
+    # a run-time setting, kept (an optional field: older readers ignore it)
+    model = fl.MultiLSTM([fl.LSTM(3, 4, n_threads=1), fl.LSTM(4, 2),
+                          fl.Bidirectional(fl.LSTM(2, 2, n_threads=-1), fl.LSTM(2, 2))])
+    fl.save(model, tmp_path / "m.npz")
+    again = fl.load(tmp_path / "m.npz")
+    assert [layer.n_threads for layer in again.layers[:2]] == [1, None]
+    assert again.layers[2].forward_layer.n_threads == -1
+    assert again.layers[2].backward_layer.n_threads is None
+    assert repr(again.layers[0]) == "LSTM(3, 4, n_threads=1)"
