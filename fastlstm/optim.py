@@ -397,3 +397,8 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)
+
+    def __repr__(self):        # the arguments AdamW takes (decoupled decay is its own)
+        hyper = ", ".join(f"{n}={getattr(self, n)!r}" for n in ("lr",) + self._hyper
+                          if n != "decoupled_weight_decay")
+        return f"AdamW({hyper})"

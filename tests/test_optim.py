@@ -429,3 +429,13 @@ def test_momentum_buffer_survives_a_checkpoint_taken_while_momentum_is_off(rng):
         return p
 
     np.testing.assert_array_equal(run(True), run(False))
+
+
+def test_reprs_name_the_constructors_arguments():
+    p, g = np.zeros(3), np.zeros(3)
+    for opt in (optim.SGD([(p, g)]), optim.Adam([(p, g)]), optim.AdamW([(p, g)])):
+        text = repr(opt)
+        name, args = text[:text.index("(")], text[text.index("(") + 1:-1]
+        kwargs = eval(f"dict({args})")
+        again = getattr(optim, name)([(p, g)], **kwargs)       # accepted as written
+        assert repr(again) == text
