@@ -264,7 +264,8 @@ def _load_from(fh, path):
     try:
         archive = np.load(fh, allow_pickle=False)
     except ValueError as exc:
-        raise ValueError(f"{path!r} is not a fastlstm .npz file (or needs pickle): {exc}") from exc
+        raise ValueError(f"{path!r} is not a fastlstm .npz file (NumPy could not read it "
+                         f"without unpickling: {exc})") from exc
     if not hasattr(archive, "files"):
         raise ValueError(f"{path!r} is a single .npy array, not a fastlstm .npz model")
     with archive:
@@ -290,7 +291,10 @@ def _load_from(fh, path):
         spec = meta.get("model")
         shapes = _param_shapes(spec)
         if shapes is None:          # malformed: _build says how
-            _build(spec)
+            try:
+                _build(spec)
+            except ValueError as exc:
+                raise ValueError(f"{path!r}: {exc}") from exc
             raise ValueError(f"{path!r}: malformed model description")
         stored = {k[len(_PREFIX):] for k in archive.files if k.startswith(_PREFIX)}
         if stored != set(shapes):
