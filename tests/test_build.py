@@ -236,3 +236,22 @@ def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):
               or n in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")]
     missing = sorted(set(wanted) - names)
     assert not missing, f"not in the sdist: {missing}"
+
+
+def test_bench_plot_writes_a_png(tmp_path, monkeypatch):
+    """--plot draws time against size per implementation (timings stubbed: the drawing is
+    tested here, the timing by the benchmark suite)."""
+    pytest.importorskip("matplotlib")
+    from fastlstm import _bench
+
+    def fake_run(cases, impls, **kwargs):
+        rows = []
+        for k, case in enumerate(cases):
+            med = {impl: 1e-5 * (k + 1) * (j + 1) for j, impl in enumerate(impls)}
+            rows.append((case, med, {}))
+        return rows
+
+    monkeypatch.setattr(_bench, "run_cases", fake_run)
+    out = tmp_path / "t.png"
+    assert _bench.main(["--quick", "--impls", "fastlstm,numpy", "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
