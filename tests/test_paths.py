@@ -60,7 +60,7 @@ def _options(layer):
 # row counts around its 6-row tile, 4-row tiles (computed across gates), a single step)
 # and of the BLAS kernel's row blocks
 SHAPES = [(1, 1, 6, 4), (2, 3, 6, 5), (7, 4, 3, 17), (13, 3, 9, 33), (6, 5, 1, 1),
-          (12, 2, 16, 40), (8, 3, 7, 20)]
+          (12, 2, 16, 40), (8, 3, 7, 20), (1, 5, 9, 33)]
 OPTIONS = [
     {},
     {"peepholes": True, "cell_clip": 0.4},
@@ -242,6 +242,25 @@ def test_automatic_choice_is_valid():
             X = rng.standard_normal((N, T, I)).astype(np.float32)
             Yr, _ = ref.lstm_forward(X, layer.params)
             np.testing.assert_allclose(layer(X)[0], Yr, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_one_step_runs_matrix_vector_products(dtype):
+    """A step of one row (beyond the small kernel) runs BLAS's matrix-vector products
+    rather than packing every weight for one use; with projection too."""
+    rng = np.random.default_rng(7)
+    for proj in (None, 48):
+        layer = fl.LSTM(96, 160, proj_size=proj, peepholes=True, random_state=2, dtype=dtype)
+        assert layer._packed_plan(1, 1) is None and (proj or layer._packed_plan(1, 2))
+        x = rng.standard_normal((1, 96)).astype(dtype)
+        state = (rng.standard_normal((1, 160)).astype(dtype),
+                 rng.standard_normal((1, layer.output_size)).astype(dtype))
+        out, new = layer.step(x, state)
+        Yr, (cr, hr) = ref.lstm_forward(x[:, None], layer.params, initial_state=state)
+        np.testing.assert_allclose(out, Yr[:, 0], rtol=0, atol=TOL[dtype])
+        np.testing.assert_allclose(new.c, cr, rtol=0, atol=TOL[dtype])
+        Y, _ = layer(x[:, None], state)
+        np.testing.assert_array_equal(Y[:, 0], out)
 
 
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
