@@ -48,7 +48,8 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils._param_validation import Interval, StrOptions
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+    from sklearn.utils.validation import (_get_feature_names, check_array, check_is_fitted,
+                                          column_or_1d)
 except ImportError:
     from ._optional import need
     need("sklearn", "fastlstm's estimators (LSTMRegressor, LSTMClassifier, LSTMEncoder)")
@@ -142,7 +143,38 @@ def _nan_lengths(X):
     return L.astype(np.int64)
 
 
-def _validate_X(est, X, *, reset, lengths=None):
+def _check_column_names(est, X, reset):
+    """``feature_names_in_`` from a DataFrame's column names (2-D X: one column per time
+    step), checked as scikit-learn checks them, except that fewer or more columns are
+    shorter or longer sequences: the names the two have in common must match, in order."""
+    names = _get_feature_names(X)
+    fitted = getattr(est, "feature_names_in_", None)
+    if reset:
+        if names is not None:
+            est.feature_names_in_ = names
+        elif hasattr(est, "feature_names_in_"):
+            del est.feature_names_in_
+        return
+    cls = type(est).__name__
+    if names is None and fitted is not None:
+        warnings.warn(f"X does not have valid feature names, but {cls} was fitted with "
+                      "feature names", UserWarning, stacklevel=_caller_stacklevel())
+    elif names is not None and fitted is None:
+        warnings.warn(f"X has feature names, but {cls} was fitted without feature names",
+                      UserWarning, stacklevel=_caller_stacklevel())
+    elif names is not None:
+        common = min(len(names), len(fitted))
+        bad = [k for k in range(common) if names[k] != fitted[k]]
+        if bad:
+            k = bad[0]
+            raise ValueError(
+                "The feature names should match those that were passed during fit.\n"
+                f"Column {k} is {names[k]!r}, fitted as {fitted[k]!r}: X's columns are "
+                "the time steps, in order (fewer or more columns are shorter or longer "
+                "sequences, but the columns they share must keep their names)")
+
+
+def _validate_X(est, X, *, reset, lengths=None, check_names=True):
     """X -> (3-D array (n, T, F) of the estimator's dtype, lengths (n,) int64 or None).
 
     2-D X is read as (n_samples, n_timesteps) univariate sequences.  Sets
@@ -150,6 +182,8 @@ def _validate_X(est, X, *, reset, lengths=None):
     """
     dtype = _check_dtype(est.dtype)
     other = np.float64 if dtype == np.float32 else np.float32
+    if check_names:        # (not per chunk of a Dask array, which has no names)
+        _check_column_names(est, X, reset)
     if isinstance(X, np.ma.MaskedArray) and np.ma.is_masked(X):
         # check_array would drop the mask and read the values under it
         raise TypeError("X is a masked array with masked entries, and a mask is not read: "
@@ -283,18 +317,22 @@ def _pool(Y, states, L, pooling):
     return Y.sum(axis=1) / L[:, None].astype(Y.dtype)   # padded outputs are 0
 
 
+# scikit-learn's decorators around estimator methods: (function, file)
+_SKLEARN_WRAPPERS = {("wrapper", "base.py"), ("wrapped", "_set_output.py")}
+
+
 def _caller_stacklevel():
     """``stacklevel`` for a warning issued by the function that calls this one, pointing at
-    the first frame outside fastlstm and scikit-learn's fit wrapper (``_fit_context``),
-    however many of their frames lie in between: the user's ``fit(...)`` line, or the
-    scikit-learn code (a Pipeline, a search) that called it."""
+    the first frame outside fastlstm and scikit-learn's method wrappers (``_fit_context``,
+    ``set_output``), however many of their frames lie in between: the user's line, or the
+    scikit-learn code (a Pipeline, a search) that called the method."""
     here = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame = sys._getframe(2)        # the caller of the function that warns
     level = 2
     while frame is not None:
         name = os.path.abspath(frame.f_code.co_filename)
-        wrapper = (frame.f_code.co_name == "wrapper"
-                   and name.endswith(os.path.join("sklearn", "base.py")))
+        wrapper = ((frame.f_code.co_name, os.path.basename(name)) in _SKLEARN_WRAPPERS
+                   and os.path.basename(os.path.dirname(name)) in ("sklearn", "utils"))
         if not name.startswith(here) and not wrapper:
             return level
         frame = frame.f_back
@@ -511,6 +549,9 @@ class _BaseLSTM(BaseEstimator):
         self._check_params()
         fitted = hasattr(self, "model_")
         first = not fitted or (not incremental and not self.warm_start)
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True (no data is "
+                             "held out for validation): set early_stopping=False, or use fit")
         X, L = _validate_X(self, X, reset=first, lengths=lengths)
         n = X.shape[0]
         targets = self._encode_targets(y, n, first, classes)
@@ -819,7 +860,8 @@ _SHARED_DOC = """
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified for
         classification), stop when its score (R² or accuracy) has not improved by ``tol``
-        for ``n_iter_no_change`` epochs, and keep the best epoch's weights.
+        for ``n_iter_no_change`` epochs, and keep the best epoch's weights.  ``fit`` only:
+        ``partial_fit`` refuses it, as scikit-learn's MLPs do.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=10
     tol : float, default=1e-4
@@ -856,6 +898,9 @@ class LSTMRegressor(RegressorMixin, _RegressionObjective, _BaseLSTM):
         The linear readout (pooled features -> standardised targets).
     n_features_in_ : int
         Features per time step (1 for 2-D X).
+    feature_names_in_ : ndarray of str
+        The column names of a 2-D DataFrame X (one per time step), when it had string
+        names; later DataFrames must keep the names of the columns they share with it.
     n_outputs_ : int
     loss_curve_ : list of float
         Training loss after each epoch (with the L2 term).
@@ -894,7 +939,7 @@ class LSTMRegressor(RegressorMixin, _RegressionObjective, _BaseLSTM):
     def _predict_chunk(self, X, n_threads, method, lengths=None):
         """``method`` on a chunk with ``n_threads`` threads (fastlstm.dask's entry)."""
         check_is_fitted(self)
-        X, L = _validate_X(self, X, reset=False, lengths=lengths)
+        X, L = _validate_X(self, X, reset=False, lengths=lengths, check_names=False)
         return self._decode(self._infer(X, L, n_threads))
 
     def score(self, X, y, sample_weight=None, *, lengths=None):
@@ -911,7 +956,7 @@ class LSTMClassifier(ClassifierMixin, _ClassificationObjective, _BaseLSTM):
     Attributes
     ----------
     classes_ : ndarray (n_classes,)
-    model_, readout_, n_features_in_, loss_curve_, n_iter_, t_,
+    model_, readout_, n_features_in_, feature_names_in_, loss_curve_, n_iter_, t_,
     best_loss_, validation_scores_, best_validation_score_ :
         As for ``LSTMRegressor`` (loss: mean cross-entropy; score: accuracy).
     """
@@ -947,7 +992,7 @@ class LSTMClassifier(ClassifierMixin, _ClassificationObjective, _BaseLSTM):
     def _predict_chunk(self, X, n_threads, method, lengths=None):
         """``method`` on a chunk with ``n_threads`` threads (fastlstm.dask's entry)."""
         check_is_fitted(self)
-        X, L = _validate_X(self, X, reset=False, lengths=lengths)
+        X, L = _validate_X(self, X, reset=False, lengths=lengths, check_names=False)
         Z = self._infer(X, L, n_threads)
         if method == "predict":
             return self.classes_[np.argmax(Z, axis=1)]
@@ -979,6 +1024,8 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
     model_ : fastlstm.MultiLSTM
     n_features_in_ : int
         Features per time step (1 for 2-D X).
+    feature_names_in_ : ndarray of str
+        As for ``LSTMRegressor``.
     loss_curve_, n_iter_, t_, best_loss_, validation_scores_, best_validation_score_ :
         As for ``LSTMRegressor``; a reservoir is not trained (``n_iter_ == 0``).
     """
@@ -1093,7 +1140,7 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
     def _predict_chunk(self, X, n_threads, method, lengths=None):
         """``method`` on a chunk with ``n_threads`` threads (fastlstm.dask's entry)."""
         check_is_fitted(self)
-        X, L = _validate_X(self, X, reset=False, lengths=lengths)
+        X, L = _validate_X(self, X, reset=False, lengths=lengths, check_names=False)
         return self._infer(X, L, n_threads, readout=False)
 
     @property

@@ -422,7 +422,7 @@ def test_encoder_feature_names_in_pipelines_and_column_transformers():
     out = ct.set_output(transform="pandas").fit_transform(df)
     assert list(out.columns) == ["enc__lstmencoder0", "enc__lstmencoder1", "remainder__other"]
     np.testing.assert_array_equal(out.iloc[:, :2].to_numpy(),
-                                  ct.named_transformers_["enc"].transform(X))
+                                  ct.named_transformers_["enc"].transform(df.iloc[:, :5]))
     enc = ct.named_transformers_["enc"]
     with pytest.raises(ValueError, match="input_features should have length equal.*5"):
         enc.get_feature_names_out(["t0", "t1"])
@@ -902,3 +902,49 @@ def test_masked_X_is_refused_not_read_under_the_mask():
         LSTMRegressor(**FAST).fit(masked, y)
     # a masked array without masked entries is plain data
     np.testing.assert_array_equal(est.predict(np.ma.masked_array(X)), est.predict(X))
+
+
+def test_dataframe_column_names_are_checked_as_time_steps():
+    pd = pytest.importorskip("pandas")
+    import inspect
+
+    X = _sequences(30, 6, 1, seed=5)[:, :, 0]
+    y = X[:, -1]
+    names = [f"t{k}" for k in range(6)]
+    df = pd.DataFrame(X, columns=names)
+    est = _fit_quiet(LSTMRegressor(**FAST), df, y)
+    assert isinstance(est.feature_names_in_, np.ndarray)
+    assert est.feature_names_in_.dtype == object and list(est.feature_names_in_) == names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = est.predict(df)
+        est.predict(df.iloc[:, :4])              # a shorter sequence: the same names
+        est.predict(df.assign(t6=df["t5"]))      # a longer one
+    for bad in (df[names[::-1]], df.rename(columns={"t2": "x"})):
+        with pytest.raises(ValueError, match="feature names should match"):
+            est.predict(bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        np.testing.assert_array_equal(est.predict(X), p)
+    [w] = [w for w in caught if "valid feature names" in str(w.message)]
+    assert (w.filename, w.lineno) == (__file__, line)
+    # refit on an array: no names, and a DataFrame then warns the other way
+    _fit_quiet(est, X, y)
+    assert not hasattr(est, "feature_names_in_")
+    with pytest.warns(UserWarning, match="fitted without feature names"):
+        est.predict(df)
+
+
+@pytest.mark.parametrize("Est", [LSTMRegressor, LSTMClassifier, LSTMEncoder])
+def test_partial_fit_refuses_early_stopping_as_mlp_does(Est):
+    X = _sequences(20, 5, 2, seed=6)
+    y = np.arange(20) % 2
+    kw = dict(hidden_sizes=(3,), random_state=0, early_stopping=True)
+    if Est is LSTMEncoder:
+        kw["objective"] = "classification"
+    est = Est(**kw)
+    extra = {} if Est is LSTMRegressor else {"classes": [0, 1]}
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        est.partial_fit(X, y, **extra)
+    assert not hasattr(est, "model_")
