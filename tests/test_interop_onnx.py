@@ -1002,3 +1002,67 @@ def test_float32_export_refuses_weights_beyond_its_range():
     with pytest.raises(ValueError, match="layer 0: U holds values up to 1e\\+300"):
         to_onnx(m, dtype=np.float32)
     to_onnx(m)                                  # float64 holds it
+
+
+def _two_node_stack(rng, H=3, I=2, sl=("", ""), after=None):
+    f = np.float32
+    inits = {"W0": rng.normal(size=(1, 4 * H, I)).astype(f),
+             "R0": rng.normal(size=(1, 4 * H, H)).astype(f),
+             "W1": rng.normal(size=(1, 4 * H, H)).astype(f),
+             "R1": rng.normal(size=(1, 4 * H, H)).astype(f)}
+    nodes = [helper.make_node("LSTM", ["X", "W0", "R0", "", sl[0]], ["Y0"], hidden_size=H),
+             helper.make_node("Squeeze", ["Y0", "ax"], ["X1"]),
+             helper.make_node("LSTM", ["X1", "W1", "R1", "", sl[1]], ["Y1", "Yh1"],
+                              hidden_size=H)]
+    out = "Y1"
+    if after == "residual":
+        nodes += [helper.make_node("Add", ["Y0", "Y1"], ["out"])]
+        out = "out"
+    elif after == "states":     # torch's h_n: the nodes' Y_h concatenated, then squeezed
+        nodes[0].output.append("Yh0")
+        nodes += [helper.make_node("Concat", ["Yh0", "Yh1"], ["hn"], axis=0)]
+        out = "hn"
+    tensors = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    tensors.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, I])]
+    if any(sl):
+        inputs.append(helper.make_tensor_value_info("sl", TensorProto.INT32, [2]))
+    graph = helper.make_graph(nodes, "g", inputs,
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              tensors)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_from_onnx_refuses_computation_after_the_stack():
+    # a residual sum of the two layers' outputs was imported as the bare stack (the
+    # right shape, other numbers); the nodes' states concatenated (torch's h_n) are fine
+    rng = np.random.default_rng(8)
+    with pytest.raises(ValueError, match="graph output 'out' is computed by a Add node"):
+        fl.from_onnx(_two_node_stack(rng, after="residual"))
+    model = fl.from_onnx(_two_node_stack(rng, after="states"))
+    assert isinstance(model, fl.MultiLSTM) and len(model.layers) == 2
+
+
+def test_from_onnx_refuses_layers_reading_different_sequence_lens():
+    rng = np.random.default_rng(9)
+    with pytest.raises(ValueError, match="different sequence_lens"):
+        fl.from_onnx(_two_node_stack(rng, sl=("sl", "")))
+    proto = _two_node_stack(rng, sl=("sl", "sl"))
+    model = fl.from_onnx(proto)
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    L = np.array([5, 3], np.int32)
+    want = run_ort(proto, {"X": X, "sl": L})["Y1"]
+    got, _ = model(X, lengths=L, time_major=True)
+    np.testing.assert_allclose(got.swapaxes(0, 1), onnx_y_to_fl(want), atol=2e-6)
+
+
+def test_round_trip_keeps_a_bidirectional_with_peepholes_on_one_side():
+    from fastlstm.interop import to_onnx
+
+    bi = fl.Bidirectional(fl.LSTM(3, 4, peepholes=True, random_state=0),
+                          fl.LSTM(3, 4, random_state=1))
+    bi.forward_layer.peepholes[...] = 0.3
+    again = fl.from_onnx(to_onnx(bi))
+    assert again.forward_layer.use_peepholes and not again.backward_layer.use_peepholes
+    assert sorted(again.params) == sorted(bi.params)
+    np.testing.assert_array_equal(again.flat_params, bi.flat_params)

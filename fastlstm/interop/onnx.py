@@ -304,8 +304,10 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
 
     Returns ``LSTM`` / ``Bidirectional`` / ``MultiLSTM`` (and the initial states).
     A ``direction="reverse"`` node becomes an ``LSTM`` with ``reverse=True``.
-    Refused: ``clip``, ``input_forget=1``, activations fastlstm does not compute, and
-    graphs whose LSTM nodes are not a plain stack.  ``sequence_lens`` and ``layout`` only
+    Refused: ``clip``, ``input_forget=1``, activations fastlstm does not compute, graphs
+    whose LSTM nodes are not a plain stack, graphs computing more after it (their outputs
+    must be the nodes' results moved by shape operations), and nodes reading different
+    ``sequence_lens``.  ``sequence_lens`` and ``layout`` only
     concern the call: pass ``lengths=`` (and ``time_major=``) to the fastlstm model (a
     ``sequence_lens`` stored in the model is not applied, with a warning).
     """
@@ -327,6 +329,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     if not lstms:
         raise ValueError("the ONNX model has no LSTM node")
     _fold_parameters(proto, lstms, consts, producer, graph_inputs)
+    _check_outputs(graph, lstms, producer)
+    _check_sequence_lens(lstms, producer)
     graph_ = _Graph(proto, consts, producer)
     items, states = [], []
     for k, node in enumerate(lstms):
@@ -399,6 +403,49 @@ def _evaluate(proto, nodes, values, name):
     model = helper.make_model(graph, opset_imports=list(proto.opset_import),
                               ir_version=proto.ir_version)
     return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+
+
+# operations that only move or select the LSTM nodes' results (to the graph's outputs)
+_OUTPUT_OPS = _SHAPE_OPS | {"Concat", "Slice", "Split", "Gather", "Cast", "Dropout"}
+
+
+def _check_outputs(graph, lstms, producer):
+    """Every graph output must be an LSTM node's result moved by shape operations (torch's
+    h_n is the nodes' Y_h concatenated): a graph that computes more after the stack (a
+    head, a residual sum) is refused, since the model imported would compute less."""
+    for out in graph.output:
+        todo, seen = [out.name], set()
+        while todo:
+            name = todo.pop()
+            node = producer.get(name)
+            if name in seen or node is None or node.op_type == "LSTM":
+                continue
+            seen.add(name)
+            if node.op_type not in _OUTPUT_OPS or node.domain not in ("", "ai.onnx") \
+                    or len(seen) > 10000:
+                raise ValueError(
+                    f"graph output {out.name!r} is computed by a {node.op_type} node "
+                    f"({node.name or 'unnamed'}) from the LSTM nodes' results: fastlstm "
+                    "imports LSTM stacks only, and the model would compute less than the "
+                    "graph (export the LSTM part alone, and apply the rest to its output)")
+            todo.extend(node.input if node.op_type == "Concat" else node.input[:1])
+
+
+def _check_sequence_lens(lstms, producer):
+    """All LSTM nodes must read the same sequence_lens (or none): a fastlstm stack applies
+    one ``lengths`` to every layer."""
+    def source(node):
+        name = node.input[4] if len(node.input) > 4 else ""
+        while name in producer and producer[name].op_type in _SHAPE_OPS | {"Cast"}:
+            name = producer[name].input[0]
+        return name
+
+    names = [source(node) for node in lstms]
+    if len(set(names)) > 1:
+        raise ValueError(
+            "the LSTM nodes read different sequence_lens ("
+            + ", ".join(f"node {k}: {n or 'none'}" for k, n in enumerate(names))
+            + "): a fastlstm stack applies one lengths= to every layer")
 
 
 def _flat_state(s):
@@ -880,7 +927,9 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
     for d in range(D):
         b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
         peep = None
-        if P is not None:
+        if P is not None and not (D == 2 and not np.any(P[d]) and np.any(P[1 - d])):
+            # (one direction of a bidirectional node all zero beside the other's: a layer
+            # without peepholes, as to_onnx writes a Bidirectional with one half having them)
             p = P[d]
             peep = np.stack([p[:H], p[2 * H:], p[H:2 * H]])  # (p_i, p_o, p_f) -> (i, f, o)
         made.append(build_layer(blocks(W[d], PERM_FROM_ONNX, 0).T,
