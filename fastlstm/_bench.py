@@ -61,6 +61,7 @@ class Case:
 
 CASES = [
     Case("step", "one cell step", 1, 1, 6, (4,), step=True, tags=("quick", "issue")),
+    Case("step-large", "one step, large cell", 1, 1, 256, (512,), step=True),
     Case("tutorial", "tutorial stack", 2, 3, 6, (4, 5), tags=("quick", "issue")),
     Case("online", "online", 1, 100, 32, (64,), tags=("quick", "issue")),
     Case("small", "small batch", 8, 100, 64, (128,), tags=("quick", "issue")),
