@@ -9,6 +9,8 @@ tree::
     git worktree add /tmp/base HEAD && (cd /tmp/base && python setup.py build_ext --inplace)
     python bench/compare_trees.py /tmp/base . --shapes "8,100,64,128;32,100,128,256"
     python bench/compare_trees.py /tmp/base . --training small,medium
+    python bench/compare_trees.py /tmp/base . --shapes "1,1,256,512" --step
+    python bench/compare_trees.py /tmp/base . --shapes "8,1,64,128" --force packed-rows
 
 Inference shapes are B,T,I,H (one layer); ``--training`` takes the shapes of
 ``bench_training.py`` (forward with cache + backward, ``input_grad=False`` where the build
@@ -54,18 +56,28 @@ def interleave(calls, rounds, clock):
     return [float(np.median(t)) for t in times]
 
 
-def inference(mods, shape, n_threads, dtype, rounds, clock):
+def inference(mods, shape, n_threads, dtype, rounds, clock, step=False):
     B, T, I, H = shape
     models = [m.LSTM(I, H, dtype=dtype, n_threads=n_threads, random_state=0) for m in mods]
     X = np.random.default_rng(0).standard_normal((B, T, I)).astype(models[0].W.dtype)
     diff = float(np.abs(models[0](X)[0] - models[1](X)[0]).max())
     flops = 2 * B * T * 4 * H * (I + H)
-    reps = max(1, int(0.03 / (flops / 60e9)))
+    if step:                 # step() calls on X's first step (T is ignored)
+        x, state = X[:, 0], models[0].zero_state(B)
+        diff = float(np.abs(models[0].step(x, state)[0] - models[1].step(x, state)[0]).max())
+        flops = 2 * B * 4 * H * (I + H)
+    # calls per sample: about 30 ms of them (timed on the base build)
+    t0 = time.perf_counter()
+    models[0].step(x, state) if step else models[0](X)
+    reps = max(1, int(0.03 / max(time.perf_counter() - t0, 1e-6)))
 
     def call(model):
         def run():
             for _ in range(reps):
-                model(X)
+                if step:
+                    model.step(x, state)
+                else:
+                    model(X)
         return run
 
     a, b = interleave([call(m) for m in models], rounds, clock)
@@ -112,14 +124,23 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--cpu-time", action="store_true",
                     help="process CPU time instead of wall time (1 thread only)")
+    ap.add_argument("--step", action="store_true",
+                    help="time step() on one step of each inference shape")
+    ap.add_argument("--force", default=None,
+                    help="kernel path in both builds (tests' names: small, blas, "
+                         "packed-rows, packed-units)")
     args = ap.parse_args(argv)
     clock = time.process_time if args.cpu_time else time.perf_counter
     mods = [load(args.base), load(args.new)]
+    if args.force:
+        for m in mods:
+            m.layers._FORCE_PATH = args.force
     for spec in filter(None, args.shapes.split(";")):
         shape = tuple(int(v) for v in spec.split(","))
         a, b, diff, flops = inference(mods, shape, args.threads, args.dtype, args.rounds,
-                                      clock)
-        print(f"{spec} ({args.threads} thr, {args.dtype}): base {a * 1e3:.3f} ms, "
+                                      clock, args.step)
+        what = " step()" if args.step else ""
+        print(f"{spec}{what} ({args.threads} thr, {args.dtype}): base {a * 1e3:.3f} ms, "
               f"new {b * 1e3:.3f} ms, ratio {a / b:.3f} ({flops / b / 1e9:.0f} GFLOP/s), "
               f"max difference {diff:.1e}")
     for name in filter(None, args.training.split(",")):
