@@ -4,6 +4,7 @@ This module validates every argument, allocates every output and dispatches to t
 compiled kernels; the kernels trust it.  Maths and layouts: SPEC.md Part A.
 """
 
+import copy
 import numbers
 import operator
 import os
@@ -394,15 +395,12 @@ class _Module:
         return state
 
     def __copy__(self):
-        # a second handle on the same model: the same buffers (and, for a container, the
-        # same layers, which stay the original's: the pickle route would re-adopt them,
-        # and once the copy was gone another container could take them from the original)
-        new = object.__new__(type(self))
-        state = self.__dict__.copy()
-        state.pop("_owner", None)             # the copy belongs to no container
-        state.pop("_train_buffers", None)     # training scratch is per object
-        new.__dict__.update(state)
-        return new
+        # an independent model, as copy.deepcopy (and as NumPy's arrays copy their data):
+        # a copy sharing the buffers (and a container's layers) could not keep the rule
+        # that a layer belongs to one container; the pickle route re-adopted the layers,
+        # taking them from the original, and a shared buffer went stale as soon as either
+        # side was put into a container
+        return copy.deepcopy(self)
 
     # attributes kept as "_<name>" behind a property (pickles made before keep "<name>")
     _PROPERTIES = ()

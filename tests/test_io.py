@@ -313,28 +313,35 @@ def test_pickle_round_trip(name, how):
 
 
 @pytest.mark.parametrize("name", list(_models()))
-def test_shallow_copy_is_a_second_handle_and_takes_no_layers(name):
-    # copy.copy shares the buffers; a container's layers stay the original's (the pickle
-    # route re-adopted them, and once the copy was gone another container could take
-    # them from the live original, whose optimiser then trained a stale copy)
+def test_copy_is_independent_and_takes_no_layers(name):
+    # copy.copy is copy.deepcopy: the pickle route re-adopted a container's layers,
+    # taking them from the original (another container could then take them from the
+    # live original, whose optimiser trained a stale copy), and a buffer-sharing copy
+    # could not keep the rule that a layer belongs to one container either
     import gc
 
-    model = _models()[name]
-    twin = copy.copy(model)
-    assert twin.flat_params is model.flat_params and twin.flat_grads is model.flat_grads
-    X = np.random.default_rng(1).normal(size=(2, 3, model.input_size))
-    np.testing.assert_array_equal(twin(X)[0], model(X)[0])
-    inner = [c for c in model._children()]
-    del twin
-    gc.collect()
-    for child in inner:
-        assert child._owner() is model
-        with pytest.raises(ValueError, match="already belongs"):
-            fl.MultiLSTM([child])
+    for rebind in (False, True):
+        model = _models()[name]
+        twin = copy.copy(model)
+        assert not np.shares_memory(twin.flat_params, model.flat_params)
+        X = np.random.default_rng(1).normal(size=(2, 3, model.input_size))
+        np.testing.assert_array_equal(twin(X)[0], model(X)[0])
+        if rebind:               # model = copy.copy(model): the copy owns its own layers
+            model, twin = twin, None
+        else:
+            twin = None
+        gc.collect()
+        for child in model._children():
+            assert child._owner() is model
+            with pytest.raises(ValueError, match="already belongs"):
+                fl.MultiLSTM([child])
+        for value in model.params.values():    # the buffer still backs every layer
+            assert np.shares_memory(value, model.flat_params)
     if isinstance(model, fl.LSTM):
         inside = fl.MultiLSTM([model])
-        loose = copy.copy(model)            # a copy of a held layer belongs to no container
+        loose = copy.copy(model)               # a copy of a held layer is its own
         assert loose._owner is None and model._owner() is inside
+        assert not np.shares_memory(loose.flat_params, inside.flat_params)
 
 
 @pytest.mark.parametrize("name", list(_models()))
