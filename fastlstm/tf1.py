@@ -669,10 +669,11 @@ def _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major, re
 
 
 def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
+    # the run too: checks that depend on the time steps (sizes, memory) come with it
     with _building(_cells_of(cell) if isinstance(cell, (_LSTMCellBase, MultiRNNCell)) else []):
         run = _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major,
                        reverse, name)
-    return run()
+        return run()
 
 
 def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=None,
@@ -706,8 +707,8 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
                           time_major, False, "cell_fw")
         run_bw = _prepare(cell_bw, inputs, sequence_length, initial_state_bw, dtype,
                           time_major, True, "cell_bw")
-    out_fw, st_fw = run_fw()
-    out_bw, st_bw = run_bw()
+        out_fw, st_fw = run_fw()
+        out_bw, st_bw = run_bw()
     return (out_fw, out_bw), (st_fw, st_bw)
 
 

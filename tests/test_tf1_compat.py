@@ -435,3 +435,17 @@ def test_zero_state_batch_size_is_checked(bad):
         with pytest.raises(ValueError, match="batch_size must be a non-negative int"):
             cell.zero_state(bad, np.float32)
     assert tf.nn.rnn_cell.BasicLSTMCell(4).zero_state(np.int64(3), np.float32).c.shape == (3, 4)
+
+
+def test_a_call_refused_by_its_size_leaves_the_cell_unbuilt():
+    # the checks that depend on the number of steps (32-bit row counts, memory) come with
+    # the run, after the zero-step checks: the rollback covers them too
+    rs = np.random.RandomState(0)
+    cell = tf.nn.rnn_cell.BasicLSTMCell(8, random_state=rs)
+    state = rs.get_state()[1].copy()
+    x = np.broadcast_to(np.zeros((1, 1, 3), np.float32), (1, 2 ** 31 + 8, 3))
+    with pytest.raises((ValueError, MemoryError)):
+        tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    assert not cell.built and np.array_equal(rs.get_state()[1], state)
+    out, _ = tf.nn.dynamic_rnn(cell, np.zeros((1, 2, 5), np.float32), dtype=np.float32)
+    assert out.shape == (1, 2, 8)
