@@ -1018,6 +1018,9 @@ def _two_node_stack(rng, H=3, I=2, sl=("", ""), after=None):
     if after == "residual":
         nodes += [helper.make_node("Add", ["Y0", "Y1"], ["out"])]
         out = "out"
+    elif after == "joined":     # the LSTM result joined with the input
+        nodes += [helper.make_node("Concat", ["Y1", "X"], ["out"], axis=-1)]
+        out = "out"
     elif after == "states":     # torch's h_n: the nodes' Y_h concatenated, then squeezed
         nodes[0].output.append("Yh0")
         nodes += [helper.make_node("Concat", ["Yh0", "Yh1"], ["hn"], axis=0)]
@@ -1039,6 +1042,8 @@ def test_from_onnx_refuses_computation_after_the_stack():
     rng = np.random.default_rng(8)
     with pytest.raises(ValueError, match="graph output 'out' is computed by a Add node"):
         fl.from_onnx(_two_node_stack(rng, after="residual"))
+    with pytest.raises(ValueError, match="joins an LSTM result with, 'X', a graph input"):
+        fl.from_onnx(_two_node_stack(rng, after="joined"))
     model = fl.from_onnx(_two_node_stack(rng, after="states"))
     assert isinstance(model, fl.MultiLSTM) and len(model.layers) == 2
 

@@ -418,8 +418,13 @@ def _check_outputs(graph, lstms, producer):
         while todo:
             name = todo.pop()
             node = producer.get(name)
-            if name in seen or node is None or node.op_type == "LSTM":
+            if name in seen or node is not None and node.op_type == "LSTM":
                 continue
+            if node is None:
+                raise ValueError(
+                    f"graph output {out.name!r} is, or joins an LSTM result with, "
+                    f"{name!r}, a graph input or stored value: fastlstm imports LSTM stacks "
+                    "only, and the model would compute less than the graph")
             seen.add(name)
             if node.op_type not in _OUTPUT_OPS or node.domain not in ("", "ai.onnx") \
                     or len(seen) > 10000:
