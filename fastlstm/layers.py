@@ -724,8 +724,9 @@ class LSTM(_Module):
         H4, Ho = 4 * self._hidden_size, self.output_size
         biggest = max(N * kb * self._input_size * H4, N * Ho * H4,
                       N * self._hidden_size * Ho if self._proj_size else 0)
-        if chunks == 1 and biggest <= _threads.OPENBLAS_SERIAL_GEMM and \
-                _threads.blas_is_openblas():
+        # (one row: its products run as gemv, which OpenBLAS threads from smaller sizes)
+        serial = _threads.OPENBLAS_SERIAL_GEMM if N > 1 else _threads.OPENBLAS_SERIAL_GEMV
+        if chunks == 1 and biggest <= serial and _threads.blas_is_openblas():
             _forward.forward(*args)
             return
         with _threads.blas_single_thread(openmp=nt > 1):

@@ -490,3 +490,24 @@ def test_seeded_initialisation_is_the_same_under_any_blas_thread_count():
                              capture_output=True, text=True, timeout=120, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_one_row_products_hold_blas_to_one_thread(monkeypatch):
+    """A batch of one row runs its products as gemv, which OpenBLAS threads from smaller
+    sizes than gemm: those calls hold BLAS to one thread (the summation order would
+    otherwise depend on BLAS's thread count)."""
+    entered = []
+    real = _threads.blas_single_thread
+
+    def spy(*args, **kwargs):
+        entered.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_threads, "blas_single_thread", spy)
+    if not _threads.blas_is_openblas():
+        pytest.skip("the serial thresholds are OpenBLAS's")
+    layer = fl.LSTM(16, 64, proj_size=32, random_state=0)     # BLAS kernel: projection
+    for N, held in ((1, True), (2, False)):
+        entered.clear()
+        layer(np.ones((N, 3, 16), np.float32))
+        assert bool(entered) == held, N
