@@ -905,7 +905,8 @@ class LSTMRegressor(RegressorMixin, _RegressionObjective, _BaseLSTM):
     loss_curve_ : list of float
         Training loss after each epoch (with the L2 term).
     n_iter_ : int
-        Epochs run.
+        Epochs run in all, over warm-started fits and ``partial_fit`` calls, as
+        ``loss_curve_`` and ``t_`` count (scikit-learn's MLPs count the last call's only).
     t_ : int
         Training samples seen.
     best_loss_ : float or None
