@@ -948,3 +948,28 @@ def test_partial_fit_refuses_early_stopping_as_mlp_does(Est):
     with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
         est.partial_fit(X, y, **extra)
     assert not hasattr(est, "model_")
+
+
+def test_lengths_travel_with_metadata_routing():
+    # documented: with scikit-learn's metadata routing on, lengths reach fit and score
+    from sklearn import config_context
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, cross_validate
+
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((36, 6, 2))
+    L = rng.integers(2, 7, 36)
+    y = X[np.arange(36), L - 1, 0]
+    cv = KFold(3)
+    with config_context(enable_metadata_routing=True):
+        est = LSTMRegressor(**FAST).set_fit_request(lengths=True)
+        est.set_score_request(lengths=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            got = cross_validate(est, X, y, cv=cv, params={"lengths": L})["test_score"]
+    want = []
+    for train, test in cv.split(X):
+        fitted = _fit_quiet(clone(LSTMRegressor(**FAST)), X[train], y[train],
+                            lengths=L[train])
+        want.append(fitted.score(X[test], y[test], lengths=L[test]))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
