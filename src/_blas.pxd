@@ -15,7 +15,7 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
     cdef char ta = b't' if trans_a else b'n'
     cdef char tb = b't' if trans_b else b'n'
     cdef char tv
-    cdef int one = 1, incx
+    cdef int one = 1, incx, rows, cols
     if m <= 0 or n <= 0:
         return
     if m == 1 and k > 0:
@@ -23,23 +23,17 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         # first, which for one row costs several times the product itself).  c = op(B)^T a
         # with B read as column-major (n, k) (op N) or (k, n) (op T), leading dimension ldb
         tv = b't' if trans_b else b'n'
+        rows = k if trans_b else n
+        cols = n if trans_b else k
         incx = lda if trans_a else 1
         if beta == 0:
             memset(c, 0, <size_t> n * sizeof(floating))   # y is not read: no stray NaN
         if floating is float:
-            if trans_b:
-                sgemv(&tv, &k, &n, &alpha, <float *> b, &ldb, <float *> a, &incx, &beta,
-                      c, &one)
-            else:
-                sgemv(&tv, &n, &k, &alpha, <float *> b, &ldb, <float *> a, &incx, &beta,
-                      c, &one)
+            sgemv(&tv, &rows, &cols, &alpha, <float *> b, &ldb, <float *> a, &incx, &beta,
+                  c, &one)
         else:
-            if trans_b:
-                dgemv(&tv, &k, &n, &alpha, <double *> b, &ldb, <double *> a, &incx, &beta,
-                      c, &one)
-            else:
-                dgemv(&tv, &n, &k, &alpha, <double *> b, &ldb, <double *> a, &incx, &beta,
-                      c, &one)
+            dgemv(&tv, &rows, &cols, &alpha, <double *> b, &ldb, <double *> a, &incx, &beta,
+                  c, &one)
         return
     if floating is float:
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *> b, &ldb, <float *> a, &lda,
