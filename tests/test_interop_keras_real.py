@@ -223,3 +223,25 @@ def test_rnn_over_an_lstm_cell_imports_like_lstm():
     stacked.build((None, T, I))
     with pytest.raises(TypeError, match="convert each cell"):
         fl.from_keras(stacked)
+
+
+def test_subclasses_of_any_name_import():
+    """A subclass of keras.layers.LSTM (or of RNN over an LSTMCell) is an LSTM whatever
+    it is called; it was refused unless its own name held "LSTM"."""
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+
+    class Encoder(keras.layers.LSTM):
+        pass
+
+    class Recurrent(keras.layers.RNN):
+        pass
+
+    for layer in (Encoder(H, return_sequences=True),
+                  Recurrent(keras.layers.LSTMCell(H), return_sequences=True)):
+        layer.build((None, T, I))
+        _random_weights(layer, rng, np.float32)
+        np.testing.assert_allclose(fl.from_keras(layer)(X)[0], _np(layer(X)),
+                                   **TOL[np.float32])
+    with pytest.raises(TypeError, match="expected a Keras LSTM layer, got GRU"):
+        fl.from_keras(keras.layers.GRU(H))

@@ -160,19 +160,27 @@ def _warn_call_options(layer, name, stacklevel):
                       UserWarning, stacklevel=stacklevel + 1)
 
 
+def _lstm_kind(cls):
+    """The name of the first class of ``cls``'s MRO that names an LSTM (a subclass of
+    keras.layers.LSTM may be called anything), else ``cls``'s own name."""
+    return next((c.__name__ for c in cls.__mro__ if "LSTM" in c.__name__), cls.__name__)
+
+
 def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
-    kind = type(layer).__name__
-    cell_kind = type(getattr(layer, "cell", None)).__name__
-    # keras.layers.RNN(LSTMCell(units)) computes what LSTM(units) does
-    wrapped = kind == "RNN" and "LSTM" in cell_kind
+    kind = _lstm_kind(type(layer))
+    cell_kind = _lstm_kind(type(getattr(layer, "cell", None)))
+    # keras.layers.RNN(LSTMCell(units)) (or a subclass of RNN) computes what LSTM(units)
+    # does
+    rnn = "LSTM" not in kind and any(c.__name__ == "RNN" for c in type(layer).__mro__)
+    wrapped = rnn and "LSTM" in cell_kind
     if not (wrapped or "LSTM" in kind) or not hasattr(layer, "get_weights"):
         hint = ""
-        if kind == "RNN" and cell_kind == "StackedRNNCells":
+        if rnn and cell_kind == "StackedRNNCells":
             hint = (" over several cells: convert each cell (from_keras(cell)) and stack them "
                     "in fastlstm.MultiLSTM")
-        elif kind == "RNN":
+        elif rnn:
             hint = f" over a {cell_kind}, not an LSTMCell"
-        raise TypeError(f"expected a Keras LSTM layer, got {kind}{hint}")
+        raise TypeError(f"expected a Keras LSTM layer, got {type(layer).__name__}{hint}")
     if getattr(layer, "go_backwards", False) and not allow_backwards:
         raise ValueError("go_backwards=True returns outputs in reversed time order, which "
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
