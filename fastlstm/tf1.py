@@ -201,8 +201,12 @@ def _building(cells):
         raise
 
 
-def _cells_of(cell):
-    return list(cell._cells) if isinstance(cell, MultiRNNCell) else [cell]
+def _cells_of(*cells):
+    """The LSTM cells of ``cells`` (a MultiRNNCell's own; anything else is left to
+    ``_check_cell`` to refuse)."""
+    return [c for cell in cells
+            for c in (cell._cells if isinstance(cell, MultiRNNCell) else [cell])
+            if isinstance(c, _LSTMCellBase)]
 
 
 class RNNCell:
@@ -670,7 +674,7 @@ def _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major, re
 
 def _run(cell, inputs, sequence_length, initial_state, dtype, time_major, reverse, name):
     # the run too: checks that depend on the time steps (sizes, memory) come with it
-    with _building(_cells_of(cell) if isinstance(cell, (_LSTMCellBase, MultiRNNCell)) else []):
+    with _building(_cells_of(cell)):
         run = _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major,
                        reverse, name)
         return run()
@@ -700,9 +704,7 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     """
     if cell_fw is cell_bw:
         raise ValueError("cell_fw and cell_bw must be two different cell objects")
-    cells = [c for cell in (cell_fw, cell_bw)
-             if isinstance(cell, (_LSTMCellBase, MultiRNNCell)) for c in _cells_of(cell)]
-    with _building(cells):    # both directions checked before either runs
+    with _building(_cells_of(cell_fw, cell_bw)):    # both checked before either runs
         run_fw = _prepare(cell_fw, inputs, sequence_length, initial_state_fw, dtype,
                           time_major, False, "cell_fw")
         run_bw = _prepare(cell_bw, inputs, sequence_length, initial_state_bw, dtype,
