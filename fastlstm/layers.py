@@ -486,7 +486,8 @@ class LSTM(_Module):
         The direction of a call that does not choose one: False runs forward, True walks
         each row's valid prefix backwards (an ONNX ``direction="reverse"`` node; outputs
         stay in time order, the final state is the state after step 0).  A stack runs the
-        layer in this direction; ``Bidirectional`` sets its halves' directions itself.
+        layer in this direction.  In a ``Bidirectional`` the forward half must keep
+        False and the backward half runs in reverse whatever its own flag.
 
     Attributes ``W`` (I, 4H), ``U`` (Hout, 4H), ``b`` (4H,), ``peepholes`` (3, H) or None
     and ``P`` (H, Hout) or None are writable arrays in gate order (i, f, g, o); writing
@@ -544,7 +545,13 @@ class LSTM(_Module):
 
     @reverse.setter
     def reverse(self, value):
-        self._reverse = _check_reverse(value, "reverse")
+        value = _check_reverse(value, "reverse")
+        owner = self._owner() if self._owner is not None else None
+        if value and isinstance(owner, Bidirectional) and owner._forward_layer is self:
+            raise ValueError("this layer is a Bidirectional's forward_layer, which runs "
+                             "forward: reverse=True is refused (the backward_layer runs "
+                             "in reverse whatever its own flag)")
+        self._reverse = value
 
     @property
     def n_threads(self):
@@ -841,7 +848,10 @@ class Bidirectional(_Module):
 
     The output is ``[forward | backward]`` on the feature axis; the state is
     ``(forward_state, backward_state)``.  The backward layer walks each row's valid prefix
-    from its last valid step down to 0 (TF ``reverse_sequence``, ONNX ``reverse``).
+    from its last valid step down to 0 (TF ``reverse_sequence``, ONNX ``reverse``) whatever
+    its own ``reverse`` flag (a layer built with ``reverse=True``, like a Keras backward
+    layer with ``go_backwards=True``, is accepted).  The forward layer runs forward: one
+    with ``reverse=True`` is refused, here and when its flag is set later.
     """
 
     def __init__(self, forward_layer, backward_layer):

@@ -165,8 +165,15 @@ def test_reverse_layers_where_no_direction_fits(rng, tmp_path):
     # ... but the backward half of a bidirectional layer is fine
     config, sd = to_torch_state_dict(bi)
     assert config["bidirectional"] and "weight_ih_l0_reverse" in sd
-    # a half's own flag plays no part (even when set after building): files leave it out
-    bi.forward_layer.reverse = True
+    # the forward half keeps reverse=False, also when set later (as when built)
+    with pytest.raises(ValueError, match="Bidirectional's forward_layer"):
+        bi.forward_layer.reverse = True
+    assert bi.forward_layer.reverse is False
+    bi.forward_layer.reverse = False
+    # the backward half's own flag plays no part (even when set after building): files
+    # leave it out
+    bi.backward_layer.reverse = False
+    np.testing.assert_allclose(bi(X)[0], Yr, **tol(np.float32))
     fl.save(bi, tmp_path / "bi.npz")
     again = fl.load(tmp_path / "bi.npz")
     np.testing.assert_array_equal(again(X)[0], bi(X)[0])
