@@ -274,6 +274,7 @@ def _check_dY(dY, cache, dtype):
         layout = "[time, batch, features]" if cache.time_major else "[batch, time, features]"
         raise ValueError(f"dY must have the shape of the forward output {cache.y_shape} "
                          f"{layout}, got {dY.shape}")
+    _layers._check_fits(dY, dtype, "dY")
     dY = np.ascontiguousarray(dY, dtype=dtype)
     return dY.reshape(cache.N * cache.T, cache.y_shape[2])
 

@@ -191,6 +191,22 @@ def _numeric_array(value, name):
     return arr
 
 
+def _check_fits(arr, dtype, name, fix="build the model with dtype=np.float64"):
+    """Refuse finite values of a wider float array that ``dtype`` cannot hold: the cast
+    would turn them into infinities (NumPy only warns).  NaN and infinities pass."""
+    dtype = np.dtype(dtype)
+    if arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or not arr.size:
+        return
+    limit = float(np.finfo(dtype).max)
+    if -limit <= arr.min() and arr.max() <= limit:   # no copy; NaN or inf: look closer
+        return
+    big = float(np.max(np.abs(arr[np.isfinite(arr)]), initial=0.0))
+    if big > limit:
+        raise ValueError(f"{name} holds values up to {big:.3g}, beyond the range of "
+                         f"{dtype.name} (largest {limit:.3g}): they would become "
+                         f"infinite; {fix}")
+
+
 def _physical_memory():
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -244,6 +260,7 @@ def _as_input(X, dtype, input_size, time_major, name="X", out_size=0):
     copy = 0 if X.flags.c_contiguous and X.dtype == dtype else input_size
     _check_memory(N * T * (copy + out_size) * np.dtype(dtype).itemsize,
                   f"{name} of shape {X.shape}")
+    _check_fits(X, dtype, name)
     return np.ascontiguousarray(X, dtype=dtype), N, T
 
 
@@ -279,6 +296,8 @@ def _as_state(state, N, H, Hout, dtype, name):
         raise ValueError(f"{name}.c must have shape ({N}, {H}) [batch, hidden_size], got {c.shape}")
     if h.shape != (N, Hout):
         raise ValueError(f"{name}.h must have shape ({N}, {Hout}) [batch, output_size], got {h.shape}")
+    _check_fits(c, dtype, f"{name}.c")
+    _check_fits(h, dtype, f"{name}.h")
     return np.array(c, dtype=dtype, order="C", copy=True), np.array(h, dtype=dtype, order="C", copy=True)
 
 
@@ -609,6 +628,7 @@ class LSTM(_Module):
             value = _numeric_array(value, name)
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            _check_fits(value, target.dtype, name)
             target[...] = value
 
         return property(fget, fset)
@@ -835,6 +855,7 @@ class LSTM(_Module):
                              "2**31 for 32-bit BLAS")
         _check_memory(N * (self._input_size + self._hidden_size + 2 * self.output_size)
                       * self._dtype.itemsize, f"x of shape {x.shape}")
+        _check_fits(x, self._dtype, "x")
         x = np.ascontiguousarray(x, dtype=self._dtype)
         c, h = _as_state(state, N, self._hidden_size, self.output_size, self._dtype, "state")
         out = np.empty((N, self.output_size), self._dtype)

@@ -86,6 +86,7 @@ class Dense(_layers._Module):
         if H.ndim < 1 or H.shape[-1] != self.in_features:
             raise ValueError(f"{name} must have {self.in_features} features on its last "
                              f"axis, got shape {H.shape}")
+        _layers._check_fits(H, self._dtype, name)
         return np.ascontiguousarray(H, dtype=self._dtype)
 
     def __call__(self, H):
@@ -115,6 +116,7 @@ class Dense(_layers._Module):
         if dout.shape != H.shape[:-1] + (self.out_features,):
             raise ValueError(f"dout must have shape {H.shape[:-1] + (self.out_features,)}, "
                              f"got {dout.shape}")
+        _layers._check_fits(dout, self._dtype, "dout")
         dout = np.ascontiguousarray(dout, dtype=self._dtype)
         d2 = dout.reshape(-1, self.out_features)
         g = self._views(self._gflat)

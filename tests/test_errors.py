@@ -356,3 +356,55 @@ def test_options_of_an_unbuilt_layer_read_as_missing_attributes():
     KeyError; they raise AttributeError, so hasattr and getattr defaults work."""
     raw = object.__new__(fl.LSTM)
     assert not hasattr(raw, "activation") and getattr(raw, "hidden_size", None) is None
+
+
+def test_float64_values_beyond_float32_are_refused_not_made_infinite():
+    # a float32 model casts float64 input on the way in: a finite value beyond float32's
+    # range would become infinity (NumPy only warns); refused, naming the argument
+    big = np.zeros((2, 5, 3))
+    big[1, 2, 0] = -1e39
+    layer = fl.LSTM(3, 4, random_state=0)
+    stack = fl.MultiLSTM([fl.LSTM(3, 4, random_state=1), fl.LSTM(4, 2, random_state=2)])
+    bi = fl.Bidirectional(fl.LSTM(3, 4, random_state=3), fl.LSTM(3, 4, random_state=4))
+    state = (np.zeros((2, 4)), np.full((2, 4), 5e38))
+    U0 = layer.U.copy()
+    with np.errstate(all="raise"):      # refused before any cast: no NumPy warning either
+        for model in (layer, stack, bi):
+            with pytest.raises(ValueError, match=r"X holds values up to 1e\+39, beyond the "
+                                                 r"range of float32 .* dtype=np.float64"):
+                model(big)
+            with pytest.raises(ValueError, match="X holds values up to 1e"):
+                model.forward(big)
+        with pytest.raises(ValueError, match=r"initial_state.h holds values up to 5e\+38"):
+            layer(np.zeros((2, 5, 3)), initial_state=state)
+        with pytest.raises(ValueError, match=r"state.h holds values up to 5e\+38"):
+            layer.step(np.zeros((2, 3)), state)
+        with pytest.raises(ValueError, match=r"x holds values up to 1e\+39"):
+            layer.step(big[:, 2])
+        with pytest.raises(ValueError, match=r"x holds values up to 1e\+39"):
+            stack.step(big[:, 2])
+        with pytest.raises(ValueError, match=r"U holds values up to 1e\+39"):
+            layer.U = np.full(layer.U.shape, 1e39)
+        Y, _, cache = layer.forward(np.ones((2, 5, 3)))
+        with pytest.raises(ValueError, match=r"dY holds values up to 1e\+39"):
+            layer.backward(np.full(Y.shape, 1e39), cache)
+        with pytest.raises(ValueError, match=r"dstate.h holds values up to 5e\+38"):
+            layer.backward(np.zeros(Y.shape), cache, dstate=state)
+        dense = fl.Dense(3, 2, random_state=0)
+        with pytest.raises(ValueError, match=r"H holds values up to 1e\+39"):
+            dense(big)
+        out, dcache = dense.forward(np.ones((2, 3)))
+        with pytest.raises(ValueError, match=r"dout holds values up to 1e\+39"):
+            dense.backward(np.full(out.shape, 1e39), dcache)
+    np.testing.assert_array_equal(layer.U, U0)      # left unchanged
+    # NaN and infinities are values, not overflow: they pass (and stay in their rows)
+    odd = np.zeros((2, 5, 3))
+    odd[1, 2] = [np.nan, np.inf, -np.inf]
+    Y, _ = layer(odd)
+    assert np.isfinite(Y[0]).all() and np.isnan(Y[1, 2:]).all()
+    # the largest float32 itself fits, and a float64 model takes anything finite
+    edge = np.zeros((2, 5, 3))
+    edge[0, 0, 0] = float(np.finfo(np.float32).max)
+    assert np.isfinite(layer(edge)[0]).all()
+    wide = fl.LSTM(3, 4, dtype=np.float64, random_state=0)
+    assert np.isfinite(wide(big)[0]).all()

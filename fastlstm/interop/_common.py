@@ -8,7 +8,7 @@ equal blocks along ``axis`` and concatenates them in the order ``perm``: index k
 
 import numpy as np
 
-from ..layers import LSTM, Bidirectional, MultiLSTM
+from ..layers import LSTM, Bidirectional, MultiLSTM, _check_fits
 
 # fastlstm (i, f, g, o) <-> TF (i, g, f, o): self-inverse
 PERM_TF = (0, 2, 1, 3)
@@ -116,17 +116,8 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
 
 def check_range(arr, dt, name):
     """Refuse finite values that ``dt`` cannot hold (they would become infinite)."""
-    if arr is None:
-        return
-    arr = np.asarray(arr)
-    if arr.dtype.kind != "f" or arr.dtype.itemsize <= dt.itemsize or not arr.size:
-        return
-    finite = np.isfinite(arr)
-    big = float(np.max(np.abs(arr[finite]), initial=0.0))
-    if big > float(np.finfo(dt).max):
-        raise ValueError(f"{name} holds values up to {big:.3g}, beyond the range of "
-                         f"{dt.name} (largest {np.finfo(dt).max:.3g}): they would become "
-                         "infinite; use dtype=np.float64")
+    if arr is not None:
+        _check_fits(np.asarray(arr), dt, name, "use dtype=np.float64")
 
 
 def assemble(items):
