@@ -81,6 +81,9 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     layer k (fastlstm's state of layer k, direction d is ``(Y_c_k[d], Y_h_k[d])``).
 
     dtype : float32 / float64 (default: the model's).  onnxruntime runs float32 only.
+    opset : the ONNX opset imported, from 14 (the first with ``layout``; the default) to
+        the newest the installed onnx knows.
+    graph_name : the graph's name (default ``"fastlstm"``).
     path : if given, the model is also saved there.  Returns the ``onnx.ModelProto``.
 
     Refused (ValueError): projections, ``cell_clip`` (ONNX's ``clip`` is a different

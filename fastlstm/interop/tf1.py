@@ -175,6 +175,8 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         several RNNs).
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
         stored in checkpoints); one value for all layers or a list with one per layer.
+    dtype : float32 / float64 for every layer; default: float64 for float64 variables,
+        else float32 (a stack with both becomes float64, as its layers share one dtype).
 
     Layouts: one cell -> ``LSTM``; ``multi_rnn_cell/cell_k`` -> ``MultiLSTM`` (also with
     one cell: its state is then a 1-tuple, as TF's);
@@ -366,7 +368,7 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell``, or
     ``cell_name``: one name, or one per layer (a list; None entries keep the default),
     e.g. ``["basic_lstm_cell", "lstm_cell"]`` for ``MultiRNNCell([BasicLSTMCell(4),
-    LSTMCell(5)])``.  ``forget_bias``: see ``to_tf1``; one value, or one per layer (a
+    LSTMCell(5)])``.  ``forget_bias``: see ``fastlstm.interop.to_tf1``; one value, or one per layer (a
     list, as ``from_tf1_checkpoint`` takes).  Both directions of a bidirectional layer use
     its values.
     """
