@@ -160,6 +160,7 @@ def keras_hard_sigmoid(x):  # a function named like Keras' own
 
 
 keras_hard_sigmoid.__name__ = "hard_sigmoid"
+keras_hard_sigmoid.__module__ = "tf_keras.src.activations"   # where Keras' own lives
 
 
 def fake_lstm(weights, activation=np.tanh, recurrent=keras_hard_sigmoid, module="tf_keras",
@@ -215,6 +216,7 @@ def test_bidirectional_layer_object():
 def _sigmoid_named():
     def sigmoid(x):
         return x
+    sigmoid.__module__ = "tf_keras.src.activations"
     return sigmoid
 
 

@@ -1,12 +1,14 @@
 """TF1 weights interop without TensorFlow: golden TF numbers, and a NumPy transcription of
 TF1's LSTMCell / dynamic_rnn / reverse_sequence (SPEC.md §1-§4) as the oracle."""
 
+import math
 import os
 
 import numpy as np
 import pytest
 
 import fastlstm as fl
+import fastlstm.tf1 as tf1
 from fastlstm.interop import to_tf1
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -305,9 +307,22 @@ def test_activation_given_as_function():
     def relu(x):
         return x
 
+    # a function of the user's own says nothing by its name (this "relu" is the identity)
+    for make in (lambda act: fl.from_tf1(v["kernel"], v["bias"], activation=act),
+                 lambda act: tf1.BasicLSTMCell(4, activation=act),
+                 lambda act: tf1.LSTMCell(4, activation=act),
+                 lambda act: fl.from_keras([v["kernel"][:3], v["kernel"][3:], v["bias"]],
+                                           activation=act)):
+        with pytest.raises(ValueError, match=r"activation=<function .*relu.* is not a function "
+                                             r"fastlstm can identify.*activation='tanh'"):
+            make(relu)
+    # TensorFlow's own (stand-in: the module tf.nn.relu is defined in), NumPy's, math's
+    relu.__module__ = "tensorflow.python.ops.gen_nn_ops"
     assert fl.from_tf1(v["kernel"], v["bias"], activation=relu).activation == "relu"
     assert fl.from_tf1(v["kernel"], v["bias"], activation=np.tanh).activation == "tanh"
+    assert fl.from_tf1(v["kernel"], v["bias"], activation=math.tanh).activation == "tanh"
     assert fl.from_tf1(v["kernel"], v["bias"], activation=None).activation == "tanh"
+    assert tf1.BasicLSTMCell(4, activation=relu)._activation == "relu"
 
 
 def test_to_tf1_refuses_hard_sigmoid():

@@ -18,6 +18,28 @@ PERM_FROM_ONNX = (0, 2, 3, 1)
 PERM_TO_ONNX = (0, 3, 1, 2)
 
 
+# packages whose functions are taken at their name (tf.tanh, keras.activations.relu,
+# np.tanh, torch.sigmoid, ...): a function defined elsewhere may compute anything
+_LIBRARIES = frozenset(("tensorflow", "keras", "tf_keras", "numpy", "torch", "jax", "jaxlib",
+                        "math", "scipy", "fastlstm"))
+
+
+def function_name(fn, what):
+    """The name of an activation given as a library's function (``__name__``), or
+    ValueError: a function of the user's own, or a callable object, is not identified by
+    its name (a ``def tanh(x)`` may compute a scaled tanh)."""
+    name = getattr(fn, "__name__", None)
+    module = "numpy" if isinstance(fn, np.ufunc) else getattr(fn, "__module__", None)
+    top = module.split(".")[0] if isinstance(module, str) else None
+    if not isinstance(name, str) or top not in _LIBRARIES:
+        raise ValueError(
+            f"{what}={fn!r} is not a function fastlstm can identify (it recognises the "
+            "functions of TensorFlow, Keras, NumPy and torch, such as tf.tanh or "
+            f"keras.activations.relu): if it computes one of fastlstm's activations exactly, "
+            f"pass that name as a string ({what}='tanh', ...)")
+    return name
+
+
 def blocks(A, perm, axis):
     """Reorder the four gate blocks of ``A`` along ``axis`` (see the module docstring)."""
     parts = np.split(np.asarray(A), 4, axis=axis)

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from ._common import (as_array, build_layer, check_shape, directions, layers_of,
+from ._common import (as_array, build_layer, check_shape, directions, function_name, layers_of,
                       refuse_reverse, refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM
 
@@ -38,10 +38,7 @@ def _fn_name(fn, what):
         return "linear"
     if isinstance(fn, str):
         return fn
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    if not isinstance(name, str):
-        raise ValueError(f"cannot tell which function {what}={fn!r} is")
-    return name
+    return function_name(fn, what)
 
 
 def _keras_major(layer):

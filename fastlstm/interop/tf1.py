@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from ._common import (PERM_TF, as_array, blocks, build_layer, check_range, check_shape,
-                      directions, layers_of, pick_dtype, refuse_reverse,
+                      directions, function_name, layers_of, pick_dtype, refuse_reverse,
                       refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _check_forget_bias
 
@@ -32,8 +32,9 @@ def activation_name(activation):
     tf.nn.relu, np.tanh, ...).  None means tanh (TF's default)."""
     if activation is None:
         return "tanh"
-    name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
-    key = str(name).lower() if name is not None else None
+    name = activation if isinstance(activation, str) else function_name(activation,
+                                                                         "activation")
+    key = name.lower()
     if key not in _ACT_ALIASES:
         raise ValueError(f"activation={activation!r} cannot be represented exactly in fastlstm "
                          f"(supported: {', '.join(ACTIVATIONS)})")
