@@ -194,9 +194,8 @@ def _numeric_array(value, name):
 def _check_fits(arr, dtype, name, fix="build the model with dtype=np.float64"):
     """Refuse finite values of a wider float array that ``dtype`` cannot hold: the cast
     would turn them into infinities (NumPy only warns).  NaN and infinities pass."""
-    dtype = np.dtype(dtype)
-    if arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or not arr.size:
-        return
+    if arr.dtype.itemsize <= dtype.itemsize or arr.dtype.kind != "f" or not arr.size:
+        return                              # (the common case first: a cheap test)
     limit = float(np.finfo(dtype).max)
     if -limit <= arr.min() and arr.max() <= limit:   # no copy; NaN or inf: look closer
         return

@@ -139,7 +139,7 @@ def build_layer(W, U, b, *, peepholes=None, P=None, dtype=None, cell_clip=None,
 def check_range(arr, dt, name):
     """Refuse finite values that ``dt`` cannot hold (they would become infinite)."""
     if arr is not None:
-        _check_fits(np.asarray(arr), dt, name, "use dtype=np.float64")
+        _check_fits(np.asarray(arr), np.dtype(dt), name, "use dtype=np.float64")
 
 
 def assemble(items):
