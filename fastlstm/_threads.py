@@ -140,9 +140,6 @@ _openblas_entry = {}
 # OpenBLAS runs a gemm of m * n * k <= 65536 * GEMM_MULTITHREAD_THRESHOLD (4 by default)
 # multiply-adds on the calling thread; a quarter of that, to leave a margin
 OPENBLAS_SERIAL_GEMM = 65536
-# and a gemv (what a one-row product runs) of m * n < 2304 * GEMM_MULTITHREAD_THRESHOLD
-# elements; a quarter of that
-OPENBLAS_SERIAL_GEMV = 2304
 
 
 def blas_is_openblas():

@@ -736,7 +736,8 @@ class LSTM(_Module):
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self._hidden_size))))
         chunks = self._chunks_for(N)
-        nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
+        # (one row: the threads share the columns of its products, if they are large)
+        nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 or N == 1 else 1
         cache = cache or {}
         args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
                 c, h, Y2, lengths, reverse, ACTIVATIONS[self._activation],
@@ -748,11 +749,15 @@ class LSTM(_Module):
         # and so would the results.  (OpenBLAS runs gemms this small on one thread by
         # itself: no limit to set for them.)
         H4, Ho = 4 * self._hidden_size, self.output_size
-        biggest = max(N * kb * self._input_size * H4, N * Ho * H4,
-                      N * self._hidden_size * Ho if self._proj_size else 0)
-        # (one row: its products run as gemv, which OpenBLAS threads from smaller sizes)
-        serial = _threads.OPENBLAS_SERIAL_GEMM if N > 1 else _threads.OPENBLAS_SERIAL_GEMV
-        if chunks == 1 and biggest <= serial and _threads.blas_is_openblas():
+        # the largest BLAS gemm (products of one row run in the kernel's own loop, without
+        # BLAS: a batch of one row only calls BLAS for the input products of kb > 1 steps)
+        biggest = (max(N * kb * self._input_size * H4, N * Ho * H4,
+                       N * self._hidden_size * Ho if self._proj_size else 0) if N > 1
+                   else kb * self._input_size * H4 if kb > 1 else 0)
+        if chunks == 1 and biggest <= _threads.OPENBLAS_SERIAL_GEMM and (
+                biggest == 0 or _threads.blas_is_openblas()):
+            if nt > 1:
+                _threads._state["omp_used"] = True   # fork safety (see _threads)
             _forward.forward(*args)
             return
         with _threads.blas_single_thread(openmp=nt > 1):

@@ -96,6 +96,10 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_block_row(int N, int j) noexcept
     int fl_pk_team_id() noexcept
     void fl_pk_barrier() noexcept
+    void fl_pk_vecmatf(int k, int n, const float *a, long long inca, const float *B,
+                       long long ldb, float *y, int accumulate, int nt) noexcept
+    void fl_pk_vecmatd(int k, int n, const double *a, long long inca, const double *B,
+                       long long ldb, double *y, int accumulate, int nt) noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -128,6 +132,7 @@ cdef struct Config:
     int act, rec
     bint use_cclip, use_pclip
     double cclip, pclip
+    int vec_threads     # threads for the products of a batch of one row (see _product)
 
 
 def openmp_enabled():
@@ -160,6 +165,22 @@ cdef inline void _clip(floating *v, int n, double clip) noexcept nogil:
         fl_clip_inplacef(v, n, <float> clip)
     else:
         fl_clip_inplaced(v, n, clip)
+
+
+cdef inline void _product(const Config *s, int m, int n, int k, const floating *a, int lda,
+                          const floating *b, floating *c) noexcept nogil:
+    """c (m, n) = a (m, k) @ b (k, n), all row-major with leading dimensions lda, n, n.
+
+    One row (m == 1) runs fastlstm's own vector-matrix loop, not BLAS's gemv: its results
+    do not depend on any thread count, so it may use s.vec_threads threads and needs no
+    BLAS thread limit."""
+    if m == 1:
+        if floating is float:
+            fl_pk_vecmatf(k, n, a, 1, b, n, c, 0, s.vec_threads)
+        else:
+            fl_pk_vecmatd(k, n, a, 1, b, n, c, 0, s.vec_threads)
+    else:
+        gemm(False, False, m, n, k, <floating> 1, a, lda, b, n, <floating> 0, c, n)
 
 
 cdef int _run_rows(const Config *s, int r0, int r1,
@@ -224,23 +245,20 @@ cdef int _run_rows(const Config *s, int r0, int r1,
                 gn = nt
                 gt = 1
                 if nt == T:
-                    gemm(False, False, nr * T, H4, I, <floating> 1, X + r0 * rn * I, I,
-                         W, H4, <floating> 0, G, H4)
+                    _product(s, nr * T, H4, I, X + r0 * rn * I, I, W, G)
                 else:
                     for n in range(r0, r1):
-                        gemm(False, False, nt, H4, I, <floating> 1, X + (n * rn + ts) * I, I,
-                             W, H4, <floating> 0, G + <i64> (n - r0) * nt * H4, H4)
+                        _product(s, nt, H4, I, X + (n * rn + ts) * I, I, W,
+                                 G + <i64> (n - r0) * nt * H4)
             else:                             # time-major: G row of (n, t) = (t-ts)*nr + n-r0
                 gn = 1
                 gt = nr
                 if nr == N:
-                    gemm(False, False, nt * N, H4, I, <floating> 1, X + <i64> ts * N * I, I,
-                         W, H4, <floating> 0, G, H4)
+                    _product(s, nt * N, H4, I, X + <i64> ts * N * I, I, W, G)
                 else:
                     for t in range(ts, te):
-                        gemm(False, False, nr, H4, I, <floating> 1,
-                             X + (<i64> t * N + r0) * I, I,
-                             W, H4, <floating> 0, G + <i64> (t - ts) * nr * H4, H4)
+                        _product(s, nr, H4, I, X + (<i64> t * N + r0) * I, I, W,
+                                 G + <i64> (t - ts) * nr * H4)
         else:
             # reverse with lengths: row n walks t = L-1-k, so its block of times is its own
             for n in range(r0, r1):
@@ -250,13 +268,11 @@ cdef int _run_rows(const Config *s, int r0, int r1,
                 if tsn < 0:
                     tsn = 0
                 if te > tsn:
-                    gemm(False, False, te - tsn, H4, I, <floating> 1,
-                         X + (n * rn + tsn * rt) * I, <int> (rt * I),
-                         W, H4, <floating> 0, G + <i64> (n - r0) * kb * H4, H4)
+                    _product(s, te - tsn, H4, I, X + (n * rn + tsn * rt) * I, <int> (rt * I),
+                             W, G + <i64> (n - r0) * kb * H4)
         # ---- recurrence ----
         for k in range(k0, k1):
-            gemm(False, False, nr, H4, Ho, <floating> 1, h + <i64> r0 * Ho, Ho, U, H4,
-                 <floating> 0, Z, H4)
+            _product(s, nr, H4, Ho, h + <i64> r0 * Ho, Ho, U, Z)
             for n in range(r0, r1):
                 L = <int> lengths[n] if lengths != NULL else T
                 if k >= L:
@@ -283,7 +299,7 @@ cdef int _run_rows(const Config *s, int r0, int r1,
                 elif cm != NULL:
                     memcpy(cm + row * H, mdst, H * sizeof(floating))
             if P != NULL:
-                gemm(False, False, nr, Ho, H, <floating> 1, M, H, P, Ho, <floating> 0, HP, Ho)
+                _product(s, nr, Ho, H, M, H, P, HP)
                 for n in range(r0, r1):
                     L = <int> lengths[n] if lengths != NULL else T
                     if k >= L:
@@ -332,7 +348,8 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     activation codes of ``fl_pointwise.h``; cell_clip, proj_clip: float or None;
     kb: time steps per input-projection block; n_chunks: the batch rows are split into
     this many contiguous blocks, each run on its own (gemms included), so the result does
-    not depend on n_threads (>= 1), the number of OpenMP threads sharing the blocks.
+    not depend on n_threads (>= 1), the number of OpenMP threads sharing the blocks (with
+    N == 1, sharing the columns of the one-row products, which gives the same bits too).
     cache_*: optional training cache, rows as Y: gates (N*T, 4H), raw cell (N*T, H),
     pre-projection output (N*T, H), raw projection (N*T, Ho).
     """
@@ -370,6 +387,8 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     s.cclip = cell_clip if cell_clip is not None else 0.0
     s.use_pclip = proj_clip is not None and P is not None
     s.pclip = proj_clip if proj_clip is not None else 0.0
+    # one row: its products may share their columns among the threads (same bits)
+    s.vec_threads = n_threads if N == 1 else 1
 
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks

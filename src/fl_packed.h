@@ -173,6 +173,16 @@ FL_PK_MAYBE_UNUSED static int fl_pk_team_size(void)
 #endif
 }
 
+/* inside an active parallel region (a nested team would run on one thread anyway) */
+FL_PK_MAYBE_UNUSED static int fl_pk_in_parallel(void)
+{
+#ifdef _OPENMP
+    return omp_in_parallel();
+#else
+    return 0;
+#endif
+}
+
 FL_PK_MAYBE_UNUSED static int fl_pk_team_id(void)
 {
 #ifdef _OPENMP
@@ -574,6 +584,77 @@ static __attribute__((unused)) void fl_pk_dotT##SUF(int m, int n, int K, const T
 #endif
 FL_PK_DOTT_DISPATCH(float, f)
 FL_PK_DOTT_DISPATCH(double, d)
+
+/* ---- one row times a row-major matrix: y (n) = a (k values, stride inca) @ B (k x n) ----
+ * For the products of a batch of one row (a step() call), in place of BLAS's gemv: every
+ * y[j] is one chain of multiply-adds over i in order (from 0, or from y[j] with
+ * accumulate), so the columns may be cut anywhere and shared by any number of threads
+ * with the same bits, and no BLAS thread count is involved.  B is read in row order,
+ * four rows at a time. */
+#define FL_PK_VECMAT(T, SUF, NU, V, ISA, ATTR)                                             \
+ATTR static __attribute__((unused)) void                                                   \
+fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,                 \
+                          const T *restrict B, fl_i64 ldb, T *restrict y, int accumulate)  \
+{                                                                                          \
+    int i = 0, j;                                                                          \
+    if (!accumulate)                                                                       \
+        for (j = j0; j < j1; j++) y[j] = 0;                                                \
+    for (; i + 4 <= k; i += 4) {                                                           \
+        const T a0 = a[i * inca], a1 = a[(i + 1) * inca], a2 = a[(i + 2) * inca];         \
+        const T a3 = a[(i + 3) * inca];                                                    \
+        const T *restrict b0 = B + (fl_i64) i * ldb, *restrict b1 = b0 + ldb;              \
+        const T *restrict b2 = b1 + ldb, *restrict b3 = b2 + ldb;                          \
+        for (j = j0; j < j1; j++) {                                                        \
+            T v = y[j];                                                                    \
+            v += a0 * b0[j];                                                               \
+            v += a1 * b1[j];                                                               \
+            v += a2 * b2[j];                                                               \
+            v += a3 * b3[j];                                                               \
+            y[j] = v;                                                                      \
+        }                                                                                  \
+    }                                                                                      \
+    for (; i < k; i++) {                                                                   \
+        const T ai = a[i * inca];                                                          \
+        const T *restrict bi = B + (fl_i64) i * ldb;                                       \
+        for (j = j0; j < j1; j++) y[j] += ai * bi[j];                                      \
+    }                                                                                      \
+}
+FL_PK_FOR_ISAS(FL_PK_VECMAT)
+
+/* Products this large (multiply-adds) share their columns among the threads asked for */
+#define FL_PK_VECMAT_MIN_THREADED (1 << 16)
+
+#if FL_PK_X86
+#define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_avx2
+#else
+#define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_base
+#endif
+/* y = a @ B (+ y with accumulate) as above, on up to nt OpenMP threads (one outside a
+ * parallel region or below FL_PK_VECMAT_MIN_THREADED), cut at multiples of 16 columns */
+#define FL_PK_VECMAT_DISPATCH(T, SUF)                                                      \
+static __attribute__((unused)) void fl_pk_vecmat##SUF(int k, int n, const T *a, fl_i64 inca, \
+                                                      const T *B, fl_i64 ldb, T *y,        \
+                                                      int accumulate, int nt)              \
+{                                                                                          \
+    const int avx2 = FL_PK_X86 && fl_pk_get_isa() == 1;                                    \
+    if (n <= 0) return;                                                                    \
+    if (nt > 1 && (fl_i64) k * n >= FL_PK_VECMAT_MIN_THREADED && n >= 32 &&               \
+            !fl_pk_in_parallel()) {                                                        \
+        _Pragma("omp parallel num_threads(nt)")                                            \
+        {                                                                                  \
+            const int t = fl_pk_team_id(), m = fl_pk_team_size();                          \
+            const int c0 = (int) (((fl_i64) n * t / m) / 16 * 16);                         \
+            const int c1 = t + 1 == m ? n : (int) (((fl_i64) n * (t + 1) / m) / 16 * 16);  \
+            if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate);   \
+            else fl_pk_vecmat##SUF##_base(k, c0, c1, a, inca, B, ldb, y, accumulate);      \
+        }                                                                                  \
+        return;                                                                            \
+    }                                                                                      \
+    if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, 0, n, a, inca, B, ldb, y, accumulate);             \
+    else fl_pk_vecmat##SUF##_base(k, 0, n, a, inca, B, ldb, y, accumulate);                \
+}
+FL_PK_VECMAT_DISPATCH(float, f)
+FL_PK_VECMAT_DISPATCH(double, d)
 
 /* ---- vectorised activations and cell update (the sigmoid/tanh fast path) ------------
  * The exp cores of fl_pointwise.h (FL_EXPF_CORE, FL_EXP_CORE) on vectors, so that they

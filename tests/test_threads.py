@@ -492,10 +492,13 @@ def test_seeded_initialisation_is_the_same_under_any_blas_thread_count():
     assert len(digests) == 1
 
 
-def test_one_row_products_hold_blas_to_one_thread(monkeypatch):
-    """A batch of one row runs its products as gemv, which OpenBLAS threads from smaller
-    sizes than gemm: those calls hold BLAS to one thread (the summation order would
-    otherwise depend on BLAS's thread count)."""
+def test_one_row_products_share_columns_exactly_without_blas(monkeypatch):
+    """A batch of one row runs its products in the kernel's own vector-matrix loop, where
+    every output is one chain of multiply-adds whatever the threads: n_threads 1 and 2
+    and any BLAS thread count give the same bits, and a single step (nothing for BLAS to
+    do) sets no BLAS limit."""
+    from threadpoolctl import threadpool_limits
+
     entered = []
     real = _threads.blas_single_thread
 
@@ -504,10 +507,37 @@ def test_one_row_products_hold_blas_to_one_thread(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_threads, "blas_single_thread", spy)
-    if not _threads.blas_is_openblas():
-        pytest.skip("the serial thresholds are OpenBLAS's")
-    layer = fl.LSTM(16, 64, proj_size=32, random_state=0)     # BLAS kernel: projection
-    for N, held in ((1, True), (2, False)):
+    rng = np.random.default_rng(5)
+    # products of 256 x 2048 and more multiply-adds: large enough to share their columns
+    plain = randomize(fl.LSTM(256, 512, random_state=0), rng, scale=0.05)
+    proj = randomize(fl.LSTM(256, 512, proj_size=130, peepholes=True, cell_clip=2.0,
+                             proj_clip=0.5, random_state=1), rng, scale=0.05)  # BLAS kernel
+    x = rng.normal(size=(1, 256)).astype(np.float32)
+    X = rng.normal(size=(1, 3, 256)).astype(np.float32)
+    for model in (plain, proj):
+        s0 = (rng.normal(size=(1, 512)), rng.normal(size=(1, model.output_size)))
+        runs = {"step": lambda: model.step(x, s0),
+                "sequence": lambda: model(X, initial_state=s0)}
+        for what, run in runs.items():
+            for isa in (-1, 0):     # the instruction set chosen, and the baseline's
+                layers_mod._forward.packed_isa(isa)
+                outs = []
+                try:
+                    for nt in (1, 2):
+                        model.n_threads = nt
+                        for blas in (1, 2):
+                            with threadpool_limits(blas):
+                                y, st = run()
+                            outs.append(np.concatenate([np.ravel(y), st.c.ravel(),
+                                                        st.h.ravel()]))
+                finally:
+                    layers_mod._forward.packed_isa(-1)
+                for other in outs[1:]:
+                    np.testing.assert_array_equal(other, outs[0], err_msg=f"{what} {isa}")
         entered.clear()
-        layer(np.ones((N, 3, 16), np.float32))
-        assert bool(entered) == held, N
+        y, st = model.step(x, s0)
+        assert not entered
+        want, c = ref.lstm_step(x.astype(np.float64), *[np.asarray(v, np.float64) for v in s0],
+                                ref_params(model), **ref_options(model))
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(st.c, c, rtol=1e-4, atol=1e-5)
