@@ -5,8 +5,8 @@
  * row runs through its own time steps (rows are independent), so variable lengths and
  * the reverse direction are just a different list of time indices per row:
  *
- *     z = x_t @ W  and  r = h @ U   (row vector times row-major (K, 4H): the inner loop
- *                                    runs along the 4H columns and vectorises)
+ *     z = x_t @ W  and  r = h @ U   (row vector times row-major (K, 4H): fl_packed.h's
+ *                                    vector-matrix loop, along the 4H columns)
  *     gates, c, m = fl_pointwise_fwd(z, r, b, ...)       (fl_pointwise.h)
  *
  * Scratch: three rows of 4H numbers on the stack, so H is limited to FL_SMALL_MAX_H.
@@ -16,21 +16,18 @@
 
 #include <string.h>
 
+#include "fl_packed.h"
 #include "fl_pointwise.h"
 
 #define FL_SMALL_MAX_H 128
 
 #define FL_SMALL_DEFINE(T, SUF)                                                            \
+/* out (4H) = v (K) @ M (K, 4H): fl_packed.h's vector-matrix loop on one thread (AVX2 +  \
+   FMA when the packed kernel uses them, as its ISA setting says) */                      \
 static void fl_small_vecmat##SUF(int K, int H4, const T *restrict v,                       \
                                  const T *restrict M, T *restrict out)                     \
 {                                                                                          \
-    int k, j;                                                                              \
-    for (j = 0; j < H4; j++) out[j] = 0;                                                   \
-    for (k = 0; k < K; k++) {                                                              \
-        const T a = v[k];                                                                  \
-        const T *restrict row = M + (long long) k * H4;                                    \
-        for (j = 0; j < H4; j++) out[j] += a * row[j];                                     \
-    }                                                                                      \
+    fl_pk_vecmat##SUF(K, H4, v, 1, M, H4, out, 0, 1);                                      \
 }                                                                                          \
                                                                                            \
 /* rows [0, N) of a sequence; the row of (n, t) in X, Y and the caches is n*rn + t*rt.    \
