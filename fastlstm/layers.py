@@ -51,7 +51,10 @@ _PACKED_ROW_TILE = 6
 # run on one thread (same results) for a while: _UNIT_SPLIT_BACKOFF seconds at first,
 # doubled each time it happens again, up to _UNIT_SPLIT_BACKOFF_MAX, and halved by each
 # split call that ran without them.
+# The same holds for the threads that share the columns of a one-row product (at least
+# _VECMAT_MIN_THREADED multiply-adds: FL_PK_VECMAT_MIN_THREADED in src/fl_packed.h).
 _UNIT_SPLIT_SLOW_SHARE = 20
+_VECMAT_MIN_THREADED = 1 << 16
 _UNIT_SPLIT_BACKOFF = 1.0
 _UNIT_SPLIT_BACKOFF_MAX = 10.0
 _unit_split = {"until": 0.0, "delay": 0.0}
@@ -736,8 +739,18 @@ class LSTM(_Module):
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self._hidden_size))))
         chunks = self._chunks_for(N)
-        # (one row: the threads share the columns of its products, if they are large)
+        # one row: the threads share the columns of its products, if they are large (on
+        # one thread while a split has had to wait for threads that were not running)
         nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 or N == 1 else 1
+        H4, Ho = 4 * self._hidden_size, self.output_size
+        shared = N == 1 and nt > 1 and max(
+            H4 * Ho, H4 * self._input_size if kb == 1 else 0,
+            self._hidden_size * Ho if self._proj_size else 0) >= _VECMAT_MIN_THREADED
+        if N == 1 and nt > 1 and (not shared or time.monotonic() < _unit_split["until"]):
+            nt, shared = 1, False
+        if shared:      # they wait for each other at the end: never more than the cores
+            nt = min(nt, _threads.usable_cores())
+            shared = nt > 1
         cache = cache or {}
         args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
                 c, h, Y2, lengths, reverse, ACTIVATIONS[self._activation],
@@ -748,7 +761,6 @@ class LSTM(_Module):
         # for one block or many: BLAS's summation order may depend on its thread count,
         # and so would the results.  (OpenBLAS runs gemms this small on one thread by
         # itself: no limit to set for them.)
-        H4, Ho = 4 * self._hidden_size, self.output_size
         # the largest BLAS gemm (products of one row run in the kernel's own loop, without
         # BLAS: a batch of one row only calls BLAS for the input products of kb > 1 steps)
         biggest = (max(N * kb * self._input_size * H4, N * Ho * H4,
@@ -758,10 +770,12 @@ class LSTM(_Module):
                 biggest == 0 or _threads.blas_is_openblas()):
             if nt > 1:
                 _threads._state["omp_used"] = True   # fork safety (see _threads)
-            _forward.forward(*args)
-            return
-        with _threads.blas_single_thread(openmp=nt > 1):
-            _forward.forward(*args)
+            slow = _forward.forward(*args)
+        else:
+            with _threads.blas_single_thread(openmp=nt > 1):
+                slow = _forward.forward(*args)
+        if shared:
+            _unit_split_done(slow, T)
 
     def __call__(self, X, initial_state=None, lengths=None, time_major=False, reverse=None):
         """Run the layer over a sequence (TF ``dynamic_rnn``).

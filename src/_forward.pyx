@@ -96,10 +96,10 @@ cdef extern from "fl_packed.h" nogil:
     int fl_pk_block_row(int N, int j) noexcept
     int fl_pk_team_id() noexcept
     void fl_pk_barrier() noexcept
-    void fl_pk_vecmatf(int k, int n, const float *a, long long inca, const float *B,
-                       long long ldb, float *y, int accumulate, int nt) noexcept
-    void fl_pk_vecmatd(int k, int n, const double *a, long long inca, const double *B,
-                       long long ldb, double *y, int accumulate, int nt) noexcept
+    int fl_pk_vecmatf(int k, int n, const float *a, long long inca, const float *B,
+                      long long ldb, float *y, int accumulate, int nt) noexcept
+    int fl_pk_vecmatd(int k, int n, const double *a, long long inca, const double *B,
+                      long long ldb, double *y, int accumulate, int nt) noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -133,6 +133,7 @@ cdef struct Config:
     bint use_cclip, use_pclip
     double cclip, pclip
     int vec_threads     # threads for the products of a batch of one row (see _product)
+    int *vec_slow       # counts their waits for a partner that was not running
 
 
 def openmp_enabled():
@@ -174,11 +175,14 @@ cdef inline void _product(const Config *s, int m, int n, int k, const floating *
     One row (m == 1) runs fastlstm's own vector-matrix loop, not BLAS's gemv: its results
     do not depend on any thread count, so it may use s.vec_threads threads and needs no
     BLAS thread limit."""
+    cdef int slow
     if m == 1:
         if floating is float:
-            fl_pk_vecmatf(k, n, a, 1, b, n, c, 0, s.vec_threads)
+            slow = fl_pk_vecmatf(k, n, a, 1, b, n, c, 0, s.vec_threads)
         else:
-            fl_pk_vecmatd(k, n, a, 1, b, n, c, 0, s.vec_threads)
+            slow = fl_pk_vecmatd(k, n, a, 1, b, n, c, 0, s.vec_threads)
+        if slow:                # (only with vec_threads > 1: one row, one block)
+            s.vec_slow[0] += slow
     else:
         gemm(False, False, m, n, k, <floating> 1, a, lda, b, n, <floating> 0, c, n)
 
@@ -350,11 +354,12 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     this many contiguous blocks, each run on its own (gemms included), so the result does
     not depend on n_threads (>= 1), the number of OpenMP threads sharing the blocks (with
     N == 1, sharing the columns of the one-row products, which gives the same bits too).
+    Returns how many times those threads waited for a partner that was not running.
     cache_*: optional training cache, rows as Y: gates (N*T, 4H), raw cell (N*T, H),
     pre-projection output (N*T, H), raw projection (N*T, Ho).
     """
     cdef Config s
-    cdef int status = 0, nblocks, nteam, blk
+    cdef int status = 0, nblocks, nteam, blk, vec_slow = 0
     cdef const floating *px = &X[0, 0]
     cdef const floating *pw = &W[0, 0]
     cdef const floating *pu = &U[0, 0]
@@ -371,7 +376,7 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *chp = &cache_hp[0, 0] if cache_hp is not None else NULL
 
     if N <= 0 or T <= 0:
-        return
+        return 0
     s.N = N
     s.T = T
     s.In = W.shape[0]
@@ -389,6 +394,7 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
     s.pclip = proj_clip if proj_clip is not None else 0.0
     # one row: its products may share their columns among the threads (same bits)
     s.vec_threads = n_threads if N == 1 else 1
+    s.vec_slow = &vec_slow
 
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks
@@ -403,6 +409,7 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
                                      pl, cg, cc, cm, chp)
     if status != 0:
         raise MemoryError("fastlstm: could not allocate the kernel workspace")
+    return vec_slow
 
 
 # ---------------------------------------------------------------------------------------

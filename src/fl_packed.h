@@ -590,7 +590,7 @@ FL_PK_DOTT_DISPATCH(double, d)
  * y[j] is one chain of multiply-adds over i in order (from 0, or from y[j] with
  * accumulate), so the columns may be cut anywhere and shared by any number of threads
  * with the same bits, and no BLAS thread count is involved.  B is read in row order,
- * four rows at a time. */
+ * eight rows at a time (one load and store of y per eight multiply-adds). */
 #define FL_PK_VECMAT(T, SUF, NU, V, ISA, ATTR)                                             \
 ATTR static __attribute__((unused)) void                                                   \
 fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,                 \
@@ -599,17 +599,21 @@ fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,       
     int i = 0, j;                                                                          \
     if (!accumulate)                                                                       \
         for (j = j0; j < j1; j++) y[j] = 0;                                                \
-    for (; i + 4 <= k; i += 4) {                                                           \
+    for (; i + 8 <= k; i += 8) {                                                           \
         const T a0 = a[i * inca], a1 = a[(i + 1) * inca], a2 = a[(i + 2) * inca];         \
-        const T a3 = a[(i + 3) * inca];                                                    \
-        const T *restrict b0 = B + (fl_i64) i * ldb, *restrict b1 = b0 + ldb;              \
-        const T *restrict b2 = b1 + ldb, *restrict b3 = b2 + ldb;                          \
+        const T a3 = a[(i + 3) * inca], a4 = a[(i + 4) * inca], a5 = a[(i + 5) * inca];   \
+        const T a6 = a[(i + 6) * inca], a7 = a[(i + 7) * inca];                            \
+        const T *restrict b0 = B + (fl_i64) i * ldb;                                       \
         for (j = j0; j < j1; j++) {                                                        \
             T v = y[j];                                                                    \
             v += a0 * b0[j];                                                               \
-            v += a1 * b1[j];                                                               \
-            v += a2 * b2[j];                                                               \
-            v += a3 * b3[j];                                                               \
+            v += a1 * b0[ldb + j];                                                         \
+            v += a2 * b0[2 * ldb + j];                                                     \
+            v += a3 * b0[3 * ldb + j];                                                     \
+            v += a4 * b0[4 * ldb + j];                                                     \
+            v += a5 * b0[5 * ldb + j];                                                     \
+            v += a6 * b0[6 * ldb + j];                                                     \
+            v += a7 * b0[7 * ldb + j];                                                     \
             y[j] = v;                                                                      \
         }                                                                                  \
     }                                                                                      \
@@ -630,16 +634,21 @@ FL_PK_FOR_ISAS(FL_PK_VECMAT)
 #define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_base
 #endif
 /* y = a @ B (+ y with accumulate) as above, on up to nt OpenMP threads (one outside a
- * parallel region or below FL_PK_VECMAT_MIN_THREADED), cut at multiples of 16 columns */
+ * parallel region or below FL_PK_VECMAT_MIN_THREADED), cut at multiples of 16 columns.
+ * The threads meet on a fl_pk_spin wait at the end: returns how many of them waited for
+ * a partner that was not running (more busy threads than cores), so that the caller can
+ * stop sharing for a while, as for the packed kernel's unit split. */
 #define FL_PK_VECMAT_DISPATCH(T, SUF)                                                      \
-static __attribute__((unused)) void fl_pk_vecmat##SUF(int k, int n, const T *a, fl_i64 inca, \
-                                                      const T *B, fl_i64 ldb, T *y,        \
-                                                      int accumulate, int nt)              \
+static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, fl_i64 inca,  \
+                                                     const T *B, fl_i64 ldb, T *y,         \
+                                                     int accumulate, int nt)               \
 {                                                                                          \
     const int avx2 = FL_PK_X86 && fl_pk_get_isa() == 1;                                    \
-    if (n <= 0) return;                                                                    \
+    if (n <= 0) return 0;                                                                  \
     if (nt > 1 && (fl_i64) k * n >= FL_PK_VECMAT_MIN_THREADED && n >= 32 &&               \
             !fl_pk_in_parallel()) {                                                        \
+        fl_pk_spin spin;                                                                   \
+        memset(&spin, 0, sizeof(spin));                                                    \
         _Pragma("omp parallel num_threads(nt)")                                            \
         {                                                                                  \
             const int t = fl_pk_team_id(), m = fl_pk_team_size();                          \
@@ -647,11 +656,13 @@ static __attribute__((unused)) void fl_pk_vecmat##SUF(int k, int n, const T *a, 
             const int c1 = t + 1 == m ? n : (int) (((fl_i64) n * (t + 1) / m) / 16 * 16);  \
             if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate);   \
             else fl_pk_vecmat##SUF##_base(k, c0, c1, a, inca, B, ldb, y, accumulate);      \
+            if (m > 1) fl_pk_spin_wait(&spin, m);                                          \
         }                                                                                  \
-        return;                                                                            \
+        return spin.slow;                                                                  \
     }                                                                                      \
     if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, 0, n, a, inca, B, ldb, y, accumulate);             \
     else fl_pk_vecmat##SUF##_base(k, 0, n, a, inca, B, ldb, y, accumulate);                \
+    return 0;                                                                              \
 }
 FL_PK_VECMAT_DISPATCH(float, f)
 FL_PK_VECMAT_DISPATCH(double, d)

@@ -410,6 +410,62 @@ def test_unit_split_backs_off(monkeypatch):
     assert layers._unit_split["delay"] == 0.0
 
 
+def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
+    """The threads sharing the columns of a one-row product (a step of a large cell) wait
+    for each other at the end: more threads than cores, or two Python threads each
+    running such a step, give the one-thread bits; waits for a partner that was not
+    running make the next calls run on one thread for a while."""
+    import threading
+
+    rng = np.random.default_rng(8)
+    base = _layer(256, 512, np.float32, 4, n_threads=1)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    s0 = (rng.standard_normal((1, 512)).astype(np.float32),
+          rng.standard_normal((1, 512)).astype(np.float32))
+    want = base.step(x, s0)[0]
+    for nt in (2, 3, 8):
+        layer = _layer(256, 512, np.float32, 4, n_threads=nt)
+        assert np.array_equal(layer.step(x, s0)[0], want)
+    layer = _layer(256, 512, np.float32, 4, n_threads=2)
+    bad = []
+
+    def work():
+        for _ in range(30):
+            if not np.array_equal(layer.step(x, s0)[0], want):
+                bad.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and bad == []
+    # the plan: threads only for products of 64 Ki multiply-adds and more, at most the
+    # usable cores, and none while backing off
+    seen = []
+    real = layers._forward.forward
+
+    def spy(*args):
+        seen.append(args[20])           # n_threads
+        return real(*args)
+
+    now = [1000.0]
+    monkeypatch.setattr(layers._forward, "forward", spy)
+    monkeypatch.setattr(layers.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
+    monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 8)
+    monkeypatch.setattr(layers._threads, "usable_cores", lambda: 2)
+    small = _layer(6, 8, np.float32, 5, proj_size=3)            # BLAS kernel, tiny
+    small(np.ones((1, 1, 6), np.float32))
+    layer.step(x, s0)
+    assert seen == [1, 2]
+    layers._unit_split_done(1, 1)                               # one slow wait
+    layer.step(x, s0)
+    now[0] += layers._UNIT_SPLIT_BACKOFF_MAX + 1    # (the real runs may have added some)
+    layer.step(x, s0)
+    assert seen[2:] == [1, 2]
+
+
 def test_unit_split_uses_at_most_the_usable_cores(monkeypatch):
     """Threads owning units wait for each other at every step: an explicit n_threads
     above the usable cores ran 20-40x slower (every wait a scheduler time slice); the
