@@ -194,19 +194,36 @@ def _numeric_array(value, name):
     return arr
 
 
+def _overflow_threshold(dtype):
+    """The smallest magnitude that a cast to ``dtype`` (round to nearest) makes infinite:
+    the largest finite value plus half its spacing, 2**128 - 2**103 for float32."""
+    fi = np.finfo(dtype)
+    two = np.longdouble(2)
+    return two ** fi.maxexp - two ** (fi.maxexp - fi.nmant - 2)
+
+
+_F32_OVERFLOW = float(_overflow_threshold(np.float32))
+
+
 def _check_fits(arr, dtype, name, fix="build the model with dtype=np.float64"):
-    """Refuse finite values of a wider float array that ``dtype`` cannot hold: the cast
-    would turn them into infinities (NumPy only warns).  NaN and infinities pass."""
+    """Refuse finite values of a wider float array that the cast to ``dtype`` would make
+    infinite (NumPy only warns).  NaN and infinities pass."""
     if arr.dtype.itemsize <= dtype.itemsize or arr.dtype.kind != "f" or not arr.size:
         return                              # (the common case first: a cheap test)
-    limit = float(np.finfo(dtype).max)
-    if -limit <= arr.min() and arr.max() <= limit:   # no copy; NaN or inf: look closer
+    found = _forward.reaches(arr, _F32_OVERFLOW) if dtype == np.float32 else None
+    if found is False:                      # (a plain float64 array: one pass in C)
         return
-    big = float(np.max(np.abs(arr[np.isfinite(arr)]), initial=0.0))
-    if big > limit:
-        raise ValueError(f"{name} holds values up to {big:.3g}, beyond the range of "
-                         f"{dtype.name} (largest {limit:.3g}): they would become "
-                         f"infinite; {fix}")
+    if found:
+        limit = _F32_OVERFLOW
+    else:                                   # long double, strided, other byte order
+        limit = _overflow_threshold(dtype)
+        if -limit < arr.min() and arr.max() < limit:     # NaN or inf: look closer
+            return
+    big = np.max(np.abs(arr[np.isfinite(arr)]), initial=0)
+    if big >= limit:
+        raise ValueError(f"{name} holds values up to {float(big):.3g}, beyond the range of "
+                         f"{dtype.name} (largest {float(np.finfo(dtype).max):.8g}): they "
+                         f"would become infinite; {fix}")
 
 
 def _physical_memory():

@@ -75,6 +75,7 @@ class Dense(_layers._Module):
         value = _layers._numeric_array(value, name)
         if value.shape != target.shape:
             raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+        _layers._check_fits(value, target.dtype, name)
         target[...] = value
 
     def __repr__(self):

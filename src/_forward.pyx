@@ -16,6 +16,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from libc.math cimport fabs, INFINITY
 
 from _blas cimport gemm
 from _omp cimport fl_omp_bound_places, fl_omp_enabled, fl_omp_max_threads
@@ -134,6 +135,32 @@ cdef struct Config:
     double cclip, pclip
     int vec_threads     # threads for the products of a batch of one row (see _product)
     int *vec_slow       # counts their waits for a partner that was not running
+
+
+def reaches(object a, double limit):
+    """Whether a finite value of the float64 array ``a`` has a magnitude of at least
+    ``limit`` (NaN and infinities do not count), in one pass without temporaries; None
+    when ``a`` is not a C-contiguous, aligned float64 array in native byte order."""
+    cdef cnp.ndarray arr
+    cdef const double *p
+    cdef Py_ssize_t i, n
+    cdef double x
+    cdef bint found = False
+    if not cnp.PyArray_Check(a):
+        return None
+    arr = <cnp.ndarray> a
+    if not (cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and cnp.PyArray_ISNOTSWAPPED(arr)):
+        return None
+    p = <const double *> cnp.PyArray_DATA(arr)
+    n = cnp.PyArray_SIZE(arr)
+    with nogil:
+        for i in range(n):
+            x = fabs(p[i])
+            if x >= limit and x != INFINITY:
+                found = True
+                break
+    return found
 
 
 def openmp_enabled():

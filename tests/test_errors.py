@@ -402,9 +402,25 @@ def test_float64_values_beyond_float32_are_refused_not_made_infinite():
     odd[1, 2] = [np.nan, np.inf, -np.inf]
     Y, _ = layer(odd)
     assert np.isfinite(Y[0]).all() and np.isnan(Y[1, 2:]).all()
-    # the largest float32 itself fits, and a float64 model takes anything finite
-    edge = np.zeros((2, 5, 3))
-    edge[0, 0, 0] = float(np.finfo(np.float32).max)
-    assert np.isfinite(layer(edge)[0]).all()
+    # what the cast rounds to the largest float32 fits (up to 2**128 - 2**103, exclusive),
+    # also in a strided or big-endian array; from there on it would be infinite
+    f32max = float(np.finfo(np.float32).max)
+    for value, fits in ((f32max, True), (2.0**128 - 2.0**103 - 2.0**75, True),
+                        (2.0**128 - 2.0**103, False)):
+        edge = np.zeros((2, 5, 3))
+        edge[0, 0, 0] = -value
+        for arr in (edge, np.asfortranarray(edge), edge.astype(">f8")):
+            if fits:
+                assert np.isfinite(layer(arr)[0]).all()
+            else:
+                with pytest.raises(ValueError, match=r"X holds values up to 3.4e\+38, beyond "
+                                                     r"the range of float32 \(largest "
+                                                     r"3.4028235e\+38\)"):
+                    layer(arr)
+    dense = fl.Dense(3, 2, random_state=0)
+    for name in ("W", "b"):
+        with pytest.raises(ValueError, match=f"{name} holds values up to 1e\\+39"):
+            setattr(dense, name, np.full(getattr(dense, name).shape, 1e39))
+        assert np.isfinite(getattr(dense, name)).all()
     wide = fl.LSTM(3, 4, dtype=np.float64, random_state=0)
     assert np.isfinite(wide(big)[0]).all()
