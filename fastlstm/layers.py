@@ -54,7 +54,7 @@ _PACKED_ROW_TILE = 6
 # The same holds for the threads that share the columns of a one-row product (at least
 # _VECMAT_MIN_THREADED multiply-adds: FL_PK_VECMAT_MIN_THREADED in src/fl_packed.h).
 _UNIT_SPLIT_SLOW_SHARE = 20
-_VECMAT_MIN_THREADED = 1 << 16
+_VECMAT_MIN_THREADED = 1 << 18
 _UNIT_SPLIT_BACKOFF = 1.0
 _UNIT_SPLIT_BACKOFF_MAX = 10.0
 _unit_split = {"until": 0.0, "delay": 0.0}

@@ -626,7 +626,7 @@ fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,       
 FL_PK_FOR_ISAS(FL_PK_VECMAT)
 
 /* Products this large (multiply-adds) share their columns among the threads asked for */
-#define FL_PK_VECMAT_MIN_THREADED (1 << 16)
+#define FL_PK_VECMAT_MIN_THREADED (1 << 18)
 
 #if FL_PK_X86
 #define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_avx2

@@ -440,7 +440,7 @@ def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads) and bad == []
-    # the plan: threads only for products of 64 Ki multiply-adds and more, at most the
+    # the plan: threads only for products of 256 Ki multiply-adds and more, at most the
     # usable cores, and none while backing off
     seen = []
     real = layers._forward.forward
