@@ -73,7 +73,7 @@ typedef struct { int count, gen, slow; char pad[52]; } fl_pk_spin;
 #endif
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__unix__)
 #include <sched.h>
-FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
+FL_PK_SPIN_FN void fl_pk_spin_wait_polls(fl_pk_spin *b, int nt, long max_polls)
 {
     const int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
     long polls = 0;
@@ -83,23 +83,27 @@ FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
         return;
     }
     while (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen) {
-        if (polls++ < FL_PK_SPIN_POLLS) {
+        if (polls++ < max_polls) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
 #endif
         } else {
-            if (polls == FL_PK_SPIN_POLLS + 1) __atomic_add_fetch(&b->slow, 1, __ATOMIC_RELAXED);
+            if (polls == max_polls + 1) __atomic_add_fetch(&b->slow, 1, __ATOMIC_RELAXED);
             sched_yield();
         }
     }
 }
 #else
-FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
+FL_PK_SPIN_FN void fl_pk_spin_wait_polls(fl_pk_spin *b, int nt, long max_polls)
 {
-    (void) b; (void) nt;
+    (void) b; (void) nt; (void) max_polls;
     fl_pk_barrier();
 }
 #endif
+FL_PK_SPIN_FN void fl_pk_spin_wait(fl_pk_spin *b, int nt)
+{
+    fl_pk_spin_wait_polls(b, nt, FL_PK_SPIN_POLLS);
+}
 
 /* helpers a module including this file may not use */
 #if defined(__GNUC__) || defined(__clang__)
@@ -627,6 +631,10 @@ FL_PK_FOR_ISAS(FL_PK_VECMAT)
 
 /* Products this large (multiply-adds) share their columns among the threads asked for */
 #define FL_PK_VECMAT_MIN_THREADED (1 << 18)
+/* A wait at the end of a product counts as slow after ~0.5 ms of polls, not ~50 us as a
+ * per-step wait: the first product after an idle spell waits for a worker thread to wake
+ * up, which takes tens of microseconds, where a descheduled partner takes a time slice */
+#define FL_PK_VECMAT_POLLS 20000
 
 #if FL_PK_X86
 #define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_avx2
@@ -635,8 +643,8 @@ FL_PK_FOR_ISAS(FL_PK_VECMAT)
 #endif
 /* y = a @ B (+ y with accumulate) as above, on up to nt OpenMP threads (one outside a
  * parallel region or below FL_PK_VECMAT_MIN_THREADED), cut at multiples of 16 columns.
- * The threads meet on a fl_pk_spin wait at the end: returns how many of them waited for
- * a partner that was not running (more busy threads than cores), so that the caller can
+ * The threads meet on a fl_pk_spin wait at the end: returns how many of them waited long
+ * for a partner that was not running (more busy threads than cores), so that the caller can
  * stop sharing for a while, as for the packed kernel's unit split. */
 #define FL_PK_VECMAT_DISPATCH(T, SUF)                                                      \
 static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, fl_i64 inca,  \
@@ -656,7 +664,7 @@ static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, f
             const int c1 = t + 1 == m ? n : (int) (((fl_i64) n * (t + 1) / m) / 16 * 16);  \
             if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate);   \
             else fl_pk_vecmat##SUF##_base(k, c0, c1, a, inca, B, ldb, y, accumulate);      \
-            if (m > 1) fl_pk_spin_wait(&spin, m);                                          \
+            if (m > 1) fl_pk_spin_wait_polls(&spin, m, FL_PK_VECMAT_POLLS);               \
         }                                                                                  \
         return spin.slow;                                                                  \
     }                                                                                      \
