@@ -756,18 +756,19 @@ class LSTM(_Module):
             return
         kb = int(max(1, min(T, _WORKSPACE_ELEMENTS // max(1, N * 4 * self._hidden_size))))
         chunks = self._chunks_for(N)
-        # one row: the threads share the columns of its products, if they are large (on
-        # one thread while a split has had to wait for threads that were not running)
-        nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 or N == 1 else 1
         H4, Ho = 4 * self._hidden_size, self.output_size
-        shared = N == 1 and nt > 1 and max(
-            H4 * Ho, H4 * self._input_size if kb == 1 else 0,
-            self._hidden_size * Ho if self._proj_size else 0) >= _VECMAT_MIN_THREADED
-        if N == 1 and nt > 1 and (not shared or time.monotonic() < _unit_split["until"]):
-            nt, shared = 1, False
-        if shared:      # they wait for each other at the end: never more than the cores
-            nt = min(nt, _threads.usable_cores())
-            shared = nt > 1
+        if N == 1:
+            # one row: the threads share the columns of its large products and wait for
+            # each other at the end of each (never more than the cores; one thread while
+            # backing off, see _UNIT_SPLIT_SLOW_SHARE)
+            large = max(H4 * Ho, H4 * self._input_size if kb == 1 else 0,
+                        self._hidden_size * Ho if self._proj_size else 0)
+            nt = (min(_threads.resolve_n_threads(self.n_threads), _threads.usable_cores())
+                  if large >= _VECMAT_MIN_THREADED
+                  and time.monotonic() >= _unit_split["until"] else 1)
+        else:
+            nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
+        shared = N == 1 and nt > 1
         cache = cache or {}
         args = (X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), p.get("P"),
                 c, h, Y2, lengths, reverse, ACTIVATIONS[self._activation],

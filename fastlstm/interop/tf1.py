@@ -369,9 +369,9 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
     ``cell`` is ``basic_lstm_cell`` for plain layers, else ``lstm_cell``, or
     ``cell_name``: one name, or one per layer (a list; None entries keep the default),
     e.g. ``["basic_lstm_cell", "lstm_cell"]`` for ``MultiRNNCell([BasicLSTMCell(4),
-    LSTMCell(5)])``.  ``forget_bias``: see ``fastlstm.interop.to_tf1``; one value, or one per layer (a
-    list, as ``from_tf1_checkpoint`` takes).  Both directions of a bidirectional layer use
-    its values.
+    LSTMCell(5)])``.  ``forget_bias``: see ``fastlstm.interop.to_tf1``; one value, or one
+    per layer (a list, as ``from_tf1_checkpoint`` takes).  Both directions of a
+    bidirectional layer use its values.
     """
     if scope is not None:
         if not isinstance(scope, str) or not scope.strip("/"):

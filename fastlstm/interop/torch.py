@@ -307,7 +307,8 @@ def to_torch(model, *, batch_first=True, cell=False):
 
     Returns ``nn.LSTM`` (``batch_first=True`` by default, like fastlstm's default layout),
     or with ``cell=True`` an ``nn.LSTMCell`` (single ``LSTM`` layer without projection
-    only).  The module has the model's dtype.  Refusals: see ``fastlstm.interop.to_torch_state_dict``.
+    only).  The module has the model's dtype.  Refusals: see
+    ``fastlstm.interop.to_torch_state_dict``.
     """
     torch = need("torch", "to_torch")
     config, sd = to_torch_state_dict(model)
