@@ -725,13 +725,33 @@ class LSTM(_Module):
             return (nt, False) if nt > 1 else (1, True)
         return 1, True
 
+    def _uses_small(self, N, T):
+        """Whether a call of N rows and T steps runs on the small kernel."""
+        force = _FORCE_PATH
+        return self._proj_size is None and self._hidden_size <= _SMALL_MAX_H and (
+            force == "small" or force is None and N * T * 4 * self._hidden_size
+            * (self._input_size + self._hidden_size) <= _SMALL_MAX_WORK)
+
+    def _row_threads(self, kb):
+        """Threads for a batch of one row on the BLAS kernel (kb: steps per input block).
+
+        They share each step's products (without projection: the step, fl_pk_rowstep) and
+        wait for each other at its end: from _VECMAT_MIN_THREADED multiply-adds, never more
+        than the cores, one thread while backing off (see _UNIT_SPLIT_SLOW_SHARE)."""
+        H4, Ho = 4 * self._hidden_size, self.output_size
+        inputs = self._input_size if kb == 1 else 0
+        if self._proj_size is None:
+            large = H4 * (Ho + inputs)      # both products in one step
+        else:
+            large = max(H4 * Ho, H4 * inputs, self._hidden_size * Ho)
+        if large < _VECMAT_MIN_THREADED or time.monotonic() < _unit_split["until"]:
+            return 1
+        return min(_threads.resolve_n_threads(self.n_threads), _threads.usable_cores())
+
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""
         p = self._params
-        force = _FORCE_PATH
-        if self._proj_size is None and self._hidden_size <= _SMALL_MAX_H and (
-                force == "small" or force is None and N * T * 4 * self._hidden_size
-                * (self._input_size + self._hidden_size) <= _SMALL_MAX_WORK):
+        if self._uses_small(N, T):
             cache = cache or {}
             _forward.forward_small(
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
@@ -758,14 +778,7 @@ class LSTM(_Module):
         chunks = self._chunks_for(N)
         H4, Ho = 4 * self._hidden_size, self.output_size
         if N == 1:
-            # one row: the threads share the columns of its large products and wait for
-            # each other at the end of each (never more than the cores; one thread while
-            # backing off, see _UNIT_SPLIT_SLOW_SHARE)
-            large = max(H4 * Ho, H4 * self._input_size if kb == 1 else 0,
-                        self._hidden_size * Ho if self._proj_size else 0)
-            nt = (min(_threads.resolve_n_threads(self.n_threads), _threads.usable_cores())
-                  if large >= _VECMAT_MIN_THREADED
-                  and time.monotonic() >= _unit_split["until"] else 1)
+            nt = self._row_threads(kb)
         else:
             nt = _threads.resolve_n_threads(self.n_threads) if chunks > 1 else 1
         shared = N == 1 and nt > 1
@@ -880,6 +893,17 @@ class LSTM(_Module):
                                       self._cell_clip, LSTMState)
             if fast is not None:
                 return fast
+            if _FORCE_PATH is None and not self._uses_small(1, 1):
+                # one row of a larger cell: the BLAS kernel's one-row step, called directly
+                nt = self._row_threads(1)
+                fast = _forward.step_row(x, state, p["W"], p["U"], p["b"], p.get("peepholes"),
+                                         ACTIVATIONS[self._activation],
+                                         RECURRENT_ACTIVATIONS[self._recurrent_activation],
+                                         self._cell_clip, LSTMState, nt)
+                if fast is not None:
+                    if nt > 1:
+                        _unit_split_done(fast[2], 1)
+                    return fast[0], fast[1]
         x = _numeric_array(x, "x")
         if x.ndim != 2 or x.shape[1] != self._input_size:
             raise ValueError(

@@ -10,7 +10,9 @@ Per block of time steps: one gemm for the input projection ``G = X @ W``; then p
 recurrent gemm ``Z = h @ U`` and one fused pointwise pass per active row (bias, peepholes,
 gates, cell update, clip) writing straight into the state, the output and, when training,
 the cache.  With ``n_threads > 1`` each thread owns a block of batch rows for the whole call
-(no barrier per step) and the caller holds BLAS to one thread.
+(no barrier per step) and the caller holds BLAS to one thread.  A batch of one row without
+projection runs each step as one ``fl_pk_rowstep`` (src/fl_packed.h): both products in
+fastlstm's own loop and the cell update, shared by the threads, without BLAS.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
@@ -30,6 +32,8 @@ cdef extern from "fl_pointwise.h" nogil:
                            double *c, double *m, double *gates, double *c_raw) noexcept
     void fl_clip_inplacef(float *v, int n, float clip) noexcept
     void fl_clip_inplaced(double *v, int n, double clip) noexcept
+    int FL_ACT_TANH
+    int FL_REC_SIGMOID
 
 cdef extern from "fl_packed.h" nogil:
     ctypedef struct fl_pk_spin:
@@ -101,6 +105,15 @@ cdef extern from "fl_packed.h" nogil:
                       long long ldb, float *y, int accumulate, int nt) noexcept
     int fl_pk_vecmatd(int k, int n, const double *a, long long inca, const double *B,
                       long long ldb, double *y, int accumulate, int nt) noexcept
+    int FL_PK_HAS_ROWCELL
+    int fl_pk_rowstepf(int I, int H, const float *x, const float *W, float *zx,
+                       const float *h, const float *U, float *zh, const float *b,
+                       const float *peep, int use_clip, float clip, int cell, float *c,
+                       float *m, float *gates, float *c_raw, int nt) noexcept
+    int fl_pk_rowstepd(int I, int H, const double *x, const double *W, double *zx,
+                       const double *h, const double *U, double *zh, const double *b,
+                       const double *peep, int use_clip, double clip, int cell, double *c,
+                       double *m, double *gates, double *c_raw, int nt) noexcept
 
 import numpy as np
 cimport numpy as cnp
@@ -214,6 +227,27 @@ cdef inline void _product(const Config *s, int m, int n, int k, const floating *
         gemm(False, False, m, n, k, <floating> 1, a, lda, b, n, <floating> 0, c, n)
 
 
+cdef inline bint _row_step(const Config *s, const floating *x, const floating *W,
+                           floating *zx, const floating *h, const floating *U, floating *zh,
+                           const floating *b, const floating *peep, floating *c,
+                           floating *m, floating *gates, floating *c_raw) noexcept nogil:
+    """One step of a batch of one row without projection (fl_pk_rowstep): zh = h @ U and,
+    with x, zx = x @ W, on s.vec_threads threads sharing the units; for tanh / sigmoid the
+    cell update too (returns True), else the caller's _pointwise runs it.  m must not be h."""
+    cdef bint cell = (FL_PK_HAS_ROWCELL and s.act == FL_ACT_TANH
+                      and s.rec == FL_REC_SIGMOID)
+    cdef int slow
+    if floating is float:
+        slow = fl_pk_rowstepf(s.In, s.H, x, W, zx, h, U, zh, b, peep, s.use_cclip,
+                              <float> s.cclip, cell, c, m, gates, c_raw, s.vec_threads)
+    else:
+        slow = fl_pk_rowstepd(s.In, s.H, x, W, zx, h, U, zh, b, peep, s.use_cclip,
+                              s.cclip, cell, c, m, gates, c_raw, s.vec_threads)
+    if slow:
+        s.vec_slow[0] += slow
+    return cell
+
+
 cdef int _run_rows(const Config *s, int r0, int r1,
                    const floating *X, const floating *W, const floating *U,
                    const floating *b, const floating *peep, const floating *P,
@@ -239,6 +273,8 @@ cdef int _run_rows(const Config *s, int r0, int r1,
     cdef floating *mdst
     cdef floating *craw
     cdef floating *v
+    cdef const floating *xrow
+    cdef bint row1, fused_x
     cdef int n, k, k0, k1, kmax, t, ts = 0, te, nt, L, tsn
     cdef i64 gn = 0, gt = 0, row
 
@@ -258,13 +294,19 @@ cdef int _run_rows(const Config *s, int r0, int r1,
         if L > kmax:
             kmax = L
 
+    # one row without projection: each step is one fl_pk_rowstep, which computes the input
+    # product too when blocks are of one step
+    row1 = nr == 1 and P == NULL
+    fused_x = row1 and kb == 1
     k0 = 0
     while k0 < kmax:
         k1 = k0 + kb
         if k1 > kmax:
             k1 = kmax
         # ---- input projection for iterations [k0, k1) ----
-        if uniform:
+        if fused_x:
+            pass
+        elif uniform:
             if s.reverse:
                 ts = T - k1
                 te = T - k0
@@ -303,6 +345,37 @@ cdef int _run_rows(const Config *s, int r0, int r1,
                              W, G + <i64> (n - r0) * kb * H4)
         # ---- recurrence ----
         for k in range(k0, k1):
+            if row1:
+                n = r0
+                L = <int> lengths[n] if lengths != NULL else T
+                if k >= L:
+                    continue
+                t = L - 1 - k if s.reverse else k
+                row = n * rn + t * rt
+                if fused_x:
+                    xrow = X + row * I
+                    gx = G
+                elif uniform:
+                    xrow = NULL
+                    gx = G + (t - ts) * H4
+                else:
+                    xrow = NULL
+                    tsn = L - k1
+                    if tsn < 0:
+                        tsn = 0
+                    gx = G + (t - tsn) * H4
+                gates = cg + row * H4 if cg != NULL else NULL
+                craw = cc + row * H if cc != NULL else NULL
+                # m goes to Y first: the other threads still read h
+                if _row_step(s, xrow, W, gx, h + <i64> n * Ho, U, Z, b, peep, c + <i64> n * H,
+                             Y + row * Ho, gates, craw):
+                    memcpy(h + <i64> n * Ho, Y + row * Ho, Ho * sizeof(floating))
+                else:
+                    _pointwise(H, Z, gx, b, peep, s.use_cclip, s.cclip, s.act, s.rec,
+                               c + <i64> n * H, h + <i64> n * Ho,
+                               gates if gates != NULL else gtmp, craw)
+                    memcpy(Y + row * Ho, h + <i64> n * Ho, Ho * sizeof(floating))
+                continue
             _product(s, nr, H4, Ho, h + <i64> r0 * Ho, Ho, U, Z)
             for n in range(r0, r1):
                 L = <int> lengths[n] if lengths != NULL else T
@@ -789,3 +862,77 @@ def stack_small(cnp.ndarray X, list specs, state_type):
         inp = Y
         I = H
     return inp, tuple(states)
+
+
+cdef int _row_run(floating *dummy, int I, int H, const floating *px, const floating *pw,
+                  const floating *pu, const floating *pb, const floating *pp, object cell_clip,
+                  int act, int rec, floating *pc, floating *ph, floating *py,
+                  int n_threads) except -1:
+    """One step of one row without projection, as ``forward`` runs it (kb = 1)."""
+    cdef Config s
+    cdef int status, vec_slow = 0
+    memset(&s, 0, sizeof(s))
+    s.N = 1
+    s.T = 1
+    s.In = I
+    s.H = H
+    s.Ho = H
+    s.rn = 1
+    s.rt = 1
+    s.kb = 1
+    s.act = act
+    s.rec = rec
+    s.use_cclip = cell_clip is not None
+    s.cclip = cell_clip if cell_clip is not None else 0.0
+    s.vec_threads = n_threads
+    s.vec_slow = &vec_slow
+    with nogil:
+        status = _run_rows(&s, 0, 1, px, pw, pu, pb, pp, NULL, pc, ph, py, NULL, NULL, NULL,
+                           NULL, NULL)
+    if status != 0:
+        raise MemoryError("fastlstm: could not allocate the kernel workspace")
+    return vec_slow
+
+
+def step_row(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_type,
+             int n_threads):
+    """One step of a batch of one row for a layer without projection, on the BLAS kernel's
+    path (what ``forward`` computes for N = T = 1, the same bits), when ``x`` and ``state``
+    are plain C-contiguous arrays of the layer's dtype and shape, and ``state`` None or a
+    2-tuple.  Returns ``(out, state_type(c, h), slow)`` (slow: as ``forward`` returns), or
+    None for anything else (the caller then runs its full checks)."""
+    cdef cnp.ndarray bb = b
+    cdef int tn = cnp.PyArray_TYPE(bb)
+    cdef int H = <int> cnp.PyArray_DIM(bb, 0) // 4
+    cdef int I = <int> cnp.PyArray_DIM(<cnp.ndarray> W, 0)
+    cdef int slow
+    cdef cnp.npy_intp dims[2]
+    if not _plain(x, 2, 1, I, tn):
+        return None
+    dims[0] = 1
+    dims[1] = H
+    if state is None:
+        c = cnp.PyArray_ZEROS(2, dims, tn, 0)
+        h = cnp.PyArray_ZEROS(2, dims, tn, 0)
+    else:
+        if not isinstance(state, tuple) or PyTuple_GET_SIZE(state) != 2:
+            return None
+        c0 = (<tuple> state)[0]
+        h0 = (<tuple> state)[1]
+        if not (_plain(c0, 2, 1, H, tn) and _plain(h0, 2, 1, H, tn)):
+            return None
+        c = cnp.PyArray_NewCopy(<cnp.ndarray> c0, cnp.NPY_CORDER)
+        h = cnp.PyArray_NewCopy(<cnp.ndarray> h0, cnp.NPY_CORDER)
+    out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+    if tn == cnp.NPY_FLOAT32:
+        slow = _row_run(<float *> NULL, I, H, <float *> _data(x), <float *> _data(W),
+                        <float *> _data(U), <float *> _data(b), <float *> _data(peepholes),
+                        cell_clip, act, rec, <float *> _data(c), <float *> _data(h),
+                        <float *> _data(out), n_threads)
+    else:
+        slow = _row_run(<double *> NULL, I, H, <double *> _data(x), <double *> _data(W),
+                        <double *> _data(U), <double *> _data(b),
+                        <double *> _data(peepholes), cell_clip, act, rec,
+                        <double *> _data(c), <double *> _data(h), <double *> _data(out),
+                        n_threads)
+    return out, tuple.__new__(state_type, (c, h)), slow

@@ -629,6 +629,7 @@ fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,       
 }
 FL_PK_FOR_ISAS(FL_PK_VECMAT)
 
+
 /* Products this large (multiply-adds) share their columns among the threads asked for */
 #define FL_PK_VECMAT_MIN_THREADED (1 << 18)
 /* A wait at the end of a product counts as slow after ~0.5 ms of polls, not ~50 us as a
@@ -935,6 +936,85 @@ FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T 
 FL_PK_BWD_DISPATCH(float, f)
 FL_PK_BWD_DISPATCH(double, d)
 
+/* Cell update of one row for hidden units [u0, u1) (tanh / sigmoid), the gate blocks
+ * (i, f, g, o) H apart: pre-activations zh + zx + b (+ peepholes), as fl_pointwise_fwd
+ * computes them, then what it computes from them, on vectors: c (in: c_{t-1}, out: c_t,
+ * clipped), m (out), gates (out, activated; NULL: not kept), c_raw (out, or NULL).  A last
+ * partial vector (u1 = H) goes through zero-padded copies, so that every unit is computed
+ * by the same vector code whatever range it falls in. */
+#define FL_PK_ROWCELL(T, SUF, NU, V, ISA, ATTR)                                            \
+ATTR FL_PK_MAYBE_UNUSED static void                                                        \
+fl_pk_rowcell##SUF##_##ISA(int H, int u0, int u1, const T *zh, const T *zx, const T *b,   \
+                           const T *peep, int use_clip, T clip, T *c, T *m, T *gates,      \
+                           T *c_raw)                                                       \
+{                                                                                          \
+    enum { VL = sizeof(V) / sizeof(T) };                                                   \
+    int u, q, n;                                                                           \
+    for (u = u0; u < u1; u += VL) {                                                        \
+        T buf[20][VL];   /* a partial vector: inputs 0..15, outputs 0..6 reused */         \
+        V z[4], pv[3], c0, cn, gv[4], mv;                                                  \
+        n = u1 - u < VL ? u1 - u : VL;                                                     \
+        if (n == VL) {                                                                     \
+            for (q = 0; q < 4; q++)                                                        \
+                z[q] = FL_PK_VLD(V, zh + q * H + u) + FL_PK_VLD(V, zx + q * H + u)         \
+                       + FL_PK_VLD(V, b + q * H + u);                                      \
+            c0 = FL_PK_VLD(V, c + u);                                                      \
+            if (peep)                                                                      \
+                for (q = 0; q < 3; q++) pv[q] = FL_PK_VLD(V, peep + q * H + u);            \
+        } else {                                                                           \
+            memset(buf, 0, sizeof(buf));                                                  \
+            for (q = 0; q < 4; q++) {                                                      \
+                memcpy(buf[q], zh + q * H + u, (size_t) n * sizeof(T));                    \
+                memcpy(buf[4 + q], zx + q * H + u, (size_t) n * sizeof(T));                \
+                memcpy(buf[8 + q], b + q * H + u, (size_t) n * sizeof(T));                 \
+            }                                                                              \
+            memcpy(buf[12], c + u, (size_t) n * sizeof(T));                                \
+            if (peep)                                                                      \
+                for (q = 0; q < 3; q++)                                                    \
+                    memcpy(buf[13 + q], peep + q * H + u, (size_t) n * sizeof(T));         \
+            for (q = 0; q < 4; q++)                                                        \
+                z[q] = FL_PK_VLD(V, buf[q]) + FL_PK_VLD(V, buf[4 + q])                     \
+                       + FL_PK_VLD(V, buf[8 + q]);                                         \
+            c0 = FL_PK_VLD(V, buf[12]);                                                    \
+            for (q = 0; q < 3; q++) pv[q] = FL_PK_VLD(V, buf[13 + q]);                     \
+        }                                                                                  \
+        if (peep) {                                                                        \
+            z[0] += pv[0] * c0;                                                            \
+            z[1] += pv[1] * c0;                                                            \
+        }                                                                                  \
+        gv[0] = fl_pk_sigm##SUF##_##ISA(z[0]);                                             \
+        gv[1] = fl_pk_sigm##SUF##_##ISA(z[1]);                                             \
+        gv[2] = fl_pk_tanhv##SUF##_##ISA(z[2]);                                            \
+        cn = gv[1] * c0 + gv[0] * gv[2];                                                   \
+        if (c_raw) {                                                                       \
+            if (n == VL) FL_PK_VST(c_raw + u, cn);                                         \
+            else { FL_PK_VST(buf[16], cn); memcpy(c_raw + u, buf[16], (size_t) n * sizeof(T)); } \
+        }                                                                                  \
+        if (use_clip) cn = fl_pk_clip##SUF##_##ISA(cn, clip);                              \
+        if (peep) z[3] += pv[2] * cn;                                                      \
+        gv[3] = fl_pk_sigm##SUF##_##ISA(z[3]);                                             \
+        mv = fl_pk_tanhv##SUF##_##ISA(cn) * gv[3];                                         \
+        if (n == VL) {                                                                     \
+            FL_PK_VST(c + u, cn);                                                          \
+            FL_PK_VST(m + u, mv);                                                          \
+            if (gates)                                                                     \
+                for (q = 0; q < 4; q++) FL_PK_VST(gates + q * H + u, gv[q]);               \
+        } else {                                                                           \
+            FL_PK_VST(buf[16], cn);                                                        \
+            memcpy(c + u, buf[16], (size_t) n * sizeof(T));                                \
+            FL_PK_VST(buf[17], mv);                                                        \
+            memcpy(m + u, buf[17], (size_t) n * sizeof(T));                                \
+            if (gates)                                                                     \
+                for (q = 0; q < 4; q++) {                                                  \
+                    FL_PK_VST(buf[q], gv[q]);                                              \
+                    memcpy(gates + q * H + u, buf[q], (size_t) n * sizeof(T));             \
+                }                                                                          \
+        }                                                                                  \
+    }                                                                                      \
+}
+FL_PK_FOR_ISAS(FL_PK_ROWCELL)
+#define FL_PK_HAS_ROWCELL 1
+
 #else  /* no vector extensions: the same on scalars */
 #define FL_PK_CELL(T, SUF, NU)                                                             \
 static void fl_pk_cell_fast##SUF##_base(const T *z, const T *bp, const T *cp, int use_peep, \
@@ -981,7 +1061,84 @@ FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T 
 }
 FL_PK_BWD_STUB(float, f)
 FL_PK_BWD_STUB(double, d)
+#define FL_PK_HAS_ROWCELL 0
+#define FL_PK_ROWCELL_STUB(T, SUF)                                                         \
+FL_PK_MAYBE_UNUSED static void fl_pk_rowcell##SUF##_base(int H, int u0, int u1, const T *zh, \
+                                                         const T *zx, const T *b,          \
+                                                         const T *peep, int use_clip,      \
+                                                         T clip, T *c, T *m, T *gates,     \
+                                                         T *c_raw)                         \
+{                                                                                          \
+    (void) H; (void) u0; (void) u1; (void) zh; (void) zx; (void) b; (void) peep;           \
+    (void) use_clip; (void) clip; (void) c; (void) m; (void) gates; (void) c_raw;          \
+}
+FL_PK_ROWCELL_STUB(float, f)
+FL_PK_ROWCELL_STUB(double, d)
 #endif
+
+/* ---- one step of one row, shared by threads ----------------------------------------
+ * For a batch of one row without projection: zh = h @ U (4H) and, when x is given,
+ * zx = x @ W (else zx holds x_t @ W already), then with `cell` (tanh and sigmoid, and the
+ * vector cell update compiled in) the cell update of fl_pk_rowcell, writing c, m, and the
+ * optional gates / c_raw as fl_pointwise_fwd does; without it the caller runs
+ * fl_pointwise_fwd on zh and zx.  On nt threads (from FL_PK_VECMAT_MIN_THREADED multiply-
+ * adds, outside a parallel region): each computes the columns of a range of the 4H cut at
+ * multiples of 16 (contiguous pieces of the weights' rows, as fl_pk_vecmat), all wait, then
+ * each updates the units of a range of the H cut likewise, and all wait again.  Each
+ * product column is fl_pk_vecmat's single chain and each unit the same vector code, so the
+ * bits do not depend on nt.  m must not alias h.  Returns the number of waits for a
+ * partner that was not running, as fl_pk_vecmat. */
+#define FL_PK_ROWSTEP_PART(SUF, ISA, c0, c1, u0, u1, WAIT)                                 \
+    do {                                                                                   \
+        if (x) fl_pk_vecmat##SUF##_##ISA(I, c0, c1, x, 1, W, 4 * (fl_i64) H, zx, 0);       \
+        fl_pk_vecmat##SUF##_##ISA(H, c0, c1, h, 1, U, 4 * (fl_i64) H, zh, 0);              \
+        WAIT;                                                                              \
+        if (cell) fl_pk_rowcell##SUF##_##ISA(H, u0, u1, zh, zx, b, peep, use_clip, clip, c, \
+                                             m, gates, c_raw);                             \
+    } while (0)
+#if FL_PK_X86
+#define FL_PK_ROWSTEP_ANY(SUF, c0, c1, u0, u1, WAIT)                                       \
+    do {                                                                                   \
+        if (avx2) FL_PK_ROWSTEP_PART(SUF, avx2, c0, c1, u0, u1, WAIT);                     \
+        else FL_PK_ROWSTEP_PART(SUF, base, c0, c1, u0, u1, WAIT);                          \
+    } while (0)
+#else
+#define FL_PK_ROWSTEP_ANY(SUF, c0, c1, u0, u1, WAIT)                                       \
+    FL_PK_ROWSTEP_PART(SUF, base, c0, c1, u0, u1, WAIT)
+#endif
+#define FL_PK_ROWSTEP(T, SUF)                                                              \
+FL_PK_MAYBE_UNUSED static int fl_pk_rowstep##SUF(int I, int H, const T *x, const T *W,    \
+                                                 T *zx, const T *h, const T *U, T *zh,     \
+                                                 const T *b, const T *peep, int use_clip,  \
+                                                 T clip, int cell, T *c, T *m, T *gates,   \
+                                                 T *c_raw, int nt)                         \
+{                                                                                          \
+    const int avx2 = FL_PK_X86 && fl_pk_get_isa() == 1;                                    \
+    const fl_i64 work = 4 * (fl_i64) H * ((x ? I : 0) + (fl_i64) H);                       \
+    fl_pk_spin spin;                                                                       \
+    cell = cell && FL_PK_HAS_ROWCELL;                                                      \
+    if (nt > H / 16) nt = H / 16;                                                          \
+    if (nt <= 1 || work < FL_PK_VECMAT_MIN_THREADED || fl_pk_in_parallel()) {              \
+        FL_PK_ROWSTEP_ANY(SUF, 0, 4 * H, 0, H, (void) 0);                                  \
+        return 0;                                                                          \
+    }                                                                                      \
+    memset(&spin, 0, sizeof(spin));                                                        \
+    _Pragma("omp parallel num_threads(nt)")                                                \
+    {                                                                                      \
+        const int t = fl_pk_team_id(), mt = fl_pk_team_size();                             \
+        const int c0 = (int) ((4 * (fl_i64) H * t / mt) / 16 * 16);                        \
+        const int c1 = t + 1 == mt ? 4 * H : (int) ((4 * (fl_i64) H * (t + 1) / mt) / 16 * 16); \
+        const int u0 = (int) (((fl_i64) H * t / mt) / 16 * 16);                            \
+        const int u1 = t + 1 == mt ? H : (int) (((fl_i64) H * (t + 1) / mt) / 16 * 16);    \
+        FL_PK_ROWSTEP_ANY(SUF, c0, c1, u0, u1,                                             \
+                          if (mt > 1 && cell)                                              \
+                              fl_pk_spin_wait_polls(&spin, mt, FL_PK_VECMAT_POLLS));       \
+        if (mt > 1) fl_pk_spin_wait_polls(&spin, mt, FL_PK_VECMAT_POLLS);                 \
+    }                                                                                      \
+    return spin.slow;                                                                      \
+}
+FL_PK_ROWSTEP(float, f)
+FL_PK_ROWSTEP(double, d)
 
 /* ---- one thread's share of the whole sequence ---------------------------------------
  *

@@ -263,6 +263,86 @@ def test_one_row_one_step_runs_matrix_vector_products(dtype):
         np.testing.assert_array_equal(Y[:, 0], out)
 
 
+ROW_OPTIONS = OPTIONS + [{"cell_clip": 0.3}, {"peepholes": True},
+                         {"activation": "linear"}]
+
+
+@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("opts", ROW_OPTIONS, ids=lambda o: ",".join(o) or "default")
+def test_one_row_step_shared_by_threads(force, isa, dtype, opts):
+    """The BLAS kernel's step of one row (fl_pk_rowstep: both products and, for tanh /
+    sigmoid, the vector cell update, the threads sharing the units) against the NumPy
+    reference; any thread count gives the same bits, and step() those of a call on one
+    step.  H = 203: a partial last vector of units (8 floats, 4 doubles), and unit ranges
+    cut at multiples of 16; 4H (I + H) above the threads' threshold."""
+    _forward.packed_isa(isa)
+    rng = np.random.default_rng(len(opts) * 7 + isa)
+    I, H = 300, 203
+    assert 4 * H * (I + H) >= layers._VECMAT_MIN_THREADED
+    layer = _layer(I, H, dtype, 3, **opts)
+    p = layer.params
+    x = rng.standard_normal((1, I)).astype(dtype)
+    state = (rng.standard_normal((1, H)).astype(dtype),
+             rng.standard_normal((1, H)).astype(dtype))
+    Yr, (cr, hr) = ref.lstm_forward(x[:, None], p, initial_state=state, **_options(layer))
+    out, new = layer.step(x, state)
+    np.testing.assert_allclose(out, Yr[:, 0], rtol=0, atol=TOL[dtype])
+    np.testing.assert_allclose(new.c, cr, rtol=0, atol=TOL[dtype])
+    assert np.array_equal(new.h, out)
+    Y, st = layer(x[:, None], state)
+    assert np.array_equal(Y[:, 0], out) and np.array_equal(st.c, new.c)
+    act = layers.ACTIVATIONS[layer.activation]
+    rec = layers.RECURRENT_ACTIVATIONS[layer.recurrent_activation]
+    for nt in (1, 2, 3, 5):
+        got = _forward.step_row(x, state, p["W"], p["U"], p["b"], p.get("peepholes"), act,
+                                rec, layer.cell_clip, layers.LSTMState, nt)
+        assert np.array_equal(got[0], out) and np.array_equal(got[1].c, new.c)
+    assert np.array_equal(state[0], state[0].copy())   # (the caller's state is not written)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
+    """A batch of one row through the BLAS kernel: input products in blocks of steps
+    (then each step's product of h), or computed within each step (blocks of one step),
+    with lengths, reverse and time-major input; and the training cache it writes gives
+    the reference gradients."""
+    force("blas")
+    rng = np.random.default_rng(5)
+    T, I, H = 6, 70, 45
+    X = rng.standard_normal((1, T, I)).astype(dtype)
+    for block in (1 << 22, 4 * H):          # many steps per block, one
+        monkeypatch.setattr(layers, "_WORKSPACE_ELEMENTS", block)
+        for k, opts in enumerate(ROW_OPTIONS):
+            layer = _layer(I, H, dtype, k, n_threads=2, **opts)
+            s0 = (rng.standard_normal((1, H)).astype(dtype),
+                  rng.standard_normal((1, H)).astype(dtype))
+            for lengths in (None, [4], [0]):
+                for reverse in (False, True):
+                    Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
+                                                    lengths=lengths, reverse=reverse,
+                                                    **_options(layer))
+                    Y, st = layer(X, initial_state=s0, lengths=lengths, reverse=reverse)
+                    np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+                    np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+                    Yt, _ = layer(X.transpose(1, 0, 2), initial_state=s0, lengths=lengths,
+                                  reverse=reverse, time_major=True)
+                    assert np.array_equal(Yt.transpose(1, 0, 2), Y)
+        layer = _layer(I, H, np.float64, 9, peepholes=True, cell_clip=0.5)
+        dY = rng.standard_normal((1, T, H))
+        Xd = X.astype(np.float64)
+        for lengths in (None, [4]):
+            layer.zero_grad()
+            Y, st, cache = layer.forward(Xd, lengths=lengths)
+            dX, _ = layer.backward(dY, cache)
+            want = ref.lstm_backward(dY, Xd, layer.params, lengths=lengths,
+                                     **_options(layer))
+            np.testing.assert_allclose(dX, want["X"], rtol=1e-9, atol=1e-11)
+            for name in ("W", "U", "b", "peepholes"):
+                np.testing.assert_allclose(layer.grads[name], want[name], rtol=1e-9,
+                                           atol=1e-11)
+
+
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 def test_packed_training_cache_gives_reference_gradients(force, path):
     force(path)
@@ -443,14 +523,19 @@ def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
     # the plan: threads only for products of 256 Ki multiply-adds and more, at most the
     # usable cores, and none while backing off
     seen = []
-    real = layers._forward.forward
+    real, real_row = layers._forward.forward, layers._forward.step_row
 
     def spy(*args):
         seen.append(args[20])           # n_threads
         return real(*args)
 
+    def spy_row(*args):
+        seen.append(args[-1])           # n_threads (step() of one row)
+        return real_row(*args)
+
     now = [1000.0]
     monkeypatch.setattr(layers._forward, "forward", spy)
+    monkeypatch.setattr(layers._forward, "step_row", spy_row)
     monkeypatch.setattr(layers.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
     monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 8)
