@@ -21,7 +21,8 @@ from libc.string cimport memcpy, memset
 from libc.math cimport fabs, INFINITY
 
 from _blas cimport gemm
-from _omp cimport fl_omp_bound_places, fl_omp_enabled, fl_omp_max_threads
+from _omp cimport (fl_affinity_count, fl_omp_bound_places, fl_omp_enabled,
+                  fl_omp_max_threads)
 
 cdef extern from "fl_pointwise.h" nogil:
     void fl_pointwise_fwdf(int H, const float *z, const float *gx, const float *b,
@@ -183,6 +184,12 @@ def openmp_enabled():
 
 def omp_max_threads():
     return fl_omp_max_threads()
+
+
+def affinity_count():
+    """CPUs in the calling thread's affinity mask, or 0 when unknown (not Linux, or more
+    CPUs than a cpu_set_t holds)."""
+    return fl_affinity_count()
 
 
 def omp_bound_places():

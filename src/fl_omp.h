@@ -22,4 +22,19 @@ static inline int fl_omp_thread_num(void) { return 0; }
 static inline int fl_omp_max_threads(void) { return 1; }
 static inline int fl_omp_bound_places(void) { return 0; }
 #endif
+/* CPUs in this thread's affinity mask (Linux), or 0 when unknown: the caller then asks
+ * the OS another way (a mask over 1024 CPUs does not fit cpu_set_t) */
+#if defined(__linux__)
+#include <sched.h>
+#endif
+static inline int fl_affinity_count(void)
+{
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
+    return CPU_COUNT(&set);
+#else
+    return 0;
+#endif
+}
 #endif

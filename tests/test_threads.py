@@ -353,6 +353,31 @@ def test_omp_proc_bind_keeps_every_core(tmp_path):
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_usable_cores_follow_the_affinity_mask():
+    """usable_cores counts the CPUs of the calling thread's affinity mask, as
+    os.sched_getaffinity does, also after the mask changes (read at each call)."""
+    from fastlstm import _forward
+
+    assert _threads.usable_cores() == max(len(os.sched_getaffinity(0)),
+                                          _forward.omp_bound_places())
+    cpus = sorted(os.sched_getaffinity(0))
+    code = textwrap.dedent(f"""
+        import os
+        from fastlstm import _forward, _threads
+        before = _threads.usable_cores()
+        os.sched_setaffinity(0, {{{cpus[0]}}})
+        print(before, _forward.affinity_count(), _threads.usable_cores(),
+              _threads.get_n_threads())
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    env.pop("FASTLSTM_N_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [int(v) for v in proc.stdout.split()] == [len(cpus), 1, 1, 1]
+
+
 def _openblas_pthreads():
     return any(i["internal_api"] == "openblas" and i.get("threading_layer") == "pthreads"
                for i in _threads.controller().info())
