@@ -737,16 +737,22 @@ class LSTM(_Module):
 
         They share each step's products (without projection: the step, fl_pk_rowstep) and
         wait for each other at its end: from _VECMAT_MIN_THREADED multiply-adds, never more
-        than the cores, one thread while backing off (see _UNIT_SPLIT_SLOW_SHARE)."""
+        than the cores, one thread while backing off (see _UNIT_SPLIT_SLOW_SHARE).  As the
+        kernels do, at most one thread per 16 of the 4H gate columns (fl_pk_rowstep) and
+        none for products of fewer than 32 columns (fl_pk_vecmat)."""
         H4, Ho = 4 * self._hidden_size, self.output_size
         inputs = self._input_size if kb == 1 else 0
         if self._proj_size is None:
             large = H4 * (Ho + inputs)      # both products in one step
+            cap = H4 // 16
         else:
-            large = max(H4 * Ho, H4 * inputs, self._hidden_size * Ho)
-        if large < _VECMAT_MIN_THREADED or time.monotonic() < _unit_split["until"]:
+            large = max(H4 * Ho if H4 >= 32 else 0, H4 * inputs if H4 >= 32 else 0,
+                        self._hidden_size * Ho if Ho >= 32 else 0)
+            cap = _threads._MAX_THREADS
+        if (large < _VECMAT_MIN_THREADED or cap < 2
+                or time.monotonic() < _unit_split["until"]):
             return 1
-        return min(_threads.resolve_n_threads(self.n_threads), _threads.usable_cores())
+        return min(_threads.resolve_n_threads(self.n_threads), _threads.usable_cores(), cap)
 
     def _kernel(self, X2, N, T, time_major, c, h, Y2, lengths, reverse, cache=None):
         """Call the forward kernel on validated arrays (state c, h updated in place)."""

@@ -1082,9 +1082,10 @@ FL_PK_ROWCELL_STUB(double, d)
  * vector cell update compiled in) the cell update of fl_pk_rowcell, writing c, m, and the
  * optional gates / c_raw as fl_pointwise_fwd does; without it the caller runs
  * fl_pointwise_fwd on zh and zx.  On nt threads (from FL_PK_VECMAT_MIN_THREADED multiply-
- * adds, outside a parallel region): each computes the columns of a range of the 4H cut at
- * multiples of 16 (contiguous pieces of the weights' rows, as fl_pk_vecmat), all wait, then
- * each updates the units of a range of the H cut likewise, and all wait again.  Each
+ * adds, outside a parallel region, at most 4H / 16): each computes the columns of a range
+ * of the 4H cut at multiples of 16 (contiguous pieces of the weights' rows, as
+ * fl_pk_vecmat), all wait, then each updates the units of a range of the H cut likewise
+ * (empty for some threads when H < 16 nt), and all wait again.  Each
  * product column is fl_pk_vecmat's single chain and each unit the same vector code, so the
  * bits do not depend on nt.  m must not alias h.  Returns the number of waits for a
  * partner that was not running, as fl_pk_vecmat. */
@@ -1117,7 +1118,7 @@ FL_PK_MAYBE_UNUSED static int fl_pk_rowstep##SUF(int I, int H, const T *x, const
     const fl_i64 work = 4 * (fl_i64) H * ((x ? I : 0) + (fl_i64) H);                       \
     fl_pk_spin spin;                                                                       \
     cell = cell && FL_PK_HAS_ROWCELL;                                                      \
-    if (nt > H / 16) nt = H / 16;                                                          \
+    if (nt > 4 * H / 16) nt = 4 * H / 16;   /* units: a thread may have none */            \
     if (nt <= 1 || work < FL_PK_VECMAT_MIN_THREADED || fl_pk_in_parallel()) {              \
         FL_PK_ROWSTEP_ANY(SUF, 0, 4 * H, 0, H, (void) 0);                                  \
         return 0;                                                                          \

@@ -10,6 +10,8 @@ by the packed kernel gives the reference gradients, and the peak memory of a lon
 sequence does not grow with T beyond the output itself.
 """
 
+import io
+import itertools
 import os
 import subprocess
 import sys
@@ -310,14 +312,16 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
     force("blas")
     rng = np.random.default_rng(5)
     T, I, H = 6, 70, 45
-    X = rng.standard_normal((1, T, I)).astype(dtype)
-    for block in (1 << 22, 4 * H):          # many steps per block, one
-        monkeypatch.setattr(layers, "_WORKSPACE_ELEMENTS", block)
+    # (H = 260: 4H H multiply-adds a step, threads share every step)
+    for (T, I, H), block in itertools.product([(6, 70, 45), (4, 40, 260)], (1 << 22, 1)):
+        X = rng.standard_normal((1, T, I)).astype(dtype)
+        monkeypatch.setattr(layers, "_WORKSPACE_ELEMENTS", block)   # many steps a block, one
         for k, opts in enumerate(ROW_OPTIONS):
             layer = _layer(I, H, dtype, k, n_threads=2, **opts)
+            serial = _layer(I, H, dtype, k, n_threads=1, **opts)
             s0 = (rng.standard_normal((1, H)).astype(dtype),
                   rng.standard_normal((1, H)).astype(dtype))
-            for lengths in (None, [4], [0]):
+            for lengths in (None, [T - 2], [0]):
                 for reverse in (False, True):
                     Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
                                                     lengths=lengths, reverse=reverse,
@@ -328,10 +332,12 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
                     Yt, _ = layer(X.transpose(1, 0, 2), initial_state=s0, lengths=lengths,
                                   reverse=reverse, time_major=True)
                     assert np.array_equal(Yt.transpose(1, 0, 2), Y)
+                    Y1, st1 = serial(X, initial_state=s0, lengths=lengths, reverse=reverse)
+                    assert np.array_equal(Y1, Y) and np.array_equal(st1.c, st.c)
         layer = _layer(I, H, np.float64, 9, peepholes=True, cell_clip=0.5)
         dY = rng.standard_normal((1, T, H))
         Xd = X.astype(np.float64)
-        for lengths in (None, [4]):
+        for lengths in (None, [T - 2]):
             layer.zero_grad()
             Y, st, cache = layer.forward(Xd, lengths=lengths)
             dX, _ = layer.backward(dY, cache)
@@ -341,6 +347,47 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
             for name in ("W", "U", "b", "peepholes"):
                 np.testing.assert_allclose(layer.grads[name], want[name], rtol=1e-9,
                                            atol=1e-11)
+
+
+_ROW_THREADS_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fastlstm as fl
+    from fastlstm import _threads
+
+    def os_threads():
+        with open("/proc/self/status") as f:
+            return next(int(v.split()[1]) for v in f if v.startswith("Threads:"))
+
+    I, H, proj = (int(v) for v in sys.argv[1:])
+    layer = fl.LSTM(I, H, proj_size=proj or None, n_threads=2, random_state=0)
+    planned = layer._row_threads(1)
+    x = np.ones((1, I), np.float32)
+    before = os_threads()
+    layer.step(x)
+    print(planned, os_threads() - before, int(_threads._state["omp_used"]))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("I, H, proj", [(3300, 20, 0), (13200, 5, 0), (3300, 260, 0),
+                                        (13000, 20, 20), (13000, 5, 16)])
+def test_one_row_thread_plan_is_what_the_kernel_runs(I, H, proj):
+    """The threads the layer plans for a step of one row (and marks the process with, for
+    fork safety) are the threads the kernel starts: none when the gate columns are too few
+    to share (4H < 32, or with projection products of fewer than 32 columns), although the
+    multiply-adds pass the threshold."""
+    if not fl.show_config(file=io.StringIO())["openmp"] or \
+            layers._threads.usable_cores() < 2:
+        pytest.skip("needs OpenMP and two usable cores")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    env.pop("FASTLSTM_N_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", _ROW_THREADS_CHILD, str(I), str(H),
+                           str(proj)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    planned, started, marked = (int(v) for v in proc.stdout.split())
+    assert planned == (1 if H < 8 else 2)
+    assert started == planned - 1 and marked == (planned > 1)
 
 
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
