@@ -875,7 +875,8 @@ cdef int _row_run(floating *dummy, int I, int H, const floating *px, const float
                   const floating *pu, const floating *pb, const floating *pp, object cell_clip,
                   int act, int rec, floating *pc, floating *ph, floating *py,
                   int n_threads) except -1:
-    """One step of one row without projection, as ``forward`` runs it (kb = 1)."""
+    """One step of one row without projection, as ``forward`` runs it (kb = 1); ``dummy``
+    (NULL) only selects the floating type."""
     cdef Config s
     cdef int status, vec_slow = 0
     memset(&s, 0, sizeof(s))
