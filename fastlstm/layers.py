@@ -1205,6 +1205,20 @@ class MultiLSTM(_Module):
             states.append(s)
         return inp, tuple(states)
 
+    def _small_specs(self):
+        """Per layer (W, U, b, peepholes, act, rec, cell_clip) when every layer is a plain
+        LSTM (no projection, not reversed) small enough for the small kernel, else None."""
+        specs = []
+        for layer in self.layers:
+            if (type(layer) is not LSTM or layer._proj_size is not None or layer.reverse
+                    or layer._hidden_size > _SMALL_MAX_H):
+                return None
+            p = layer._params
+            specs.append((p["W"], p["U"], p["b"], p.get("peepholes"),
+                          ACTIVATIONS[layer._activation],
+                          RECURRENT_ACTIVATIONS[layer._recurrent_activation], layer._cell_clip))
+        return specs
+
     def _small_call(self, X):
         """A small, ready-made call without state or lengths through plain layers, straight
         to the small kernel (what ``__call__`` would run, without its general checks), or
@@ -1212,21 +1226,21 @@ class MultiLSTM(_Module):
         N, T = X.shape[0], X.shape[1]
         if N == 0 or T == 0:
             return None
-        specs = []
-        for layer in self.layers:
-            if (type(layer) is not LSTM or layer._proj_size is not None or layer.reverse
-                    or layer._hidden_size > _SMALL_MAX_H
-                    or N * T * 4 * layer._hidden_size * (layer._input_size + layer._hidden_size)
-                    > _SMALL_MAX_WORK):
-                return None
-            p = layer._params
-            specs.append((p["W"], p["U"], p["b"], p.get("peepholes"),
-                          ACTIVATIONS[layer._activation],
-                          RECURRENT_ACTIVATIONS[layer._recurrent_activation], layer._cell_clip))
+        specs = self._small_specs()
+        if specs is None or any(
+                N * T * 4 * layer._hidden_size * (layer._input_size + layer._hidden_size)
+                > _SMALL_MAX_WORK for layer in self.layers):
+            return None
         return _forward.stack_small(X, specs, LSTMState)
 
     def step(self, x, state=None):
         """One time step through every layer: x (N, I) -> top output, tuple of states."""
+        # plain arrays through small plain layers: one compiled call, what the layers' own
+        # steps compute (the same bits)
+        specs = self._small_specs()
+        fast = None if specs is None else _forward.stack_step(x, state, specs, LSTMState)
+        if fast is not None:
+            return fast
         for k, layer in enumerate(self.layers):
             if isinstance(layer, Bidirectional):
                 raise TypeError(f"layers[{k}] is Bidirectional, which cannot run one step at a "

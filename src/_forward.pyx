@@ -871,6 +871,62 @@ def stack_small(cnp.ndarray X, list specs, state_type):
     return inp, tuple(states)
 
 
+def stack_step(x, state, list specs, state_type):
+    """One step through a stack of plain layers whose steps all run on the small kernel
+    (as ``step_fast`` runs them, the same bits), in one call: what ``MultiLSTM.step`` runs
+    for the common case.  ``x``: (N, I); ``state``: None or a tuple of one (c, h) 2-tuple
+    per layer; specs as for ``stack_small``.  Returns the top output and the tuple of
+    ``state_type(c, h)``, or None when anything is not plain arrays of the layers' dtype
+    and shapes, N is 0, or a layer's step is too big for the small kernel (the caller then
+    runs its full checks)."""
+    cdef int tn, H, I, k
+    cdef Py_ssize_t N
+    cdef cnp.npy_intp dims[2]
+    cdef tuple spec
+    cdef object inp = x, c, h, out = None
+    cdef list states = []
+    if not specs or not cnp.PyArray_CheckExact(x) or cnp.PyArray_NDIM(<cnp.ndarray> x) != 2:
+        return None
+    tn = cnp.PyArray_TYPE(<cnp.ndarray> specs[0][2])
+    N = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
+    if N <= 0 or (state is not None and not (isinstance(state, tuple)
+                                             and PyTuple_GET_SIZE(state) == len(specs))):
+        return None
+    I = <int> cnp.PyArray_DIM(<cnp.ndarray> specs[0][0], 0)
+    if not _plain(x, 2, N, I, tn):
+        return None
+    for k, spec in enumerate(specs):       # every check before any step runs
+        H = <int> cnp.PyArray_DIM(<cnp.ndarray> spec[2], 0) // 4
+        if H > FL_SMALL_MAX_H or N * 4 * H * (I + H) > _STEP_FAST_MAX_WORK:
+            return None
+        if state is not None:
+            pair = (<tuple> state)[k]
+            if not (isinstance(pair, tuple) and PyTuple_GET_SIZE(pair) == 2
+                    and _plain((<tuple> pair)[0], 2, N, H, tn)
+                    and _plain((<tuple> pair)[1], 2, N, H, tn)):
+                return None
+        I = H
+    I = <int> cnp.PyArray_DIM(<cnp.ndarray> specs[0][0], 0)
+    dims[0] = N
+    for k, spec in enumerate(specs):
+        H = <int> cnp.PyArray_DIM(<cnp.ndarray> spec[2], 0) // 4
+        dims[1] = H
+        if state is None:
+            c = cnp.PyArray_ZEROS(2, dims, tn, 0)
+            h = cnp.PyArray_ZEROS(2, dims, tn, 0)
+        else:
+            pair = (<tuple> state)[k]
+            c = cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[0], cnp.NPY_CORDER)
+            h = cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[1], cnp.NPY_CORDER)
+        out = cnp.PyArray_EMPTY(2, dims, tn, 0)
+        _small(tn, <int> N, 1, I, H, 1, 1, inp, spec[0], spec[1], spec[2], spec[3], NULL,
+               False, spec[4], spec[5], spec[6], c, h, out, None, None)
+        states.append(tuple.__new__(state_type, (c, h)))
+        inp = out
+        I = H
+    return out, tuple(states)
+
+
 cdef int _row_run(floating *dummy, int I, int H, const floating *px, const floating *pw,
                   const floating *pu, const floating *pb, const floating *pp, object cell_clip,
                   int act, int rec, floating *pc, floating *ph, floating *py,

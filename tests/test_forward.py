@@ -175,6 +175,64 @@ def test_multilstm_step_equals_sequence(rng):
         np.testing.assert_allclose(a.h, b.h, **tol(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multilstm_step_every_state_form_same_bits(rng, dtype):
+    """A stack's step (one compiled call when every layer is small and the arrays plain)
+    against the NumPy reference and, bit for bit, against the layers stepped one by one;
+    states as None, LSTMState, tuples, a list, other dtypes and strided arrays (the general
+    path) give the same bits; the caller's arrays are not written; a layer too big for the
+    small kernel takes the general path."""
+    from fastlstm import _forward
+
+    for sizes, opts in [((4, 5), {}), ((7, 3, 6), dict(peepholes=True, cell_clip=0.5)),
+                        ((5, 200), {}), ((4,), dict(activation="relu",
+                                                     recurrent_activation="hard_sigmoid"))]:
+        layers, inp = [], 6
+        for H in sizes:
+            layers.append(randomize(fl.LSTM(inp, H, dtype=dtype, **opts), rng))
+            inp = H
+        model = fl.MultiLSTM(layers)
+        assert (model._small_specs() is not None) == (200 not in sizes)
+        for N in (1, 3):
+            x = rng.normal(size=(N, 6)).astype(dtype)
+            s0 = tuple(fl.LSTMState(rng.normal(size=(N, H)).astype(dtype),
+                                    rng.normal(size=(N, H)).astype(dtype)) for H in sizes)
+            keep = [a.copy() for st in s0 for a in st]
+            out, states = model.step(x, s0)
+            assert all(np.array_equal(a, b) for a, b in zip(keep, (a for st in s0 for a in st)))
+            # layer by layer
+            inp_k = x
+            for layer, st, got in zip(layers, s0, states):
+                inp_k, want = layer.step(inp_k, st)
+                assert np.array_equal(got.c, want.c) and np.array_equal(got.h, want.h)
+                assert isinstance(got, fl.LSTMState)
+            assert np.array_equal(out, inp_k) and np.array_equal(out, states[-1].h)
+            Yr, sr = ref.stack_forward(x[:, None].astype(np.float64), reference_stack(model),
+                                       initial_state=[tuple(st) for st in s0])
+            np.testing.assert_allclose(out, Yr[:, 0], **tol(dtype))
+            # other forms of the same state: the same bits
+            other = np.float64 if dtype == np.float32 else np.float32
+            forms = [[tuple(st) for st in s0],                                  # a list
+                     tuple((np.asfortranarray(st.c), st.h) for st in s0),       # strided
+                     tuple((st.c.astype(other), st.h) for st in s0)
+                     if dtype == np.float32 else None]
+            for form in forms:
+                if form is None:
+                    continue
+                got_out, got_states = model.step(x, form)
+                assert np.array_equal(got_out, out)
+                for a, b in zip(got_states, states):
+                    assert np.array_equal(a.c, b.c) and np.array_equal(a.h, b.h)
+            zero_out, _ = model.step(x)
+            want_out, _ = model.step(x, model.zero_state(N))
+            assert np.array_equal(zero_out, want_out)
+            if model._small_specs() is not None:
+                assert _forward.stack_step(x, s0, model._small_specs(), fl.LSTMState) \
+                    is not None
+                assert _forward.stack_step(x, list(s0), model._small_specs(),
+                                           fl.LSTMState) is None
+
+
 def test_bidirectional_against_reference(rng):
     bi = fl.Bidirectional(randomize(fl.LSTM(3, 4, dtype=np.float64), rng),
                           randomize(fl.LSTM(3, 2, dtype=np.float64, peepholes=True), rng))
