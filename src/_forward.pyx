@@ -889,7 +889,8 @@ def stack_step(x, state, list specs, state_type):
         return None
     tn = cnp.PyArray_TYPE(<cnp.ndarray> specs[0][2])
     N = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
-    if N <= 0 or (state is not None and not (isinstance(state, tuple)
+    # (exactly a tuple: the general path refuses an LSTMState of two layers' states)
+    if N <= 0 or (state is not None and not (type(state) is tuple
                                              and PyTuple_GET_SIZE(state) == len(specs))):
         return None
     I = <int> cnp.PyArray_DIM(<cnp.ndarray> specs[0][0], 0)

@@ -231,6 +231,9 @@ def test_multilstm_step_every_state_form_same_bits(rng, dtype):
                     is not None
                 assert _forward.stack_step(x, list(s0), model._small_specs(),
                                            fl.LSTMState) is None
+            if len(sizes) == 2:         # an LSTMState is one layer's state, not the stack's
+                with pytest.raises(TypeError, match="one state per layer"):
+                    model.step(x, fl.LSTMState(*s0))
 
 
 def test_bidirectional_against_reference(rng):
