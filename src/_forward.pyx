@@ -800,6 +800,21 @@ cdef inline bint _plain(object a, int nd, Py_ssize_t d0, Py_ssize_t d1, int tn):
             and cnp.PyArray_ISNOTSWAPPED(arr))
 
 
+cdef inline bint _plain_pair(object pair, Py_ssize_t N, int H, int tn):
+    """pair is a (c, h) 2-tuple (an LSTMState too) of plain (N, H) arrays of type tn."""
+    return (isinstance(pair, tuple) and PyTuple_GET_SIZE(pair) == 2
+            and _plain((<tuple> pair)[0], 2, N, H, tn)
+            and _plain((<tuple> pair)[1], 2, N, H, tn))
+
+
+cdef tuple _fresh_state(object pair, cnp.npy_intp *dims, int tn):
+    """Writable copies (c, h) of a pair that passed _plain_pair, or zeros (dims) for None."""
+    if pair is None:
+        return (cnp.PyArray_ZEROS(2, dims, tn, 0), cnp.PyArray_ZEROS(2, dims, tn, 0))
+    return (cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[0], cnp.NPY_CORDER),
+            cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[1], cnp.NPY_CORDER))
+
+
 def step_fast(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_type):
     """One step of a layer without projection, when the call is the common, small case.
 
@@ -818,20 +833,11 @@ def step_fast(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_t
     N = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
     if N <= 0 or N * 4 * H * (I + H) > _STEP_FAST_MAX_WORK:
         return None
+    if state is not None and not _plain_pair(state, N, H, tn):
+        return None
     dims[0] = N
     dims[1] = H
-    if state is None:
-        c = cnp.PyArray_ZEROS(2, dims, tn, 0)
-        h = cnp.PyArray_ZEROS(2, dims, tn, 0)
-    else:
-        if not isinstance(state, tuple) or PyTuple_GET_SIZE(state) != 2:
-            return None
-        c0 = (<tuple> state)[0]
-        h0 = (<tuple> state)[1]
-        if not (_plain(c0, 2, N, H, tn) and _plain(h0, 2, N, H, tn)):
-            return None
-        c = cnp.PyArray_NewCopy(<cnp.ndarray> c0, cnp.NPY_CORDER)
-        h = cnp.PyArray_NewCopy(<cnp.ndarray> h0, cnp.NPY_CORDER)
+    c, h = _fresh_state(state, dims, tn)
     out = cnp.PyArray_EMPTY(2, dims, tn, 0)
     _small(tn, <int> N, 1, I, H, 1, 1, x, W, U, b, peepholes, NULL, False, act, rec,
            cell_clip, c, h, out, None, None)
@@ -900,25 +906,15 @@ def stack_step(x, state, list specs, state_type):
         H = <int> cnp.PyArray_DIM(<cnp.ndarray> spec[2], 0) // 4
         if H > FL_SMALL_MAX_H or N * 4 * H * (I + H) > _STEP_FAST_MAX_WORK:
             return None
-        if state is not None:
-            pair = (<tuple> state)[k]
-            if not (isinstance(pair, tuple) and PyTuple_GET_SIZE(pair) == 2
-                    and _plain((<tuple> pair)[0], 2, N, H, tn)
-                    and _plain((<tuple> pair)[1], 2, N, H, tn)):
-                return None
+        if state is not None and not _plain_pair((<tuple> state)[k], N, H, tn):
+            return None
         I = H
     I = <int> cnp.PyArray_DIM(<cnp.ndarray> specs[0][0], 0)
     dims[0] = N
     for k, spec in enumerate(specs):
         H = <int> cnp.PyArray_DIM(<cnp.ndarray> spec[2], 0) // 4
         dims[1] = H
-        if state is None:
-            c = cnp.PyArray_ZEROS(2, dims, tn, 0)
-            h = cnp.PyArray_ZEROS(2, dims, tn, 0)
-        else:
-            pair = (<tuple> state)[k]
-            c = cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[0], cnp.NPY_CORDER)
-            h = cnp.PyArray_NewCopy(<cnp.ndarray> (<tuple> pair)[1], cnp.NPY_CORDER)
+        c, h = _fresh_state(None if state is None else (<tuple> state)[k], dims, tn)
         out = cnp.PyArray_EMPTY(2, dims, tn, 0)
         _small(tn, <int> N, 1, I, H, 1, 1, inp, spec[0], spec[1], spec[2], spec[3], NULL,
                False, spec[4], spec[5], spec[6], c, h, out, None, None)
@@ -974,20 +970,11 @@ def step_row(x, state, W, U, b, peepholes, int act, int rec, cell_clip, state_ty
     cdef cnp.npy_intp dims[2]
     if not _plain(x, 2, 1, I, tn):
         return None
+    if state is not None and not _plain_pair(state, 1, H, tn):
+        return None
     dims[0] = 1
     dims[1] = H
-    if state is None:
-        c = cnp.PyArray_ZEROS(2, dims, tn, 0)
-        h = cnp.PyArray_ZEROS(2, dims, tn, 0)
-    else:
-        if not isinstance(state, tuple) or PyTuple_GET_SIZE(state) != 2:
-            return None
-        c0 = (<tuple> state)[0]
-        h0 = (<tuple> state)[1]
-        if not (_plain(c0, 2, 1, H, tn) and _plain(h0, 2, 1, H, tn)):
-            return None
-        c = cnp.PyArray_NewCopy(<cnp.ndarray> c0, cnp.NPY_CORDER)
-        h = cnp.PyArray_NewCopy(<cnp.ndarray> h0, cnp.NPY_CORDER)
+    c, h = _fresh_state(state, dims, tn)
     out = cnp.PyArray_EMPTY(2, dims, tn, 0)
     if tn == cnp.NPY_FLOAT32:
         slow = _row_run(<float *> NULL, I, H, <float *> _data(x), <float *> _data(W),
