@@ -899,8 +899,10 @@ class LSTM(_Module):
                                       self._cell_clip, LSTMState)
             if fast is not None:
                 return fast
-            if _FORCE_PATH is None and not self._uses_small(1, 1):
+            if (_FORCE_PATH is None and type(x) is np.ndarray and x.shape[:1] == (1,)
+                    and not self._uses_small(1, 1)):
                 # one row of a larger cell: the BLAS kernel's one-row step, called directly
+                # (threads planned only for it: planning marks the process, see _threads)
                 nt = self._row_threads(1)
                 fast = _forward.step_row(x, state, p["W"], p["U"], p["b"], p.get("peepholes"),
                                          ACTIVATIONS[self._activation],
