@@ -61,7 +61,7 @@ _unit_split = {"until": 0.0, "delay": 0.0}
 # The packed kernel computes the input products of a block of steps ahead of the
 # recurrence, in a buffer of at most this many elements (at least one step).
 _PACKED_BLOCK_ELEMENTS = 1 << 18
-_PACKED = _forward.packed_isa() == 1
+_PACKED = _forward.packed_isa() >= 1
 # Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
 # projection with H <= 128, for calls of at most this many multiply-adds in all.
 _SMALL_MAX_WORK = 1 << 16

@@ -333,11 +333,14 @@ fl_pk_set_isa(-1)
 
 
 def set_isa(isa):
-    """Instruction set of the step product: "auto", "avx2" or "baseline"; returns the one
-    in use ("avx2" only when the CPU has AVX2 and FMA).  For tests and benchmarks."""
-    code = {"auto": -1, "baseline": 0, "avx2": 1}[isa]
-    fl_pk_set_isa(code)
-    return ("baseline", "avx2")[fl_bk_set_isa(code)]
+    """Instruction set of the step product: "auto", "avx512", "avx2" or "baseline"; returns
+    the one in use (one the CPU lacks falls back to the best it runs below it).  The
+    packing-free product (dot_nt) has no AVX-512 code and runs its AVX2 code for "avx512".
+    For tests and benchmarks."""
+    code = {"auto": -1, "baseline": 0, "avx2": 1, "avx512": 2}[isa]
+    used = fl_pk_set_isa(code)
+    fl_bk_set_isa(min(used, 1))
+    return ("baseline", "avx2", "avx512")[used]
 
 
 def dot_nt(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C):
@@ -592,7 +595,7 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
 
     nblocks = n_chunks if n_chunks < N else N
     nteam = n_threads if n_threads < nblocks else nblocks
-    if fl_pk_get_isa() == 1:
+    if fl_pk_get_isa() >= 1:
         # U packed once for the step products (instead of BLAS packing it every step)
         if floating is float:
             put = <floating *> fl_pk_alloc(fl_pk_packT_sizef(s.Ho, 4 * s.H) * sizeof(float))

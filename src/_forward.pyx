@@ -524,9 +524,10 @@ def forward(const floating[:, ::1] X, int N, int T, bint time_major,
 
 
 def packed_isa(isa=None):
-    """The instruction set of the packed kernel: 1 = AVX2 + FMA, 0 = baseline.
+    """The instruction set of the packed kernel: 2 = AVX-512, 1 = AVX2 + FMA, 0 = baseline.
 
-    ``isa`` (tests): -1 automatic, 0 force the baseline, 1 AVX2 when the CPU has it.
+    ``isa`` (tests): -1 automatic (the best the CPU runs), 0 force the baseline, 1 AVX2,
+    2 AVX-512; one the CPU lacks falls back to the best it runs below it.
     """
     if isa is not None:
         fl_pk_set_isa(isa)

@@ -128,42 +128,60 @@ typedef double fl_pk_vd __attribute__((vector_size(32)));
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FL_PK_X86 1
 #define FL_PK_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FL_PK_TARGET_AVX512                                                                \
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+/* one panel row (NU numbers: 16 floats or 8 doubles) in one 512-bit vector */
+typedef float fl_pk_zf __attribute__((vector_size(64)));
+typedef double fl_pk_zd __attribute__((vector_size(64)));
 #else
 #define FL_PK_X86 0
 #define FL_PK_TARGET_AVX2
 #endif
 
-/* M(T, SUF, NU, V, ISA, ATTR) for float and double, baseline and (on x86) AVX2 + FMA */
+/* M(T, SUF, NU, V, ISA, ATTR) for float and double, baseline and (on x86) AVX2 + FMA;
+ * FL_PK_FOR_AVX512: the same code compiled for AVX-512 (the sequence kernel, whose
+ * products run in 512-bit microkernels, fl_pk_mkz; its cell update keeps 256-bit vectors) */
 #if FL_PK_X86
 #define FL_PK_FOR_ISAS(M)                                                                  \
     M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )   \
     M(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)                             \
     M(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
+#define FL_PK_FOR_AVX512(M)                                                                \
+    M(float, f, FL_PK_NU_F, fl_pk_vf, avx512, FL_PK_TARGET_AVX512)                         \
+    M(double, d, FL_PK_NU_D, fl_pk_vd, avx512, FL_PK_TARGET_AVX512)
 #else
 #define FL_PK_FOR_ISAS(M)                                                                  \
     M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )
+#define FL_PK_FOR_AVX512(M)
 #endif
 
-/* instruction set used by the packed kernel: 0 baseline, 1 AVX2 + FMA; -1 = not chosen */
+/* instruction set used by the packed kernel: 0 baseline, 1 AVX2 + FMA, 2 AVX-512 (F, VL,
+ * DQ, BW; the AVX2 code where no 512-bit code exists); -1 = not chosen */
 static int fl_pk_isa = -1;
 
-static int fl_pk_cpu_has_avx2(void)
+/* the best instruction set this CPU runs: 0, 1 or 2 as above */
+static int fl_pk_cpu_isa(void)
 {
 #if FL_PK_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        return 2;
+    return 1;
 #else
     return 0;
 #endif
 }
 
-/* Choose the instruction set: -1 automatic, 0 baseline, 1 AVX2 (only if the CPU has it).
- * Returns the one in use. */
+/* Choose the instruction set: -1 automatic (the best the CPU runs), 0 baseline, 1 AVX2,
+ * 2 AVX-512; one the CPU lacks falls back to the best it runs below it.  Returns the one
+ * in use. */
 static int fl_pk_set_isa(int isa)
 {
-    int has = fl_pk_cpu_has_avx2();
-    if (isa < 0) isa = has;
-    fl_pk_isa = (isa == 1 && has) ? 1 : 0;
+    int has = fl_pk_cpu_isa();
+    if (isa < 0 || isa > has) isa = has;
+    fl_pk_isa = isa;
     return fl_pk_isa;
 }
 
@@ -512,6 +530,110 @@ FL_PK_MKG_STUB(double, d, 3, 2)
 FL_PK_MKG_STUB(double, d, 2, 4) FL_PK_MKG_STUB(double, d, 1, 8)
 #endif
 
+/* AVX-512: one panel row is one 512-bit vector, so a tile computes NQ panel blocks (the
+ * four gates of a panel, gs apart, or in fl_pk_dotT NQ panels) for MR rows at once: 24
+ * accumulators of the 32 registers for 6 rows and 4 gates.  Every output element is the
+ * same single chain of multiply-adds over k as in fl_pk_mk (CH = 1) and fl_pk_mkg, x part
+ * then h part, so the results are those of the AVX2 kernels. */
+#if FL_PK_X86
+#define FL_PK_MKZ(T, SUF, V, MR, NQ)                                                       \
+FL_PK_TARGET_AVX512 static __attribute__((noinline, unused)) void                          \
+fl_pk_mkz##SUF##_##MR##_##NQ(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
+                             const T *B, fl_i64 gs, T *z, int ldz, int init)               \
+{                                                                                          \
+    enum { NU = sizeof(V) / sizeof(T) };                                                   \
+    V acc[NQ][MR];                                                                         \
+    const T *hr[MR];                                                                       \
+    fl_i64 k;                                                                              \
+    int i, q;                                                                              \
+    _Pragma("GCC unroll 16")   /* registers from the first load on, as in fl_pk_mk */     \
+    for (q = 0; q < NQ; q++)                                                               \
+        _Pragma("GCC unroll 16")                                                           \
+        for (i = 0; i < MR; i++)                                                           \
+            acc[q][i] = init ? FL_PK_VLD(V, z + i * ldz + q * NU) : (V){0};               \
+    _Pragma("GCC unroll 2")                                                                \
+    for (k = 0; k < I; k++) {                                                              \
+        V b[NQ];                                                                           \
+        for (q = 0; q < NQ; q++) b[q] = *(const V *) (B + q * gs + k * NU);                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = xa[i][k];                                                                \
+            for (q = 0; q < NQ; q++) acc[q][i] += a * b[q];                                \
+        }                                                                                  \
+    }                                                                                      \
+    B += (fl_i64) I * NU;                                                                  \
+    for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
+    _Pragma("GCC unroll 2")                                                                \
+    for (k = 0; k < H; k++) {                                                              \
+        V b[NQ];                                                                           \
+        for (q = 0; q < NQ; q++) b[q] = *(const V *) (B + q * gs + k * NU);                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = hr[i][k];                                                                \
+            for (q = 0; q < NQ; q++) acc[q][i] += a * b[q];                                \
+        }                                                                                  \
+    }                                                                                      \
+    _Pragma("GCC unroll 16")                                                               \
+    for (q = 0; q < NQ; q++)                                                               \
+        _Pragma("GCC unroll 16")                                                           \
+        for (i = 0; i < MR; i++) FL_PK_VST(z + i * ldz + q * NU, acc[q][i]);               \
+}
+#define FL_PK_MKZ_ALL(T, SUF, V)                                                           \
+    FL_PK_MKZ(T, SUF, V, 1, 4) FL_PK_MKZ(T, SUF, V, 2, 4) FL_PK_MKZ(T, SUF, V, 3, 4)       \
+    FL_PK_MKZ(T, SUF, V, 4, 4) FL_PK_MKZ(T, SUF, V, 5, 4) FL_PK_MKZ(T, SUF, V, 6, 4)       \
+    FL_PK_MKZ(T, SUF, V, 1, 1) FL_PK_MKZ(T, SUF, V, 2, 1) FL_PK_MKZ(T, SUF, V, 3, 1)       \
+    FL_PK_MKZ(T, SUF, V, 4, 1) FL_PK_MKZ(T, SUF, V, 5, 1) FL_PK_MKZ(T, SUF, V, 6, 1)
+FL_PK_MKZ_ALL(float, f, fl_pk_zf)
+FL_PK_MKZ_ALL(double, d, fl_pk_zd)
+/* tile of mr rows, NQ blocks gs apart, on AVX-512 */
+#define FL_PK_MKZ_CALL(SUF, NQ, mr, I, xa, H, ha, ldh, B, gs, z, ldz, init)                \
+    do {                                                                                   \
+        switch (mr) {                                                                      \
+        case 6: fl_pk_mkz##SUF##_6_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;    \
+        case 5: fl_pk_mkz##SUF##_5_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;    \
+        case 4: fl_pk_mkz##SUF##_4_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;    \
+        case 3: fl_pk_mkz##SUF##_3_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;    \
+        case 2: fl_pk_mkz##SUF##_2_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;    \
+        default: fl_pk_mkz##SUF##_1_##NQ(I, xa, H, ha, ldh, B, gs, z, ldz, init); break;   \
+        }                                                                                  \
+    } while (0)
+#define FL_PK_IS512_avx512 1
+/* the AVX2 tiles under the AVX-512 names that the sequence kernel's code mentions (its
+ * AVX-512 build takes the fl_pk_mkz branches) */
+#define fl_pk_mkf_avx512_1 fl_pk_mkf_avx2_1
+#define fl_pk_mkf_avx512_2 fl_pk_mkf_avx2_2
+#define fl_pk_mkf_avx512_3 fl_pk_mkf_avx2_3
+#define fl_pk_mkf_avx512_4 fl_pk_mkf_avx2_4
+#define fl_pk_mkf_avx512_5 fl_pk_mkf_avx2_5
+#define fl_pk_mkf_avx512_6 fl_pk_mkf_avx2_6
+#define fl_pk_mk1f_avx512_1 fl_pk_mk1f_avx2_1
+#define fl_pk_mk1f_avx512_2 fl_pk_mk1f_avx2_2
+#define fl_pk_mk1f_avx512_3 fl_pk_mk1f_avx2_3
+#define fl_pk_mkgf_avx512_4_3 fl_pk_mkgf_avx2_4_3
+#define fl_pk_mkgf_avx512_4_2 fl_pk_mkgf_avx2_4_2
+#define fl_pk_mkgf_avx512_3_3 fl_pk_mkgf_avx2_3_3
+#define fl_pk_mkgf_avx512_3_2 fl_pk_mkgf_avx2_3_2
+#define fl_pk_mkgf_avx512_2_4 fl_pk_mkgf_avx2_2_4
+#define fl_pk_mkgf_avx512_1_8 fl_pk_mkgf_avx2_1_8
+#define fl_pk_mkd_avx512_1 fl_pk_mkd_avx2_1
+#define fl_pk_mkd_avx512_2 fl_pk_mkd_avx2_2
+#define fl_pk_mkd_avx512_3 fl_pk_mkd_avx2_3
+#define fl_pk_mkd_avx512_4 fl_pk_mkd_avx2_4
+#define fl_pk_mkd_avx512_5 fl_pk_mkd_avx2_5
+#define fl_pk_mkd_avx512_6 fl_pk_mkd_avx2_6
+#define fl_pk_mk1d_avx512_1 fl_pk_mk1d_avx2_1
+#define fl_pk_mk1d_avx512_2 fl_pk_mk1d_avx2_2
+#define fl_pk_mk1d_avx512_3 fl_pk_mk1d_avx2_3
+#define fl_pk_mkgd_avx512_4_3 fl_pk_mkgd_avx2_4_3
+#define fl_pk_mkgd_avx512_4_2 fl_pk_mkgd_avx2_4_2
+#define fl_pk_mkgd_avx512_3_3 fl_pk_mkgd_avx2_3_3
+#define fl_pk_mkgd_avx512_3_2 fl_pk_mkgd_avx2_3_2
+#define fl_pk_mkgd_avx512_2_4 fl_pk_mkgd_avx2_2_4
+#define fl_pk_mkgd_avx512_1_8 fl_pk_mkgd_avx2_1_8
+#else
+#define FL_PK_MKZ_CALL(SUF, NQ, mr, I, xa, H, ha, ldh, B, gs, z, ldz, init) ((void) 0)
+#endif
+#define FL_PK_IS512_base 0
+#define FL_PK_IS512_avx2 0
+
 /* ---- C = A @ B^T with B packed once: the backward's step product dh = dG @ U^T ------
  * B (n, K) row-major is packed into ceil(n / NU) panels of K x NU (panel p, row k: the
  * NU values B[p * NU + j, k], zeros past n), so that every step reuses the same panels
@@ -576,7 +698,7 @@ static __attribute__((unused)) void fl_pk_dotT##SUF(int m, int n, int K, const T
                                                     fl_i64 lda, const T *packed, T *C,     \
                                                     fl_i64 ldc, T *ztmp)                   \
 {                                                                                          \
-    if (FL_PK_X86 && fl_pk_get_isa() == 1)                                                 \
+    if (FL_PK_X86 && fl_pk_get_isa() >= 1)                                                 \
         FL_PK_DOTT_AVX2(SUF)(m, n, K, A, lda, packed, C, ldc, ztmp);                       \
     else                                                                                   \
         fl_pk_dotT##SUF##_base(m, n, K, A, lda, packed, C, ldc, ztmp);                     \
@@ -652,7 +774,7 @@ static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, f
                                                      const T *B, fl_i64 ldb, T *y,         \
                                                      int accumulate, int nt)               \
 {                                                                                          \
-    const int avx2 = FL_PK_X86 && fl_pk_get_isa() == 1;                                    \
+    const int avx2 = FL_PK_X86 && fl_pk_get_isa() >= 1;                                    \
     if (n <= 0) return 0;                                                                  \
     if (nt > 1 && (fl_i64) k * n >= FL_PK_VECMAT_MIN_THREADED && n >= 32 &&               \
             !fl_pk_in_parallel()) {                                                        \
@@ -699,6 +821,10 @@ typedef long long fl_pk_vid __attribute__((vector_size(32)));
 #define FL_PK_VMAX_avx2_f(a, x) ((fl_pk_vf) __builtin_ia32_maxps256((a), (x)))
 #define FL_PK_VMIN_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_minpd256((a), (x)))
 #define FL_PK_VMAX_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_maxpd256((a), (x)))
+#define FL_PK_VMIN_avx512_f FL_PK_VMIN_avx2_f
+#define FL_PK_VMAX_avx512_f FL_PK_VMAX_avx2_f
+#define FL_PK_VMIN_avx512_d FL_PK_VMIN_avx2_d
+#define FL_PK_VMAX_avx512_d FL_PK_VMAX_avx2_d
 
 #define FL_PK_VSEL(T, SUF, V, VI)                                                          \
 static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)              \
@@ -856,6 +982,7 @@ fl_pk_cell_inf##SUF##_##ISA(const T *z, const T *bp, T *c, T *h, T *y, int use_p
     }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_CELL)
+FL_PK_FOR_AVX512(FL_PK_CELL)
 
 #define FL_PK_HAS_INF 1
 
@@ -924,7 +1051,7 @@ FL_PK_FOR_ISAS(FL_PK_BWD)
 FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
                                              const T *c_prev, T *g, T *dz2)                \
 {                                                                                          \
-    if (!FL_PK_X86 || fl_pk_get_isa() != 1) return -1;                                     \
+    if (!FL_PK_X86 || fl_pk_get_isa() < 1) return -1;                                      \
     FL_PK_BWD_AVX2(SUF)(H, dm, dc, c_raw, c_prev, g, dz2);                                 \
     return 0;                                                                              \
 }
@@ -1114,7 +1241,7 @@ FL_PK_MAYBE_UNUSED static int fl_pk_rowstep##SUF(int I, int H, const T *x, const
                                                  T clip, int cell, T *c, T *m, T *gates,   \
                                                  T *c_raw, int nt)                         \
 {                                                                                          \
-    const int avx2 = FL_PK_X86 && fl_pk_get_isa() == 1;                                    \
+    const int avx2 = FL_PK_X86 && fl_pk_get_isa() >= 1;                                    \
     const fl_i64 work = 4 * (fl_i64) H * ((x ? I : 0) + (fl_i64) H);                       \
     fl_pk_spin spin;                                                                       \
     cell = cell && FL_PK_HAS_ROWCELL;                                                      \
@@ -1201,7 +1328,20 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         /* the input products of the block: tiles of FL_PK_MR (step, row) pairs */        \
         for (p = p0; p < p1; p++) {                                                        \
             T *Gp = G + (fl_i64) (p - p0) * tb * R * Z4;                                   \
-            for (q = 0; q < 4; q++) {                                                      \
+            for (m0 = 0; FL_PK_IS512_##ISA && m0 < nk * R; m0 += FL_PK_MR) {               \
+                const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;            \
+                const T *xa[FL_PK_MR];                                                     \
+                int active = 0;                                                            \
+                for (i = 0; i < mr; i++) {                                                 \
+                    xa[i] = xrows[m0 + i];                                                 \
+                    active += xa[i] != NULL;                                               \
+                    if (xa[i] == NULL) xa[i] = s->zero_row;                                \
+                }                                                                          \
+                if (active)   /* all four gates of the panel at once */                   \
+                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, s->packed + (fl_i64) p * PS, \
+                                   K * NU, Gp + (fl_i64) m0 * Z4, Z4, 0);                  \
+            }                                                                              \
+            for (q = 0; q < 4 && !FL_PK_IS512_##ISA; q++) {                                \
                 const T *Bq = s->packed + (fl_i64) p * PS + (fl_i64) q * K * NU;          \
                 for (m0 = 0; m0 < nk * R; m0 += FL_PK_MR) {                                \
                     const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
@@ -1245,7 +1385,9 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                nu * sizeof(T));                                            \
                     continue;                                                              \
                 }                                                                          \
-                if (FL_PK_GROUPED && mr <= 4) {                                            \
+                if (FL_PK_IS512_##ISA) {                                                   \
+                    FL_PK_MKZ_CALL(SUF, 4, mr, 0, NULL, H, ha, H, Bp + I * NU, K * NU, z, Z4, 1); \
+                } else if (FL_PK_GROUPED && mr <= 4) {                                     \
                     const T *Bh = Bp + I * NU;                                             \
                     const fl_i64 gs = K * NU;                                              \
                     switch (mr) {                                                          \
@@ -1267,7 +1409,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                         fl_pk_mkg##SUF##_##ISA##_1_8(0, NULL, H, ha, H, Bh, gs, 0, z, Z4, 1); \
                     }                                                                      \
                 }                                                                          \
-                for (q = 0; q < 4 && !(FL_PK_GROUPED && mr <= 4); q++) {                   \
+                for (q = 0; q < 4 && !FL_PK_IS512_##ISA && !(FL_PK_GROUPED && mr <= 4); q++) { \
                     const T *Bq = Bp + (fl_i64) q * K * NU + (fl_i64) I * NU;              \
                     T *zq = z + q * NU;                                                    \
                     switch (mr) {                                                          \
@@ -1377,10 +1519,12 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
 }
 
 FL_PK_FOR_ISAS(FL_PK_RUN)
+FL_PK_FOR_AVX512(FL_PK_RUN)
 
 /* one thread's share (fl_pk_run##SUF##_##ISA) on the instruction set in use */
 #if FL_PK_X86
 #define FL_PK_RUN_AVX2(SUF, ...)                                                           \
+    if (fl_pk_get_isa() == 2) { fl_pk_run##SUF##_avx512(__VA_ARGS__); return; }            \
     if (fl_pk_get_isa() == 1) { fl_pk_run##SUF##_avx2(__VA_ARGS__); return; }
 #else
 #define FL_PK_RUN_AVX2(SUF, ...)

@@ -567,7 +567,7 @@ def test_matches_torch_autograd(bidirectional, rng):
 # this machine runs
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["baseline", "avx2"])
+@pytest.fixture(params=["baseline", "avx2", "avx512"])
 def isa(request):
     from fastlstm import _backward
     used = _backward.set_isa(request.param)

@@ -31,7 +31,7 @@ if hasattr(layers_mod, "_FORCE_PATH"):
     PATHS += ["blas", "small", "packed-rows", "packed-units"]
 ISAS = [None]
 if hasattr(layers_mod._forward, "packed_isa"):
-    ISAS += [0] + ([1] if layers_mod._forward.packed_isa(-1) == 1 else [])
+    ISAS += list(range(layers_mod._forward.packed_isa(-1) + 1))   # up to the best
 
 
 @contextlib.contextmanager
