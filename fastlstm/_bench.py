@@ -511,12 +511,6 @@ def main(argv=None, prog="python -m fastlstm bench"):
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     ns = parser.parse_args(argv)
 
-    if any(k in os.environ for k in _ENV_DROP) and not os.environ.get("_FASTLSTM_BENCH_CHILD"):
-        env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
-        env["_FASTLSTM_BENCH_CHILD"] = "1"
-        args = [sys.executable, "-m", "fastlstm", "bench"] + list(argv or sys.argv[2:])
-        os.execve(sys.executable, args, env)
-
     if ns.list:
         for c in CASES:
             print(f"{c.name:12s} {c.title:26s} B,T,I,H={c.shape} {c.dtype} "
@@ -548,6 +542,13 @@ def main(argv=None, prog="python -m fastlstm bench"):
             parser.error(f"--plot: cannot write to {ns.plot!r} (no such writable folder)")
     repeats = ns.repeats or (3 if ns.quick else 7)
     min_time = 0.02 if ns.quick else 0.1
+
+    # after the checks above: a refused command line exits here, not in a new process
+    if any(k in os.environ for k in _ENV_DROP) and not os.environ.get("_FASTLSTM_BENCH_CHILD"):
+        env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
+        env["_FASTLSTM_BENCH_CHILD"] = "1"
+        args = [sys.executable, "-m", "fastlstm", "bench"] + list(argv or sys.argv[2:])
+        os.execve(sys.executable, args, env)
 
     import fastlstm
 

@@ -33,16 +33,18 @@ _WORKSPACE_ELEMENTS = 1 << 22
 _MIN_FLOPS_PER_CHUNK_STEP = 20_000
 _MIN_ROWS_PER_CHUNK = 4
 _CHUNK_CORES = _threads.usable_cores()
-# Packed-weight kernel (src/fl_packed.h): layers without projection, on CPUs with AVX2 + FMA.
-# A call of fewer than _PACKED_MIN_WORK_THREADED multiply-adds runs on one thread.  Above,
-# threads own blocks of rows (no synchronisation) when every thread gets one of the
-# kernel's row tiles (_PACKED_ROW_TILE rows at most); with fewer rows, threads own blocks
-# of hidden units (a spinning wait per step, ~0.1 us) if a step holds at least
-# _PACKED_MIN_STEP_WORK_UNITS multiply-adds (measured at batch 1, interleaved: 3.8 Ki
-# multiply-adds a step run 1.2x faster on two threads, 1.5 Ki no faster).  Every split
-# gives bit-identical results.
+# Packed-weight kernel (src/fl_packed.h): layers without projection, on CPUs with AVX2 + FMA
+# (and its AVX-512 tiles on CPUs with AVX-512).  A call of fewer than
+# _PACKED_MIN_WORK_THREADED multiply-adds runs on one thread.  Above, threads own blocks of
+# rows (no synchronisation) when every thread gets one of the kernel's row tiles
+# (_PACKED_ROW_TILE rows at most); with fewer rows, threads own blocks of hidden units (a
+# spinning wait per step, 0.1-0.8 us by machine) if a step holds at least
+# _PACKED_MIN_STEP_WORK_UNITS multiply-adds.  Measured on a 2-core AMD EPYC (Zen 5) against
+# one thread, T = 50, I = H: batch 1, 128 Ki multiply-adds a step (H = 128) 1.19x faster on
+# two threads, 32 Ki (H = 64) 0.6x; batch 4, 512 Ki 1.13x (both instruction sets).  Every
+# split gives bit-identical results.
 _PACKED_MIN_WORK_THREADED = 1 << 21
-_PACKED_MIN_STEP_WORK_UNITS = 1 << 12
+_PACKED_MIN_STEP_WORK_UNITS = 1 << 17
 _PACKED_ROW_TILE = 6
 # Threads owning units wait for each other at every step.  With more busy threads than
 # cores (say, two processes of two threads on two cores) a partner is often not running,

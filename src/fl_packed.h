@@ -139,16 +139,16 @@ typedef double fl_pk_zd __attribute__((vector_size(64)));
 #endif
 
 /* M(T, SUF, NU, V, ISA, ATTR) for float and double, baseline and (on x86) AVX2 + FMA;
- * FL_PK_FOR_AVX512: the same code compiled for AVX-512 (the sequence kernel, whose
- * products run in 512-bit microkernels, fl_pk_mkz; its cell update keeps 256-bit vectors) */
+ * FL_PK_FOR_AVX512: the same code on 512-bit vectors (one panel row each) for AVX-512: the
+ * sequence kernel and its cell update, whose products run in fl_pk_mkz */
 #if FL_PK_X86
 #define FL_PK_FOR_ISAS(M)                                                                  \
     M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )   \
     M(float, f, FL_PK_NU_F, fl_pk_vf, avx2, FL_PK_TARGET_AVX2)                             \
     M(double, d, FL_PK_NU_D, fl_pk_vd, avx2, FL_PK_TARGET_AVX2)
 #define FL_PK_FOR_AVX512(M)                                                                \
-    M(float, f, FL_PK_NU_F, fl_pk_vf, avx512, FL_PK_TARGET_AVX512)                         \
-    M(double, d, FL_PK_NU_D, fl_pk_vd, avx512, FL_PK_TARGET_AVX512)
+    M(float, f, FL_PK_NU_F, fl_pk_zf, avx512, FL_PK_TARGET_AVX512)                         \
+    M(double, d, FL_PK_NU_D, fl_pk_zd, avx512, FL_PK_TARGET_AVX512)
 #else
 #define FL_PK_FOR_ISAS(M)                                                                  \
     M(float, f, FL_PK_NU_F, fl_pk_vf, base, ) M(double, d, FL_PK_NU_D, fl_pk_vd, base, )
@@ -692,12 +692,69 @@ fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *pa
 }
 FL_PK_FOR_ISAS(FL_PK_DOTT_RUN)
 
+/* AVX-512: tiles of 4 to 6 rows take four whole panels at once (fl_pk_mkz, the panels
+ * K * NU apart), or one; tiles of 1 to 3 rows keep the AVX2 tiles (several chains per
+ * element there), so that every value is the AVX2 kernel's */
+#if FL_PK_X86
+#define FL_PK_DOTT_512(T, SUF, NU)                                                         \
+FL_PK_TARGET_AVX512 static __attribute__((unused)) void                                    \
+fl_pk_dotT##SUF##_avx512(int m, int n, int K, const T *A, fl_i64 lda, const T *packed,     \
+                         T *C, fl_i64 ldc, T *ztmp)                                        \
+{                                                                                          \
+    const int np = (n + NU - 1) / NU;                                                      \
+    int p, i0, i, j, nq;                                                                   \
+    for (p = 0; p < np; p += nq) {                                                         \
+        const T *Bp = packed + (fl_i64) p * K * NU;                                        \
+        const int nu = n - p * NU < NU ? n - p * NU : NU;                                  \
+        nq = n - p * NU >= 4 * NU ? 4 : 1;                                                 \
+        for (i0 = 0; i0 < m; i0 += FL_PK_MR) {                                             \
+            const int mr = m - i0 < FL_PK_MR ? m - i0 : FL_PK_MR;                          \
+            const T *xa[FL_PK_MR];                                                         \
+            T *z = nu == NU ? C + i0 * ldc + p * NU : ztmp;                                \
+            const int ldz = nu == NU ? (int) ldc : NU;                                     \
+            for (i = 0; i < mr; i++) xa[i] = A + (i0 + i) * lda;                           \
+            if (nq == 4)   /* mr >= 4: the four panels at once; else one by one */        \
+                for (j = 0; j < 4; j += mr >= 4 ? 4 : 1) {                                 \
+                    if (mr >= 4)                                                           \
+                        FL_PK_MKZ_CALL(SUF, 4, mr, K, xa, 0, NULL, 0, Bp, (fl_i64) K * NU, \
+                                       z, ldz, 0);                                         \
+                    else if (mr == 3)                                                      \
+                        fl_pk_mk##SUF##_avx2_3(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
+                                               z + j * NU, ldz, 0);                        \
+                    else if (mr == 2)                                                      \
+                        fl_pk_mk##SUF##_avx2_2(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
+                                               z + j * NU, ldz, 0);                        \
+                    else                                                                   \
+                        fl_pk_mk##SUF##_avx2_1(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
+                                               z + j * NU, ldz, 0);                        \
+                }                                                                          \
+            else switch (mr) {                                                             \
+            case 3: fl_pk_mk##SUF##_avx2_3(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
+            case 2: fl_pk_mk##SUF##_avx2_2(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
+            case 1: fl_pk_mk##SUF##_avx2_1(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
+            default: FL_PK_MKZ_CALL(SUF, 1, mr, K, xa, 0, NULL, 0, Bp, 0, z, ldz, 0);      \
+            }                                                                              \
+            if (nu < NU)                                                                   \
+                for (i = 0; i < mr; i++)                                                   \
+                    for (j = 0; j < nu; j++) C[(i0 + i) * ldc + p * NU + j] = ztmp[i * NU + j]; \
+        }                                                                                  \
+    }                                                                                      \
+}
+FL_PK_DOTT_512(float, f, FL_PK_NU_F)
+FL_PK_DOTT_512(double, d, FL_PK_NU_D)
+#define FL_PK_DOTT_AVX512(SUF, ...)                                                        \
+    if (fl_pk_get_isa() == 2) { fl_pk_dotT##SUF##_avx512(__VA_ARGS__); return; }
+#else
+#define FL_PK_DOTT_AVX512(SUF, ...)
+#endif
+
 /* C (m, n) = A (m, K) @ B^T, B packed by fl_pk_packT; ztmp: FL_PK_MR * NU scratch */
 #define FL_PK_DOTT_DISPATCH(T, SUF)                                                        \
 static __attribute__((unused)) void fl_pk_dotT##SUF(int m, int n, int K, const T *A,      \
                                                     fl_i64 lda, const T *packed, T *C,     \
                                                     fl_i64 ldc, T *ztmp)                   \
 {                                                                                          \
+    FL_PK_DOTT_AVX512(SUF, m, n, K, A, lda, packed, C, ldc, ztmp)                          \
     if (FL_PK_X86 && fl_pk_get_isa() >= 1)                                                 \
         FL_PK_DOTT_AVX2(SUF)(m, n, K, A, lda, packed, C, ldc, ztmp);                       \
     else                                                                                   \
@@ -808,11 +865,19 @@ FL_PK_VECMAT_DISPATCH(double, d)
 #endif
 typedef int fl_pk_vif __attribute__((vector_size(32)));
 typedef long long fl_pk_vid __attribute__((vector_size(32)));
+/* the integer vector of each float vector type, by name: V##i */
+typedef fl_pk_vif fl_pk_vfi;
+typedef fl_pk_vid fl_pk_vdi;
+#if FL_PK_X86
+typedef int fl_pk_zfi __attribute__((vector_size(64)));
+typedef long long fl_pk_zdi __attribute__((vector_size(64)));
+#endif
 
 
 /* Clamps, per instruction set: fl_pk_vmin(a, x) = a < x ? a : x and fl_pk_vmax(a, x) =
  * a > x ? a : x, lane by lane; a NaN in x passes through (the semantics of x86 MINPS/MAXPS
- * with x second, one instruction on AVX2; a compare and a select on the baseline). */
+ * with x second, one instruction on AVX2 and AVX-512; a compare and a select on the
+ * baseline). */
 #define FL_PK_VMIN_base_f(a, x) fl_pk_self((a) < (x), (a), (x))
 #define FL_PK_VMAX_base_f(a, x) fl_pk_self((a) > (x), (a), (x))
 #define FL_PK_VMIN_base_d(a, x) fl_pk_seld((a) < (x), (a), (x))
@@ -821,10 +886,15 @@ typedef long long fl_pk_vid __attribute__((vector_size(32)));
 #define FL_PK_VMAX_avx2_f(a, x) ((fl_pk_vf) __builtin_ia32_maxps256((a), (x)))
 #define FL_PK_VMIN_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_minpd256((a), (x)))
 #define FL_PK_VMAX_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_maxpd256((a), (x)))
-#define FL_PK_VMIN_avx512_f FL_PK_VMIN_avx2_f
-#define FL_PK_VMAX_avx512_f FL_PK_VMAX_avx2_f
-#define FL_PK_VMIN_avx512_d FL_PK_VMIN_avx2_d
-#define FL_PK_VMAX_avx512_d FL_PK_VMAX_avx2_d
+/* 512-bit: VMINPS / VMAXPS zmm (no mask, current rounding: 4) */
+#define FL_PK_VMIN_avx512_f(a, x)                                                          \
+    ((fl_pk_zf) __builtin_ia32_minps512_mask((a), (x), (a), (unsigned short) 0xffff, 4))
+#define FL_PK_VMAX_avx512_f(a, x)                                                          \
+    ((fl_pk_zf) __builtin_ia32_maxps512_mask((a), (x), (a), (unsigned short) 0xffff, 4))
+#define FL_PK_VMIN_avx512_d(a, x)                                                          \
+    ((fl_pk_zd) __builtin_ia32_minpd512_mask((a), (x), (a), (unsigned char) 0xff, 4))
+#define FL_PK_VMAX_avx512_d(a, x)                                                          \
+    ((fl_pk_zd) __builtin_ia32_maxpd512_mask((a), (x), (a), (unsigned char) 0xff, 4))
 
 #define FL_PK_VSEL(T, SUF, V, VI)                                                          \
 static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)              \
@@ -835,38 +905,44 @@ FL_PK_VSEL(float, f, fl_pk_vf, fl_pk_vif)
 FL_PK_VSEL(double, d, fl_pk_vd, fl_pk_vid)
 
 /* exp for x in [-87, 88.7] (float) or [-708, 709.7] (double), or NaN: the cores of
- * fl_pointwise.h on vectors, scaled by 2^n (+inf for n = 128 / 1024) */
-static inline __attribute__((always_inline)) fl_pk_vf fl_pk_expcoref(fl_pk_vf x)
-{
-    fl_pk_vf t, p;
-    FL_EXPF_CORE(fl_pk_vf, x, t, p);
-    return p * (fl_pk_vf) ((fl_pk_vif) t << 23);   /* n + 127: the exponent field of 2^n */
+ * fl_pointwise.h on vectors (V: fl_pk_vf / fl_pk_vd, or the 512-bit fl_pk_zf / fl_pk_zd,
+ * only inlined into AVX-512 code), scaled by 2^n (+inf for n = 128 / 1024); e^x - 1
+ * likewise (fl_em1nf / fl_em1n): 2^n (e^r - 1) + (2^n - 1) */
+#define FL_PK_EXPCORES(V)                                                                  \
+static inline __attribute__((always_inline, unused)) V fl_pk_expcoref_##V(V x)            \
+{                                                                                          \
+    V t, p;                                                                                \
+    FL_EXPF_CORE(V, x, t, p);                                                              \
+    return p * (V) ((V##i) t << 23);   /* n + 127: the exponent field of 2^n */             \
+}                                                                                          \
+static inline __attribute__((always_inline, unused)) V fl_pk_em1coref_##V(V x)            \
+{                                                                                          \
+    V t, q, scale;                                                                         \
+    FL_EM1F_CORE(V, x, t, q);                                                              \
+    scale = (V) ((V##i) t << 23);                                                          \
+    return scale * q + (scale - 1.0f);                                                     \
 }
-
-static inline __attribute__((always_inline)) fl_pk_vd fl_pk_expcored(fl_pk_vd x)
-{
-    fl_pk_vd t, p;
-    FL_EXP_CORE(fl_pk_vd, x, t, p);
-    /* 0x4338000000000000: the bits of the magic number */
-    return p * (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
+#define FL_PK_EXPCORES_D(V)                                                                \
+static inline __attribute__((always_inline, unused)) V fl_pk_expcored_##V(V x)            \
+{                                                                                          \
+    V t, p;                                                                                \
+    FL_EXP_CORE(V, x, t, p);                                                               \
+    /* 0x4338000000000000: the bits of the magic number */                                 \
+    return p * (V) (((V##i) t - 0x4338000000000000LL + 1023) << 52);                       \
+}                                                                                          \
+static inline __attribute__((always_inline, unused)) V fl_pk_em1cored_##V(V x)            \
+{                                                                                          \
+    V t, q, scale;                                                                         \
+    FL_EM1_CORE(V, x, t, q);                                                               \
+    scale = (V) (((V##i) t - 0x4338000000000000LL + 1023) << 52);                          \
+    return scale * q + (scale - 1.0);                                                      \
 }
-
-/* e^x - 1 likewise (fl_em1nf / fl_em1n): 2^n (e^r - 1) + (2^n - 1) */
-static inline __attribute__((always_inline)) fl_pk_vf fl_pk_em1coref(fl_pk_vf x)
-{
-    fl_pk_vf t, q, scale;
-    FL_EM1F_CORE(fl_pk_vf, x, t, q);
-    scale = (fl_pk_vf) ((fl_pk_vif) t << 23);
-    return scale * q + (scale - 1.0f);
-}
-
-static inline __attribute__((always_inline)) fl_pk_vd fl_pk_em1cored(fl_pk_vd x)
-{
-    fl_pk_vd t, q, scale;
-    FL_EM1_CORE(fl_pk_vd, x, t, q);
-    scale = (fl_pk_vd) (((fl_pk_vid) t - 0x4338000000000000LL + 1023) << 52);
-    return scale * q + (scale - 1.0);
-}
+FL_PK_EXPCORES(fl_pk_vf)
+FL_PK_EXPCORES_D(fl_pk_vd)
+#if FL_PK_X86
+FL_PK_EXPCORES(fl_pk_zf)
+FL_PK_EXPCORES_D(fl_pk_zd)
+#endif
 
 /* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the same range, so +inf from x ~ 88.38
  * (709.44) on); e^x - 1 for x <= 0 (fl_pk_em1n); sigmoid, tanh, sigmoid(a) * tanh(x) from
@@ -876,12 +952,12 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_expv##SUF##_##ISA(V x)
 {                                                                                          \
     const V hi = (V){0} + (sizeof(T) == 4 ? (T) FL_EXPF_HI : (T) FL_EXP_HI);               \
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
-    return fl_pk_expcore##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
+    return fl_pk_expcore##SUF##_##V(FL_PK_VMAX_##ISA##_##SUF(lo, FL_PK_VMIN_##ISA##_##SUF(hi, x))); \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_em1n##SUF##_##ISA(V x)          \
 {   /* e^x - 1 for x <= 0 */                                                               \
     const V lo = (V){0} + (sizeof(T) == 4 ? (T) -87 : (T) -708);                           \
-    return fl_pk_em1core##SUF(FL_PK_VMAX_##ISA##_##SUF(lo, x));                           \
+    return fl_pk_em1core##SUF##_##V(FL_PK_VMAX_##ISA##_##SUF(lo, x));                           \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_clip##SUF##_##ISA(V x, T clip)  \
 {                                                                                          \
@@ -894,19 +970,19 @@ ATTR static inline __attribute__((always_inline)) V fl_pk_sigm##SUF##_##ISA(V x)
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_tanhv##SUF##_##ISA(V x)         \
 {                                                                                          \
-    const fl_pk_vi##SUF sign = (fl_pk_vi##SUF) (-(V){0});   /* -0.0 */                     \
-    V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
+    const V##i sign = (V##i) (-(V){0});   /* -0.0 */                     \
+    V ax = (V) ((V##i) x & ~sign);                                                \
     V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);      /* tanh |x| = -m / (2 + m) */         \
     V r = m / ((T) -2 - m);                          /* -0 for x = 0: x's sign, not its */ \
-    return (V) (((fl_pk_vi##SUF) r & ~sign) | ((fl_pk_vi##SUF) x & sign));                 \
+    return (V) (((V##i) r & ~sign) | ((V##i) x & sign));                 \
 }                                                                                          \
 ATTR static inline __attribute__((always_inline)) V fl_pk_sgtanh##SUF##_##ISA(V ea, V x)  \
 {   /* sigmoid(a) * tanh(x), ea = exp(-a) */                                               \
-    const fl_pk_vi##SUF sign = (fl_pk_vi##SUF) (-(V){0});                                  \
-    V ax = (V) ((fl_pk_vi##SUF) x & ~sign);                                                \
+    const V##i sign = (V##i) (-(V){0});                                  \
+    V ax = (V) ((V##i) x & ~sign);                                                \
     V m = fl_pk_em1n##SUF##_##ISA((T) -2 * ax);                                            \
     V r = m / (((T) 1 + ea) * ((T) -2 - m));                                               \
-    return (V) (((fl_pk_vi##SUF) r & ~sign) | ((fl_pk_vi##SUF) x & sign));                 \
+    return (V) (((V##i) r & ~sign) | ((V##i) x & sign));                 \
 }                                                                                          \
 /* the gate pre-activations of one vector of units: products z (gate q at z + q * NU) plus  \
  * bias, and the input and forget gates' peepholes on c_{t-1} (c0) */                      \

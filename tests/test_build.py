@@ -21,6 +21,16 @@ import fastlstm as fl
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _bench_runs_in_this_process(monkeypatch):
+    """The bench command re-runs itself in a new process without OPENBLAS_CORETYPE /
+    OPENBLAS_L2_SIZE when they are set (os.execve), which would replace pytest's process:
+    the tests here call it in-process, so those variables are unset for them."""
+    from fastlstm import _bench
+    for name in _bench._ENV_DROP:
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_build_has_openmp():
     if os.environ.get("FASTLSTM_SKIP_OPENMP_TEST", "") not in ("", "0"):
         pytest.skip("FASTLSTM_SKIP_OPENMP_TEST is set")

@@ -546,8 +546,9 @@ def test_unit_split_backs_off(monkeypatch):
     monkeypatch.setattr(layers._threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(layers, "_FORCE_PATH", None)
     monkeypatch.setattr(layers, "_PACKED", True)
-    layer = fl.LSTM(64, 128, n_threads=2)
+    layer = fl.LSTM(128, 128, n_threads=2)
     T = 100
+    assert 4 * 128 * 256 >= layers._PACKED_MIN_STEP_WORK_UNITS
     assert layer._packed_plan(1, T) == (2, False)
     layers._unit_split_done(T // layers._UNIT_SPLIT_SLOW_SHARE, T)   # not more than 1 in 20
     assert layer._packed_plan(1, T) == (2, False)
@@ -643,7 +644,7 @@ def test_unit_split_uses_at_most_the_usable_cores(monkeypatch):
     monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
     monkeypatch.setattr(layers, "_FORCE_PATH", None)
     monkeypatch.setattr(layers, "_PACKED", True)
-    layer = fl.LSTM(64, 128, n_threads=8)
+    layer = fl.LSTM(128, 128, n_threads=8)
     assert layer._packed_plan(1, 100) == (2, False)
     assert layer._packed_plan(64, 100) == (8, True)
     cores[0] = 1
