@@ -1279,6 +1279,31 @@ FL_PK_ROWCELL_STUB(float, f)
 FL_PK_ROWCELL_STUB(double, d)
 #endif
 
+/* The vector cell update of one whole row (fl_pk_rowcell over [0, H)) on the instruction
+ * set in use (AVX2 code from AVX2 on); returns -1, having done nothing, when it is not
+ * compiled in (the caller then runs fl_pointwise_fwd).  tanh / sigmoid only. */
+#if FL_PK_X86
+#define FL_PK_ROWCELL_AVX2(SUF) fl_pk_rowcell##SUF##_avx2
+#else
+#define FL_PK_ROWCELL_AVX2(SUF) fl_pk_rowcell##SUF##_base
+#endif
+#define FL_PK_ROWCELL_DISPATCH(T, SUF)                                                     \
+FL_PK_MAYBE_UNUSED static int fl_pk_rowcell_all##SUF(int H, const T *zh, const T *zx,      \
+                                                     const T *b, const T *peep,            \
+                                                     int use_clip, T clip, T *c, T *m,     \
+                                                     T *gates, T *c_raw)                   \
+{                                                                                          \
+    if (!FL_PK_HAS_ROWCELL) return -1;                                                     \
+    if (FL_PK_X86 && fl_pk_get_isa() >= 1)                                                 \
+        FL_PK_ROWCELL_AVX2(SUF)(H, 0, H, zh, zx, b, peep, use_clip, clip, c, m, gates, c_raw); \
+    else                                                                                   \
+        fl_pk_rowcell##SUF##_base(H, 0, H, zh, zx, b, peep, use_clip, clip, c, m, gates,   \
+                                  c_raw);                                                  \
+    return 0;                                                                              \
+}
+FL_PK_ROWCELL_DISPATCH(float, f)
+FL_PK_ROWCELL_DISPATCH(double, d)
+
 /* ---- one step of one row, shared by threads ----------------------------------------
  * For a batch of one row without projection: zh = h @ U (4H) and, when x is given,
  * zx = x @ W (else zx holds x_t @ W already), then with `cell` (tanh and sigmoid, and the

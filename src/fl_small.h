@@ -7,7 +7,8 @@
  *
  *     z = x_t @ W  and  r = h @ U   (row vector times row-major (K, 4H): fl_packed.h's
  *                                    vector-matrix loop, along the 4H columns)
- *     gates, c, m = fl_pointwise_fwd(z, r, b, ...)       (fl_pointwise.h)
+ *     gates, c, m = fl_pointwise_fwd(z, r, b, ...)       (fl_pointwise.h; for tanh /
+ *                   sigmoid fl_packed.h's vector cell update of a row, fl_pk_rowcell_all)
  *
  * Scratch: three rows of 4H numbers on the stack, so H is limited to FL_SMALL_MAX_H.
  */
@@ -41,6 +42,8 @@ static void fl_small_forward##SUF(int N, int Tn, int In, int H, long long rn, lo
 {                                                                                          \
     T z[4 * FL_SMALL_MAX_H], r[4 * FL_SMALL_MAX_H], g[4 * FL_SMALL_MAX_H];                 \
     const int H4 = 4 * H;                                                                  \
+    /* tanh / sigmoid: fl_packed.h's vector cell update of a row (as its one-row step) */ \
+    const int vcell = act == FL_ACT_TANH && rec == FL_REC_SIGMOID;                         \
     int n, k;                                                                              \
     for (n = 0; n < N; n++) {                                                              \
         const long long L = lengths ? lengths[n] : Tn;                                     \
@@ -51,8 +54,11 @@ static void fl_small_forward##SUF(int N, int Tn, int In, int H, long long rn, lo
             T *gates = cache_gates ? cache_gates + row * H4 : g;                           \
             fl_small_vecmat##SUF(In, H4, X + row * In, W, z);                              \
             fl_small_vecmat##SUF(H, H4, hn, U, r);                                         \
-            fl_pointwise_fwd##SUF(H, z, r, b, peep, use_clip, clip, act, rec, cn, hn,      \
-                                  gates, cache_c ? cache_c + row * H : NULL);              \
+            if (!vcell || fl_pk_rowcell_all##SUF(H, r, z, b, peep, use_clip, clip, cn, hn, \
+                                                 cache_gates ? gates : NULL,               \
+                                                 cache_c ? cache_c + row * H : NULL) < 0)  \
+                fl_pointwise_fwd##SUF(H, z, r, b, peep, use_clip, clip, act, rec, cn, hn,  \
+                                      gates, cache_c ? cache_c + row * H : NULL);          \
             memcpy(Y + row * H, hn, (size_t) H * sizeof(T));                               \
         }                                                                                  \
     }                                                                                      \
