@@ -129,7 +129,8 @@ typedef double fl_pk_vd __attribute__((vector_size(32)));
 #define FL_PK_X86 1
 #define FL_PK_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define FL_PK_TARGET_AVX512                                                                \
-    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,"                   \
+                          "prefer-vector-width=512")))
 /* one panel row (NU numbers: 16 floats or 8 doubles) in one 512-bit vector */
 typedef float fl_pk_zf __attribute__((vector_size(64)));
 typedef double fl_pk_zd __attribute__((vector_size(64)));
@@ -807,6 +808,7 @@ fl_pk_vecmat##SUF##_##ISA(int k, int j0, int j1, const T *a, fl_i64 inca,       
     }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_VECMAT)
+FL_PK_FOR_AVX512(FL_PK_VECMAT)
 
 
 /* Products this large (multiply-adds) share their columns among the threads asked for */
@@ -818,8 +820,10 @@ FL_PK_FOR_ISAS(FL_PK_VECMAT)
 
 #if FL_PK_X86
 #define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_avx2
+#define FL_PK_VECMAT_AVX512(SUF) fl_pk_vecmat##SUF##_avx512
 #else
 #define FL_PK_VECMAT_AVX2(SUF) fl_pk_vecmat##SUF##_base
+#define FL_PK_VECMAT_AVX512(SUF) fl_pk_vecmat##SUF##_base
 #endif
 /* y = a @ B (+ y with accumulate) as above, on up to nt OpenMP threads (one outside a
  * parallel region or below FL_PK_VECMAT_MIN_THREADED), cut at multiples of 16 columns.
@@ -831,7 +835,7 @@ static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, f
                                                      const T *B, fl_i64 ldb, T *y,         \
                                                      int accumulate, int nt)               \
 {                                                                                          \
-    const int avx2 = FL_PK_X86 && fl_pk_get_isa() >= 1;                                    \
+    const int isa = FL_PK_X86 ? fl_pk_get_isa() : 0;                                       \
     if (n <= 0) return 0;                                                                  \
     if (nt > 1 && (fl_i64) k * n >= FL_PK_VECMAT_MIN_THREADED && n >= 32 &&               \
             !fl_pk_in_parallel()) {                                                        \
@@ -842,13 +846,15 @@ static __attribute__((unused)) int fl_pk_vecmat##SUF(int k, int n, const T *a, f
             const int t = fl_pk_team_id(), m = fl_pk_team_size();                          \
             const int c0 = (int) (((fl_i64) n * t / m) / 16 * 16);                         \
             const int c1 = t + 1 == m ? n : (int) (((fl_i64) n * (t + 1) / m) / 16 * 16);  \
-            if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate);   \
+            if (isa == 2) FL_PK_VECMAT_AVX512(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate); \
+            else if (isa == 1) FL_PK_VECMAT_AVX2(SUF)(k, c0, c1, a, inca, B, ldb, y, accumulate); \
             else fl_pk_vecmat##SUF##_base(k, c0, c1, a, inca, B, ldb, y, accumulate);      \
             if (m > 1) fl_pk_spin_wait_polls(&spin, m, FL_PK_VECMAT_POLLS);               \
         }                                                                                  \
         return spin.slow;                                                                  \
     }                                                                                      \
-    if (avx2) FL_PK_VECMAT_AVX2(SUF)(k, 0, n, a, inca, B, ldb, y, accumulate);             \
+    if (isa == 2) FL_PK_VECMAT_AVX512(SUF)(k, 0, n, a, inca, B, ldb, y, accumulate);       \
+    else if (isa == 1) FL_PK_VECMAT_AVX2(SUF)(k, 0, n, a, inca, B, ldb, y, accumulate);    \
     else fl_pk_vecmat##SUF##_base(k, 0, n, a, inca, B, ldb, y, accumulate);                \
     return 0;                                                                              \
 }
@@ -1216,6 +1222,7 @@ fl_pk_rowcell##SUF##_##ISA(int H, int u0, int u1, const T *zh, const T *zx, cons
     }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_ROWCELL)
+FL_PK_FOR_AVX512(FL_PK_ROWCELL)
 #define FL_PK_HAS_ROWCELL 1
 
 #else  /* no vector extensions: the same on scalars */
@@ -1280,12 +1287,14 @@ FL_PK_ROWCELL_STUB(double, d)
 #endif
 
 /* The vector cell update of one whole row (fl_pk_rowcell over [0, H)) on the instruction
- * set in use (AVX2 code from AVX2 on); returns -1, having done nothing, when it is not
+ * set in use; returns -1, having done nothing, when it is not
  * compiled in (the caller then runs fl_pointwise_fwd).  tanh / sigmoid only. */
 #if FL_PK_X86
 #define FL_PK_ROWCELL_AVX2(SUF) fl_pk_rowcell##SUF##_avx2
+#define FL_PK_ROWCELL_AVX512(SUF) fl_pk_rowcell##SUF##_avx512
 #else
 #define FL_PK_ROWCELL_AVX2(SUF) fl_pk_rowcell##SUF##_base
+#define FL_PK_ROWCELL_AVX512(SUF) fl_pk_rowcell##SUF##_base
 #endif
 #define FL_PK_ROWCELL_DISPATCH(T, SUF)                                                     \
 FL_PK_MAYBE_UNUSED static int fl_pk_rowcell_all##SUF(int H, const T *zh, const T *zx,      \
@@ -1294,7 +1303,10 @@ FL_PK_MAYBE_UNUSED static int fl_pk_rowcell_all##SUF(int H, const T *zh, const T
                                                      T *gates, T *c_raw)                   \
 {                                                                                          \
     if (!FL_PK_HAS_ROWCELL) return -1;                                                     \
-    if (FL_PK_X86 && fl_pk_get_isa() >= 1)                                                 \
+    if (FL_PK_X86 && fl_pk_get_isa() == 2)                                                 \
+        FL_PK_ROWCELL_AVX512(SUF)(H, 0, H, zh, zx, b, peep, use_clip, clip, c, m, gates,   \
+                                  c_raw);                                                  \
+    else if (FL_PK_X86 && fl_pk_get_isa() == 1)                                            \
         FL_PK_ROWCELL_AVX2(SUF)(H, 0, H, zh, zx, b, peep, use_clip, clip, c, m, gates, c_raw); \
     else                                                                                   \
         fl_pk_rowcell##SUF##_base(H, 0, H, zh, zx, b, peep, use_clip, clip, c, m, gates,   \
@@ -1328,7 +1340,8 @@ FL_PK_ROWCELL_DISPATCH(double, d)
 #if FL_PK_X86
 #define FL_PK_ROWSTEP_ANY(SUF, c0, c1, u0, u1, WAIT)                                       \
     do {                                                                                   \
-        if (avx2) FL_PK_ROWSTEP_PART(SUF, avx2, c0, c1, u0, u1, WAIT);                     \
+        if (isa == 2) FL_PK_ROWSTEP_PART(SUF, avx512, c0, c1, u0, u1, WAIT);               \
+        else if (isa == 1) FL_PK_ROWSTEP_PART(SUF, avx2, c0, c1, u0, u1, WAIT);            \
         else FL_PK_ROWSTEP_PART(SUF, base, c0, c1, u0, u1, WAIT);                          \
     } while (0)
 #else
@@ -1342,7 +1355,7 @@ FL_PK_MAYBE_UNUSED static int fl_pk_rowstep##SUF(int I, int H, const T *x, const
                                                  T clip, int cell, T *c, T *m, T *gates,   \
                                                  T *c_raw, int nt)                         \
 {                                                                                          \
-    const int avx2 = FL_PK_X86 && fl_pk_get_isa() >= 1;                                    \
+    const int isa = FL_PK_X86 ? fl_pk_get_isa() : 0;                                       \
     const fl_i64 work = 4 * (fl_i64) H * ((x ? I : 0) + (fl_i64) H);                       \
     fl_pk_spin spin;                                                                       \
     cell = cell && FL_PK_HAS_ROWCELL;                                                      \
