@@ -1165,19 +1165,23 @@ ATTR FL_PK_MAYBE_UNUSED static void fl_pk_bwd##SUF##_##ISA(int H, const T *dm, T
     }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_BWD)
+FL_PK_FOR_AVX512(FL_PK_BWD)
 /* returns 0 when done, -1 when the caller must use its general code (no AVX2) */
 #define FL_PK_BWD_DISPATCH(T, SUF)                                                         \
 FL_PK_MAYBE_UNUSED static int fl_pk_bwd##SUF(int H, const T *dm, T *dc, const T *c_raw,   \
                                              const T *c_prev, T *g, T *dz2)                \
 {                                                                                          \
     if (!FL_PK_X86 || fl_pk_get_isa() < 1) return -1;                                      \
-    FL_PK_BWD_AVX2(SUF)(H, dm, dc, c_raw, c_prev, g, dz2);                                 \
+    if (fl_pk_get_isa() == 2) FL_PK_BWD_AVX512(SUF)(H, dm, dc, c_raw, c_prev, g, dz2);     \
+    else FL_PK_BWD_AVX2(SUF)(H, dm, dc, c_raw, c_prev, g, dz2);                            \
     return 0;                                                                              \
 }
 #if FL_PK_X86
 #define FL_PK_BWD_AVX2(SUF) fl_pk_bwd##SUF##_avx2
+#define FL_PK_BWD_AVX512(SUF) fl_pk_bwd##SUF##_avx512
 #else
 #define FL_PK_BWD_AVX2(SUF) fl_pk_bwd##SUF##_base
+#define FL_PK_BWD_AVX512(SUF) fl_pk_bwd##SUF##_base
 #endif
 FL_PK_BWD_DISPATCH(float, f)
 FL_PK_BWD_DISPATCH(double, d)
