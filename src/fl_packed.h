@@ -18,7 +18,11 @@
  * take several gates at once), and runs the cell update for those rows and units straight
  * away.  The microkernels are separate functions per instruction set; the loops use GCC
  * vector extensions, so that the same source compiles to AVX2 + FMA (chosen at run time
- * when the CPU has them) and to the baseline SSE2 of x86-64.
+ * when the CPU has them) and to the baseline SSE2 of x86-64.  On CPUs with AVX-512 a
+ * panel row is one 512-bit vector: one microkernel (fl_pk_mkz) computes the four gates of
+ * up to MR rows at once in 4 x MR accumulators (24 of the 32 registers), and the cell
+ * update runs on 512-bit vectors; every element is computed by the same operations as on
+ * AVX2, so the two give the same bits.
  *
  * The same microkernels serve the backward's step product dh = dG @ U^T on U packed once
  * (fl_pk_packT / fl_pk_dotT), and its common gate-gradient case (fl_pk_bwd).
