@@ -265,14 +265,19 @@ def show_config(file=None):
     blas = []
     for info in controller().info():
         if info.get("user_api") == "blas":
+            arch = info.get("architecture")
             blas.append(
                 f"{info.get('internal_api')} {info.get('version')} "
                 f"({info.get('threading_layer', '?')} threading, {info.get('num_threads')} threads, "
-                f"{os.path.basename(info.get('filepath', ''))})"
+                + (f"{arch} kernels, " if arch else "")
+                + f"{os.path.basename(info.get('filepath', ''))})"
             )
+    isa = _forward.packed_isa()
     config = {
         "version": __version__,
         "openmp": _forward.openmp_enabled(),
+        # the packed kernel's instruction set, chosen at run time for this CPU
+        "instruction_set": ("baseline", "AVX2 + FMA", "AVX-512")[isa] if 0 <= isa <= 2 else "?",
         "n_threads": get_n_threads(),
         "usable_cores": usable_cores(),
         "blas": blas,
@@ -283,6 +288,7 @@ def show_config(file=None):
         f"fastlstm {config['version']}",
         f"  OpenMP:        {'on' if config['openmp'] else 'off (serial build)'}",
         f"  threads:       {config['n_threads']} (usable cores {config['usable_cores']})",
+        f"  kernels:       {config['instruction_set']}",
         "  BLAS:          " + ("; ".join(blas) if blas else "not found by threadpoolctl"),
         f"  numpy {config['numpy']}, scipy {config['scipy']}",
     ]

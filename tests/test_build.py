@@ -49,6 +49,10 @@ def test_show_config_reports_the_build():
     assert config["version"] == fl.__version__
     assert config["n_threads"] == fl.get_n_threads() >= 1
     assert 1 <= config["usable_cores"] <= (os.cpu_count() or 1)
+    # the instruction set the packed kernel runs here
+    names = {0: "baseline", 1: "AVX2 + FMA", 2: "AVX-512"}
+    assert config["instruction_set"] == names[fl._threads._forward.packed_isa()]
+    assert f"kernels:       {config['instruction_set']}" in text
 
 
 def test_serial_build_reports_the_openmp_probe_is_skipped(monkeypatch):
