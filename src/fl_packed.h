@@ -132,9 +132,17 @@ typedef double fl_pk_vd __attribute__((vector_size(32)));
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FL_PK_X86 1
 #define FL_PK_TARGET_AVX2 __attribute__((target("avx2,fma")))
+/* 512-bit vectors also where the compiler vectorises loops itself (fl_pk_vecmat) */
+#if defined(__clang__)
+#define FL_PK_TARGET_AVX512                                                                \
+    __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"),                  \
+                   min_vector_width(512)))
+#else
 #define FL_PK_TARGET_AVX512                                                                \
     __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,"                   \
                           "prefer-vector-width=512")))
+#endif
+#include <immintrin.h>
 /* one panel row (NU numbers: 16 floats or 8 doubles) in one 512-bit vector */
 typedef float fl_pk_zf __attribute__((vector_size(64)));
 typedef double fl_pk_zd __attribute__((vector_size(64)));
@@ -896,15 +904,11 @@ typedef long long fl_pk_zdi __attribute__((vector_size(64)));
 #define FL_PK_VMAX_avx2_f(a, x) ((fl_pk_vf) __builtin_ia32_maxps256((a), (x)))
 #define FL_PK_VMIN_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_minpd256((a), (x)))
 #define FL_PK_VMAX_avx2_d(a, x) ((fl_pk_vd) __builtin_ia32_maxpd256((a), (x)))
-/* 512-bit: VMINPS / VMAXPS zmm (no mask, current rounding: 4) */
-#define FL_PK_VMIN_avx512_f(a, x)                                                          \
-    ((fl_pk_zf) __builtin_ia32_minps512_mask((a), (x), (a), (unsigned short) 0xffff, 4))
-#define FL_PK_VMAX_avx512_f(a, x)                                                          \
-    ((fl_pk_zf) __builtin_ia32_maxps512_mask((a), (x), (a), (unsigned short) 0xffff, 4))
-#define FL_PK_VMIN_avx512_d(a, x)                                                          \
-    ((fl_pk_zd) __builtin_ia32_minpd512_mask((a), (x), (a), (unsigned char) 0xff, 4))
-#define FL_PK_VMAX_avx512_d(a, x)                                                          \
-    ((fl_pk_zd) __builtin_ia32_maxpd512_mask((a), (x), (a), (unsigned char) 0xff, 4))
+/* 512-bit: VMINPS / VMAXPS zmm (the intrinsics, inlined into AVX-512 functions) */
+#define FL_PK_VMIN_avx512_f(a, x) ((fl_pk_zf) _mm512_min_ps((__m512) (a), (__m512) (x)))
+#define FL_PK_VMAX_avx512_f(a, x) ((fl_pk_zf) _mm512_max_ps((__m512) (a), (__m512) (x)))
+#define FL_PK_VMIN_avx512_d(a, x) ((fl_pk_zd) _mm512_min_pd((__m512d) (a), (__m512d) (x)))
+#define FL_PK_VMAX_avx512_d(a, x) ((fl_pk_zd) _mm512_max_pd((__m512d) (a), (__m512d) (x)))
 
 #define FL_PK_VSEL(T, SUF, V, VI)                                                          \
 static inline __attribute__((always_inline)) V fl_pk_sel##SUF(VI m, V a, V b)              \
@@ -918,40 +922,40 @@ FL_PK_VSEL(double, d, fl_pk_vd, fl_pk_vid)
  * fl_pointwise.h on vectors (V: fl_pk_vf / fl_pk_vd, or the 512-bit fl_pk_zf / fl_pk_zd,
  * only inlined into AVX-512 code), scaled by 2^n (+inf for n = 128 / 1024); e^x - 1
  * likewise (fl_em1nf / fl_em1n): 2^n (e^r - 1) + (2^n - 1) */
-#define FL_PK_EXPCORES(V)                                                                  \
-static inline __attribute__((always_inline, unused)) V fl_pk_expcoref_##V(V x)            \
+#define FL_PK_EXPCORES(V, ATTR)                                                            \
+ATTR static inline __attribute__((always_inline, unused)) V fl_pk_expcoref_##V(V x)            \
 {                                                                                          \
     V t, p;                                                                                \
     FL_EXPF_CORE(V, x, t, p);                                                              \
     return p * (V) ((V##i) t << 23);   /* n + 127: the exponent field of 2^n */             \
 }                                                                                          \
-static inline __attribute__((always_inline, unused)) V fl_pk_em1coref_##V(V x)            \
+ATTR static inline __attribute__((always_inline, unused)) V fl_pk_em1coref_##V(V x)            \
 {                                                                                          \
     V t, q, scale;                                                                         \
     FL_EM1F_CORE(V, x, t, q);                                                              \
     scale = (V) ((V##i) t << 23);                                                          \
     return scale * q + (scale - 1.0f);                                                     \
 }
-#define FL_PK_EXPCORES_D(V)                                                                \
-static inline __attribute__((always_inline, unused)) V fl_pk_expcored_##V(V x)            \
+#define FL_PK_EXPCORES_D(V, ATTR)                                                          \
+ATTR static inline __attribute__((always_inline, unused)) V fl_pk_expcored_##V(V x)            \
 {                                                                                          \
     V t, p;                                                                                \
     FL_EXP_CORE(V, x, t, p);                                                               \
     /* 0x4338000000000000: the bits of the magic number */                                 \
     return p * (V) (((V##i) t - 0x4338000000000000LL + 1023) << 52);                       \
 }                                                                                          \
-static inline __attribute__((always_inline, unused)) V fl_pk_em1cored_##V(V x)            \
+ATTR static inline __attribute__((always_inline, unused)) V fl_pk_em1cored_##V(V x)            \
 {                                                                                          \
     V t, q, scale;                                                                         \
     FL_EM1_CORE(V, x, t, q);                                                               \
     scale = (V) (((V##i) t - 0x4338000000000000LL + 1023) << 52);                          \
     return scale * q + (scale - 1.0);                                                      \
 }
-FL_PK_EXPCORES(fl_pk_vf)
-FL_PK_EXPCORES_D(fl_pk_vd)
+FL_PK_EXPCORES(fl_pk_vf, )
+FL_PK_EXPCORES_D(fl_pk_vd, )
 #if FL_PK_X86
-FL_PK_EXPCORES(fl_pk_zf)
-FL_PK_EXPCORES_D(fl_pk_zd)
+FL_PK_EXPCORES(fl_pk_zf, FL_PK_TARGET_AVX512)
+FL_PK_EXPCORES_D(fl_pk_zd, FL_PK_TARGET_AVX512)
 #endif
 
 /* exp as fl_expf / fl_exp (fl_pk_expv: clamped to the same range, so +inf from x ~ 88.38

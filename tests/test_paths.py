@@ -123,7 +123,9 @@ def test_avx512_and_avx2_give_the_same_bits(force, path, dtype):
     element as the same chain of multiply-adds as the AVX2 tiles, and the cell update is
     the same code: outputs, states and the training cache's gradients are bit for bit
     those of the AVX2 kernel, for row tiles of 1 to 6 rows, a partial last panel,
-    variable lengths, reverse, peepholes, clip and another activation."""
+    variable lengths, reverse, peepholes, clip and another activation.  (A NaN may come
+    out with the other sign bit: x86 propagates one NaN operand or the other by the
+    instruction form.)"""
     if _forward.packed_isa(-1) < 2:
         pytest.skip("this CPU has no AVX-512")
     force(path)
