@@ -549,6 +549,17 @@ FL_PK_MKG_STUB(double, d, 2, 4) FL_PK_MKG_STUB(double, d, 1, 8)
  * same single chain of multiply-adds over k as in fl_pk_mk (CH = 1) and fl_pk_mkg, x part
  * then h part, so the results are those of the AVX2 kernels. */
 #if FL_PK_X86
+/* acc[q][i] += sum over k < KN of ROWS[i][k] * (row k of block q), one chain each */
+#define FL_PK_MKZ_LOOP(T, V, MR, NQ, KN, ROWS)                                             \
+    _Pragma("GCC unroll 2")                                                                \
+    for (k = 0; k < (KN); k++) {                                                           \
+        V b[NQ];                                                                           \
+        for (q = 0; q < NQ; q++) b[q] = *(const V *) (B + q * gs + k * NU);                \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = ROWS[i][k];                                                              \
+            for (q = 0; q < NQ; q++) acc[q][i] += a * b[q];                                \
+        }                                                                                  \
+    }
 #define FL_PK_MKZ(T, SUF, V, MR, NQ)                                                       \
 FL_PK_TARGET_AVX512 static __attribute__((noinline, unused)) void                          \
 fl_pk_mkz##SUF##_##MR##_##NQ(int I, const T *const *xa, int H, const T *ha, fl_i64 ldh,    \
@@ -564,26 +575,10 @@ fl_pk_mkz##SUF##_##MR##_##NQ(int I, const T *const *xa, int H, const T *ha, fl_i
         _Pragma("GCC unroll 16")                                                           \
         for (i = 0; i < MR; i++)                                                           \
             acc[q][i] = init ? FL_PK_VLD(V, z + i * ldz + q * NU) : (V){0};               \
-    _Pragma("GCC unroll 2")                                                                \
-    for (k = 0; k < I; k++) {                                                              \
-        V b[NQ];                                                                           \
-        for (q = 0; q < NQ; q++) b[q] = *(const V *) (B + q * gs + k * NU);                \
-        for (i = 0; i < MR; i++) {                                                         \
-            T a = xa[i][k];                                                                \
-            for (q = 0; q < NQ; q++) acc[q][i] += a * b[q];                                \
-        }                                                                                  \
-    }                                                                                      \
+    FL_PK_MKZ_LOOP(T, V, MR, NQ, I, xa)                                                    \
     B += (fl_i64) I * NU;                                                                  \
     for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
-    _Pragma("GCC unroll 2")                                                                \
-    for (k = 0; k < H; k++) {                                                              \
-        V b[NQ];                                                                           \
-        for (q = 0; q < NQ; q++) b[q] = *(const V *) (B + q * gs + k * NU);                \
-        for (i = 0; i < MR; i++) {                                                         \
-            T a = hr[i][k];                                                                \
-            for (q = 0; q < NQ; q++) acc[q][i] += a * b[q];                                \
-        }                                                                                  \
-    }                                                                                      \
+    FL_PK_MKZ_LOOP(T, V, MR, NQ, H, hr)                                                    \
     _Pragma("GCC unroll 16")                                                               \
     for (q = 0; q < NQ; q++)                                                               \
         _Pragma("GCC unroll 16")                                                           \
