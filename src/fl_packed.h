@@ -669,29 +669,43 @@ static __attribute__((unused)) void fl_pk_packT##SUF(int n, int K, const T *B, T
 FL_PK_DOTT(float, f, FL_PK_NU_F)
 FL_PK_DOTT(double, d, FL_PK_NU_D)
 
+/* Row tiles of FL_PK_MR rows from the first row of A.  On AVX-512, tiles of 4 to 6 rows
+ * take four whole panels at once (fl_pk_mkz, the panels K * NU apart), or one; tiles of
+ * 1 to 3 rows keep the AVX2 tiles (several chains per element there; the AVX-512 names
+ * of fl_pk_mk are the AVX2 ones), so that every value is the AVX2 kernel's. */
 #define FL_PK_DOTT_RUN(T, SUF, NU, V, ISA, ATTR)                                           \
 ATTR static __attribute__((unused)) void                                                   \
 fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *packed,     \
                         T *C, fl_i64 ldc, T *ztmp)                                         \
 {                                                                                          \
-    int p, i0, i, j;                                                                       \
-    for (p = 0; p < (n + NU - 1) / NU; p++) {                                              \
+    int p, i0, i, j, nq;                                                                   \
+    for (p = 0; p < (n + NU - 1) / NU; p += nq) {                                          \
         const T *Bp = packed + (fl_i64) p * K * NU;                                        \
         const int nu = n - p * NU < NU ? n - p * NU : NU;                                  \
+        nq = FL_PK_IS512_##ISA && n - p * NU >= 4 * NU ? 4 : 1;                            \
         for (i0 = 0; i0 < m; i0 += FL_PK_MR) {                                             \
             const int mr = m - i0 < FL_PK_MR ? m - i0 : FL_PK_MR;                          \
             const T *xa[FL_PK_MR];                                                         \
             T *z = nu == NU ? C + i0 * ldc + p * NU : ztmp;                                \
             const int ldz = nu == NU ? (int) ldc : NU;                                     \
             for (i = 0; i < mr; i++) xa[i] = A + (i0 + i) * lda;                           \
-            switch (mr) {                                                                  \
-            case 6: fl_pk_mk##SUF##_##ISA##_6(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
-            case 5: fl_pk_mk##SUF##_##ISA##_5(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
-            case 4: fl_pk_mk##SUF##_##ISA##_4(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
-            case 3: fl_pk_mk##SUF##_##ISA##_3(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
-            case 2: fl_pk_mk##SUF##_##ISA##_2(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;    \
-            default: fl_pk_mk##SUF##_##ISA##_1(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;   \
-            }                                                                              \
+            if (FL_PK_IS512_##ISA && mr >= 4 && nq == 4)                                   \
+                FL_PK_MKZ_CALL(SUF, 4, mr, K, xa, 0, NULL, 0, Bp, (fl_i64) K * NU, z, ldz, 0); \
+            else if (FL_PK_IS512_##ISA && mr >= 4)                                         \
+                FL_PK_MKZ_CALL(SUF, 1, mr, K, xa, 0, NULL, 0, Bp, 0, z, ldz, 0);           \
+            else                                                                           \
+                for (j = 0; j < nq; j++) {                                                 \
+                    const T *Bj = Bp + (fl_i64) j * K * NU;                                \
+                    T *zj = z + j * NU;                                                    \
+                    switch (mr) {                                                          \
+                    case 6: fl_pk_mk##SUF##_##ISA##_6(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    case 5: fl_pk_mk##SUF##_##ISA##_5(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    case 4: fl_pk_mk##SUF##_##ISA##_4(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    case 3: fl_pk_mk##SUF##_##ISA##_3(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    case 2: fl_pk_mk##SUF##_##ISA##_2(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    default: fl_pk_mk##SUF##_##ISA##_1(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
+                    }                                                                      \
+                }                                                                          \
             if (nu < NU)                                                                   \
                 for (i = 0; i < mr; i++)                                                   \
                     for (j = 0; j < nu; j++) C[(i0 + i) * ldc + p * NU + j] = ztmp[i * NU + j]; \
@@ -699,57 +713,8 @@ fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *pa
     }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_DOTT_RUN)
-
-/* AVX-512: tiles of 4 to 6 rows take four whole panels at once (fl_pk_mkz, the panels
- * K * NU apart), or one; tiles of 1 to 3 rows keep the AVX2 tiles (several chains per
- * element there), so that every value is the AVX2 kernel's */
+FL_PK_FOR_AVX512(FL_PK_DOTT_RUN)
 #if FL_PK_X86
-#define FL_PK_DOTT_512(T, SUF, NU)                                                         \
-FL_PK_TARGET_AVX512 static __attribute__((unused)) void                                    \
-fl_pk_dotT##SUF##_avx512(int m, int n, int K, const T *A, fl_i64 lda, const T *packed,     \
-                         T *C, fl_i64 ldc, T *ztmp)                                        \
-{                                                                                          \
-    const int np = (n + NU - 1) / NU;                                                      \
-    int p, i0, i, j, nq;                                                                   \
-    for (p = 0; p < np; p += nq) {                                                         \
-        const T *Bp = packed + (fl_i64) p * K * NU;                                        \
-        const int nu = n - p * NU < NU ? n - p * NU : NU;                                  \
-        nq = n - p * NU >= 4 * NU ? 4 : 1;                                                 \
-        for (i0 = 0; i0 < m; i0 += FL_PK_MR) {                                             \
-            const int mr = m - i0 < FL_PK_MR ? m - i0 : FL_PK_MR;                          \
-            const T *xa[FL_PK_MR];                                                         \
-            T *z = nu == NU ? C + i0 * ldc + p * NU : ztmp;                                \
-            const int ldz = nu == NU ? (int) ldc : NU;                                     \
-            for (i = 0; i < mr; i++) xa[i] = A + (i0 + i) * lda;                           \
-            if (nq == 4)   /* mr >= 4: the four panels at once; else one by one */        \
-                for (j = 0; j < 4; j += mr >= 4 ? 4 : 1) {                                 \
-                    if (mr >= 4)                                                           \
-                        FL_PK_MKZ_CALL(SUF, 4, mr, K, xa, 0, NULL, 0, Bp, (fl_i64) K * NU, \
-                                       z, ldz, 0);                                         \
-                    else if (mr == 3)                                                      \
-                        fl_pk_mk##SUF##_avx2_3(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
-                                               z + j * NU, ldz, 0);                        \
-                    else if (mr == 2)                                                      \
-                        fl_pk_mk##SUF##_avx2_2(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
-                                               z + j * NU, ldz, 0);                        \
-                    else                                                                   \
-                        fl_pk_mk##SUF##_avx2_1(K, xa, 0, NULL, 0, Bp + (fl_i64) j * K * NU, \
-                                               z + j * NU, ldz, 0);                        \
-                }                                                                          \
-            else switch (mr) {                                                             \
-            case 3: fl_pk_mk##SUF##_avx2_3(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
-            case 2: fl_pk_mk##SUF##_avx2_2(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
-            case 1: fl_pk_mk##SUF##_avx2_1(K, xa, 0, NULL, 0, Bp, z, ldz, 0); break;       \
-            default: FL_PK_MKZ_CALL(SUF, 1, mr, K, xa, 0, NULL, 0, Bp, 0, z, ldz, 0);      \
-            }                                                                              \
-            if (nu < NU)                                                                   \
-                for (i = 0; i < mr; i++)                                                   \
-                    for (j = 0; j < nu; j++) C[(i0 + i) * ldc + p * NU + j] = ztmp[i * NU + j]; \
-        }                                                                                  \
-    }                                                                                      \
-}
-FL_PK_DOTT_512(float, f, FL_PK_NU_F)
-FL_PK_DOTT_512(double, d, FL_PK_NU_D)
 #define FL_PK_DOTT_AVX512(SUF, ...)                                                        \
     if (fl_pk_get_isa() == 2) { fl_pk_dotT##SUF##_avx512(__VA_ARGS__); return; }
 #else
