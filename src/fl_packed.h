@@ -1030,43 +1030,6 @@ fl_pk_cell_inf##SUF##_##ISA(const T *z, const T *bp, T *c, T *h, T *y, int use_p
         FL_PK_VST(h + v, m);                                                               \
         FL_PK_VST(y + v, m);                                                               \
     }                                                                                      \
-}                                                                                          \
-/* fl_pk_cell_inf of two rows (z[r], c[r], h[r], y[r]) side by side: the same operations  \
- * per row, as two independent chains the core overlaps (one row's chain of exp,          \
- * division and tanh otherwise waits on its own latencies) */                              \
-ATTR static inline __attribute__((always_inline)) void                                     \
-fl_pk_cell_inf2##SUF##_##ISA(const T *const *z, const T *bp, T *const *c, T *const *h,    \
-                             T *const *y, int use_peep, int use_clip, T clip)              \
-{                                                                                          \
-    enum { VL = sizeof(V) / sizeof(T) };                                                   \
-    int v, r;                                                                              \
-    for (v = 0; v < NU; v += VL) {                                                         \
-        V c0[2], zi[2], zf[2], zg[2], zo[2], cc[2], m[2];                                  \
-        _Pragma("GCC unroll 2")                                                            \
-        for (r = 0; r < 2; r++) {                                                          \
-            c0[r] = FL_PK_VLD(V, c[r] + v);                                                \
-            fl_pk_gates_in##SUF##_##ISA(z[r] + v, bp + v, c0[r], use_peep, &zi[r], &zf[r], \
-                                        &zg[r], &zo[r]);                                   \
-        }                                                                                  \
-        _Pragma("GCC unroll 2")                                                            \
-        for (r = 0; r < 2; r++)                                                            \
-            cc[r] = c0[r] / ((T) 1 + fl_pk_expv##SUF##_##ISA(-zf[r]))                      \
-                    + fl_pk_sgtanh##SUF##_##ISA(fl_pk_expv##SUF##_##ISA(-zi[r]), zg[r]);   \
-        _Pragma("GCC unroll 2")                                                            \
-        for (r = 0; r < 2; r++) {                                                          \
-            if (use_clip) cc[r] = fl_pk_clip##SUF##_##ISA(cc[r], clip);                    \
-            if (use_peep) zo[r] += FL_PK_VLD(V, bp + 6 * NU + v) * cc[r];                  \
-        }                                                                                  \
-        _Pragma("GCC unroll 2")                                                            \
-        for (r = 0; r < 2; r++)                                                            \
-            m[r] = fl_pk_sgtanh##SUF##_##ISA(fl_pk_expv##SUF##_##ISA(-zo[r]), cc[r]);      \
-        _Pragma("GCC unroll 2")                                                            \
-        for (r = 0; r < 2; r++) {                                                          \
-            FL_PK_VST(c[r] + v, cc[r]);                                                    \
-            FL_PK_VST(h[r] + v, m[r]);                                                     \
-            FL_PK_VST(y[r] + v, m[r]);                                                     \
-        }                                                                                  \
-    }                                                                                      \
 }
 FL_PK_FOR_ISAS(FL_PK_CELL)
 FL_PK_FOR_AVX512(FL_PK_CELL)
@@ -1268,13 +1231,6 @@ static void fl_pk_cell_inf##SUF##_base(const T *z, const T *bp, T *c, T *h, T *y
 {                                                                                          \
     (void) z; (void) bp; (void) c; (void) h; (void) y; (void) use_peep; (void) use_clip;   \
     (void) clip;                                                                           \
-}                                                                                          \
-static void fl_pk_cell_inf2##SUF##_base(const T *const *z, const T *bp, T *const *c,      \
-                                       T *const *h, T *const *y, int use_peep,             \
-                                       int use_clip, T clip)                               \
-{                                                                                          \
-    (void) z; (void) bp; (void) c; (void) h; (void) y; (void) use_peep; (void) use_clip;   \
-    (void) clip;                                                                           \
 }
 FL_PK_CELL_INF_STUB(float, f)
 FL_PK_CELL_INF_STUB(double, d)
@@ -1440,9 +1396,6 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     T *hn = s->hbuf0;                                                                      \
     int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
-    const T *pz[2];              /* rows waiting for fl_pk_cell_inf2 */                    \
-    T *pc[2], *ph[2], *py[2];                                                              \
-    int npend;                                                                             \
     for (kb = 0; kb < s->kmax; kb += tb) {                                                 \
         nk = s->kmax - kb < tb ? s->kmax - kb : tb;                                        \
         for (kl = 0; kl < nk; kl++) {                                                      \
@@ -1554,7 +1507,6 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     default: fl_pk_mk##SUF##_##ISA##_1(0, NULL, H, ha, H, Bq, zq, Z4, 1); break;   \
                     }                                                                      \
                 }                                                                          \
-                npend = 0;                                                                 \
                 for (i = 0; i < mr; i++) {                                                 \
                     const T *zr = z + i * Z4;                                              \
                     const fl_i64 a = s->perm ? s->perm[rb + i] : rb + i;                   \
@@ -1569,16 +1521,9 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     L = s->lengths ? s->lengths[a] : T_;                                   \
                     t = s->reverse ? L - 1 - k : k;                                        \
                     row = a * s->rn + t * s->rt;                                           \
-                    if (inf && nu == NU) {   /* two rows at a time: fl_pk_cell_inf2 */    \
-                        pz[npend] = zr;                                                    \
-                        pc[npend] = c;                                                     \
-                        ph[npend] = hnr;                                                   \
-                        py[npend++] = s->Y + row * H + u0;                                 \
-                        if (npend == 2) {                                                  \
-                            fl_pk_cell_inf2##SUF##_##ISA(pz, bp, pc, ph, py, s->use_peep,  \
-                                                         s->use_clip, s->clip);            \
-                            npend = 0;                                                     \
-                        }                                                                  \
+                    if (inf && nu == NU) {                                                 \
+                        fl_pk_cell_inf##SUF##_##ISA(zr, bp, c, hnr, s->Y + row * H + u0,           \
+                                            s->use_peep, s->use_clip, s->clip);            \
                         continue;                                                          \
                     }                                                                      \
                     if (train && nu == NU) {   /* straight to the outputs and the cache */ \
@@ -1639,9 +1584,6 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                         FL_PK_CPY(cg + 3 * H, go, nu);                                     \
                     }                                                                      \
                 }                                                                          \
-                if (npend)                                                                 \
-                    fl_pk_cell_inf##SUF##_##ISA(pz[0], bp, pc[0], ph[0], py[0], s->use_peep, \
-                                                s->use_clip, s->clip);                     \
             }                                                                              \
         }                                                                                  \
         if (sync > 1) fl_pk_spin_wait(s->spin, sync);                                      \
