@@ -172,6 +172,32 @@ def test_threads_bit_identical(rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("H,proj", [(8, 5), (48, 40), (50, None)])
+def test_parameter_gradients_in_parts(H, proj, monkeypatch):
+    # the products after the time loop split into 3 row ranges (partial sums of dW, dU,
+    # db, dP added afterwards), with and without a projection, rows padded by lengths;
+    # against the reference, and the same bits on 1, 2 and 3 threads
+    from fastlstm import _training, layers
+    monkeypatch.setattr(_training, "_MIN_FLOPS_PER_PART", 1)
+    monkeypatch.setattr(layers, "_CHUNK_CORES", 3)
+    opts = {"peepholes": True, "lengths": "mixed"}
+    if proj is not None:
+        opts["proj_size"] = proj
+    out = []
+    for n_threads in (1, 2, 3):
+        layer, X, s0, lengths, dY, ds = make_case(opts, np.random.default_rng(3), np.float64,
+                                                  N=10, T=9, I=7, H=H, n_threads=n_threads)
+        _, _, cache = layer.forward(X, s0, lengths=lengths)
+        dX, d0 = layer.backward(dY, cache, ds)
+        out.append((layer.flat_grads.copy(), dX))
+        if n_threads == 1:
+            g = reference_grads(layer, X, s0, lengths, dY, ds, False)
+            assert_grads_close(dict(layer.grads, X=dX, c0=d0.c, h0=d0.h), g, np.float64)
+    for got in out[1:]:
+        for a, b in zip(out[0], got):
+            np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------
 # padding semantics
 # ---------------------------------------------------------------------------------------------
