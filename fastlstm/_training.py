@@ -83,7 +83,7 @@ def _buffer(layer, key, shape, dtype, zero=False):
     return arr
 
 
-def _give_back(layer, part, keys=("gates", "c", "m", "hp", "hprev", "params")):
+def _give_back(layer, part, keys=("gates", "c", "m", "hp", "xh", "params")):
     """After a backward: the layer keeps the cache's own buffers for its next training
     forward (one set per layer; not pickled), and the spent cache drops them."""
     pool = layer.__dict__.setdefault("_train_buffers", {})
@@ -94,8 +94,8 @@ def _give_back(layer, part, keys=("gates", "c", "m", "hp", "hprev", "params")):
 
 
 def _hprev(Y, h0, L, time_major, reverse, Hp):
-    """The h each step read, rows as Y: the previous output in walking order, or h0
-    (written into Hp, an array shaped like Y)."""
+    """Write the h each step read into Hp (an array view shaped like Y): the previous
+    output in walking order, or h0."""
     Yt = Y if time_major else Y.swapaxes(0, 1)          # (T, N, Ho) views
     Ht = Hp if time_major else Hp.swapaxes(0, 1)
     T = Yt.shape[0]
@@ -108,7 +108,6 @@ def _hprev(Y, h0, L, time_major, reverse, Hp):
         if L is not None:
             rows = np.nonzero((L > 0) & (L < T))[0]
             Ht[L[rows] - 1, rows] = h0[rows]
-    return Hp.reshape(-1, Y.shape[2])
 
 
 def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
@@ -130,15 +129,24 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
     part["c0"] = c.copy()
     h0 = h.copy()
     Y = layer._run(X, N, T, time_major, c, h, L, reverse, cache=part)
-    part["X"] = X2m
     part["options"] = _options(layer)
     part["params"] = _buffer(layer, "params", layer._flat.shape, dt)
     np.copyto(part["params"], layer._flat)
-    part["hprev"] = (_hprev(Y, h0, L, time_major, reverse,
-                            _buffer(layer, "hprev", (R, Ho), dt).reshape(Y.shape))
-                     if R else np.empty((0, Ho), dt))
+    # each row's input beside the h its step read: [X | H_prev] (R, I + Ho), so that one
+    # gemm gives dW and dU (adjacent in the gradient buffer) with one pass over dG
+    I = layer.input_size
+    xh = part["xh"] = _buffer(layer, "xh", (R, I + Ho), dt)
+    if R:
+        np.copyto(xh[:, :I], X2m)
+        _hprev(Y, h0, L, time_major, reverse, xh.reshape(Y.shape[:2] + (I + Ho,))[:, :, I:])
     part["reverse"] = reverse
     return Y, part
+
+
+def _wu(flat, rows, cols):
+    """dW and dU as one (I + Ho, 4H) array: the first two views of the gradient buffer
+    (``LSTM._param_shapes`` puts W, then U, at its start)."""
+    return flat[:rows * cols].reshape(rows, cols)
 
 
 def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulate):
@@ -174,8 +182,8 @@ def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulat
             _layers.ACTIVATIONS[layer.activation],
             _layers.RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip,
             layer.proj_clip if has_p else None, dpeep, chunks, nt)
-        _backward.param_grads(part["gates"], part["X"], part["hprev"], p["W"], dX2,
-                              accumulate, g["W"], g["U"], g["b"], part.get("m"), dhp,
+        _backward.param_grads(part["gates"], part["xh"], p["W"], dX2, accumulate,
+                              _wu(layer._gflat, I + Ho, 4 * H), g["b"], part.get("m"), dhp,
                               g.get("P"), parts, nt)
     if dpeep is not None:
         g["peepholes"][...] = dpeep.sum(axis=0).reshape(3, H)

@@ -18,7 +18,7 @@ Two entries:
   a block of batch rows for the whole call (the caller holds BLAS to one thread); the
   row blocks do not depend on the thread count, so neither do the results.
 - ``param_grads``: after the loop, one gemm per product over all N*T rows:
-  ``dX = dG @ W^T``, ``dW = X^T @ dG``, ``dU = Hprev^T @ dG``, ``db = sum_rows dG`` and
+  ``dX = dG @ W^T``, ``[dW; dU] = [X, Hprev]^T @ dG``, ``db = sum_rows dG`` and
   ``dP = M^T @ dHP``, split over a fixed number of row ranges run by the OpenMP threads
   with single-threaded BLAS (partial sums reduced in a fixed order).  The caller passes an
   X whose padded rows are zero and a finite ``Hprev``, so NaN/Inf in padding cannot reach
@@ -624,41 +624,37 @@ def recurrence(const floating[:, ::1] dY, int N, int T, bint time_major,
         raise MemoryError("fastlstm: could not allocate the backward workspace")
 
 
-cdef inline int _grads_part(int part, int nparts, i64 R, int H4, int I, int Ho, int H, int Hp,
-                            const floating *dG, const floating *X, const floating *Hprev,
-                            const floating *W, floating *dX, floating beta_x, floating *dW,
-                            floating *dU, floating *db, const floating *M,
-                            const floating *dHP, floating *dP, floating *partial, i64 size,
-                            i64 offs_u, i64 offs_b, i64 offs_p) noexcept nogil:
-    """Row range ``part`` of ``nparts``: part 0 writes dW, dU, db, dP themselves; part k > 0
+cdef inline int _grads_part(int part, int nparts, i64 R, int H4, int I, int K, int H, int Hp,
+                            const floating *dG, const floating *XH, const floating *W,
+                            floating *dX, floating beta_x, floating *dWU, floating *db,
+                            const floating *M, const floating *dHP, floating *dP,
+                            floating *partial, i64 size, i64 offs_b,
+                            i64 offs_p) noexcept nogil:
+    """Row range ``part`` of ``nparts``: part 0 writes dWU, db, dP themselves; part k > 0
     writes its partial sums into slot k-1 of ``partial`` (added in order afterwards)."""
     cdef int r0 = <int> ((<i64> part * R) // nparts)
     cdef int r1 = <int> ((<i64> (part + 1) * R) // nparts)
     cdef floating *mine
     if part == 0:
-        return _grads_rows(r0, r1, H4, I, Ho, H, Hp, dG, X, Hprev, W, dX, beta_x, dW, dU, db,
-                           M, dHP, dP)
+        return _grads_rows(r0, r1, H4, I, K, H, Hp, dG, XH, W, dX, beta_x, dWU, db, M, dHP,
+                           dP)
     mine = partial + (part - 1) * size
-    return _grads_rows(r0, r1, H4, I, Ho, H, Hp, dG, X, Hprev, W, dX, beta_x, mine,
-                       mine + offs_u, mine + offs_b, M, dHP,
-                       mine + offs_p if dP != NULL else NULL)
+    return _grads_rows(r0, r1, H4, I, K, H, Hp, dG, XH, W, dX, beta_x, mine, mine + offs_b,
+                       M, dHP, mine + offs_p if dP != NULL else NULL)
 
 
-cdef int _grads_rows(int r0, int r1, int H4, int I, int Ho, int H, int Hp,
-                     const floating *dG, const floating *X, const floating *Hprev,
-                     const floating *W, floating *dX, floating beta_x, floating *dW,
-                     floating *dU, floating *db, const floating *M, const floating *dHP,
-                     floating *dP) noexcept nogil:
-    """Parameter gradients of rows [r0, r1) written (beta 0) into dW, dU, db, dP; dX rows."""
+cdef int _grads_rows(int r0, int r1, int H4, int I, int K, int H, int Hp,
+                     const floating *dG, const floating *XH, const floating *W,
+                     floating *dX, floating beta_x, floating *dWU, floating *db,
+                     const floating *M, const floating *dHP, floating *dP) noexcept nogil:
+    """Parameter gradients of rows [r0, r1) written (beta 0) into dWU, db, dP; dX rows."""
     cdef int nr = r1 - r0, r, j
     cdef const floating *g = dG + <i64> r0 * H4
     cdef const floating *row
     if dX != NULL:
         gemm(False, True, nr, I, H4, <floating> 1, g, H4, W, H4, beta_x, dX + <i64> r0 * I, I)
-    gemm(True, False, I, H4, nr, <floating> 1, X + <i64> r0 * I, I, g, H4, <floating> 0,
-         dW, H4)
-    gemm(True, False, Ho, H4, nr, <floating> 1, Hprev + <i64> r0 * Ho, Ho, g, H4,
-         <floating> 0, dU, H4)
+    gemm(True, False, K, H4, nr, <floating> 1, XH + <i64> r0 * K, K, g, H4, <floating> 0,
+         dWU, H4)
     for j in range(H4):
         db[j] = 0
     for r in range(nr):
@@ -671,18 +667,18 @@ cdef int _grads_rows(int r0, int r1, int H4, int I, int Ho, int H, int Hp,
     return 0
 
 
-def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
-                const floating[:, ::1] Hprev, const floating[:, ::1] W,
-                floating[:, ::1] dX, bint accumulate_dX,
-                floating[:, ::1] dW, floating[:, ::1] dU, floating[::1] db,
+def param_grads(const floating[:, ::1] dG, const floating[:, ::1] XH,
+                const floating[:, ::1] W, floating[:, ::1] dX, bint accumulate_dX,
+                floating[:, ::1] dWU, floating[::1] db,
                 const floating[:, ::1] M, const floating[:, ::1] dHP, floating[:, ::1] dP,
                 int n_parts, int n_threads):
     """The products after the time loop, over all R = N*T rows (gradients overwritten).
 
-    dG: (R, 4H) gate gradients (zero on padded rows); X: (R, I) the layer input with
-    padded rows zeroed; Hprev: (R, Ho) the h each step read; W: (I, 4H);
+    dG: (R, 4H) gate gradients (zero on padded rows); XH: (R, I + Ho) each row's layer
+    input (zero on padded rows) beside the h its step read (finite); W: (I, 4H);
     dX: (R, I) or None, written (or added to, with ``accumulate_dX``) as dG @ W^T;
-    dW: (I, 4H) = X^T dG; dU: (Ho, 4H) = Hprev^T dG; db: (4H,) = column sums of dG;
+    dWU: (I + Ho, 4H) = XH^T dG, i.e. dW over dU (one gemm, one pass over dG);
+    db: (4H,) = column sums of dG;
     M: (R, H) pre-projection outputs, dHP: (R, Ho) projection gradients (zero on padded
     rows), dP: (H, Ho) = M^T dHP -- all three None without a projection.
     n_parts: the rows are split into this many contiguous ranges, each one gemm per
@@ -690,18 +686,16 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
     depend on n_threads, the OpenMP threads sharing the ranges; the caller holds BLAS to
     one thread when n_parts > 1).
     """
-    cdef int R = dG.shape[0], H4 = dG.shape[1], I = X.shape[1], Ho = Hprev.shape[1]
+    cdef int R = dG.shape[0], H4 = dG.shape[1], I = W.shape[0], K = XH.shape[1]
     cdef int H = H4 // 4, Hp = dP.shape[1] if dP is not None else 0
     cdef int nparts, nteam, part, status = 0
-    cdef i64 j, size, offs_u, offs_b, offs_p
+    cdef i64 j, size, offs_b, offs_p
     cdef floating beta_x = 1 if accumulate_dX else 0
     cdef const floating *pg = &dG[0, 0] if R else NULL
-    cdef const floating *px = &X[0, 0] if R else NULL
-    cdef const floating *ph = &Hprev[0, 0] if R else NULL
+    cdef const floating *pxh = &XH[0, 0] if R else NULL
     cdef const floating *pw = &W[0, 0]
     cdef floating *pdx = &dX[0, 0] if dX is not None and R else NULL
-    cdef floating *pdw = &dW[0, 0]
-    cdef floating *pdu = &dU[0, 0]
+    cdef floating *pdwu = &dWU[0, 0]
     cdef floating *pdb = &db[0]
     cdef const floating *pm = &M[0, 0] if M is not None and R else NULL
     cdef const floating *pdhp = &dHP[0, 0] if dHP is not None and R else NULL
@@ -710,8 +704,7 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
     cdef floating *mine
 
     if R == 0:
-        dW[...] = 0
-        dU[...] = 0
+        dWU[...] = 0
         db[...] = 0
         if dP is not None:
             dP[...] = 0
@@ -721,8 +714,7 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
         nparts = 1
     nteam = n_threads if n_threads < nparts else nparts
     # part 0 writes the outputs; parts 1.. write partial sums, added in order afterwards
-    offs_u = <i64> I * H4
-    offs_b = offs_u + <i64> Ho * H4
+    offs_b = <i64> K * H4
     offs_p = offs_b + H4
     size = offs_p + <i64> H * Hp
     if nparts > 1:
@@ -732,20 +724,18 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] X,
     with nogil:
         if nteam <= 1:                  # no OpenMP region at all on the serial path
             for part in range(nparts):
-                status += _grads_part(part, nparts, R, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                      beta_x, pdw, pdu, pdb, pm, pdhp, pdp, partial, size,
-                                      offs_u, offs_b, offs_p)
+                status += _grads_part(part, nparts, R, H4, I, K, H, Hp, pg, pxh, pw, pdx,
+                                      beta_x, pdwu, pdb, pm, pdhp, pdp, partial, size,
+                                      offs_b, offs_p)
         else:
             for part in prange(nparts, num_threads=nteam, schedule='static', chunksize=1):
-                status += _grads_part(part, nparts, R, H4, I, Ho, H, Hp, pg, px, ph, pw, pdx,
-                                      beta_x, pdw, pdu, pdb, pm, pdhp, pdp, partial, size,
-                                      offs_u, offs_b, offs_p)
+                status += _grads_part(part, nparts, R, H4, I, K, H, Hp, pg, pxh, pw, pdx,
+                                      beta_x, pdwu, pdb, pm, pdhp, pdp, partial, size,
+                                      offs_b, offs_p)
         for part in range(1, nparts):
             mine = partial + (part - 1) * size
-            for j in range(offs_u):
-                pdw[j] += mine[j]
-            for j in range(offs_b - offs_u):
-                pdu[j] += mine[offs_u + j]
+            for j in range(offs_b):
+                pdwu[j] += mine[j]
             for j in range(H4):
                 pdb[j] += mine[offs_b + j]
             if pdp != NULL:

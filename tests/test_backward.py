@@ -670,9 +670,9 @@ def test_training_buffers_reused_between_steps():
             np.testing.assert_array_equal(a, b)
         layer = model.layers[1]
         bufs = layer.__dict__.get("_train_buffers", {})
-        assert {"gates", "c", "hprev", "dX"} <= set(bufs)
+        assert {"gates", "c", "xh", "dX"} <= set(bufs)
         if step:
-            assert all(address(bufs[k]) == seen[k] for k in ("gates", "c", "hprev", "dX"))
+            assert all(address(bufs[k]) == seen[k] for k in ("gates", "c", "xh", "dX"))
         seen = {k: address(v) for k, v in bufs.items()}
     # two caches alive at once, consumed in reverse order
     X1, X2 = rng.standard_normal((2, N, T, I))
