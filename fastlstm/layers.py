@@ -858,8 +858,8 @@ class LSTM(_Module):
         """Training forward: like calling the layer, and also returns a cache for ``backward``.
 
         Returns ``Y``, the final ``LSTMState`` and an opaque ``TrainingCache``.  The cache
-        keeps a reference to ``X`` (do not modify it before ``backward``) and serves one
-        ``backward`` call.
+        holds its own copy of the input rows (``X`` may change before ``backward``) and
+        serves one ``backward`` call.
         """
         reverse = self.reverse if reverse is None else _check_reverse(reverse, "reverse")
         return _training.lstm_forward(self, X, initial_state, lengths, time_major, reverse)

@@ -99,8 +99,7 @@ class Dense(_layers._Module):
         """Training forward: returns ``out`` and a cache for ``backward``.
 
         The cache is ``H`` itself when it is already a C-contiguous array of the layer's
-        dtype (no copy, as an LSTM's cache keeps its ``X``): do not modify it before
-        ``backward``."""
+        dtype (no copy): do not modify it before ``backward``."""
         H = self._as_features(H, "H")
         return H @ self._params["W"] + self._params["b"], H
 

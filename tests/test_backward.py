@@ -450,6 +450,31 @@ def test_backward_overwrites_grads(rng):
     np.testing.assert_array_equal(firsts[0], firsts[1])
 
 
+@pytest.mark.parametrize("kind", ["lstm", "stack", "bidirectional"])
+def test_cache_independent_of_the_callers_arrays(kind, rng):
+    # the cache holds its own copies: X, Y and the initial state may change in place
+    # between forward and backward (float64: X is then the caller's array, not a copy)
+    if kind == "lstm":
+        model = randomize(fl.LSTM(3, 4, dtype=np.float64), rng)
+    elif kind == "stack":
+        model = randomize(fl.MultiLSTM([fl.LSTM(3, 5, dtype=np.float64),
+                                        fl.LSTM(5, 4, dtype=np.float64)]), rng)
+    else:
+        model = randomize(fl.Bidirectional(fl.LSTM(3, 2, dtype=np.float64),
+                                           fl.LSTM(3, 2, dtype=np.float64)), rng)
+    X = rng.normal(size=(3, 6, 3))
+    dY = rng.normal(size=(3, 6, 4))
+    Y, _, cache = model.forward(X)
+    dX_want, _ = model.backward(dY, cache)
+    want = model.flat_grads.copy()
+    Y, _, cache = model.forward(X)
+    X[...] = rng.normal(size=X.shape)
+    Y[...] = rng.normal(size=Y.shape)
+    dX, _ = model.backward(dY, cache)
+    np.testing.assert_array_equal(model.flat_grads, want)
+    np.testing.assert_array_equal(dX, dX_want)
+
+
 def test_caller_arrays_untouched(rng):
     layer = randomize(fl.LSTM(3, 4, dtype=np.float64, proj_size=2), rng)
     X = rng.normal(size=(2, 3, 3))
