@@ -2,12 +2,12 @@
 
 ``forward`` is the inference kernel run with a training cache (post-activation gates, raw
 cell states, and with a projection the pre-projection output and the raw projection);
-this module adds what the backward pass needs besides: the initial state, the ``h`` each
-step read (``Hprev``) and the layer input with padded rows zeroed.
+this module adds what the backward pass needs besides: the initial state, and each row's
+layer input (padded rows zeroed) beside the ``h`` its step read (``[X | Hprev]``).
 
 ``backward`` runs ``_backward.recurrence`` (the reverse time loop, which overwrites the
 gate cache with the gate gradients -- so a cache serves exactly one backward pass) and
-then ``_backward.param_grads`` (one gemm each for dX, dW, dU, db, dP).  Gradients are
+then ``_backward.param_grads`` (one gemm each for dX, [dW; dU], db, dP).  Gradients are
 written over the model's gradient buffer (``flat_grads``), never accumulated.
 
 Maths: SPEC.md Part A.  Validation lives here and in ``layers.py``; kernels trust it.
@@ -28,8 +28,9 @@ _MIN_FLOPS_PER_PART = 2_000_000
 class TrainingCache:
     """What a training ``forward`` keeps for one ``backward`` call (treat it as opaque).
 
-    It holds references to the forward's input and one buffer per gate and cell value:
-    roughly ``N*T*(I + 6H + Hout)`` numbers per layer and direction.  ``backward``
+    It holds its own copy of the forward's input rows beside the ``h`` each step read, and
+    one buffer per gate and cell value: ``N*T*(I + 5H + Hout)`` numbers per layer and
+    direction (more with a projection).  ``backward``
     overwrites its gate buffer with gradients, so a cache can be used for one backward
     pass only; run ``forward`` again for another.
     """
@@ -143,10 +144,18 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
     return Y, part
 
 
-def _wu(flat, rows, cols):
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _wu(flat, g):
     """dW and dU as one (I + Ho, 4H) array: the first two views of the gradient buffer
-    (``LSTM._param_shapes`` puts W, then U, at its start)."""
-    return flat[:rows * cols].reshape(rows, cols)
+    (``LSTM._param_shapes`` puts W, then U, at its start; checked)."""
+    I, Ho, H4 = g["W"].shape[0], g["U"].shape[0], g["W"].shape[1]
+    wu = flat[:(I + Ho) * H4].reshape(I + Ho, H4)
+    if _address(wu) != _address(g["W"]) or _address(wu[I:]) != _address(g["U"]):
+        raise RuntimeError("fastlstm: the gradient buffer does not start with W, then U")
+    return wu
 
 
 def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulate):
@@ -183,7 +192,7 @@ def _lstm_backward(layer, dY2, part, N, T, time_major, L, dc, dh, dX2, accumulat
             _layers.RECURRENT_ACTIVATIONS[layer.recurrent_activation], layer.cell_clip,
             layer.proj_clip if has_p else None, dpeep, chunks, nt)
         _backward.param_grads(part["gates"], part["xh"], p["W"], dX2, accumulate,
-                              _wu(layer._gflat, I + Ho, 4 * H), g["b"], part.get("m"), dhp,
+                              _wu(layer._gflat, g), g["b"], part.get("m"), dhp,
                               g.get("P"), parts, nt)
     if dpeep is not None:
         g["peepholes"][...] = dpeep.sum(axis=0).reshape(3, H)

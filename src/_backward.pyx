@@ -703,6 +703,10 @@ def param_grads(const floating[:, ::1] dG, const floating[:, ::1] XH,
     cdef floating *partial = NULL
     cdef floating *mine
 
+    if XH.shape[0] != R or dWU.shape[0] != K or dWU.shape[1] != H4 or db.shape[0] != H4 \
+            or W.shape[1] != H4 or K < I or (dX is not None and (dX.shape[0] != R
+                                                                or dX.shape[1] != I)):
+        raise ValueError("param_grads: inconsistent shapes")
     if R == 0:
         dWU[...] = 0
         db[...] = 0
