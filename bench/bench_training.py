@@ -9,8 +9,13 @@ input without ``requires_grad`` in torch).  Same shapes as the performance issue
     medium  B=32, T=100, I=128, H=256, 2 layers
     large   B=64, T=200, I=256, H=512, 1 layer (opt-in: slow)
 
-Side by side (interleaved runs, 0.2 s gaps so an idle BLAS pool stops spinning before
-the other library runs; min and median of the repeats)::
+Side by side, as ``python -m fastlstm bench`` times inference: interleaved samples, each
+after a 0.2 s idle gap (an idle thread pool stops spinning before the other library runs)
+and made of back-to-back steps lasting at least ``--min-time`` seconds (0.05; a training
+loop runs its steps back to back), time per step, min and median of the samples.
+``--min-time 0`` times single steps after the gap instead: each then also pays the
+wake-up of idle threads and cold caches (on the project's machine 0.5-1 ms a step for
+both libraries at the small shape; see bench/RESULTS.md)::
 
     python bench/bench_training.py                       # small, medium
     python bench/bench_training.py --shapes small,medium,large --repeat 20
@@ -77,13 +82,26 @@ def make_torch(shape, model=None, X=None, dY=None):
     return step, net
 
 
-def _time(fn):
+def _time(fn, n=1):
+    """Seconds per call over n back-to-back calls."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
 
 
-def side_by_side(names, repeat, gap=0.2, check=True):
+def _calibrate(fn, min_time):
+    """Back-to-back calls per sample so that a sample lasts at least ``min_time``."""
+    n = 1
+    while n < 1 << 16:
+        dt = _time(fn, n) * n
+        if dt >= min_time:
+            break
+        n = max(n + 1, int(n * min(10.0, 1.2 * min_time / max(dt, 1e-9))))
+    return n
+
+
+def side_by_side(names, repeat, gap=0.2, check=True, min_time=0.05):
     try:
         import torch
     except ImportError:
@@ -94,7 +112,9 @@ def side_by_side(names, repeat, gap=0.2, check=True):
     if torch is not None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print()
-    print(f"{'shape':8s} {'impl':10s} {'min ms':>9s} {'median ms':>10s}")
+    print(f"samples: {repeat}, {gap:g} s idle gap before each, back-to-back steps for at "
+          f"least {min_time:g} s in each (time per step)")
+    print(f"{'shape':8s} {'impl':10s} {'steps':>6s} {'min ms':>9s} {'median ms':>10s}")
     rows = []
     for name in names:
         shape = SHAPES[name]
@@ -109,17 +129,21 @@ def side_by_side(names, repeat, gap=0.2, check=True):
                 g = net.weight_hh_l0.grad.numpy().T
                 err = np.abs(model.layers[0].grads["U"] - g).max() / np.abs(g).max()
                 print(f"{name}: relative difference of dU (layer 0) vs torch: {err:.1e}")
-        for _, fn in impls:     # warm up
+        counts = {}
+        for label, fn in impls:     # warm up, and the steps per sample
             fn()
+            time.sleep(gap)
+            counts[label] = _calibrate(fn, min_time) if min_time > 0 else 1
         times = {label: [] for label, _ in impls}
         for _ in range(repeat):
             for label, fn in impls:
                 time.sleep(gap)
-                times[label].append(_time(fn))
+                times[label].append(_time(fn, counts[label]))
         for label, _ in impls:
             t = times[label]
             rows.append((name, label, min(t) * 1e3, statistics.median(t) * 1e3))
-            print(f"{name:8s} {label:10s} {min(t) * 1e3:9.2f} {statistics.median(t) * 1e3:10.2f}")
+            print(f"{name:8s} {label:10s} {counts[label]:6d} {min(t) * 1e3:9.2f} "
+                  f"{statistics.median(t) * 1e3:10.2f}")
     return rows
 
 
@@ -156,11 +180,15 @@ def main(argv=None):
     parser.add_argument("--shapes", default="small,medium",
                         help="comma-separated from: " + ", ".join(SHAPES))
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--min-time", type=float, default=0.05,
+                        help="seconds of back-to-back steps per sample (0: one step)")
     args = parser.parse_args(argv)
+    if not args.min_time >= 0:
+        parser.error(f"--min-time must be >= 0, got {args.min_time}")
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"note: {var} is set; unset it for representative numbers", file=sys.stderr)
-    side_by_side(args.shapes.split(","), args.repeat)
+    side_by_side(args.shapes.split(","), args.repeat, min_time=args.min_time)
 
 
 if __name__ == "__main__":
