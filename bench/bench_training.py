@@ -90,23 +90,13 @@ def _time(fn, n=1):
     return (time.perf_counter() - t0) / n
 
 
-def _calibrate(fn, min_time):
-    """Back-to-back calls per sample so that a sample lasts at least ``min_time``."""
-    n = 1
-    while n < 1 << 16:
-        dt = _time(fn, n) * n
-        if dt >= min_time:
-            break
-        n = max(n + 1, int(n * min(10.0, 1.2 * min_time / max(dt, 1e-9))))
-    return n
-
-
 def side_by_side(names, repeat, gap=0.2, check=True, min_time=0.05):
     try:
         import torch
     except ImportError:
         torch = None
     import fastlstm as fl
+    from fastlstm._bench import calibrate
 
     fl.show_config()
     if torch is not None:
@@ -133,7 +123,7 @@ def side_by_side(names, repeat, gap=0.2, check=True, min_time=0.05):
         for label, fn in impls:     # warm up, and the steps per sample
             fn()
             time.sleep(gap)
-            counts[label] = _calibrate(fn, min_time) if min_time > 0 else 1
+            counts[label] = calibrate(fn, min_time) if min_time > 0 else 1
         times = {label: [] for label, _ in impls}
         for _ in range(repeat):
             for label, fn in impls:
