@@ -293,6 +293,20 @@ FL_PK_MAYBE_UNUSED static size_t fl_pk_packed_size##SUF(int I, int H)           
     return (size_t) fl_pk_npanels##SUF(H) * (size_t) fl_pk_panel_stride##SUF(I, H);        \
 }                                                                                          \
                                                                                            \
+/* the x rows of a tile of mr (step, row) pairs: rows past their length (NULL) read     \
+ * zero_row; returns how many are not */                                                   \
+static inline int fl_pk_xtile##SUF(const T **xa, const T *const *xrows, int mr,            \
+                                   const T *zero_row)                                      \
+{                                                                                          \
+    int i, active = 0;                                                                     \
+    for (i = 0; i < mr; i++) {                                                             \
+        xa[i] = xrows[i];                                                                  \
+        active += xa[i] != NULL;                                                           \
+        if (xa[i] == NULL) xa[i] = zero_row;                                               \
+    }                                                                                      \
+    return active;                                                                         \
+}                                                                                          \
+                                                                                           \
 static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)                       \
 {                                                                                          \
     int j = 0;                                                                             \
@@ -641,6 +655,20 @@ FL_PK_MKZ_ALL(double, d, fl_pk_zd)
 #endif
 #define FL_PK_IS512_base 0
 #define FL_PK_IS512_avx2 0
+/* a tile of mr rows (1 to FL_PK_MR) of products with K rows of x only, on the tiles of
+ * fl_pk_mk; MK13 names those of 1 to 3 rows: mk (one chain per element, as the wider
+ * tiles) or mk1 */
+#define FL_PK_MK_CALL(SUF, ISA, MK13, mr, K, xa, B, z, ldz)                                \
+    do {                                                                                   \
+        switch (mr) {                                                                      \
+        case 6: fl_pk_mk##SUF##_##ISA##_6(K, xa, 0, NULL, 0, B, z, ldz, 0); break;         \
+        case 5: fl_pk_mk##SUF##_##ISA##_5(K, xa, 0, NULL, 0, B, z, ldz, 0); break;         \
+        case 4: fl_pk_mk##SUF##_##ISA##_4(K, xa, 0, NULL, 0, B, z, ldz, 0); break;         \
+        case 3: fl_pk_##MK13##SUF##_##ISA##_3(K, xa, 0, NULL, 0, B, z, ldz, 0); break;     \
+        case 2: fl_pk_##MK13##SUF##_##ISA##_2(K, xa, 0, NULL, 0, B, z, ldz, 0); break;     \
+        default: fl_pk_##MK13##SUF##_##ISA##_1(K, xa, 0, NULL, 0, B, z, ldz, 0); break;    \
+        }                                                                                  \
+    } while (0)
 
 /* ---- C = A @ B^T with B packed once: the backward's step product dh = dG @ U^T ------
  * B (n, K) row-major is packed into ceil(n / NU) panels of K x NU (panel p, row k: the
@@ -694,18 +722,9 @@ fl_pk_dotT##SUF##_##ISA(int m, int n, int K, const T *A, fl_i64 lda, const T *pa
             else if (FL_PK_IS512_##ISA && mr >= 4)                                         \
                 FL_PK_MKZ_CALL(SUF, 1, mr, K, xa, 0, NULL, 0, Bp, 0, z, ldz, 0);           \
             else                                                                           \
-                for (j = 0; j < nq; j++) {                                                 \
-                    const T *Bj = Bp + (fl_i64) j * K * NU;                                \
-                    T *zj = z + j * NU;                                                    \
-                    switch (mr) {                                                          \
-                    case 6: fl_pk_mk##SUF##_##ISA##_6(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    case 5: fl_pk_mk##SUF##_##ISA##_5(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    case 4: fl_pk_mk##SUF##_##ISA##_4(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    case 3: fl_pk_mk##SUF##_##ISA##_3(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    case 2: fl_pk_mk##SUF##_##ISA##_2(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    default: fl_pk_mk##SUF##_##ISA##_1(K, xa, 0, NULL, 0, Bj, zj, ldz, 0); break; \
-                    }                                                                      \
-                }                                                                          \
+                for (j = 0; j < nq; j++)                                                   \
+                    FL_PK_MK_CALL(SUF, ISA, mk, mr, K, xa, Bp + (fl_i64) j * K * NU,       \
+                                  z + j * NU, ldz);                                        \
             if (nu < NU)                                                                   \
                 for (i = 0; i < mr; i++)                                                   \
                     for (j = 0; j < nu; j++) C[(i0 + i) * ldc + p * NU + j] = ztmp[i * NU + j]; \
@@ -1417,13 +1436,8 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
             for (m0 = 0; FL_PK_IS512_##ISA && m0 < nk * R; m0 += FL_PK_MR) {               \
                 const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;            \
                 const T *xa[FL_PK_MR];                                                     \
-                int active = 0;                                                            \
-                for (i = 0; i < mr; i++) {                                                 \
-                    xa[i] = xrows[m0 + i];                                                 \
-                    active += xa[i] != NULL;                                               \
-                    if (xa[i] == NULL) xa[i] = s->zero_row;                                \
-                }                                                                          \
-                if (active)   /* all four gates of the panel at once */                   \
+                if (fl_pk_xtile##SUF(xa, xrows + m0, mr, s->zero_row))                     \
+                    /* all four gates of the panel at once */                              \
                     FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, s->packed + (fl_i64) p * PS, \
                                    K * NU, Gp + (fl_i64) m0 * Z4, Z4, 0);                  \
             }                                                                              \
@@ -1433,21 +1447,9 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
                     const T *xa[FL_PK_MR];                                                 \
                     T *zq = Gp + (fl_i64) m0 * Z4 + q * NU;                                \
-                    int active = 0;                                                        \
-                    for (i = 0; i < mr; i++) {                                             \
-                        xa[i] = xrows[m0 + i];                                             \
-                        active += xa[i] != NULL;                                           \
-                        if (xa[i] == NULL) xa[i] = s->zero_row;                            \
-                    }                                                                      \
-                    if (!active) continue;   /* never read: past every row's length */    \
-                    switch (mr) {                                                          \
-                    case 6: fl_pk_mk##SUF##_##ISA##_6(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 5: fl_pk_mk##SUF##_##ISA##_5(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 4: fl_pk_mk##SUF##_##ISA##_4(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;    \
-                    case 3: fl_pk_mk1##SUF##_##ISA##_3(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
-                    case 2: fl_pk_mk1##SUF##_##ISA##_2(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;   \
-                    default: fl_pk_mk1##SUF##_##ISA##_1(I, xa, 0, NULL, 0, Bq, zq, Z4, 0); break;  \
-                    }                                                                      \
+                    if (!fl_pk_xtile##SUF(xa, xrows + m0, mr, s->zero_row))                \
+                        continue;   /* never read: past every row's length */              \
+                    FL_PK_MK_CALL(SUF, ISA, mk1, mr, I, xa, Bq, zq, Z4);                   \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
