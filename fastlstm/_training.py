@@ -30,9 +30,9 @@ class TrainingCache:
 
     It holds its own copy of the forward's input rows beside the ``h`` each step read, and
     one buffer per gate and cell value: ``N*T*(I + 5H + Hout)`` numbers per layer and
-    direction (more with a projection).  ``backward``
-    overwrites its gate buffer with gradients, so a cache can be used for one backward
-    pass only; run ``forward`` again for another.
+    direction (more with a projection).  ``backward`` overwrites its gate buffer with
+    gradients, so a cache can be used for one backward pass only; run ``forward`` again
+    for another.
     """
 
     __slots__ = ("model", "N", "T", "time_major", "lengths", "y_shape", "parts", "used")
