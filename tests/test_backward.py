@@ -452,8 +452,8 @@ def test_backward_overwrites_grads(rng):
 
 @pytest.mark.parametrize("kind", ["lstm", "stack", "bidirectional"])
 def test_cache_independent_of_the_callers_arrays(kind, rng):
-    # the cache holds its own copies: X, Y and the initial state may change in place
-    # between forward and backward (float64: X is then the caller's array, not a copy)
+    # the cache holds its own copies: X and Y may change in place between forward and
+    # backward (float64: X is then the caller's array, not a copy)
     if kind == "lstm":
         model = randomize(fl.LSTM(3, 4, dtype=np.float64), rng)
     elif kind == "stack":
