@@ -71,6 +71,17 @@ def _masked_input(X, L, time_major):
     return Xm.reshape(N * T, X.shape[2])
 
 
+def _aligned(shape, dtype, zero=False, align=64):
+    """A new array whose data starts on an ``align``-byte boundary: a cache line, so that
+    the packed kernel can write the gate and cell caches in whole lines (non-temporal
+    stores; fl_packed.h)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = (np.zeros if zero else np.empty)(n + align, np.uint8)
+    skip = -raw.ctypes.data % align
+    return raw[skip:skip + n].view(dtype).reshape(shape)
+
+
 def _buffer(layer, key, shape, dtype, zero=False):
     """A training buffer for ``layer``: the one its last finished backward gave back under
     ``key`` when it fits, else a new one.  Reused buffers spare a training step the page
@@ -78,7 +89,7 @@ def _buffer(layer, key, shape, dtype, zero=False):
     pool = layer.__dict__.get("_train_buffers")
     arr = pool.pop(key, None) if pool else None
     if arr is None or arr.shape != shape or arr.dtype != dtype:
-        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        return _aligned(shape, dtype, zero)
     if zero:
         arr.fill(0)
     return arr

@@ -659,6 +659,42 @@ def test_backward_on_each_isa(isa, dtype, rng):
     assert_grads_close(dict(layer.grads, X=dX, c0=d0.c, h0=d0.h), g, dtype)
 
 
+@pytest.mark.parametrize("H", [16, 13])
+@pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_training_cache(monkeypatch, path, dtype, H):
+    """The packed kernel writes a large training cache with non-temporal stores (rows of
+    whole vectors, 64-byte aligned buffers) and a small one with normal stores: the same
+    values either way, on every instruction set, and the reference's gradients.  H = 13
+    gives rows that are not vector-aligned (normal stores inside a streamed cache)."""
+    from fastlstm import _forward, _training, layers
+
+    monkeypatch.setattr(layers, "_FORCE_PATH", path)
+    opts = {"lengths": "mixed", "reverse": True}
+    old = _forward.stream_cache_min_bytes()
+    try:
+        for isa in range(_forward.packed_isa(-1) + 1):
+            _forward.packed_isa(isa)
+            runs = []
+            for min_bytes in (0, 1 << 62):
+                _forward.stream_cache_min_bytes(min_bytes)
+                layer, X, s0, lengths, dY, ds = make_case(
+                    opts, np.random.default_rng(11), dtype, N=7, T=6, I=5, H=H, n_threads=2)
+                _, _, cache = layer.forward(X, s0, lengths=lengths, reverse=True)
+                for key in ("gates", "c"):
+                    assert _training._address(cache.parts[key]) % 64 == 0
+                saved = [cache.parts[key].copy() for key in ("gates", "c")]
+                dX, d0 = layer.backward(dY, cache, ds)
+                runs.append(saved + [layer.flat_grads.copy(), dX, d0.c, d0.h])
+            for a, b in zip(*runs):
+                np.testing.assert_array_equal(a, b)
+            g = reference_grads(layer, X, s0, lengths, dY, ds, True)
+            assert_grads_close(dict(layer.grads, X=dX, c0=d0.c, h0=d0.h), g, dtype)
+    finally:
+        _forward.stream_cache_min_bytes(old)
+        _forward.packed_isa(-1)
+
+
 def test_training_buffers_reused_between_steps():
     """A finished backward hands its cache's buffers back to the layer, and the next
     training forward reuses them (no fresh pages to fault in): every step still gives the
