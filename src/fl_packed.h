@@ -950,20 +950,16 @@ ATTR static inline __attribute__((always_inline)) void fl_pk_ntst##SUF##_##ISA(T
     FL_PK_NTST_BODY_##ISA(T, p, v)                                                         \
 }
 #define FL_PK_NTST_BODY_base(T, p, v) FL_PK_VST(p, v);
-#define FL_PK_NTST_BODY_avx2(T, p, v)                                                      \
-    if (((uintptr_t) (p) & 31) == 0) {                                                     \
-        if (sizeof(T) == 4) _mm256_stream_ps((float *) (void *) (p), (__m256) (v));        \
-        else _mm256_stream_pd((double *) (void *) (p), (__m256d) (v));                     \
+/* a vector of BITS bits: stream where p is aligned to it (STREAM##_ps / _pd) */
+#define FL_PK_NTST_BODY_VEC(T, p, v, BITS, STREAM)                                         \
+    if (((uintptr_t) (p) & (BITS / 8 - 1)) == 0) {                                         \
+        if (sizeof(T) == 4) STREAM##_ps((float *) (void *) (p), (__m##BITS) (v));          \
+        else STREAM##_pd((double *) (void *) (p), (__m##BITS##d) (v));                     \
     } else {                                                                               \
         FL_PK_VST(p, v);                                                                   \
     }
-#define FL_PK_NTST_BODY_avx512(T, p, v)                                                    \
-    if (((uintptr_t) (p) & 63) == 0) {                                                     \
-        if (sizeof(T) == 4) _mm512_stream_ps((float *) (void *) (p), (__m512) (v));        \
-        else _mm512_stream_pd((double *) (void *) (p), (__m512d) (v));                     \
-    } else {                                                                               \
-        FL_PK_VST(p, v);                                                                   \
-    }
+#define FL_PK_NTST_BODY_avx2(T, p, v) FL_PK_NTST_BODY_VEC(T, p, v, 256, _mm256_stream)
+#define FL_PK_NTST_BODY_avx512(T, p, v) FL_PK_NTST_BODY_VEC(T, p, v, 512, _mm512_stream)
 FL_PK_FOR_ISAS(FL_PK_NTST)
 FL_PK_FOR_AVX512(FL_PK_NTST)
 
@@ -1648,7 +1644,7 @@ FL_PK_FOR_AVX512(FL_PK_RUN)
 #define FL_PK_RUN_AVX2(SUF, ...)                                                           \
     if (fl_pk_get_isa() == 2) {                                                            \
         fl_pk_run##SUF##_avx512(__VA_ARGS__);                                              \
-        _mm_sfence();    /* non-temporal stores seen before the caller's barrier */    \
+        _mm_sfence();    /* non-temporal stores seen before the caller's barrier */        \
         return;                                                                            \
     }                                                                                      \
     if (fl_pk_get_isa() == 1) {                                                            \

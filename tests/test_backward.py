@@ -663,10 +663,11 @@ def test_backward_on_each_isa(isa, dtype, rng):
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streamed_training_cache(monkeypatch, path, dtype, H):
-    """The packed kernel writes a large training cache with non-temporal stores (rows of
-    whole vectors, 64-byte aligned buffers) and a small one with normal stores: the same
-    values either way, on every instruction set, and the reference's gradients.  H = 13
-    gives rows that are not vector-aligned (normal stores inside a streamed cache)."""
+    """The packed kernel writes a training cache above its size threshold with
+    non-temporal stores (rows of whole vectors, 64-byte aligned buffers) and one below it
+    with normal stores (threshold 0, then never reached): the same values either way, on
+    every instruction set, and the reference's gradients.  H = 13 gives rows that are not
+    vector-aligned (normal stores inside a streamed cache)."""
     from fastlstm import _forward, _training, layers
 
     monkeypatch.setattr(layers, "_FORCE_PATH", path)
