@@ -15,7 +15,7 @@ Maths: SPEC.md Part A.  Validation lives here and in ``layers.py``; kernels trus
 
 import numpy as np
 
-from . import _backward, _threads
+from . import _backward, _forward, _threads
 from . import layers as _layers
 
 __all__ = ["TrainingCache"]
@@ -122,11 +122,28 @@ def _hprev(Y, h0, L, time_major, reverse, Hp):
             Ht[L[rows] - 1, rows] = h0[rows]
 
 
-def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
+def _hfirst(h0, L, time_major, reverse, Hp):
+    """Write h0 where each row's first step (in walking order) reads it, in Hp (an array
+    view shaped like Y); the kernel wrote the other steps' rows."""
+    Ht = Hp if time_major else Hp.swapaxes(0, 1)          # (T, N, Ho) views
+    if not reverse:
+        Ht[0] = h0
+    elif L is None:
+        Ht[-1] = h0
+    else:
+        rows = np.nonzero(L > 0)[0]
+        Ht[L[rows] - 1, rows] = h0[rows]
+
+
+def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse, xh=None,
+                  x_written=False, next_x=None):
     """Training forward of one layer on validated input; c, h become the final state.
 
     X: validated input (N, T, I) / (T, N, I); X2m: its (N*T, I) rows with padding zeroed.
-    Returns Y and the per-layer cache dict.
+    xh: this layer's [X | H_prev] buffer if the caller took it already (see multi_forward),
+    its X part already written when ``x_written``; next_x: the next layer's X part, for
+    this layer's outputs, or None.
+    Returns Y, the per-layer cache dict, and whether next_x was written.
     """
     H, Ho = layer.hidden_size, layer.output_size
     R = N * T
@@ -140,19 +157,38 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse):
             part["hp"] = _buffer(layer, "hp", (R, Ho), dt, zero)
     part["c0"] = c.copy()
     h0 = h.copy()
+    # each row's input beside the h its step read: [X | H_prev] (R, I + Ho), so that one
+    # gemm gives dW and dU (adjacent in the gradient buffer) with one pass over dG.  For a
+    # cache larger than the CPU caches the packed kernel writes the h rows itself (and the
+    # next layer's input rows) as it computes them, instead of a pass that reads Y back
+    # from memory (1.014x a medium training step); smaller caches, where that pass reads
+    # cached data (the kernel's writes measured 0.96-0.995x at the small shape), and the
+    # other kernels leave them to the copies below.
+    I = layer.input_size
+    if xh is None:
+        xh = _buffer(layer, "xh", (R, I + Ho), dt, zero)
+    part["xh"] = xh
+    if R * 5 * H * np.dtype(dt).itemsize >= _forward.stream_cache_min_bytes():
+        part["xo_next"] = xh[:, I:]
+        if next_x is not None:
+            part["xo_same"] = next_x
     Y = layer._run(X, N, T, time_major, c, h, L, reverse, cache=part)
+    done = part.pop("xo_done", False)
+    part.pop("xo_next", None)
+    part.pop("xo_same", None)
     part["options"] = _options(layer)
     part["params"] = _buffer(layer, "params", layer._flat.shape, dt)
     np.copyto(part["params"], layer._flat)
-    # each row's input beside the h its step read: [X | H_prev] (R, I + Ho), so that one
-    # gemm gives dW and dU (adjacent in the gradient buffer) with one pass over dG
-    I = layer.input_size
-    xh = part["xh"] = _buffer(layer, "xh", (R, I + Ho), dt)
     if R:
-        np.copyto(xh[:, :I], X2m)
-        _hprev(Y, h0, L, time_major, reverse, xh.reshape(Y.shape[:2] + (I + Ho,))[:, :, I:])
+        if not x_written:
+            np.copyto(xh[:, :I], X2m)
+        Hp = xh.reshape(Y.shape[:2] + (I + Ho,))[:, :, I:]
+        if done:
+            _hfirst(h0, L, time_major, reverse, Hp)
+        else:
+            _hprev(Y, h0, L, time_major, reverse, Hp)
     part["reverse"] = reverse
-    return Y, part
+    return Y, part, done and next_x is not None
 
 
 def _address(a):
@@ -217,7 +253,7 @@ def _bidir_forward(model, X, X2m, N, T, time_major, state0, L, name):
                                 (model.backward_layer, bw0, True, "[1]")):
         c, h = _layers._as_state(s0, N, layer.hidden_size, layer.output_size, model.dtype,
                                  name + tag)
-        Y, part = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, rev)
+        Y, part, _ = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, rev)
         Ys.append(Y)
         states.append(_layers.LSTMState(c, h))
         parts.append(part)
@@ -322,7 +358,7 @@ def lstm_forward(layer, X, initial_state, lengths, time_major, reverse):
     X, N, T, time_major, L, X2m = _prepare(layer, X, lengths, time_major)
     c, h = _layers._as_state(initial_state, N, layer.hidden_size, layer.output_size,
                              layer.dtype, "initial_state")
-    Y, part = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, bool(reverse))
+    Y, part, _ = _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, bool(reverse))
     cache = TrainingCache(layer, N, T, time_major, L, Y.shape, part)
     return Y, _layers.LSTMState(c, h), cache
 
@@ -372,6 +408,7 @@ def multi_forward(model, X, initial_state, lengths, time_major):
     s0 = model._layer_states(initial_state, "initial_state")
     states, parts = [], []
     inp, inp2 = X, X2m
+    xh, x_written = None, False           # the next layer's [X | H_prev], if taken already
     for k, layer in enumerate(model.layers):
         name = f"initial_state[{k}]"
         if isinstance(layer, _layers.Bidirectional):
@@ -379,7 +416,17 @@ def multi_forward(model, X, initial_state, lengths, time_major):
         else:
             c, h = _layers._as_state(s0[k], N, layer.hidden_size, layer.output_size,
                                      model.dtype, name)
-            Y, part = _lstm_forward(layer, inp, inp2, N, T, time_major, c, h, L, layer.reverse)
+            # an LSTM after an LSTM: the first one's kernel writes its outputs into the
+            # second one's cache rows too (no copy afterwards)
+            nxt = model.layers[k + 1] if k + 1 < len(model.layers) else None
+            nxh = None
+            if isinstance(nxt, _layers.LSTM) and N * T:
+                nxh = _buffer(nxt, "xh", (N * T, nxt.input_size + nxt.output_size),
+                              model.dtype, L is not None)
+            Y, part, wrote = _lstm_forward(
+                layer, inp, inp2, N, T, time_major, c, h, L, layer.reverse, xh, x_written,
+                None if nxh is None else nxh[:, :nxt.input_size])
+            xh, x_written = nxh, wrote
             s = _layers.LSTMState(c, h)
         states.append(s)
         parts.append(part)

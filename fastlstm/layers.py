@@ -776,7 +776,10 @@ class LSTM(_Module):
                 X2, N, T, time_major, p["W"], p["U"], p["b"], p.get("peepholes"), c, h, Y2,
                 lengths, reverse, ACTIVATIONS[self._activation],
                 RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip, plan[0],
-                plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"))
+                plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"),
+                cache.get("xo_same"), cache.get("xo_next"))
+            if "xo_same" in cache or "xo_next" in cache:
+                cache["xo_done"] = True     # the training cache's h rows (_training.py)
             if plan[0] > 1 and not plan[1]:
                 # the steps that ran: the longest row's (padding is skipped)
                 _unit_split_done(slow, T if lengths is None or not len(lengths)

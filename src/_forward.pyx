@@ -57,6 +57,10 @@ cdef extern from "fl_packed.h" nogil:
         float *cache_gates
         float *cache_c
         int stream_cache
+        float *xo_same
+        long long ld_same
+        float *xo_next
+        long long ld_next
         int tb
         float *G
         fl_pk_spin *spin
@@ -78,6 +82,10 @@ cdef extern from "fl_packed.h" nogil:
         double *cache_gates
         double *cache_c
         int stream_cache
+        double *xo_same
+        long long ld_same
+        double *xo_next
+        long long ld_next
         int tb
         double *G
         fl_pk_spin *spin
@@ -546,8 +554,10 @@ cdef long long _stream_min_bytes = 8 << 20
 
 
 def stream_cache_min_bytes(n=None):
-    """The cache size from which the packed kernel streams the training cache (bytes);
-    ``n`` (tests) sets it.  The values written do not depend on it."""
+    """The size of a layer's training cache (gates and cell state, bytes) from which it
+    counts as larger than the CPU caches: the packed kernel then streams it, and writes
+    the cache's h rows itself (fastlstm/_training.py).  ``n`` (tests) sets it.  The
+    values written do not depend on it."""
     global _stream_min_bytes
     if n is not None:
         _stream_min_bytes = int(n)
@@ -573,13 +583,23 @@ cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sy
         fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr)
 
 
+cdef bint _rows_ok(floating[:, :] a, Py_ssize_t rows, Py_ssize_t cols):
+    """None, or (rows, cols) with contiguous rows."""
+    if a is None:
+        return True
+    return (a.shape[0] == rows and a.shape[1] == cols
+            and (cols <= 1 or a.strides[1] == sizeof(floating))
+            and a.strides[0] % sizeof(floating) == 0)
+
+
 def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                    const floating[:, ::1] W, const floating[:, ::1] U, const floating[::1] b,
                    const floating[:, ::1] peepholes,
                    floating[:, ::1] c, floating[:, ::1] h, floating[:, ::1] Y,
                    const long long[::1] lengths, bint reverse, int act, int rec,
                    cell_clip, int n_threads, bint by_rows, long long block_elements,
-                   floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None):
+                   floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None,
+                   floating[:, :] xo_same=None, floating[:, :] xo_next=None):
     """Same contract as ``forward`` for a layer without projection (``U`` is (H, 4H)).
 
     The weights are packed once per call into panels and every step (input product,
@@ -589,6 +609,9 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     ``block_elements``: size of the input-product buffer (the steps of a time block, at
     least one step); results do not depend on it either.
     cache_gates (N*T, 4H) and cache_c (N*T, H): optional training cache, as ``forward``.
+    xo_same, xo_next: (N*T, H) arrays with contiguous rows (any row stride), or None: each
+    h_t is also written at its own row of xo_same and at the row of the row's next step
+    (walking order) of xo_next; rows no step writes are left as they are.
     Returns the number of per-step waits (threads owning units) that found a partner
     thread not running (see fl_pk_spin in fl_packed.h): more busy threads than cores.
     """
@@ -616,6 +639,9 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
 
     if N <= 0 or T <= 0:
         return 0
+    if not (_rows_ok(xo_same, N * T, H) and _rows_ok(xo_next, N * T, H)):
+        raise ValueError("forward_packed: xo_same / xo_next must be (N*T, H) with "
+                         "contiguous rows")
     if cache_gates is not None and cache_c is not None:
         stream = <long long> (<size_t> N * T * 5 * H * fsz) >= _stream_min_bytes
     if lengths is not None and N > 1:
@@ -685,6 +711,10 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sf.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
             sf.stream_cache = stream
+            sf.xo_same = &xo_same[0, 0] if xo_same is not None else NULL
+            sf.ld_same = xo_same.strides[0] // fsz if xo_same is not None else 0
+            sf.xo_next = &xo_next[0, 0] if xo_next is not None else NULL
+            sf.ld_next = xo_next.strides[0] // fsz if xo_next is not None else 0
             sf.tb = tb; sf.G = <float *> gbuf
             sf.spin = spin
             cfg = &sf
@@ -705,6 +735,10 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
             sd.cache_c = &cache_c[0, 0] if cache_c is not None else NULL
             sd.stream_cache = stream
+            sd.xo_same = &xo_same[0, 0] if xo_same is not None else NULL
+            sd.ld_same = xo_same.strides[0] // fsz if xo_same is not None else 0
+            sd.xo_next = &xo_next[0, 0] if xo_next is not None else NULL
+            sd.ld_next = xo_next.strides[0] // fsz if xo_next is not None else 0
             sd.tb = tb; sd.G = <double *> gbuf
             sd.spin = spin
             cfg = &sd

@@ -277,6 +277,10 @@ typedef struct {                                                                
     T *cache_gates;           /* (N*T, 4H) post-activation gates, or NULL */               \
     T *cache_c;               /* (N*T, H) pre-clip cell state, or NULL */                  \
     int stream_cache;         /* write the cache past the CPU caches (non-temporal) */    \
+    T *xo_same;               /* h_t also at row (n, t) here (ld_same apart), or NULL */  \
+    fl_i64 ld_same;                                                                        \
+    T *xo_next;               /* h_t also at the row of n's next step, or NULL */         \
+    fl_i64 ld_next;                                                                        \
     int tb;                   /* steps per time block (input products computed ahead) */  \
     T *G;                     /* tb * N * P * 4 * NU: x_t @ W of a time block */           \
     fl_pk_spin *spin;         /* the per-step wait of threads owning units (zeroed) */    \
@@ -1428,6 +1432,18 @@ FL_PK_ROWSTEP(double, d)
         else memcpy((dst), (src), (size_t) (nu) * fl_ts_);                                 \
     } while (0)
 
+/* h_t (nu numbers at src) of row `row` (batch row a, step k of L) also where the training
+ * cache keeps it: the next layer's input rows (xo_same) and this layer's "h the step
+ * read" rows (xo_next: the row of the step after k in walking order), so that the caller
+ * does not copy them from Y afterwards */
+#define FL_PK_XO(src, nu)                                                                  \
+    do {                                                                                   \
+        if (s->xo_same) FL_PK_CPY(s->xo_same + row * s->ld_same + u0, (src), (nu));       \
+        if (s->xo_next && k + 1 < L)                                                       \
+            FL_PK_CPY(s->xo_next + (a * s->rn + (s->reverse ? L - 2 - k : k + 1) * s->rt)  \
+                      * s->ld_next + u0, (src), (nu));                                     \
+    } while (0)
+
 #define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
                                         int p1, int sync, const T **xrows)                 \
@@ -1564,6 +1580,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                              cg, cg + H, cg + 2 * H, cg + 3 * H,           \
                                              s->cache_c + row * H + u0, c, hnr,            \
                                              s->Y + row * H + u0, s->stream_cache);        \
+                        FL_PK_XO(hnr, NU);                                                 \
                         continue;                                                          \
                     }                                                                      \
                     FL_PK_CPY(cp, c, nu);                                                  \
@@ -1608,6 +1625,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     FL_PK_CPY(c, cn, nu);                                                  \
                     FL_PK_CPY(hnr, mm, nu);                                                \
                     FL_PK_CPY(s->Y + row * H + u0, mm, nu);                                \
+                    FL_PK_XO(mm, nu);                                                      \
                     if (s->cache_gates) {                                                  \
                         T *cg = s->cache_gates + row * H4 + u0;                            \
                         FL_PK_CPY(cg, gi, nu);                                             \

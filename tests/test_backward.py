@@ -6,6 +6,8 @@ in float64 through the public inference call ``model(...)``.  The loss is a rand
 functional of every output: L = sum(dY*Y) + sum(dc*c_T) + sum(dh*h_T).
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -372,6 +374,61 @@ def test_multilstm_matches_reference(dtype, n_threads, rng):
     for (name, a), (_, b) in zip(flatten_states(d0), flatten_states(g["state0"])):
         np.testing.assert_allclose(a, b, rtol=10 * t["rtol"], atol=10 * t["atol"] * 10,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("time_major,with_lengths", [(False, False), (True, True),
+                                                     (False, True)])
+def test_stack_cache_rows_written_by_the_kernel(monkeypatch, path, dtype, time_major,
+                                                with_lengths):
+    """For a large cache the packed kernel writes the training cache's h rows itself:
+    each step's h where the next step reads it ([X | H_prev] of its layer, in walking
+    order: reverse layers, lengths) and where the next LSTM of a stack takes it as input
+    (size threshold 0 here); for a small one the copies after the kernel do it
+    (threshold never reached).  A stack of plain LSTMs (a reverse relu layer and a
+    partial last panel, H = 13, take the kernel's general cell code), every instruction
+    set, against the reference's gradients."""
+    from fastlstm import _forward, layers
+
+    monkeypatch.setattr(layers, "_FORCE_PATH", path)
+    rng = np.random.default_rng(5)
+    model = fl.MultiLSTM([
+        randomize(fl.LSTM(5, 16, dtype=dtype, n_threads=2), rng),
+        randomize(fl.LSTM(16, 16, dtype=dtype, n_threads=2, reverse=True,
+                          activation="relu"), rng),
+        randomize(fl.LSTM(16, 13, dtype=dtype, n_threads=2), rng),
+        randomize(fl.LSTM(13, 16, dtype=dtype, n_threads=2, reverse=True), rng)])
+    N, T = 7, 6
+    X = rng.normal(size=(N, T, 5))
+    lengths = np.array([6, 0, 3, 1, 6, 5, 2]) if with_lengths else None
+    s0 = stack_states(model, rng, N)
+    ds = stack_states(model, rng, N)
+    dY = rng.normal(size=(N, T, model.output_size))
+    g = ref.stack_backward(dY, X, reference_stack(model), dstate=ds, initial_state=s0,
+                           lengths=lengths)
+    t = tol(dtype)
+    old = _forward.stream_cache_min_bytes()
+    try:
+        for isa, min_bytes in itertools.product(range(_forward.packed_isa(-1) + 1),
+                                                (0, 1 << 62)):
+            _forward.packed_isa(isa)
+            _forward.stream_cache_min_bytes(min_bytes)
+            for step in range(2):          # fresh buffers, then the reused ones
+                _, _, cache = model.forward(to_layout(X, time_major), s0, lengths=lengths,
+                                            time_major=time_major)
+                dX, d0 = model.backward(to_layout(dY, time_major), cache, ds)
+                for k, v in model.grads.items():
+                    scale = max(1.0, np.abs(g[k]).max())
+                    np.testing.assert_allclose(v, g[k], rtol=10 * t["rtol"],
+                                               atol=10 * t["atol"] * scale,
+                                               err_msg=f"{k}, isa {isa}, step {step}")
+                np.testing.assert_allclose(to_layout(dX, time_major), g["X"],
+                                           rtol=10 * t["rtol"],
+                                           atol=10 * t["atol"] * max(1.0, np.abs(g["X"]).max()))
+    finally:
+        _forward.stream_cache_min_bytes(old)
+        _forward.packed_isa(-1)
 
 
 # ---------------------------------------------------------------------------------------------
