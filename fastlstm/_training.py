@@ -168,7 +168,7 @@ def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse, xh=None,
     if xh is None:
         xh = _buffer(layer, "xh", (R, I + Ho), dt, zero)
     part["xh"] = xh
-    if R * 5 * H * np.dtype(dt).itemsize >= _forward.stream_cache_min_bytes():
+    if _forward.large_cache(R, H, np.dtype(dt).itemsize):
         part["xo_next"] = xh[:, I:]
         if next_x is not None:
             part["xo_same"] = next_x

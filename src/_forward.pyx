@@ -548,9 +548,19 @@ def packed_isa(isa=None):
 # written with non-temporal stores: the backward reads them only after the rest of the
 # forward has gone through the CPU caches, so reading each line before writing it would
 # be wasted (1.03x a training step at the medium and large benchmark shapes, 16 and
-# 32 MiB; at the small one, 2 MiB, the cache is still in the CPU caches for the backward
+# 131 MiB; at the small one, 2 MiB, the cache is still in the CPU caches for the backward
 # and normal stores are 1.02x faster).
 cdef long long _stream_min_bytes = 8 << 20
+
+
+cdef inline bint _large(long long rows, long long H, long long itemsize) noexcept:
+    return rows * 5 * H * itemsize >= _stream_min_bytes
+
+
+def large_cache(long long rows, long long H, long long itemsize):
+    """Whether a layer's training cache of ``rows`` rows (gates and cell state, 5H
+    numbers of ``itemsize`` bytes each) counts as larger than the CPU caches."""
+    return _large(rows, H, itemsize)
 
 
 def stream_cache_min_bytes(n=None):
@@ -643,7 +653,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         raise ValueError("forward_packed: xo_same / xo_next must be (N*T, H) with "
                          "contiguous rows")
     if cache_gates is not None and cache_c is not None:
-        stream = <long long> (<size_t> N * T * 5 * H * fsz) >= _stream_min_bytes
+        stream = _large(<long long> N * T, H, fsz)
     if lengths is not None and N > 1:
         # rows by decreasing length: finished rows gather in whole tiles, which are skipped
         perm = np.argsort(-np.asarray(lengths), kind="stable").astype(np.intc)
