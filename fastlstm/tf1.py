@@ -28,8 +28,8 @@ import numpy as np
 
 from .init import check_random_state
 from .interop.tf1 import activation_name, from_tf1, to_tf1
-from .layers import (LSTMState, MultiLSTM, _as_lengths, _check_forget_bias, _check_time_major,
-                     _scalar)
+from .layers import (LSTMState, MultiLSTM, _as_lengths, _check_clip, _check_forget_bias,
+                     _check_time_major, _scalar)
 
 __all__ = [
     "BasicLSTMCell",
@@ -233,10 +233,11 @@ class _LSTMCellBase(RNNCell):
             raise TypeError(f"initializer must be callable(shape, dtype), got {initializer!r}")
         self._num_units = int(num_units)
         self._use_peepholes = bool(use_peepholes)
-        self._cell_clip = cell_clip
+        self._cell_clip = _check_clip(cell_clip, "cell_clip")
         self._initializer = initializer
         self._num_proj = None if num_proj is None else int(num_proj)
-        self._proj_clip = proj_clip if num_proj is not None else None   # TF ignores it then
+        # TF ignores proj_clip without a projection
+        self._proj_clip = _check_clip(proj_clip, "proj_clip") if num_proj is not None else None
         self._forget_bias = _check_forget_bias(forget_bias)
         self._state_is_tuple = bool(state_is_tuple)
         self._activation = activation_name(activation)
@@ -244,6 +245,7 @@ class _LSTMCellBase(RNNCell):
         self._dtype = _float_dtype(dtype)
         self._random_state = random_state
         self._layer = None
+        self._bias_f = None     # (TF's f block as loaded, fastlstm's f block made from it)
 
     # -- TF attributes ---------------------------------------------------------------
 
@@ -314,7 +316,18 @@ class _LSTMCellBase(RNNCell):
         self._layer = from_tf1(kernel, bias, self._forget_bias, cell_clip=self._cell_clip,
                                proj_clip=self._proj_clip, activation=self._activation,
                                dtype=dt, **extra)
+        self._remember_bias(bias)
         return self._layer
+
+    def _remember_bias(self, bias):
+        """Keep the f block of the TF bias just loaded beside the one fastlstm made of it
+        (b_f + forget_bias, rounded), so that ``get_weights`` gives the loaded bias back
+        bit for bit while the layer's f block is unchanged; subtracting forget_bias again
+        would round in the last bit."""
+        H, b = self._num_units, self._layer.b
+        tf_f = np.zeros(H, b.dtype) if bias is None else \
+            np.asarray(bias)[2 * H:3 * H].astype(b.dtype, copy=True)
+        self._bias_f = (tf_f, b[H:2 * H].copy())
 
     def get_weights(self):
         """TF's variables in creation order: [kernel, bias] (+ [w_f_diag, w_i_diag,
@@ -322,6 +335,10 @@ class _LSTMCellBase(RNNCell):
         if self._layer is None:
             return []
         v = to_tf1(self._layer, self._forget_bias)
+        H = self._num_units
+        memo = getattr(self, "_bias_f", None)
+        if memo is not None and np.array_equal(self._layer.b[H:2 * H], memo[1], equal_nan=True):
+            v["bias"][2 * H:3 * H] = memo[0]    # unchanged since loaded: as loaded
         out = [v["kernel"], v["bias"]]
         if self._use_peepholes:
             out += [v["w_f_diag"], v["w_i_diag"], v["w_o_diag"]]
@@ -367,6 +384,7 @@ class _LSTMCellBase(RNNCell):
                        proj_clip=self._proj_clip, activation=self._activation, dtype=dt,
                        **extra)
         self._layer.flat_params[...] = new.flat_params
+        self._remember_bias(bias)
 
     # -- running ---------------------------------------------------------------------
 

@@ -449,3 +449,49 @@ def test_a_call_refused_by_its_size_leaves_the_cell_unbuilt():
     assert not cell.built and np.array_equal(rs.get_state()[1], state)
     out, _ = tf.nn.dynamic_rnn(cell, np.zeros((1, 2, 5), np.float32), dtype=np.float32)
     assert out.shape == (1, 2, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("forget_bias", [1.0, 3.7, 0.1])
+def test_get_weights_gives_the_loaded_bias_back(dtype, forget_bias):
+    """TF keeps the bias as loaded and adds forget_bias on each call; fastlstm folds it into
+    b, and subtracting it again rounded the f block in the last bit."""
+    rng = np.random.default_rng(11)
+    cell = tf.LSTMCell(5, use_peepholes=True, forget_bias=forget_bias, dtype=dtype)
+    weights = [rng.normal(size=(3 + 5, 20)).astype(dtype), rng.normal(size=20).astype(dtype)]
+    weights += [rng.normal(size=5).astype(dtype) for _ in range(3)]
+    x = rng.normal(size=(2, 3)).astype(dtype)
+    state = cell.zero_state(2, dtype)
+    for built in (False, True):          # unbuilt: built from the kernel; built: in place
+        if built:
+            cell(x, state)
+        for _ in range(3):
+            cell.set_weights(weights)
+            weights = cell.get_weights()
+        for got, want in zip(cell.get_weights(), weights):
+            np.testing.assert_array_equal(got, want)
+        assert cell.get_weights()[1].dtype == dtype
+    # the stack's list is the cells' lists
+    stack = tf.MultiRNNCell([tf.BasicLSTMCell(4, forget_bias=forget_bias, dtype=dtype),
+                             tf.BasicLSTMCell(3, forget_bias=forget_bias, dtype=dtype)])
+    w = [rng.normal(size=(3 + 4, 16)), rng.normal(size=16), rng.normal(size=(4 + 3, 12)),
+         rng.normal(size=12)]
+    w = [a.astype(dtype) for a in w]
+    stack.set_weights(w)
+    for got, want in zip(stack.get_weights(), w):
+        np.testing.assert_array_equal(got, want)
+    # once the layer's bias changes (training), the bias is the layer's, less forget_bias
+    H = 5
+    cell.layer.b[H:2 * H] += dtype(0.5)
+    f_tf = cell.get_weights()[1][2 * H:3 * H]
+    np.testing.assert_array_equal(f_tf, cell.layer.b[H:2 * H] - dtype(forget_bias))
+    np.testing.assert_allclose(f_tf, weights[1][2 * H:3 * H] + 0.5,
+                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_clip_arguments_are_checked_when_the_cell_is_made():
+    with pytest.raises(TypeError, match="cell_clip must be None or a non-negative float"):
+        tf.LSTMCell(3, cell_clip="a")
+    with pytest.raises(ValueError, match="proj_clip must be None or a non-negative float"):
+        tf.LSTMCell(3, num_proj=2, proj_clip=-1.0)
+    tf.LSTMCell(3, proj_clip=-1.0)       # TF ignores proj_clip without a projection

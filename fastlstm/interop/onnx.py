@@ -78,7 +78,10 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     ``sequence_lens`` [N] int32 when ``lengths=True``; ``initial_h_k`` / ``initial_c_k``
     [D, N, H] per layer when ``initial_state=True``.
     Graph outputs: ``Y`` like fastlstm's output, and ``Y_h_k`` / ``Y_c_k`` [D, N, H] per
-    layer k (fastlstm's state of layer k, direction d is ``(Y_c_k[d], Y_h_k[d])``).
+    layer k (fastlstm's state of layer k, direction d is ``(Y_c_k[d], Y_h_k[d])``).  One
+    difference is ONNX's: a row of ``sequence_lens`` 0 gets ``Y_h = Y_c = 0``, where
+    fastlstm (as TF) returns that row's initial state; ``onnx_state`` gives fastlstm's
+    state in ONNX's terms.
 
     dtype : float32 / float64 (default: the model's).  onnxruntime runs float32 only.
     opset : the ONNX opset imported, from 14 (the first with ``layout``; the default) to
