@@ -180,7 +180,10 @@ def _validate_X(est, X, *, reset, lengths=None, check_names=True):
     2-D X is read as (n_samples, n_timesteps) univariate sequences.  Sets
     ``n_features_in_`` (features per step) when ``reset``, checks it otherwise.
     """
-    dtype = _check_dtype(est.dtype)
+    if not reset and hasattr(est, "model_"):
+        dtype = est.model_.dtype    # the fitted network's: set_params(dtype=) is for a refit
+    else:
+        dtype = _check_dtype(est.dtype)
     other = np.float64 if dtype == np.float32 else np.float32
     if check_names:        # (not per chunk of a Dask array, which has no names)
         _check_column_names(est, X, reset)
@@ -189,6 +192,11 @@ def _validate_X(est, X, *, reset, lengths=None, check_names=True):
         raise TypeError("X is a masked array with masked entries, and a mask is not read: "
                         "fill them with NaN (X.filled(np.nan): trailing all-NaN steps are "
                         "padding) or pass lengths=")
+    if isinstance(getattr(X, "dtype", None), np.dtype) and X.dtype.kind == "f" \
+            and X.dtype.itemsize > 8:
+        # long double: to float64 first (check_array would cast it straight to a float32
+        # network's dtype, past the range check below)
+        X = np.asarray(X, np.float64)
     X = check_array(X, accept_sparse=False, dtype=[dtype, other], ensure_all_finite=False,
                     allow_nd=True, ensure_min_samples=1, ensure_min_features=1,
                     estimator=est, input_name="X")
@@ -237,6 +245,13 @@ def _largest_valid(X, L, block_bytes=1 << 20):
             block = block[np.arange(T)[None, :] < L[s:s + rows, None]]
         top = max(top, float(np.fmax.reduce(np.abs(block), axis=None, initial=0.0)))
     return top
+
+
+def _forget_targets(est):
+    """Drop what a previous fit learnt of its targets (an encoder refit with another
+    objective must not keep ``classes_`` or ``n_outputs_``)."""
+    for name in ("classes_", "n_outputs_", "_y_ndim", "_y_mean", "_y_scale"):
+        est.__dict__.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -1055,7 +1070,8 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = self.objective != "reservoir"
         try:
-            tags.transformer_tags.preserves_dtype = [_check_dtype(self.dtype).name]
+            dtype = self.model_.dtype if hasattr(self, "model_") else _check_dtype(self.dtype)
+            tags.transformer_tags.preserves_dtype = [dtype.name]
         except ValueError:
             pass
         return tags
@@ -1075,6 +1091,7 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
 
     def _encode_targets(self, y, n, first, classes=None):
         if first:
+            _forget_targets(self)
             self._fit_objective = self.objective
         elif self.objective != self._fit_objective:
             raise ValueError(f"objective={self.objective!r} differs from the fitted "
@@ -1099,6 +1116,7 @@ class LSTMEncoder(TransformerMixin, _BaseLSTM):
             self._sync_threads()
             return self
         X, _ = _validate_X(self, X, reset=True, lengths=lengths)
+        _forget_targets(self)
         self._fit_objective = "reservoir"
         self._init_network(X.shape[2], None, check_random_state(self.random_state))
         self.n_iter_ = 0

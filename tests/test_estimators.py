@@ -973,3 +973,58 @@ def test_lengths_travel_with_metadata_routing():
                             lengths=L[train])
         want.append(fitted.score(X[test], y[test], lengths=L[test]))
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_predicting_uses_the_fitted_dtype_not_the_parameter():
+    """set_params(dtype=...) after fit is for the next fit: predict, transform and their
+    input checks follow the fitted network's dtype."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 5, 2))
+    y = X[:, -1, 0]
+    big = X.copy()
+    big[0, 0, 0] = 1e39                         # beyond float32's range
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r32 = LSTMRegressor(hidden_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
+        r64 = LSTMRegressor(hidden_sizes=(3,), max_iter=2, random_state=0,
+                            dtype="float64").fit(X, y)
+        enc = LSTMEncoder(hidden_sizes=(3,), random_state=0).fit(X)
+    before = r32.predict(X)
+    r32.set_params(dtype="float64")
+    np.testing.assert_array_equal(r32.predict(X), before)
+    with pytest.raises(ValueError, match="beyond the range of dtype=float32"):
+        r32.predict(big)
+    r32.set_params(dtype="float16")             # invalid, but only for a refit
+    np.testing.assert_array_equal(r32.predict(X), before)
+    ok = r64.predict(big)
+    r64.set_params(dtype="float32")
+    np.testing.assert_array_equal(r64.predict(big), ok)
+    enc.set_params(dtype="float64")
+    assert enc.transform(X).dtype == np.float32
+    assert enc.__sklearn_tags__().transformer_tags.preserves_dtype == ["float32"]
+    with pytest.raises(ValueError, match="dtype"):
+        r32.fit(X, y)                           # the refit checks the parameter
+
+
+def test_encoder_refit_with_another_objective_forgets_the_old_targets():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((24, 4, 2))
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, 24)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        enc = LSTMEncoder(hidden_sizes=(3,), objective="classification", max_iter=2,
+                          random_state=0).fit(X, labels)
+        assert list(enc.classes_) == ["a", "b", "c"]
+        enc.set_params(objective="regression").fit(X, X[:, -1, :])
+        assert not hasattr(enc, "classes_") and enc.n_outputs_ == 2
+        enc.set_params(objective="reservoir").fit(X)
+    assert not hasattr(enc, "classes_") and not hasattr(enc, "n_outputs_")
+
+
+@pytest.mark.skipif(np.dtype(np.longdouble).itemsize <= 8, reason="long double is float64 here")
+def test_long_double_input_beyond_float32_gets_the_range_message():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((10, 3, 1)).astype(np.longdouble)
+    X[0, 0, 0] = 1e39
+    with pytest.raises(ValueError, match="beyond the range of dtype=float32"):
+        LSTMRegressor(hidden_sizes=(3,), max_iter=1, random_state=0).fit(X, X[:, -1, 0])
