@@ -247,12 +247,30 @@ def _after_fork_in_child():
     finally:
         _BlasSingleThread._depth = 0
         _BlasSingleThread._active = None
-        if _state["omp_used"]:
+        # GNU OpenMP's pool is one per process and may have been started by another
+        # library (torch ships the same libgomp), which this module's flag cannot see: a
+        # child is threaded only if its parent had no thread but the forking one
+        if _state["omp_used"] or _fork_parent_threads["n"] != 1:
             _state["forked_after_omp"] = True
 
 
+# OS threads of the process when it last forked (None: not known on this system)
+_fork_parent_threads = {"n": None}
+
+
+def _os_thread_count():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _before_fork():
+    _fork_parent_threads["n"] = _os_thread_count()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def show_config(file=None):

@@ -306,3 +306,77 @@ def test_pickle_round_trip_keeps_views_live():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_fork_after_another_library_started_the_openmp_pool(threaded_parent, monkeypatch):
+    """GNU OpenMP's pool is one per process: another library (torch ships the same
+    libgomp) may have started it without fastlstm knowing.  The child must still run
+    serially and not hang.  Simulated: a pool started by fastlstm, its flag cleared."""
+    model, X, L, Y, s, proj, Yp = threaded_parent
+    monkeypatch.setitem(_threads._state, "omp_used", False)
+
+    def child():
+        Y2, _ = model(X, lengths=L)
+        return (np.array_equal(Y2, Y) and np.array_equal(proj(X, lengths=L)[0], Yp)
+                and _threads.resolve_n_threads(2) == 1)
+
+    _fork(child)
+
+
+_FORK_SCRIPT = r"""
+import os, sys, time
+import numpy as np
+{setup}
+import fastlstm as fl
+from fastlstm import _threads
+m = fl.LSTM(16, 64, random_state=0, n_threads=2)
+X = np.random.default_rng(0).normal(size=(8, 30, 16)).astype(np.float32)
+pid = os.fork()
+if pid == 0:
+    try:
+        ok = np.isfinite(m(X)[0]).all()
+        os._exit(0 if ok and _threads.resolve_n_threads(2) == {child_threads} else 1)
+    except BaseException:
+        os._exit(2)
+deadline = time.monotonic() + 60
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    if time.monotonic() > deadline:
+        os.kill(pid, 9)
+        sys.exit(3)
+    time.sleep(0.01)
+"""
+
+
+def _run_fork_script(setup, child_threads, env=None):
+    code = _FORK_SCRIPT.format(setup=setup, child_threads=child_threads)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT + 60, env=env)
+    assert proc.returncode == 0, (f"exit {proc.returncode} (3: the child hung)\n"
+                                  f"{proc.stdout}\n{proc.stderr}")
+
+
+def test_fork_after_torch_ran_openmp_threads():
+    pytest.importorskip("torch")
+    if not _threads._forward.openmp_enabled():
+        pytest.skip("serial build")
+    _run_fork_script("import torch\ntorch.set_num_threads(2)\n"
+                     "torch.sin(torch.ones(10_000_000))", 1)
+
+
+def test_child_of_a_single_threaded_parent_keeps_its_threads():
+    """A parent with no thread but the forking one has no OpenMP pool to lose."""
+    if not (_threads._forward.openmp_enabled() and os.path.isdir("/proc/self/task")):
+        pytest.skip("needs an OpenMP build and /proc/self/task")
+    if _fresh_interpreter_threads() < 2:
+        pytest.skip("one usable core")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="2")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os, numpy, scipy.linalg, fastlstm; "
+         "print(len(os.listdir('/proc/self/task')))"],
+        capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    if probe.stdout.strip() != "1":
+        pytest.skip(f"the interpreter has other threads here ({probe.stdout.strip()})")
+    _run_fork_script("", 2, env=env)
