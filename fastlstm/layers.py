@@ -142,6 +142,7 @@ def _check_clip(value, name):
 
 
 def _check_reverse(value, name):
+    value = _scalar(value)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
@@ -289,6 +290,9 @@ def _as_lengths(lengths, N, T, name="lengths"):
     """Validate per-row lengths; returns an int64 array, or None when all rows are full."""
     if lengths is None:
         return None
+    if isinstance(lengths, np.ma.MaskedArray) and np.ma.is_masked(lengths):
+        raise TypeError(f"{name} is a masked array with masked entries, and a mask is not "
+                        "read: give every row's length")
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu" and not (L.shape == (0,) and L.dtype.kind == "f"):
         # (an empty list, for an empty batch, is an empty float array)
@@ -334,6 +338,7 @@ def _unit_split_done(slow, T):
 
 
 def _check_time_major(time_major):
+    time_major = _scalar(time_major)
     if not isinstance(time_major, (bool, np.bool_)):
         raise TypeError(f"time_major must be a bool, got {time_major!r}")
     return bool(time_major)
@@ -541,6 +546,7 @@ class LSTM(_Module):
         self._input_size = _check_size(input_size, "input_size")
         self._hidden_size = _check_size(hidden_size, "hidden_size")
         self._proj_size = _check_size(proj_size, "proj_size", allow_none=True)
+        peepholes = _scalar(peepholes)
         if not isinstance(peepholes, (bool, np.bool_)):
             raise TypeError(f"peepholes must be a bool, got {peepholes!r}")
         self._use_peepholes = bool(peepholes)
@@ -926,6 +932,9 @@ class LSTM(_Module):
         if N > _INT_MAX:
             raise ValueError(f"x of shape {x.shape} is too large: the batch must stay below "
                              "2**31 for 32-bit BLAS")
+        if N * max(self._input_size, 1) > _INT_MAX:    # as a call's batch*features
+            raise ValueError(f"x of shape {x.shape} is too large: batch*features = "
+                             f"{N * self._input_size} must stay below 2**31 for 32-bit BLAS")
         _check_memory(N * (self._input_size + self._hidden_size + 2 * self.output_size)
                       * self._dtype.itemsize, f"x of shape {x.shape}")
         _check_fits(x, self._dtype, "x")

@@ -116,6 +116,7 @@ def clip_grad_norm(params, max_norm):
 
 
 def _check_bool(value, name):
+    value = unwrap(value)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)

@@ -132,6 +132,9 @@ class Dense(_layers._Module):
 def _lengths(lengths, N, T):
     if lengths is None:
         return None
+    if isinstance(lengths, np.ma.MaskedArray) and np.ma.is_masked(lengths):
+        raise TypeError("lengths is a masked array with masked entries, and a mask is not "
+                        "read: give every row's length")
     L = np.asarray(lengths)
     if L.shape == (0,) and L.dtype.kind == "f":   # an empty list, for an empty batch
         L = L.astype(np.int64)
@@ -147,7 +150,7 @@ def sequence_mask(lengths, T, time_major=False):
     T = _layers._scalar(T)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
         raise ValueError(f"T must be a non-negative int (the number of steps), got {T!r}")
-    L = np.asarray(lengths)
+    L = lengths if isinstance(lengths, np.ma.MaskedArray) else np.asarray(lengths)
     if L.ndim != 1:
         raise ValueError(f"lengths must be 1-D (one per batch row), got shape {L.shape}")
     L = _lengths(L, L.shape[0], T)

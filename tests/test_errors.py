@@ -171,6 +171,16 @@ def test_too_large_for_blas_is_refused(layer):
         layer(X)
 
 
+def test_step_with_batch_times_features_beyond_32_bits_is_refused():
+    """As a call's: batch*features must stay below 2**31 (a broadcast view, no memory)."""
+    wide = fl.LSTM(2**20, 1, random_state=0)
+    x = np.broadcast_to(np.zeros(2**20, np.float32), (2**11, 2**20))
+    with pytest.raises(ValueError, match=r"batch\*features = 2147483648 must stay below"):
+        wide.step(x)
+    with pytest.raises(ValueError, match=r"batch\*features = 2147483648 must stay below"):
+        wide(x[:, None, :])
+
+
 @pytest.mark.parametrize("lengths", [np.array([1.0, 2.0]), [1.5, 2], [True, False], ["a", "b"]])
 def test_non_integer_lengths_are_a_value_error_and_a_type_error(layer, lengths):
     # SPEC.md Part A: lengths must be integers in [0, T], others are a ValueError; a wrong
@@ -424,3 +434,38 @@ def test_float64_values_beyond_float32_are_refused_not_made_infinite():
         assert np.isfinite(getattr(dense, name)).all()
     wide = fl.LSTM(3, 4, dtype=np.float64, random_state=0)
     assert np.isfinite(wide(big)[0]).all()
+
+
+def test_boolean_flags_stored_as_0d_arrays_are_accepted():
+    """peepholes, reverse and time_major (and the optimisers' flags) take 0-d arrays, as
+    the other scalar options do."""
+    from fastlstm import optim
+
+    layer = fl.LSTM(3, 4, peepholes=np.array(True), random_state=0)
+    assert layer.use_peepholes is True
+    X = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    Y, s = layer(X, reverse=np.array(True), time_major=np.array(False))
+    Yr, sr = layer(X, reverse=True, time_major=False)
+    np.testing.assert_array_equal(Y, Yr)
+    np.testing.assert_array_equal(s.h, sr.h)
+    assert fl.LSTM(3, 4, reverse=np.array(True)).reverse is True
+    opt = optim.SGD(layer, lr=0.1, momentum=0.9, nesterov=np.array(True))
+    assert opt.nesterov is True
+    for bad in (np.array([True]), np.array(1)):
+        with pytest.raises(TypeError, match="peepholes must be a bool"):
+            fl.LSTM(3, 4, peepholes=bad)
+        with pytest.raises(TypeError, match="time_major must be a bool"):
+            layer(X, time_major=bad)
+
+
+def test_masked_lengths_with_masked_entries_are_refused():
+    layer = fl.LSTM(3, 4, random_state=0)
+    X = np.ones((2, 5, 3), np.float32)
+    L = np.ma.masked_array([3, 1], mask=[False, False])
+    np.testing.assert_array_equal(layer(X, lengths=L)[0], layer(X, lengths=[3, 1])[0])
+    L.mask[1] = True
+    with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
+        layer(X, lengths=L)
+    from fastlstm import readout
+    with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
+        readout.sequence_mask(L, 5)
