@@ -5,7 +5,16 @@
 #include <omp.h>
 static inline int fl_omp_enabled(void) { return 1; }
 static inline int fl_omp_thread_num(void) { return omp_get_thread_num(); }
-static inline int fl_omp_max_threads(void) { return omp_get_max_threads(); }
+/* the team a parallel region may get: OMP_NUM_THREADS (per thread), and OMP_THREAD_LIMIT */
+static inline int fl_omp_max_threads(void)
+{
+    int n = omp_get_max_threads();
+#if _OPENMP >= 200805
+    int limit = omp_get_thread_limit();
+    if (limit > 0 && limit < n) n = limit;
+#endif
+    return n;
+}
 /* places a bound team may use (OMP_PROC_BIND / OMP_PLACES), or 0 when threads are not
  * bound: the runtime has then not narrowed the initial thread's CPU affinity */
 static inline int fl_omp_bound_places(void)

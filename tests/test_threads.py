@@ -260,11 +260,14 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("variable", ["OMP_NUM_THREADS", "OMP_THREAD_LIMIT"])
 @pytest.mark.parametrize("omp_num_threads", ["1", "2"])
-def test_omp_num_threads_env_is_honoured(omp_num_threads, tmp_path):
+def test_omp_num_threads_env_is_honoured(omp_num_threads, variable, tmp_path):
     if not fl.show_config(file=io.StringIO())["openmp"]:
-        pytest.skip("serial build: OMP_NUM_THREADS does not apply")
-    env = dict(os.environ, OMP_NUM_THREADS=omp_num_threads)
+        pytest.skip(f"serial build: {variable} does not apply")
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    env[variable] = omp_num_threads
     env.pop("FASTLSTM_N_THREADS", None)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "y.npy")], env=env,
                           capture_output=True, text=True, timeout=120)
