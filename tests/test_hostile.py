@@ -396,7 +396,10 @@ def test_absurd_sizes_raise_memory_error_before_allocating(case, no_kernel):
 
 def test_absurd_step_raises_memory_error_before_allocating(no_kernel):
     rss = _rss()
-    with pytest.raises(MemoryError, match=r"x of shape \(1073741824, 3\) needs about"):
+    # (batch*features below 2**31: a wider x is a ValueError first, as in a call)
+    with pytest.raises(MemoryError, match=r"x of shape \(1073741824, 1\) needs about"):
+        fl.LSTM(1, 4, proj_size=8192).step(_huge((2**30, 1)))
+    with pytest.raises(ValueError, match=r"batch\*features = 3221225472"):
         fl.LSTM(I, 4, proj_size=8192).step(_huge((2**30, I)))
     assert _rss() - rss < 64 << 20
 
