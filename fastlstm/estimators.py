@@ -643,6 +643,12 @@ class _BaseLSTM(BaseEstimator):
             self.t_ += n_train
             loss = total / n_train
             self.loss_curve_.append(loss)
+            if not np.isfinite(loss):
+                # as scikit-learn's MLP: a diverged fit is an error, not NaN predictions
+                raise ValueError(
+                    f"{type(self).__name__}: the training diverged (loss = {loss} at epoch "
+                    f"{self.n_iter_}): the weights are not usable. Lower "
+                    "learning_rate, set clip_norm, or scale X (and y), then fit again.")
             msg = f"Epoch {self.n_iter_}, loss = {loss:.8f}"
             if early:
                 score = self._score_encoded(self._infer(X_val, L_val), t_val)

@@ -1028,3 +1028,23 @@ def test_long_double_input_beyond_float32_gets_the_range_message():
     X[0, 0, 0] = 1e39
     with pytest.raises(ValueError, match="beyond the range of dtype=float32"):
         LSTMRegressor(hidden_sizes=(3,), max_iter=1, random_state=0).fit(X, X[:, -1, 0])
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_diverged_fit_is_an_error(incremental):
+    """As scikit-learn's MLP: a fit whose loss becomes non-finite raises (it used to go
+    on for every epoch and leave NaN weights behind ConvergenceWarnings)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5, 2))
+    y = X[:, -1, 0] * 100
+    est = LSTMRegressor(hidden_sizes=(4,), max_iter=20, optimizer="sgd", learning_rate=1e4,
+                        clip_norm=None, random_state=0)
+    with pytest.raises(ValueError, match="the training diverged"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if incremental:
+                for _ in range(20):
+                    est.partial_fit(X, y)
+            else:
+                est.fit(X, y)
+    assert not np.isfinite(est.loss_curve_[-1]) and len(est.loss_curve_) < 20
