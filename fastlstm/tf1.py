@@ -216,6 +216,11 @@ class RNNCell:
         raise NotImplementedError  # pragma: no cover
 
 
+class _StateTupleError(ValueError, TypeError):
+    """A stack's state that is not one state per cell: TF raises a ValueError ("Expected
+    state to be a tuple of length ..."); also a TypeError (a wrong type)."""
+
+
 class _LSTMCellBase(RNNCell):
     _tf_name = "lstm_cell"
 
@@ -514,8 +519,9 @@ class MultiRNNCell(RNNCell):
         if self._state_is_tuple:
             if not isinstance(state, (tuple, list)) or isinstance(state, LSTMState) \
                     or len(state) != len(self._cells):
-                raise TypeError(f"{name} must be a tuple with one state per cell "
-                                f"({len(self._cells)})")
+                raise _StateTupleError(f"{name} must be a tuple with one state per cell: "
+                                       f"expected a tuple of length {len(self._cells)}, "
+                                       f"got {type(state).__name__}")
             return tuple(c._split_state(s, f"{name}[{k}]")
                          for k, (c, s) in enumerate(zip(self._cells, state)))
         widths = [c.state_size for c in self._cells]

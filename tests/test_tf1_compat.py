@@ -495,3 +495,15 @@ def test_clip_arguments_are_checked_when_the_cell_is_made():
     with pytest.raises(ValueError, match="proj_clip must be None or a non-negative float"):
         tf.LSTMCell(3, num_proj=2, proj_clip=-1.0)
     tf.LSTMCell(3, proj_clip=-1.0)       # TF ignores proj_clip without a projection
+
+
+def test_stack_state_that_is_not_a_tuple_is_tfs_value_error():
+    stack = tf.MultiRNNCell([tf.BasicLSTMCell(3), tf.BasicLSTMCell(2)])
+    x = np.zeros((2, 4), np.float32)
+    state = stack.zero_state(2, tf.float32)
+    for bad in (state[0], state[:1], np.zeros((2, 10), np.float32)):
+        for exc in (ValueError, TypeError):
+            with pytest.raises(exc, match="expected a tuple of length 2"):
+                stack(x, bad)
+    out, _ = stack(x, state)
+    assert out.shape == (2, 2)
