@@ -142,6 +142,8 @@ def _check_clip(value, name):
 
 
 def _check_reverse(value, name):
+    if value is True or value is False:     # the common case, checked first (per call)
+        return value
     value = _scalar(value)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -338,6 +340,8 @@ def _unit_split_done(slow, T):
 
 
 def _check_time_major(time_major):
+    if time_major is True or time_major is False:   # the common case (per call)
+        return time_major
     time_major = _scalar(time_major)
     if not isinstance(time_major, (bool, np.bool_)):
         raise TypeError(f"time_major must be a bool, got {time_major!r}")
