@@ -182,12 +182,18 @@ def _checked(name, check):
     return property(operator.attrgetter(key), fset)
 
 
+def _refuse_masked(value, name, hint):
+    """A masked array with masked entries is refused: ``np.asarray`` would drop its mask
+    and read the values under it."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise TypeError(f"{name} is a masked array with masked entries, and a mask is not "
+                        f"read: {hint}")
+
+
 def _numeric_array(value, name):
     """``np.asarray`` that refuses what cannot be an LSTM input (complex, object, text,
     masked arrays with masked entries: their mask would be dropped)."""
-    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
-        raise TypeError(f"{name} is a masked array with masked entries, and a mask is not "
-                        "read: fill them (np.ma.filled) and pass lengths= for padded steps")
+    _refuse_masked(value, name, "fill them (np.ma.filled) and pass lengths= for padded steps")
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as exc:   # RuntimeError: torch's tensors
@@ -292,9 +298,7 @@ def _as_lengths(lengths, N, T, name="lengths"):
     """Validate per-row lengths; returns an int64 array, or None when all rows are full."""
     if lengths is None:
         return None
-    if isinstance(lengths, np.ma.MaskedArray) and np.ma.is_masked(lengths):
-        raise TypeError(f"{name} is a masked array with masked entries, and a mask is not "
-                        "read: give every row's length")
+    _refuse_masked(lengths, name, "give every row's length")
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu" and not (L.shape == (0,) and L.dtype.kind == "f"):
         # (an empty list, for an empty batch, is an empty float array)

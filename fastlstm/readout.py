@@ -132,9 +132,7 @@ class Dense(_layers._Module):
 def _lengths(lengths, N, T):
     if lengths is None:
         return None
-    if isinstance(lengths, np.ma.MaskedArray) and np.ma.is_masked(lengths):
-        raise TypeError("lengths is a masked array with masked entries, and a mask is not "
-                        "read: give every row's length")
+    _layers._refuse_masked(lengths, "lengths", "give every row's length")
     L = np.asarray(lengths)
     if L.shape == (0,) and L.dtype.kind == "f":   # an empty list, for an empty batch
         L = L.astype(np.int64)
