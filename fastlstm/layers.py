@@ -344,12 +344,7 @@ def _unit_split_done(slow, T):
 
 
 def _check_time_major(time_major):
-    if time_major is True or time_major is False:   # the common case (per call)
-        return time_major
-    time_major = _scalar(time_major)
-    if not isinstance(time_major, (bool, np.bool_)):
-        raise TypeError(f"time_major must be a bool, got {time_major!r}")
-    return bool(time_major)
+    return _check_reverse(time_major, "time_major")    # the same check: a bool flag
 
 
 # ---------------------------------------------------------------------------------------
