@@ -46,6 +46,18 @@ _CHUNK_CORES = _threads.usable_cores()
 _PACKED_MIN_WORK_THREADED = 1 << 21
 _PACKED_MIN_STEP_WORK_UNITS = 1 << 17
 _PACKED_ROW_TILE = 6
+# With at most _PACKED_UNITS_MAX_ROWS rows a thread and packed weights (W and U) of at
+# least _PACKED_UNITS_MIN_WEIGHT_BYTES, threads own units although rows would do.  Owning
+# 4 rows, a thread reads all the weights from L2 (or beyond it) at every step for one
+# 4-row tile; owning units, it reads half of them, runs every row's tile of a panel while
+# the panel is in L1, and reads only the panels it packed itself.  While backing off
+# (below), or with more threads than usable cores, such calls keep rows.  Measured on the
+# same machine (1 MiB of L2 a core), units against rows, batch 8, float32, interleaved in
+# one process: H = 256, I = 128 (1.5 MiB) 1.10-1.13x at T = 100 and 1.10x at T = 1000;
+# H = 512, I = 256 1.17x; H = 192, I = 128 (0.9 MiB) 1.02x; H = 128, I = 64 (384 KiB)
+# 1.01-1.06x at T = 100 but 0.94-1.01x at T = 1000-2000; H = 64 0.74-0.83x.
+_PACKED_UNITS_MAX_ROWS = 4
+_PACKED_UNITS_MIN_WEIGHT_BYTES = 1 << 20
 # Threads owning units wait for each other at every step.  With more busy threads than
 # cores (say, two processes of two threads on two cores) a partner is often not running,
 # and the kernel reports those waits (over ~50 us each; they cost far more than the step).
@@ -726,6 +738,11 @@ class LSTM(_Module):
         if force == "packed-rows" or force == "packed-units":
             return nt, force == "packed-rows"
         if nt > 1 and (N + _PACKED_ROW_TILE - 1) // _PACKED_ROW_TILE >= nt:
+            weights = step_work // N * np.dtype(self._dtype).itemsize     # bytes packed
+            if (N <= _PACKED_UNITS_MAX_ROWS * nt and weights >= _PACKED_UNITS_MIN_WEIGHT_BYTES
+                    and time.monotonic() >= _unit_split["until"]
+                    and _threads.usable_cores() >= nt):
+                return nt, False    # few rows a thread: see _PACKED_UNITS_MAX_ROWS
             return nt, True
         if nt > 1 and step_work >= _PACKED_MIN_STEP_WORK_UNITS:
             if force is None and time.monotonic() < _unit_split["until"]:

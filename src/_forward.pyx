@@ -762,12 +762,14 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                     # the team may be smaller than asked for: partition by its real size
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
-                    # every thread packs a share of the panels; all wait for the whole
+                    # every thread packs a share of the panels.  Threads owning rows read
+                    # every panel and wait for the whole; threads owning units read only
+                    # the panels they packed (the same share), so they start at once.
                     _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
                              &peepholes[0, 0] if peepholes is not None else NULL, packed,
                              <int> ((<i64> tid * P) // nt), <int> ((<i64> (tid + 1) * P) // nt))
-                    fl_pk_barrier()
                     if by_rows:
+                        fl_pk_barrier()
                         r0 = fl_pk_split(cost, nb, nt, tid)
                         r1 = fl_pk_split(cost, nb, nt, tid + 1)
                         p0 = 0

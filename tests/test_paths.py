@@ -636,6 +636,44 @@ def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
     assert seen[2:] == [1, 2]
 
 
+def test_few_rows_a_thread_split_units(monkeypatch):
+    """A batch of at most 4 rows a thread splits hidden units when the packed weights are
+    large (1 MiB or more), and rows otherwise, while backing off, or with fewer usable
+    cores than threads; the results are the rows split's, bit for bit."""
+    now = [1000.0]
+    cores = [2]
+    monkeypatch.setattr(layers.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
+    monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 2)
+    monkeypatch.setattr(layers._threads, "usable_cores", lambda: cores[0])
+    monkeypatch.setattr(layers, "_FORCE_PATH", None)
+    monkeypatch.setattr(layers, "_PACKED", True)
+    big = fl.LSTM(128, 256, n_threads=2)                     # 1.5 MiB of float32 weights
+    small = fl.LSTM(64, 128, n_threads=2)                    # 384 KiB
+    small64 = fl.LSTM(64, 128, n_threads=2, dtype=np.float64)   # 768 KiB
+    big64 = fl.LSTM(64, 192, n_threads=2, dtype=np.float64)     # 1.5 MiB
+    limit = layers._PACKED_UNITS_MIN_WEIGHT_BYTES
+    assert 4 * 256 * 384 * 4 >= limit > 4 * 128 * 192 * 8
+    assert big._packed_plan(8, 100) == (2, False)
+    assert big._packed_plan(7, 100) == (2, False)
+    assert big._packed_plan(9, 100) == (2, True)
+    assert big64._packed_plan(8, 100) == (2, False)
+    assert small._packed_plan(8, 100) == (2, True)
+    assert small64._packed_plan(8, 100) == (2, True)
+    layers._unit_split["until"] = now[0] + 1.0
+    assert big._packed_plan(8, 100) == (2, True)      # backing off: rows, no per-step wait
+    layers._unit_split["until"] = 0.0
+    cores[0] = 1
+    assert big._packed_plan(8, 100) == (2, True)
+    cores[0] = 2
+    X = np.random.default_rng(3).standard_normal((8, 20, 128)).astype(np.float32)
+    y_units, s_units = big(X)
+    monkeypatch.setattr(layers, "_FORCE_PATH", "packed-rows")
+    y_rows, s_rows = big(X)
+    assert np.array_equal(y_units, y_rows)
+    assert np.array_equal(s_units.c, s_rows.c) and np.array_equal(s_units.h, s_rows.h)
+
+
 def test_unit_split_uses_at_most_the_usable_cores(monkeypatch):
     """Threads owning units wait for each other at every step: an explicit n_threads
     above the usable cores ran 20-40x slower (every wait a scheduler time slice); the
