@@ -11,6 +11,8 @@ tree::
     python bench/compare_trees.py /tmp/base . --training small,medium
     python bench/compare_trees.py /tmp/base . --shapes "1,1,256,512" --step
     python bench/compare_trees.py /tmp/base . --shapes "8,1,64,128" --force packed-rows
+    python bench/compare_trees.py . . --shapes "8,100,64,128" --force-base packed-rows \
+        --force packed-units
 
 Inference shapes are B,T,I,H (one layer); ``--training`` takes the shapes of
 ``bench_training.py`` (forward with cache + backward, ``input_grad=False`` where the build
@@ -129,12 +131,18 @@ def main(argv=None):
     ap.add_argument("--force", default=None,
                     help="kernel path in both builds (tests' names: small, blas, "
                          "packed-rows, packed-units)")
+    ap.add_argument("--force-base", default=None,
+                    help="kernel path in the base build, overriding --force there (one "
+                         "tree against itself on two paths: . . --force-base packed-rows "
+                         "--force packed-units)")
     args = ap.parse_args(argv)
     clock = time.process_time if args.cpu_time else time.perf_counter
     mods = [load(args.base), load(args.new)]
     if args.force:
         for m in mods:
             m.layers._FORCE_PATH = args.force
+    if args.force_base:
+        mods[0].layers._FORCE_PATH = args.force_base
     for spec in filter(None, args.shapes.split(";")):
         shape = tuple(int(v) for v in spec.split(","))
         a, b, diff, flops = inference(mods, shape, args.threads, args.dtype, args.rounds,
