@@ -22,7 +22,10 @@
  * panel row is one 512-bit vector: one microkernel (fl_pk_mkz) computes the four gates of
  * up to MR rows at once in 4 x MR accumulators (24 of the 32 registers), and the cell
  * update runs on 512-bit vectors; every element is computed by the same operations as on
- * AVX2, so the two give the same bits.
+ * AVX2, so the two give the same bits.  There, inference over whole sequences leaves the
+ * cell update of a tile of 1-4 rows pending and runs it inside the thread's next tile of
+ * as many rows in the step (fl_pk_mkzc), so that its latency chains (exp, division) run
+ * beside that tile's multiply-adds instead of stalling between the tiles.
  *
  * The same microkernels serve the backward's step product dh = dG @ U^T on U packed once
  * (fl_pk_packT / fl_pk_dotT), and its common gate-gradient case (fl_pk_bwd).
@@ -1088,6 +1091,104 @@ FL_PK_FOR_AVX512(FL_PK_CELL)
 
 #define FL_PK_HAS_INF 1
 
+/* A tile's inference cell update left pending (4 rows of one panel): the products z (row
+ * i at z + i * 4 NU), the panel's bias and peepholes, and each row's c, next h and output. */
+#define FL_PK_PEND(T, SUF)                                                                 \
+typedef struct {                                                                           \
+    const T *z, *bp;                                                                       \
+    T *c[4], *h[4], *y[4];                                                                 \
+    int mr, use_peep, use_clip;                                                            \
+    T clip;                                                                                \
+} fl_pk_pend##SUF;
+FL_PK_PEND(float, f)
+FL_PK_PEND(double, d)
+
+/* The recurrent products of a 4-row tile of one panel on AVX-512 (fl_pk_mkz##SUF##_4_4
+ * with I = 0 and init: every element the same chain of multiply-adds over k, so the same
+ * bits) with the pending cell update of the previous tile (pc) spread through its k loop:
+ * row r's gates and cell state after the k loop's part 2r, its output after part 2r + 1.
+ * Each part is H / 8 steps of k (~H / 8 x 8 cycles of multiply-adds), longer than the
+ * latency chain of a half cell update (an exp, a division), which therefore runs beside
+ * the products instead of holding the reorder buffer after them.  The cell update is
+ * fl_pk_cell_inf's expressions, whole helper calls to a part, so its results are the same
+ * bits too (GCC fuses multiply-adds only within a basic block). */
+#if FL_PK_X86
+#define FL_PK_MKZC_LOOP(T, V, MR, KEND)                                                    \
+    _Pragma("GCC unroll 2")                                                                \
+    for (; k < (KEND); k++) {                                                              \
+        V b[4];                                                                            \
+        for (q = 0; q < 4; q++) b[q] = *(const V *) (B + q * gs + k * NU);                 \
+        for (i = 0; i < MR; i++) {                                                         \
+            T a = hr[i][k];                                                                \
+            for (q = 0; q < 4; q++) acc[q][i] += a * b[q];                                 \
+        }                                                                                  \
+    }
+#define FL_PK_MKZC(T, SUF, V, MR)                                                          \
+FL_PK_TARGET_AVX512 static __attribute__((noinline, unused)) void                          \
+fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T *z,        \
+                       int ldz, const fl_pk_pend##SUF *pc)                                 \
+{                                                                                          \
+    enum { NU = sizeof(V) / sizeof(T), Z4 = 4 * NU };                                      \
+    V acc[4][MR];                                                                          \
+    const T *hr[MR];                                                                       \
+    fl_i64 k = 0;                                                                          \
+    int i, q, r;                                                                           \
+    _Pragma("GCC unroll 16")                                                               \
+    for (q = 0; q < 4; q++)                                                                \
+        _Pragma("GCC unroll 16")                                                           \
+        for (i = 0; i < MR; i++) acc[q][i] = FL_PK_VLD(V, z + i * ldz + q * NU);           \
+    for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
+    for (r = 0; r < MR; r++) {                                                             \
+        V c0, zi, zf, zg, zo, cc, m;                                                       \
+        FL_PK_MKZC_LOOP(T, V, MR, (fl_i64) H * (2 * r + 1) / (2 * MR))                     \
+        c0 = FL_PK_VLD(V, pc->c[r]);                                                       \
+        fl_pk_gates_in##SUF##_avx512(pc->z + r * Z4, pc->bp, c0, pc->use_peep,             \
+                                     &zi, &zf, &zg, &zo);                                  \
+        cc = c0 / ((T) 1 + fl_pk_expv##SUF##_avx512(-zf))                                  \
+             + fl_pk_sgtanh##SUF##_avx512(fl_pk_expv##SUF##_avx512(-zi), zg);              \
+        if (pc->use_clip) cc = fl_pk_clip##SUF##_avx512(cc, pc->clip);                     \
+        if (pc->use_peep) zo += FL_PK_VLD(V, pc->bp + 6 * NU) * cc;                        \
+        FL_PK_MKZC_LOOP(T, V, MR, (fl_i64) H * (2 * r + 2) / (2 * MR))                     \
+        m = fl_pk_sgtanh##SUF##_avx512(fl_pk_expv##SUF##_avx512(-zo), cc);                 \
+        FL_PK_VST(pc->c[r], cc);                                                           \
+        FL_PK_VST(pc->h[r], m);                                                            \
+        FL_PK_VST(pc->y[r], m);                                                            \
+    }                                                                                      \
+    _Pragma("GCC unroll 16")                                                               \
+    for (q = 0; q < 4; q++)                                                                \
+        _Pragma("GCC unroll 16")                                                           \
+        for (i = 0; i < MR; i++) FL_PK_VST(z + i * ldz + q * NU, acc[q][i]);               \
+}
+#define FL_PK_MKZC_ALL(T, SUF, V)                                                          \
+    FL_PK_MKZC(T, SUF, V, 1) FL_PK_MKZC(T, SUF, V, 2) FL_PK_MKZC(T, SUF, V, 3)             \
+    FL_PK_MKZC(T, SUF, V, 4)
+FL_PK_MKZC_ALL(float, f, fl_pk_zf)
+FL_PK_MKZC_ALL(double, d, fl_pk_zd)
+/* the tile of mr (1 to 4) rows with the pending cell update of as many rows */
+#define FL_PK_MKZC_CALL_avx512(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc)                     \
+    do {                                                                                   \
+        switch (mr) {                                                                      \
+        case 4: fl_pk_mkzc##SUF##_4(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
+        case 3: fl_pk_mkzc##SUF##_3(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
+        case 2: fl_pk_mkzc##SUF##_2(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
+        default: fl_pk_mkzc##SUF##_1(H, ha, ldh, B, gs, z, ldz, pc); break;                \
+        }                                                                                  \
+    } while (0)
+#define FL_PK_PEND_FLUSH_avx512(SUF, pc)                                                   \
+    do {                                                                                   \
+        int r_;                                                                            \
+        for (r_ = 0; r_ < (pc)->mr; r_++)                                                  \
+            fl_pk_cell_inf##SUF##_avx512((pc)->z + r_ * 4 * (sizeof(fl_pk_z##SUF) /        \
+                                         sizeof(*(pc)->z)), (pc)->bp, (pc)->c[r_],         \
+                                         (pc)->h[r_], (pc)->y[r_], (pc)->use_peep,         \
+                                         (pc)->use_clip, (pc)->clip);                      \
+    } while (0)
+#endif
+#define FL_PK_MKZC_CALL_base(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc) ((void) 0)
+#define FL_PK_MKZC_CALL_avx2(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc) ((void) 0)
+#define FL_PK_PEND_FLUSH_base(SUF, pc) ((void) 0)
+#define FL_PK_PEND_FLUSH_avx2(SUF, pc) ((void) 0)
+
 /* Backward of one step for one row, for tanh / sigmoid without clip or peepholes (the
  * backward's common case; see fl_pointwise_bwd in _backward.pyx for the general one):
  * dm: dL/dm_t (H); dc: dL/dc_t in, dL/dc_{t-1} out; c_raw: c_t; c_prev: c_{t-1};
@@ -1461,6 +1562,12 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     T *hn = s->hbuf0;                                                                      \
     int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
+    /* inference on AVX-512 over whole sequences: a 4-row tile's cell update waits for the \
+       next 4-row tile of the step and runs inside it (fl_pk_mkzc) */                      \
+    const int fuse = FL_PK_IS512_##ISA && inf && !s->lengths;                              \
+    FL_PK_MAYBE_UNUSED fl_pk_pend##SUF pend;                                               \
+    int pending = 0;                                                                       \
+    pend.use_peep = s->use_peep; pend.use_clip = s->use_clip; pend.clip = s->clip;         \
     for (kb = 0; kb < s->kmax; kb += tb) {                                                 \
         nk = s->kmax - kb < tb ? s->kmax - kb : tb;                                        \
         for (kl = 0; kl < nk; kl++) {                                                      \
@@ -1518,6 +1625,34 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                         memcpy(hn + (fl_i64) (rb + i) * H + u0, ha + (fl_i64) i * H + u0,  \
                                nu * sizeof(T));                                            \
                     continue;                                                              \
+                }                                                                          \
+                if (fuse && mr <= 4 && nu == NU) {                                         \
+                    const fl_i64 t = s->reverse ? T_ - 1 - k : k;                          \
+                    if (pending && pend.mr != mr) {                                        \
+                        FL_PK_PEND_FLUSH_##ISA(SUF, &pend);                                \
+                        pending = 0;                                                       \
+                    }                                                                      \
+                    if (pending)                                                           \
+                        FL_PK_MKZC_CALL_##ISA(SUF, mr, H, ha, H, Bp + I * NU, K * NU, z, Z4, \
+                                              &pend);                                      \
+                    else                                                                   \
+                        FL_PK_MKZ_CALL(SUF, 4, mr, 0, NULL, H, ha, H, Bp + I * NU, K * NU, \
+                                       z, Z4, 1);                                          \
+                    pend.z = z;                                                            \
+                    pend.bp = bp;                                                          \
+                    pend.mr = mr;                                                          \
+                    for (i = 0; i < mr; i++) {                                             \
+                        const fl_i64 a = s->perm ? s->perm[rb + i] : rb + i;               \
+                        pend.c[i] = s->c + a * H + u0;                                     \
+                        pend.h[i] = hn + (fl_i64) (rb + i) * H + u0;                       \
+                        pend.y[i] = s->Y + (a * s->rn + t * s->rt) * H + u0;               \
+                    }                                                                      \
+                    pending = 1;                                                           \
+                    continue;                                                              \
+                }                                                                          \
+                if (pending) {                                                             \
+                    FL_PK_PEND_FLUSH_##ISA(SUF, &pend);                                    \
+                    pending = 0;                                                           \
                 }                                                                          \
                 if (FL_PK_IS512_##ISA) {                                                   \
                     FL_PK_MKZ_CALL(SUF, 4, mr, 0, NULL, H, ha, H, Bp + I * NU, K * NU, z, Z4, 1); \
@@ -1635,6 +1770,10 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                     }                                                                      \
                 }                                                                          \
             }                                                                              \
+        }                                                                                  \
+        if (pending) {                                                                     \
+            FL_PK_PEND_FLUSH_##ISA(SUF, &pend);                                            \
+            pending = 0;                                                                   \
         }                                                                                  \
         if (sync > 1) fl_pk_spin_wait(s->spin, sync);                                      \
         hp = hn;                                                                           \

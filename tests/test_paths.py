@@ -154,6 +154,50 @@ def test_avx512_and_avx2_give_the_same_bits(force, path, dtype):
         _forward.packed_isa(-1)
 
 
+# Inference over whole sequences on AVX-512 runs a tile's cell update inside the next tile
+# of 1 to 4 rows (fl_pk_mkzc): row blocks of 1 to 4 rows, of unequal sizes (7 rows: 3 + 4),
+# several full panels and a partial last one, one thread or two.
+FUSED_SHAPES = [(1, 6, 5, 48), (2, 4, 7, 40), (3, 3, 6, 37), (7, 5, 9, 48), (8, 4, 12, 40),
+                (4, 3, 5, 16)]
+
+
+@pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_cell_update_inside_the_next_tile(force, path, dtype, n_threads):
+    """The deferred cell updates give the reference's outputs and states with every
+    option (peepholes, clip, reverse, time-major, an initial state) and, where the CPU has
+    AVX-512, the AVX2 kernel's bits (which has no such deferral)."""
+    force(path)
+    rng = np.random.default_rng(5)
+    for k, (N, T, I, H) in enumerate(FUSED_SHAPES):
+        for kw in ({}, dict(peepholes=True, cell_clip=0.4)):
+            layer = _layer(I, H, dtype, k, n_threads=n_threads, **kw)
+            X = rng.standard_normal((N, T, I)).astype(dtype)
+            s0 = (rng.standard_normal((N, H)).astype(dtype),
+                  rng.standard_normal((N, H)).astype(dtype))
+            runs = []
+            best = _forward.packed_isa(-1)
+            for isa in sorted({min(best, 1), best}):
+                _forward.packed_isa(isa)
+                out = []
+                for reverse in (False, True):
+                    Y, st = layer(X, initial_state=s0, reverse=reverse)
+                    Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
+                                                    reverse=reverse, **_options(layer))
+                    np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+                    np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+                    np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
+                    Ytm, sttm = layer(np.ascontiguousarray(X.transpose(1, 0, 2)),
+                                      initial_state=s0, reverse=reverse, time_major=True)
+                    np.testing.assert_array_equal(Ytm.transpose(1, 0, 2), Y)
+                    out += [Y, st.c, st.h, sttm.c]
+                runs.append(out)
+            _forward.packed_isa(-1)
+            for a, b in zip(runs[0], runs[-1]):
+                np.testing.assert_array_equal(a, b, err_msg=f"{N, T, I, H, kw}")
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_and_two_threads_identical(force, path, dtype):
