@@ -24,8 +24,10 @@
  * update runs on 512-bit vectors; every element is computed by the same operations as on
  * AVX2, so the two give the same bits.  There, inference over whole sequences leaves the
  * cell update of a tile of 1-4 rows pending and runs it inside the thread's next tile of
- * as many rows in the step (fl_pk_mkzc), so that its latency chains (exp, division) run
- * beside that tile's multiply-adds instead of stalling between the tiles.
+ * as many rows (fl_pk_mkzc), so that its latency chains (exp, division) run beside that
+ * tile's multiply-adds instead of stalling between the tiles; a step's last one goes into
+ * the next step's first tile, unless threads wait for each other at each step (units) or
+ * the time block ends.
  *
  * The same microkernels serve the backward's step product dh = dG @ U^T on U packed once
  * (fl_pk_packT / fl_pk_dotT), and its common gate-gradient case (fl_pk_bwd).
@@ -1097,19 +1099,22 @@ FL_PK_FOR_AVX512(FL_PK_CELL)
 typedef struct {                                                                           \
     const T *z, *bp;                                                                       \
     T *c[4], *h[4], *y[4];                                                                 \
-    int mr, use_peep, use_clip;                                                            \
+    int mr, rb, u0, k, use_peep, use_clip;                                                 \
     T clip;                                                                                \
 } fl_pk_pend##SUF;
 FL_PK_PEND(float, f)
 FL_PK_PEND(double, d)
 
-/* The recurrent products of a 4-row tile of one panel on AVX-512 (fl_pk_mkz##SUF##_4_4
- * with I = 0 and init: every element the same chain of multiply-adds over k, so the same
- * bits) with the pending cell update of the previous tile (pc) spread through its k loop:
- * row r's gates and cell state after the k loop's part 2r, its output after part 2r + 1.
- * Each part is H / 8 steps of k (~H / 8 x 8 cycles of multiply-adds), longer than the
- * latency chain of a half cell update (an exp, a division), which therefore runs beside
- * the products instead of holding the reorder buffer after them.  The cell update is
+/* The recurrent products of a tile of MR (1-4) rows of one panel on AVX-512
+ * (fl_pk_mkz##SUF##_MR_4 with I = 0 and init: every element the same chain of
+ * multiply-adds over k, so the same bits) with the pending cell update of a previous tile
+ * of as many rows (pc) spread through its k loop: row r's gates and cell state after part
+ * 2r of the loop's first kd steps, its output after part 2r + 1.  Each part is kd / (2 MR)
+ * steps of k (for H = 128, MR = 4: 16 steps, ~128 cycles of multiply-adds), longer than
+ * the latency chain of a half cell update (an exp, a division), which therefore runs
+ * beside the products instead of holding the reorder buffer after them.  kd = H, or the
+ * first unit of the pending panel when that update is the step before's for these very
+ * rows: its h values are written before the loop reads them.  The cell update is
  * fl_pk_cell_inf's expressions, whole helper calls to a part, so its results are the same
  * bits too (GCC fuses multiply-adds only within a basic block). */
 #if FL_PK_X86
@@ -1126,7 +1131,7 @@ FL_PK_PEND(double, d)
 #define FL_PK_MKZC(T, SUF, V, MR)                                                          \
 FL_PK_TARGET_AVX512 static __attribute__((noinline, unused)) void                          \
 fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T *z,        \
-                       int ldz, const fl_pk_pend##SUF *pc)                                 \
+                       int ldz, const fl_pk_pend##SUF *pc, fl_i64 kd)                      \
 {                                                                                          \
     enum { NU = sizeof(V) / sizeof(T), Z4 = 4 * NU };                                      \
     V acc[4][MR];                                                                          \
@@ -1140,7 +1145,7 @@ fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T 
     for (i = 0; i < MR; i++) hr[i] = ha + i * ldh;                                         \
     for (r = 0; r < MR; r++) {                                                             \
         V c0, zi, zf, zg, zo, cc, m;                                                       \
-        FL_PK_MKZC_LOOP(T, V, MR, (fl_i64) H * (2 * r + 1) / (2 * MR))                     \
+        FL_PK_MKZC_LOOP(T, V, MR, kd * (2 * r + 1) / (2 * MR))                             \
         c0 = FL_PK_VLD(V, pc->c[r]);                                                       \
         fl_pk_gates_in##SUF##_avx512(pc->z + r * Z4, pc->bp, c0, pc->use_peep,             \
                                      &zi, &zf, &zg, &zo);                                  \
@@ -1148,12 +1153,13 @@ fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T 
              + fl_pk_sgtanh##SUF##_avx512(fl_pk_expv##SUF##_avx512(-zi), zg);              \
         if (pc->use_clip) cc = fl_pk_clip##SUF##_avx512(cc, pc->clip);                     \
         if (pc->use_peep) zo += FL_PK_VLD(V, pc->bp + 6 * NU) * cc;                        \
-        FL_PK_MKZC_LOOP(T, V, MR, (fl_i64) H * (2 * r + 2) / (2 * MR))                     \
+        FL_PK_MKZC_LOOP(T, V, MR, kd * (2 * r + 2) / (2 * MR))                             \
         m = fl_pk_sgtanh##SUF##_avx512(fl_pk_expv##SUF##_avx512(-zo), cc);                 \
         FL_PK_VST(pc->c[r], cc);                                                           \
         FL_PK_VST(pc->h[r], m);                                                            \
         FL_PK_VST(pc->y[r], m);                                                            \
     }                                                                                      \
+    FL_PK_MKZC_LOOP(T, V, MR, (fl_i64) H)                                                  \
     _Pragma("GCC unroll 16")                                                               \
     for (q = 0; q < 4; q++)                                                                \
         _Pragma("GCC unroll 16")                                                           \
@@ -1165,13 +1171,13 @@ fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T 
 FL_PK_MKZC_ALL(float, f, fl_pk_zf)
 FL_PK_MKZC_ALL(double, d, fl_pk_zd)
 /* the tile of mr (1 to 4) rows with the pending cell update of as many rows */
-#define FL_PK_MKZC_CALL_avx512(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc)                     \
+#define FL_PK_MKZC_CALL_avx512(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc, kd)                 \
     do {                                                                                   \
         switch (mr) {                                                                      \
-        case 4: fl_pk_mkzc##SUF##_4(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
-        case 3: fl_pk_mkzc##SUF##_3(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
-        case 2: fl_pk_mkzc##SUF##_2(H, ha, ldh, B, gs, z, ldz, pc); break;                 \
-        default: fl_pk_mkzc##SUF##_1(H, ha, ldh, B, gs, z, ldz, pc); break;                \
+        case 4: fl_pk_mkzc##SUF##_4(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
+        case 3: fl_pk_mkzc##SUF##_3(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
+        case 2: fl_pk_mkzc##SUF##_2(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
+        default: fl_pk_mkzc##SUF##_1(H, ha, ldh, B, gs, z, ldz, pc, kd); break;            \
         }                                                                                  \
     } while (0)
 #define FL_PK_PEND_FLUSH_avx512(SUF, pc)                                                   \
@@ -1184,8 +1190,8 @@ FL_PK_MKZC_ALL(double, d, fl_pk_zd)
                                          (pc)->use_clip, (pc)->clip);                      \
     } while (0)
 #endif
-#define FL_PK_MKZC_CALL_base(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc) ((void) 0)
-#define FL_PK_MKZC_CALL_avx2(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc) ((void) 0)
+#define FL_PK_MKZC_CALL_base(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc, kd) ((void) 0)
+#define FL_PK_MKZC_CALL_avx2(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc, kd) ((void) 0)
 #define FL_PK_PEND_FLUSH_base(SUF, pc) ((void) 0)
 #define FL_PK_PEND_FLUSH_avx2(SUF, pc) ((void) 0)
 
@@ -1628,19 +1634,26 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 }                                                                          \
                 if (fuse && mr <= 4 && nu == NU) {                                         \
                     const fl_i64 t = s->reverse ? T_ - 1 - k : k;                          \
-                    if (pending && pend.mr != mr) {                                        \
+                    /* a pending update of the step before, for these rows, must have      \
+                       written its units of h before this tile reads them (kd) */         \
+                    fl_i64 kd = H;                                                         \
+                    if (pending && pend.k != k && pend.rb == rb) kd = pend.u0;             \
+                    if (pending && (pend.mr != mr || 2 * kd < H)) {                        \
                         FL_PK_PEND_FLUSH_##ISA(SUF, &pend);                                \
                         pending = 0;                                                       \
                     }                                                                      \
                     if (pending)                                                           \
                         FL_PK_MKZC_CALL_##ISA(SUF, mr, H, ha, H, Bp + I * NU, K * NU, z, Z4, \
-                                              &pend);                                      \
+                                              &pend, kd);                                  \
                     else                                                                   \
                         FL_PK_MKZ_CALL(SUF, 4, mr, 0, NULL, H, ha, H, Bp + I * NU, K * NU, \
                                        z, Z4, 1);                                          \
                     pend.z = z;                                                            \
                     pend.bp = bp;                                                          \
                     pend.mr = mr;                                                          \
+                    pend.rb = rb;                                                          \
+                    pend.u0 = u0;                                                          \
+                    pend.k = k;                                                            \
                     for (i = 0; i < mr; i++) {                                             \
                         const fl_i64 a = s->perm ? s->perm[rb + i] : rb + i;               \
                         pend.c[i] = s->c + a * H + u0;                                     \
@@ -1771,7 +1784,10 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
-        if (pending) {                                                                     \
+        /* the step's last pending update: into the next step's first tile when this     \
+           thread alone reads its h (rows); before the wait otherwise, and before the     \
+           next block's input products overwrite its products */                          \
+        if (pending && (sync > 1 || kl + 1 == nk)) {                                       \
             FL_PK_PEND_FLUSH_##ISA(SUF, &pend);                                            \
             pending = 0;                                                                   \
         }                                                                                  \

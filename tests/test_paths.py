@@ -164,13 +164,19 @@ FUSED_SHAPES = [(1, 6, 5, 48), (2, 4, 7, 40), (3, 3, 6, 37), (7, 5, 9, 48), (8, 
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_cell_update_inside_the_next_tile(force, path, dtype, n_threads):
+@pytest.mark.parametrize("short_blocks", [False, True])
+def test_cell_update_inside_the_next_tile(force, monkeypatch, path, dtype, n_threads,
+                                          short_blocks):
     """The deferred cell updates give the reference's outputs and states with every
     option (peepholes, clip, reverse, time-major, an initial state) and, where the CPU has
-    AVX-512, the AVX2 kernel's bits (which has no such deferral)."""
+    AVX-512, the AVX2 kernel's bits (which has no such deferral).  A step's last update
+    goes into the next step's first tile (rows, or one thread) within a time block of
+    steps, so time blocks of 2-3 steps are tried too."""
     force(path)
     rng = np.random.default_rng(5)
     for k, (N, T, I, H) in enumerate(FUSED_SHAPES):
+        if short_blocks:     # 2-3 steps a block: see tb in forward_packed
+            monkeypatch.setattr(layers, "_PACKED_BLOCK_ELEMENTS", 2 * N * 4 * (-(-H // 16) * 16))
         for kw in ({}, dict(peepholes=True, cell_clip=0.4)):
             layer = _layer(I, H, dtype, k, n_threads=n_threads, **kw)
             X = rng.standard_normal((N, T, I)).astype(dtype)
