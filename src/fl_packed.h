@@ -1093,8 +1093,9 @@ FL_PK_FOR_AVX512(FL_PK_CELL)
 
 #define FL_PK_HAS_INF 1
 
-/* A tile's inference cell update left pending (4 rows of one panel): the products z (row
- * i at z + i * 4 NU), the panel's bias and peepholes, and each row's c, next h and output. */
+/* A tile's inference cell update left pending (mr = 1-4 rows of one panel, from row rb;
+ * the panel's first unit u0; step k): the products z (row i at z + i * 4 NU), the
+ * panel's bias and peepholes, and each row's c, next h and output. */
 #define FL_PK_PEND(T, SUF)                                                                 \
 typedef struct {                                                                           \
     const T *z, *bp;                                                                       \
@@ -1568,8 +1569,8 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     T *hn = s->hbuf0;                                                                      \
     int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
-    /* inference on AVX-512 over whole sequences: a 4-row tile's cell update waits for the \
-       next 4-row tile of the step and runs inside it (fl_pk_mkzc) */                      \
+    /* inference on AVX-512 over whole sequences: a tile's cell update (1-4 rows) waits  \
+       for the thread's next tile of as many rows and runs inside it (fl_pk_mkzc) */      \
     const int fuse = FL_PK_IS512_##ISA && inf && !s->lengths;                              \
     FL_PK_MAYBE_UNUSED fl_pk_pend##SUF pend;                                               \
     int pending = 0;                                                                       \
