@@ -23,7 +23,7 @@
  * up to MR rows at once in 4 x MR accumulators (24 of the 32 registers), and the cell
  * update runs on 512-bit vectors; every element is computed by the same operations as on
  * AVX2, so the two give the same bits.  There, inference over whole sequences leaves the
- * cell update of a tile of 1-4 rows pending and runs it inside the thread's next tile of
+ * cell update of a tile of 1-6 rows pending and runs it inside the thread's next tile of
  * as many rows (fl_pk_mkzc), so that its latency chains (exp, division) run beside that
  * tile's multiply-adds instead of stalling between the tiles; a step's last one goes into
  * the next step's first tile, unless threads wait for each other at each step (units) or
@@ -1093,20 +1093,20 @@ FL_PK_FOR_AVX512(FL_PK_CELL)
 
 #define FL_PK_HAS_INF 1
 
-/* A tile's inference cell update left pending (mr = 1-4 rows of one panel, from row rb;
+/* A tile's inference cell update left pending (mr = 1-6 rows of one panel, from row rb;
  * the panel's first unit u0; step k): the products z (row i at z + i * 4 NU), the
  * panel's bias and peepholes, and each row's c, next h and output. */
 #define FL_PK_PEND(T, SUF)                                                                 \
 typedef struct {                                                                           \
     const T *z, *bp;                                                                       \
-    T *c[4], *h[4], *y[4];                                                                 \
+    T *c[6], *h[6], *y[6];                                                                 \
     int mr, rb, u0, k, use_peep, use_clip;                                                 \
     T clip;                                                                                \
 } fl_pk_pend##SUF;
 FL_PK_PEND(float, f)
 FL_PK_PEND(double, d)
 
-/* The recurrent products of a tile of MR (1-4) rows of one panel on AVX-512
+/* The recurrent products of a tile of MR (1-6) rows of one panel on AVX-512
  * (fl_pk_mkz##SUF##_MR_4 with I = 0 and init: every element the same chain of
  * multiply-adds over k, so the same bits) with the pending cell update of a previous tile
  * of as many rows (pc) spread through its k loop: row r's gates and cell state after part
@@ -1168,13 +1168,15 @@ fl_pk_mkzc##SUF##_##MR(int H, const T *ha, fl_i64 ldh, const T *B, fl_i64 gs, T 
 }
 #define FL_PK_MKZC_ALL(T, SUF, V)                                                          \
     FL_PK_MKZC(T, SUF, V, 1) FL_PK_MKZC(T, SUF, V, 2) FL_PK_MKZC(T, SUF, V, 3)             \
-    FL_PK_MKZC(T, SUF, V, 4)
+    FL_PK_MKZC(T, SUF, V, 4) FL_PK_MKZC(T, SUF, V, 5) FL_PK_MKZC(T, SUF, V, 6)
 FL_PK_MKZC_ALL(float, f, fl_pk_zf)
 FL_PK_MKZC_ALL(double, d, fl_pk_zd)
-/* the tile of mr (1 to 4) rows with the pending cell update of as many rows */
+/* the tile of mr (1 to 6) rows with the pending cell update of as many rows */
 #define FL_PK_MKZC_CALL_avx512(SUF, mr, H, ha, ldh, B, gs, z, ldz, pc, kd)                 \
     do {                                                                                   \
         switch (mr) {                                                                      \
+        case 6: fl_pk_mkzc##SUF##_6(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
+        case 5: fl_pk_mkzc##SUF##_5(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
         case 4: fl_pk_mkzc##SUF##_4(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
         case 3: fl_pk_mkzc##SUF##_3(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
         case 2: fl_pk_mkzc##SUF##_2(H, ha, ldh, B, gs, z, ldz, pc, kd); break;             \
@@ -1569,7 +1571,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
     T *hn = s->hbuf0;                                                                      \
     int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
     T gi[NU], gf[NU], gg[NU], go[NU], cn[NU], mm[NU], cp[NU], cr[NU];                          \
-    /* inference on AVX-512 over whole sequences: a tile's cell update (1-4 rows) waits  \
+    /* inference on AVX-512 over whole sequences: a tile's cell update (1-6 rows) waits  \
        for the thread's next tile of as many rows and runs inside it (fl_pk_mkzc) */      \
     const int fuse = FL_PK_IS512_##ISA && inf && !s->lengths;                              \
     FL_PK_MAYBE_UNUSED fl_pk_pend##SUF pend;                                               \
@@ -1633,7 +1635,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                                nu * sizeof(T));                                            \
                     continue;                                                              \
                 }                                                                          \
-                if (fuse && mr <= 4 && nu == NU) {                                         \
+                if (fuse && mr <= 6 && nu == NU) {                                         \
                     const fl_i64 t = s->reverse ? T_ - 1 - k : k;                          \
                     /* a pending update of the step before, for these rows, must have      \
                        written its units of h before this tile reads them (kd) */         \

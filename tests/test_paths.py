@@ -155,10 +155,10 @@ def test_avx512_and_avx2_give_the_same_bits(force, path, dtype):
 
 
 # Inference over whole sequences on AVX-512 runs a tile's cell update inside the next tile
-# of 1 to 4 rows (fl_pk_mkzc): row blocks of 1 to 4 rows, of unequal sizes (7 rows: 3 + 4),
-# several full panels and a partial last one, one thread or two.
+# of 1 to 6 rows (fl_pk_mkzc): row blocks of 1 to 6 rows, of unequal sizes (7 rows: 3 + 4,
+# 11 rows: 5 + 6), several full panels and a partial last one, one thread or two.
 FUSED_SHAPES = [(1, 6, 5, 48), (2, 4, 7, 40), (3, 3, 6, 37), (7, 5, 9, 48), (8, 4, 12, 40),
-                (4, 3, 5, 16)]
+                (4, 3, 5, 16), (11, 4, 6, 48), (12, 3, 5, 40)]
 
 
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
