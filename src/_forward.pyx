@@ -762,12 +762,14 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                     # the team may be smaller than asked for: partition by its real size
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
-                    # every thread packs a share of the panels.  Threads owning rows read
-                    # every panel and wait for the whole; threads owning units read only
-                    # the panels they packed (the same share), so they start at once.
+                    # every thread packs its share [p0, p1) of the panels.  Threads owning
+                    # units run exactly that share, so they start at once; threads owning
+                    # rows read every panel and wait for the whole.
+                    p0 = <int> ((<i64> tid * P) // nt)
+                    p1 = <int> ((<i64> (tid + 1) * P) // nt)
                     _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
                              &peepholes[0, 0] if peepholes is not None else NULL, packed,
-                             <int> ((<i64> tid * P) // nt), <int> ((<i64> (tid + 1) * P) // nt))
+                             p0, p1)
                     if by_rows:
                         fl_pk_barrier()
                         r0 = fl_pk_split(cost, nb, nt, tid)
@@ -777,8 +779,6 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                     else:
                         r0 = 0
                         r1 = nb
-                        p0 = <int> ((<i64> tid * P) // nt)
-                        p1 = <int> ((<i64> (tid + 1) * P) // nt)
                     _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else nt,
                             xr + <size_t> tid * tb * N)
         slow = spin.slow
