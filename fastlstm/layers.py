@@ -75,6 +75,11 @@ _unit_split = {"until": 0.0, "delay": 0.0}
 # The packed kernel computes the input products of a block of steps ahead of the
 # recurrence, in a buffer of at most this many elements (at least one step).
 _PACKED_BLOCK_ELEMENTS = 1 << 18
+# Threads owning rows each pack a whole copy of the weights for themselves when the packed
+# weights take at most this many bytes (half a core's L2 here): no packing barrier, and no
+# line of the copy written by one core and read by another at every call.  Above it, two
+# copies would crowd each other out of the shared L3 (4 % slower at the large shape).
+_PACKED_OWN_MAX_BYTES = 1 << 19
 _PACKED = _forward.packed_isa() >= 1
 # Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
 # projection with H <= 128, for calls of at most this many multiply-adds in all.
@@ -803,7 +808,7 @@ class LSTM(_Module):
                 lengths, reverse, ACTIVATIONS[self._activation],
                 RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip, plan[0],
                 plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"),
-                cache.get("xo_same"), cache.get("xo_next"))
+                cache.get("xo_same"), cache.get("xo_next"), _PACKED_OWN_MAX_BYTES)
             if "xo_same" in cache or "xo_next" in cache:
                 cache["xo_done"] = True     # the training cache's h rows (_training.py)
             if plan[0] > 1 and not plan[1]:

@@ -47,7 +47,6 @@ cdef extern from "fl_packed.h" nogil:
         const int *perm
         const float *h0
         const float *X
-        const float *packed
         const float *zero_row
         float *c
         float *h
@@ -62,7 +61,6 @@ cdef extern from "fl_packed.h" nogil:
         float *xo_next
         long long ld_next
         int tb
-        float *G
         fl_pk_spin *spin
     ctypedef struct fl_pk_cfgd:
         int N, steps, In, H, kmax, reverse, act, rec, use_clip, use_peep
@@ -72,7 +70,6 @@ cdef extern from "fl_packed.h" nogil:
         const int *perm
         const double *h0
         const double *X
-        const double *packed
         const double *zero_row
         double *c
         double *h
@@ -87,7 +84,6 @@ cdef extern from "fl_packed.h" nogil:
         double *xo_next
         long long ld_next
         int tb
-        double *G
         fl_pk_spin *spin
     int FL_PK_MR, FL_PK_NU_F, FL_PK_NU_D
     size_t fl_pk_packed_sizef(int I, int H) noexcept
@@ -99,9 +95,9 @@ cdef extern from "fl_packed.h" nogil:
     void fl_pk_packd(int I, int H, const double *W, const double *U, const double *b,
                      const double *peep, double *out, int pa, int pb) noexcept
     void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
-                    const float **xrows) noexcept
+                    const float **xrows, float *G, const float *packed) noexcept
     void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
-                    const double **xrows) noexcept
+                    const double **xrows, double *G, const double *packed) noexcept
     void *fl_pk_alloc(size_t nbytes) noexcept
     void fl_pk_free(void *p) noexcept
     int fl_pk_set_isa(int isa) noexcept
@@ -585,12 +581,14 @@ cdef inline void _pk_pack(int I, int H, const floating *W, const floating *U,
 
 
 cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sync,
-                         const floating **xr) noexcept nogil:
-    """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread."""
+                         const floating **xr, floating *G,
+                         const floating *packed) noexcept nogil:
+    """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread; G: its
+    products buffer, packed: the packed weights (fl_pk_run)."""
     if floating is float:
-        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, xr)
+        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, xr, G, packed)
     else:
-        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr)
+        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr, G, packed)
 
 
 cdef bint _rows_ok(floating[:, :] a, Py_ssize_t rows, Py_ssize_t cols):
@@ -609,7 +607,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                    const long long[::1] lengths, bint reverse, int act, int rec,
                    cell_clip, int n_threads, bint by_rows, long long block_elements,
                    floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None,
-                   floating[:, :] xo_same=None, floating[:, :] xo_next=None):
+                   floating[:, :] xo_same=None, floating[:, :] xo_next=None,
+                   long long own_pack_bytes=0):
     """Same contract as ``forward`` for a layer without projection (``U`` is (H, 4H)).
 
     The weights are packed once per call into panels and every step (input product,
@@ -618,6 +617,9 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     blocks of hidden units (one barrier per step).  Results do not depend on n_threads.
     ``block_elements``: size of the input-product buffer (the steps of a time block, at
     least one step); results do not depend on it either.
+    ``own_pack_bytes``: threads owning rows each pack every panel into a copy of their own
+    when the packed weights take at most this many bytes (see below); results do not
+    depend on it.
     cache_gates (N*T, 4H) and cache_c (N*T, H): optional training cache, as ``forward``.
     xo_same, xo_next: (N*T, H) arrays with contiguous rows (any row stride), or None: each
     h_t is also written at its own row of xo_same and at the row of the row's next step
@@ -636,6 +638,12 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *zero_row = NULL
     cdef floating *hbuf = NULL
     cdef floating *gbuf = NULL
+    cdef floating *gown = NULL
+    cdef floating *pown = NULL
+    cdef size_t psz
+    cdef bint own_pack
+    cdef int gfail = 0
+    cdef int *pgfail = &gfail
     cdef const floating **xr = NULL
     cdef const int *pperm = NULL
     cdef long long *cost = NULL
@@ -663,11 +671,11 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     if floating is float:
         P = fl_pk_npanelsf(H)
         sz_z = 4 * FL_PK_NU_F
-        packed = <floating *> fl_pk_alloc(fl_pk_packed_sizef(I, H) * fsz)
+        psz = fl_pk_packed_sizef(I, H)
     else:
         P = fl_pk_npanelsd(H)
         sz_z = 4 * FL_PK_NU_D
-        packed = <floating *> fl_pk_alloc(fl_pk_packed_sized(I, H) * fsz)
+        psz = fl_pk_packed_sized(I, H)
     if lengths is not None:
         kmax = 0
         for n in range(N):
@@ -680,19 +688,28 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         nteam = P
     if nteam < 1:
         nteam = 1
+    # Threads owning rows read every panel.  With one shared copy, each writes its share
+    # and then reads the others' from the other cores' caches, every call; when the
+    # packed weights are small enough to stay in a core's own cache, each thread packs a
+    # whole copy of its own instead (allocated by itself: its own malloc arena, see
+    # fl_pk_run), with no barrier and no line written by one core and read by another.
+    own_pack = by_rows and nteam > 1 and <long long> (psz * fsz) <= own_pack_bytes
+    if not own_pack:
+        packed = <floating *> fl_pk_alloc(psz * fsz)
     # steps per time block: the input products of a block fill at most block_elements
     tb = <int> max(1, min(<long long> kmax, block_elements // (<long long> N * P * sz_z)))
     zero_row = <floating *> calloc(I if I > 0 else 1, fsz)
     hbuf = <floating *> fl_pk_alloc(2 * <size_t> N * H * fsz)
-    gbuf = <floating *> fl_pk_alloc(<size_t> tb * N * P * sz_z * fsz)
+    if nteam == 1:
+        gbuf = <floating *> fl_pk_alloc(<size_t> tb * N * P * sz_z * fsz)
     xr = <const floating **> malloc(<size_t> nteam * tb * N * sizeof(floating *))
     cost = <long long *> malloc((<size_t> nb + 1) * sizeof(long long))
     spin = <fl_pk_spin *> fl_pk_alloc(sizeof(fl_pk_spin))
     if spin != NULL:
         memset(spin, 0, sizeof(fl_pk_spin))
     try:
-        if (packed == NULL or zero_row == NULL or hbuf == NULL or gbuf == NULL or xr == NULL
-                or cost == NULL or spin == NULL):
+        if ((packed == NULL and not own_pack) or zero_row == NULL or hbuf == NULL or xr == NULL
+                or cost == NULL or spin == NULL or (nteam == 1 and gbuf == NULL)):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         # cumulative cost of the row blocks (rows x steps while any of its rows is running;
         # rows are sorted by decreasing length, so that is the first row's length), for
@@ -715,7 +732,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.lengths = &lengths[0] if lengths is not None else NULL
             sf.perm = pperm
             sf.h0 = ph0
-            sf.X = &X[0, 0]; sf.packed = packed; sf.zero_row = zero_row
+            sf.X = &X[0, 0]; sf.zero_row = zero_row
             sf.c = &c[0, 0]; sf.h = &h[0, 0]; sf.hbuf0 = hbuf; sf.hbuf1 = hbuf + <size_t> N * H
             sf.Y = &Y[0, 0]
             sf.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
@@ -725,7 +742,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sf.ld_same = xo_same.strides[0] // fsz if xo_same is not None else 0
             sf.xo_next = &xo_next[0, 0] if xo_next is not None else NULL
             sf.ld_next = xo_next.strides[0] // fsz if xo_next is not None else 0
-            sf.tb = tb; sf.G = <float *> gbuf
+            sf.tb = tb
             sf.spin = spin
             cfg = &sf
         else:
@@ -739,7 +756,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.lengths = &lengths[0] if lengths is not None else NULL
             sd.perm = pperm
             sd.h0 = ph0
-            sd.X = &X[0, 0]; sd.packed = packed; sd.zero_row = zero_row
+            sd.X = &X[0, 0]; sd.zero_row = zero_row
             sd.c = &c[0, 0]; sd.h = &h[0, 0]; sd.hbuf0 = hbuf; sd.hbuf1 = hbuf + <size_t> N * H
             sd.Y = &Y[0, 0]
             sd.cache_gates = &cache_gates[0, 0] if cache_gates is not None else NULL
@@ -749,38 +766,62 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             sd.ld_same = xo_same.strides[0] // fsz if xo_same is not None else 0
             sd.xo_next = &xo_next[0, 0] if xo_next is not None else NULL
             sd.ld_next = xo_next.strides[0] // fsz if xo_next is not None else 0
-            sd.tb = tb; sd.G = <double *> gbuf
+            sd.tb = tb
             sd.spin = spin
             cfg = &sd
         with nogil:
             if nteam == 1:
                 _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
                          &peepholes[0, 0] if peepholes is not None else NULL, packed, 0, P)
-                _pk_run(cfg, 0, nb, 0, P, 0, xr)
+                _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, packed)
             else:
                 with parallel(num_threads=nteam):
                     # the team may be smaller than asked for: partition by its real size
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
                     # every thread packs its share [p0, p1) of the panels.  Threads owning
-                    # units run exactly that share, so they start at once; threads owning
-                    # rows read every panel and wait for the whole.
+                    # units run exactly that share; threads owning rows read every panel.
                     p0 = <int> ((<i64> tid * P) // nt)
                     p1 = <int> ((<i64> (tid + 1) * P) // nt)
-                    _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
-                             &peepholes[0, 0] if peepholes is not None else NULL, packed,
-                             p0, p1)
                     if by_rows:
-                        fl_pk_barrier()
                         r0 = fl_pk_split(cost, nb, nt, tid)
                         r1 = fl_pk_split(cost, nb, nt, tid + 1)
-                        p0 = 0
-                        p1 = P
                     else:
                         r0 = 0
                         r1 = nb
-                    _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else nt,
-                            xr + <size_t> tid * tb * N)
+                    # the thread's own products buffer, from its own malloc arena (see
+                    # fl_pk_run); a failure is every thread's to see after the barrier
+                    gown = <floating *> fl_pk_alloc(
+                        <size_t> tb * (fl_pk_block_row(N, r1) - fl_pk_block_row(N, r0))
+                        * (P if by_rows else p1 - p0) * sz_z * fsz)
+                    if gown == NULL:
+                        pgfail[0] = 1
+                    if own_pack:
+                        # no thread reads another's: no barrier, a failure stops its own
+                        pown = <floating *> fl_pk_alloc(psz * fsz)
+                        if pown == NULL or gown == NULL:
+                            pgfail[0] = 1
+                        else:
+                            _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                                     &peepholes[0, 0] if peepholes is not None else NULL,
+                                     pown, 0, P)
+                            _pk_run(cfg, r0, r1, 0, P, 0, xr + <size_t> tid * tb * N, gown,
+                                    pown)
+                        fl_pk_free(pown)
+                    else:
+                        _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                                 &peepholes[0, 0] if peepholes is not None else NULL, packed,
+                                 p0, p1)
+                        fl_pk_barrier()
+                        if by_rows:
+                            p0 = 0
+                            p1 = P
+                        if pgfail[0] == 0:
+                            _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else nt,
+                                    xr + <size_t> tid * tb * N, gown, packed)
+                    fl_pk_free(gown)
+        if gfail:
+            raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         slow = spin.slow
     finally:
         fl_pk_free(packed)

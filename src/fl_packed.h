@@ -272,7 +272,6 @@ typedef struct {                                                                
     const int *perm;          /* kernel row i is batch row perm[i]; NULL: identity */     \
     const T *h0;              /* initial h in kernel row order (= h without perm) */      \
     const T *X;               /* (N*T, I) */                                               \
-    const T *packed;          /* fl_pk_pack output (weights, bias, peepholes) */           \
     int use_peep;                                                                          \
     const T *zero_row;        /* I zeros, the input of rows past their length */          \
     T *c;                     /* (N, H) in/out */                                          \
@@ -287,7 +286,6 @@ typedef struct {                                                                
     T *xo_next;               /* h_t also at the row of n's next step, or NULL */         \
     fl_i64 ld_next;                                                                        \
     int tb;                   /* steps per time block (input products computed ahead) */  \
-    T *G;                     /* tb * N * P * 4 * NU: x_t @ W of a time block */           \
     fl_pk_spin *spin;         /* the per-step wait of threads owning units (zeroed) */    \
 } fl_pk_cfg##SUF;                                                                          \
                                                                                            \
@@ -329,23 +327,28 @@ static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)            
 }                                                                                          \
                                                                                            \
 /* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels [pa, pb) (top of this  \
- * file); threads pack disjoint panel ranges */                                            \
-FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U,       \
-                                               const T *b, const T *peep, T *out, int pa,  \
-                                               int pb)                                     \
+ * file); threads pack disjoint panel ranges, or each the whole into a copy of its own.     \
+ * The body is inlined into one function per instruction set (on AVX-512 a panel row is   \
+ * one 512-bit load and store). */                                                         \
+static inline __attribute__((always_inline)) void                                          \
+fl_pk_pack_body##SUF(int I, int H, const T *W, const T *U, const T *b, const T *peep,      \
+                     T *out, int pa, int pb)                                               \
 {                                                                                          \
-    const int K = I + H;                                                                   \
+    const int K = I + H, pw = H / NU < pb ? H / NU : pb;   /* [pa, pw): whole panels */   \
     const fl_i64 H4 = 4 * (fl_i64) H, PS = fl_pk_panel_stride##SUF(I, H);                \
     int p, q, k;                                                                           \
     /* source rows in order (a walk down each column would miss the cache and the TLB     \
-       at every row: it cost more than a step at batch 8), the panels' rows k side by side */\
+       at every row: it cost more than a step at batch 8), and in a row its gates and     \
+       panels in order: the reads run straight along the row */                            \
     for (k = 0; k < K; k++) {                                                              \
         const T *src = k < I ? W + k * H4 : U + (k - I) * H4;                              \
-        for (p = pa; p < pb; p++) {                                                        \
-            int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                               \
-            T *dst = out + p * PS + (fl_i64) k * NU;                                       \
-            for (q = 0; q < 4; q++)                                                        \
-                fl_pk_copy_pad##SUF(dst + (fl_i64) q * K * NU, src + q * (fl_i64) H + u0, nu); \
+        for (q = 0; q < 4; q++) {                                                          \
+            const T *sq = src + q * (fl_i64) H;                                            \
+            T *dq = out + ((fl_i64) q * K + k) * NU;                                       \
+            for (p = pa; p < pw; p++)                                                      \
+                memcpy(dq + p * PS, sq + (fl_i64) p * NU, NU * sizeof(T));                 \
+            for (; p < pb; p++)                                                            \
+                fl_pk_copy_pad##SUF(dq + p * PS, sq + (fl_i64) p * NU, H - p * NU);        \
         }                                                                                  \
     }                                                                                      \
     for (p = pa; p < pb; p++) {                                                            \
@@ -356,7 +359,39 @@ FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T
         for (q = 0; q < 3; q++, dst += NU)                                                 \
             fl_pk_copy_pad##SUF(dst, peep ? peep + q * (fl_i64) H + u0 : NULL, nu);       \
     }                                                                                      \
+}                                                                                          \
+FL_PK_PACK_AVX512(T, SUF)                                                                  \
+static void fl_pk_pack##SUF##_base(int I, int H, const T *W, const T *U, const T *b,       \
+                                   const T *peep, T *out, int pa, int pb)                  \
+{                                                                                          \
+    fl_pk_pack_body##SUF(I, H, W, U, b, peep, out, pa, pb);                                \
+}                                                                                          \
+FL_PK_MAYBE_UNUSED static void fl_pk_pack##SUF(int I, int H, const T *W, const T *U,       \
+                                               const T *b, const T *peep, T *out, int pa,  \
+                                               int pb)                                     \
+{                                                                                          \
+    FL_PK_PACK_CALL_AVX512(SUF)                                                            \
+    fl_pk_pack##SUF##_base(I, H, W, U, b, peep, out, pa, pb);                              \
 }
+
+#if FL_PK_X86
+#define FL_PK_PACK_AVX512(T, SUF)                                                          \
+FL_PK_TARGET_AVX512 static void fl_pk_pack##SUF##_avx512(int I, int H, const T *W,         \
+                                                         const T *U, const T *b,           \
+                                                         const T *peep, T *out, int pa,    \
+                                                         int pb)                           \
+{                                                                                          \
+    fl_pk_pack_body##SUF(I, H, W, U, b, peep, out, pa, pb);                                \
+}
+#define FL_PK_PACK_CALL_AVX512(SUF)                                                        \
+    if (fl_pk_get_isa() == 2) {                                                            \
+        fl_pk_pack##SUF##_avx512(I, H, W, U, b, peep, out, pa, pb);                        \
+        return;                                                                            \
+    }
+#else
+#define FL_PK_PACK_AVX512(T, SUF)
+#define FL_PK_PACK_CALL_AVX512(SUF)
+#endif
 
 FL_PK_DEFINE(float, f, FL_PK_NU_F, fl_pk_vf)
 FL_PK_DEFINE(double, d, FL_PK_NU_D, fl_pk_vd)
@@ -1523,16 +1558,22 @@ FL_PK_ROWSTEP(double, d)
  * differ by at most one and depend on N only (so a row is always computed by the same
  * tile, whatever the number of threads).  A thread runs row blocks [b0, b1) and unit
  * panels [p0, p1); sync: the number of threads that wait for each other after each step
- * (they own other units of the same rows).  xrows: scratch of s->tb * (r1 - r0) pointers.
+ * (they own other units of the same rows).  xrows: scratch of s->tb * (r1 - r0) pointers;
+ * G: the thread's own products buffer, s->tb * (r1 - r0) * (p1 - p0) * 4NU numbers;
+ * packed: fl_pk_pack's output (weights, bias, peepholes), at least panels [p0, p1).
  *
  * Steps run in time blocks of s->tb.  A block starts with the input products of all its
  * steps, G = x_t @ W for the thread's rows and units, as one batch of (step, row) pairs:
  * many rows per tile even at batch 1, and W's panels stay in cache across the tiles.  The
  * steps then only add h_{t-1} @ U, starting each accumulator from G, so every element is
- * still one chain of multiply-adds, x part then h part, as without the split.  The
- * thread's part of G (disjoint from the other threads') is
- *     s->G + tb * 4NU * (r0 * P + N * p0)   (r0 = first row: one of the two is 0)
- * with the pair (step kl, row n) of panel p at ((p - p0) * tb + kl) * R + n - r0.
+ * still one chain of multiply-adds, x part then h part, as without the split.  In G the
+ * pair (step kl, row n) of panel p is at ((p - p0) * tb + kl) * R + n - r0.  Each thread
+ * allocates its G itself, so that with glibc it comes from that thread's own malloc arena:
+ * memory it alone wrote at the last call, still in its own caches.  One buffer shared by
+ * the threads could be handed out, call after call, at addresses whose cache lines the
+ * other core holds modified (measured: the first time block of one thread's rows taking
+ * 2.5x as long, one call in four slower, depending on what the caller allocated between
+ * calls).
  */
 /* copy nu <= NU numbers (fl_nu_ = NU, fl_ts_ = sizeof(T) in the caller): a fixed-size,
    inlined copy for whole panels */
@@ -1556,17 +1597,16 @@ FL_PK_ROWSTEP(double, d)
 
 #define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
-                                        int p1, int sync, const T **xrows)                 \
+                                        int p1, int sync, const T **xrows, T *const G,     \
+                                        const T *packed)                                   \
 {                                                                                          \
     const int N = s->N, r0 = fl_pk_block_row(N, b0), r1 = fl_pk_block_row(N, b1);         \
     const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU, R = r1 - r0, tb = s->tb;    \
-    const int P = fl_pk_npanels##SUF(H);                                                   \
     const fl_i64 H4 = 4 * (fl_i64) H, K = I + H, PS = fl_pk_panel_stride##SUF(I, H);     \
     const int fast = s->act == FL_ACT_TANH && s->rec == FL_REC_SIGMOID;                    \
     const int inf = FL_PK_HAS_INF && fast && !s->cache_c && !s->cache_gates;               \
     const int train = fast && s->cache_c && s->cache_gates;                                \
     const size_t fl_nu_ = NU, fl_ts_ = sizeof(T);                                          \
-    T *const G = s->G + (fl_i64) tb * Z4 * ((fl_i64) r0 * P + (fl_i64) N * p0);           \
     const T *hp = s->h0;                                                                   \
     T *hn = s->hbuf0;                                                                      \
     int k, kb, kl, nk, m0, p, blk, i, j, n, q;                                             \
@@ -1600,11 +1640,11 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 const T *xa[FL_PK_MR];                                                     \
                 if (fl_pk_xtile##SUF(xa, xrows + m0, mr, s->zero_row))                     \
                     /* all four gates of the panel at once */                              \
-                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, s->packed + (fl_i64) p * PS, \
+                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, packed + (fl_i64) p * PS, \
                                    K * NU, Gp + (fl_i64) m0 * Z4, Z4, 0);                  \
             }                                                                              \
             for (q = 0; q < 4 && !FL_PK_IS512_##ISA; q++) {                                \
-                const T *Bq = s->packed + (fl_i64) p * PS + (fl_i64) q * K * NU;          \
+                const T *Bq = packed + (fl_i64) p * PS + (fl_i64) q * K * NU;          \
                 for (m0 = 0; m0 < nk * R; m0 += FL_PK_MR) {                                \
                     const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
                     const T *xa[FL_PK_MR];                                                 \
@@ -1620,7 +1660,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         k = kb + kl;                                                                       \
         for (p = p0; p < p1; p++) {                                                        \
             const int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                         \
-            const T *Bp = s->packed + (fl_i64) p * PS;                                    \
+            const T *Bp = packed + (fl_i64) p * PS;                                    \
             const T *bp = Bp + 4 * K * NU;                                                 \
             T *Gk = G + ((fl_i64) (p - p0) * tb + kl) * R * Z4;                            \
             for (blk = b0; blk < b1; blk++) {                                              \
@@ -1833,10 +1873,11 @@ FL_PK_FOR_AVX512(FL_PK_RUN)
 #endif
 #define FL_PK_RUN_DISPATCH(T, SUF)                                                         \
 FL_PK_MAYBE_UNUSED static void fl_pk_run##SUF(const fl_pk_cfg##SUF *s, int b0, int b1,     \
-                                              int p0, int p1, int sync, const T **xrows)   \
+                                              int p0, int p1, int sync, const T **xrows,   \
+                                              T *G, const T *packed)                       \
 {                                                                                          \
-    FL_PK_RUN_AVX2(SUF, s, b0, b1, p0, p1, sync, xrows)                                    \
-    fl_pk_run##SUF##_base(s, b0, b1, p0, p1, sync, xrows);                                 \
+    FL_PK_RUN_AVX2(SUF, s, b0, b1, p0, p1, sync, xrows, G, packed)                         \
+    fl_pk_run##SUF##_base(s, b0, b1, p0, p1, sync, xrows, G, packed);                      \
 }
 FL_PK_RUN_DISPATCH(float, f)
 FL_PK_RUN_DISPATCH(double, d)

@@ -221,6 +221,50 @@ def test_one_and_two_threads_identical(force, path, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_rows_own_copy_of_the_packed_weights(force, monkeypatch, dtype, n_threads):
+    """Threads owning rows pack a whole copy of the weights each when they are small
+    (_PACKED_OWN_MAX_BYTES), and share one copy, packed in parts, otherwise: both give the
+    reference's results, the same bits, with lengths, reverse, peepholes, an initial state,
+    partial last panels, and the training cache (forward and backward)."""
+    force("packed-rows")
+    rng = np.random.default_rng(8)
+    for k, (N, T, I, H) in enumerate([(8, 5, 6, 37), (13, 4, 9, 16), (24, 3, 5, 70),
+                                      (3, 6, 4, 8)]):
+        layer = _layer(I, H, dtype, k, peepholes=k % 2 == 0, cell_clip=0.5 if k else None,
+                       n_threads=n_threads)
+        X = rng.standard_normal((N, T, I)).astype(dtype)
+        L = rng.integers(0, T + 1, N)
+        s0 = (rng.standard_normal((N, H)).astype(dtype),
+              rng.standard_normal((N, H)).astype(dtype))
+        dY = rng.standard_normal((N, T, H)).astype(dtype)
+        runs = []
+        for own in (0, 1 << 40):
+            monkeypatch.setattr(layers, "_PACKED_OWN_MAX_BYTES", own)
+            out = []
+            for lengths, reverse in ((None, False), (L, True)):
+                Y, st = layer(X, initial_state=s0, lengths=lengths, reverse=reverse)
+                Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
+                                                lengths=lengths, reverse=reverse,
+                                                **_options(layer))
+                np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
+                np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
+                np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
+                out += [Y, st.c, st.h]
+            layer.zero_grad()
+            Y, st, cache = layer.forward(X, lengths=L)
+            dX, _ = layer.backward(dY, cache)
+            want = ref.lstm_backward(dY, X, layer.params, lengths=L, **_options(layer))
+            tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9,
+                                                                                  atol=1e-11)
+            np.testing.assert_allclose(dX, want["X"], **tol)
+            np.testing.assert_allclose(layer.grads["U"], want["U"], **tol)
+            runs.append(out + [Y, dX, layer.grads["W"].copy(), layer.grads["U"].copy()])
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b, err_msg=f"{N, T, I, H}")
+
+
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_time_blocks(force, monkeypatch, path, dtype):
