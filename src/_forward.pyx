@@ -89,15 +89,18 @@ cdef extern from "fl_packed.h" nogil:
     size_t fl_pk_packed_sizef(int I, int H) noexcept
     size_t fl_pk_packed_sized(int I, int H) noexcept
     int fl_pk_npanelsf(int H) noexcept
+    long long fl_pk_panel_stridef(int I, int H) noexcept
+    long long fl_pk_panel_strided(int I, int H) noexcept
     int fl_pk_npanelsd(int H) noexcept
     void fl_pk_packf(int I, int H, const float *W, const float *U, const float *b,
                      const float *peep, float *out, int pa, int pb) noexcept
     void fl_pk_packd(int I, int H, const double *W, const double *U, const double *b,
                      const double *peep, double *out, int pa, int pb) noexcept
     void fl_pk_runf(const fl_pk_cfgf *s, int b0, int b1, int p0, int p1, int sync,
-                    const float **xrows, float *G, const float *packed) noexcept
+                    const float **xrows, float *G, const float *packed, int pk0) noexcept
     void fl_pk_rund(const fl_pk_cfgd *s, int b0, int b1, int p0, int p1, int sync,
-                    const double **xrows, double *G, const double *packed) noexcept
+                    const double **xrows, double *G, const double *packed,
+                    int pk0) noexcept
     void *fl_pk_alloc(size_t nbytes) noexcept
     void fl_pk_free(void *p) noexcept
     int fl_pk_set_isa(int isa) noexcept
@@ -581,14 +584,14 @@ cdef inline void _pk_pack(int I, int H, const floating *W, const floating *U,
 
 
 cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sync,
-                         const floating **xr, floating *G,
-                         const floating *packed) noexcept nogil:
+                         const floating **xr, floating *G, const floating *packed,
+                         int pk0) noexcept nogil:
     """Row blocks [b0, b1) (fl_pk_nblocks) and unit panels [p0, p1) of one thread; G: its
-    products buffer, packed: the packed weights (fl_pk_run)."""
+    products buffer, packed: the packed weights from panel pk0 on (fl_pk_run)."""
     if floating is float:
-        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, xr, G, packed)
+        fl_pk_runf(<const fl_pk_cfgf *> cfg, b0, b1, p0, p1, sync, xr, G, packed, pk0)
     else:
-        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr, G, packed)
+        fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr, G, packed, pk0)
 
 
 cdef bint _rows_ok(floating[:, :] a, Py_ssize_t rows, Py_ssize_t cols):
@@ -640,7 +643,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *gbuf = NULL
     cdef floating *gown = NULL
     cdef floating *pown = NULL
-    cdef size_t psz
+    cdef size_t psz, ps
     cdef bint own_pack
     cdef int gfail = 0
     cdef int *pgfail = &gfail
@@ -672,10 +675,12 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         P = fl_pk_npanelsf(H)
         sz_z = 4 * FL_PK_NU_F
         psz = fl_pk_packed_sizef(I, H)
+        ps = <size_t> fl_pk_panel_stridef(I, H)
     else:
         P = fl_pk_npanelsd(H)
         sz_z = 4 * FL_PK_NU_D
         psz = fl_pk_packed_sized(I, H)
+        ps = <size_t> fl_pk_panel_strided(I, H)
     if lengths is not None:
         kmax = 0
         for n in range(N):
@@ -688,13 +693,14 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
         nteam = P
     if nteam < 1:
         nteam = 1
-    # Threads owning rows read every panel.  With one shared copy, each writes its share
-    # and then reads the others' from the other cores' caches, every call; when the
-    # packed weights are small enough to stay in a core's own cache, each thread packs a
-    # whole copy of its own instead (allocated by itself: its own malloc arena, see
-    # fl_pk_run), with no barrier and no line written by one core and read by another.
+    # Threads owning units pack and read their own panels only, into a buffer each
+    # allocates itself (its own malloc arena, see fl_pk_run).  Threads owning rows read
+    # every panel.  With one shared copy, each writes its share and then reads the others'
+    # from the other cores' caches, every call; when the packed weights are small enough
+    # to stay in a core's own cache, each thread packs a whole copy of its own instead,
+    # with no barrier and no line written by one core and read by another.
     own_pack = by_rows and nteam > 1 and <long long> (psz * fsz) <= own_pack_bytes
-    if not own_pack:
+    if nteam == 1 or (by_rows and not own_pack):
         packed = <floating *> fl_pk_alloc(psz * fsz)
     # steps per time block: the input products of a block fill at most block_elements
     tb = <int> max(1, min(<long long> kmax, block_elements // (<long long> N * P * sz_z)))
@@ -708,7 +714,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     if spin != NULL:
         memset(spin, 0, sizeof(fl_pk_spin))
     try:
-        if ((packed == NULL and not own_pack) or zero_row == NULL or hbuf == NULL or xr == NULL
+        if ((packed == NULL and (nteam == 1 or (by_rows and not own_pack))) or zero_row == NULL or hbuf == NULL or xr == NULL
                 or cost == NULL or spin == NULL or (nteam == 1 and gbuf == NULL)):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         # cumulative cost of the row blocks (rows x steps while any of its rows is running;
@@ -773,14 +779,15 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             if nteam == 1:
                 _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
                          &peepholes[0, 0] if peepholes is not None else NULL, packed, 0, P)
-                _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, packed)
+                _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, packed, 0)
             else:
                 with parallel(num_threads=nteam):
                     # the team may be smaller than asked for: partition by its real size
                     nt = fl_pk_team_size()
                     tid = fl_pk_team_id()
-                    # every thread packs its share [p0, p1) of the panels.  Threads owning
-                    # units run exactly that share; threads owning rows read every panel.
+                    # every thread packs its share [p0, p1) of the panels (or all of them:
+                    # own_pack).  Threads owning units run exactly that share; threads
+                    # owning rows read every panel.
                     p0 = <int> ((<i64> tid * P) // nt)
                     p1 = <int> ((<i64> (tid + 1) * P) // nt)
                     if by_rows:
@@ -789,6 +796,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                     else:
                         r0 = 0
                         r1 = nb
+                    pown = NULL
                     # the thread's own products buffer, from its own malloc arena (see
                     # fl_pk_run); a failure is every thread's to see after the barrier
                     gown = <floating *> fl_pk_alloc(
@@ -806,19 +814,30 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                                      &peepholes[0, 0] if peepholes is not None else NULL,
                                      pown, 0, P)
                             _pk_run(cfg, r0, r1, 0, P, 0, xr + <size_t> tid * tb * N, gown,
-                                    pown)
-                        fl_pk_free(pown)
+                                    pown, 0)
+                    elif not by_rows:
+                        # units: threads wait for each other at every step, so all stop
+                        # if any could not allocate (seen after the barrier)
+                        pown = <floating *> fl_pk_alloc((p1 - p0) * ps * fsz)
+                        if pown == NULL:
+                            pgfail[0] = 1
+                        else:
+                            _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                                     &peepholes[0, 0] if peepholes is not None else NULL,
+                                     pown, p0, p1)
+                        fl_pk_barrier()
+                        if pgfail[0] == 0:
+                            _pk_run(cfg, r0, r1, p0, p1, nt, xr + <size_t> tid * tb * N,
+                                    gown, pown, p0)
                     else:
                         _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
-                                 &peepholes[0, 0] if peepholes is not None else NULL, packed,
-                                 p0, p1)
+                                 &peepholes[0, 0] if peepholes is not None else NULL,
+                                 packed + p0 * ps, p0, p1)
                         fl_pk_barrier()
-                        if by_rows:
-                            p0 = 0
-                            p1 = P
                         if pgfail[0] == 0:
-                            _pk_run(cfg, r0, r1, p0, p1, 0 if by_rows else nt,
-                                    xr + <size_t> tid * tb * N, gown, packed)
+                            _pk_run(cfg, r0, r1, 0, P, 0, xr + <size_t> tid * tb * N, gown,
+                                    packed, 0)
+                    fl_pk_free(pown)
                     fl_pk_free(gown)
         if gfail:
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")

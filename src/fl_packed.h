@@ -327,7 +327,8 @@ static inline void fl_pk_copy_pad##SUF(T *dst, const T *src, int nu)            
 }                                                                                          \
                                                                                            \
 /* W (I, 4H), U (H, 4H), b (4H,), peep (3, H) or NULL, into panels [pa, pb) (top of this  \
- * file); threads pack disjoint panel ranges, or each the whole into a copy of its own.     \
+ * file), panel pa at out; threads pack disjoint panel ranges, or each the whole into a    \
+ * copy of its own.                                                                        \
  * The body is inlined into one function per instruction set (on AVX-512 a panel row is   \
  * one 512-bit load and store). */                                                         \
 static inline __attribute__((always_inline)) void                                          \
@@ -346,14 +347,14 @@ fl_pk_pack_body##SUF(int I, int H, const T *W, const T *U, const T *b, const T *
             const T *sq = src + q * (fl_i64) H;                                            \
             T *dq = out + ((fl_i64) q * K + k) * NU;                                       \
             for (p = pa; p < pw; p++)                                                      \
-                memcpy(dq + p * PS, sq + (fl_i64) p * NU, NU * sizeof(T));                 \
+                memcpy(dq + (p - pa) * PS, sq + (fl_i64) p * NU, NU * sizeof(T));          \
             for (; p < pb; p++)                                                            \
-                fl_pk_copy_pad##SUF(dq + p * PS, sq + (fl_i64) p * NU, H - p * NU);        \
+                fl_pk_copy_pad##SUF(dq + (p - pa) * PS, sq + (fl_i64) p * NU, H - p * NU); \
         }                                                                                  \
     }                                                                                      \
     for (p = pa; p < pb; p++) {                                                            \
         int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                                   \
-        T *dst = out + p * PS + 4 * (fl_i64) K * NU;                                       \
+        T *dst = out + (p - pa) * PS + 4 * (fl_i64) K * NU;                                \
         for (q = 0; q < 4; q++, dst += NU)                                                 \
             fl_pk_copy_pad##SUF(dst, b + q * (fl_i64) H + u0, nu);                        \
         for (q = 0; q < 3; q++, dst += NU)                                                 \
@@ -1560,7 +1561,8 @@ FL_PK_ROWSTEP(double, d)
  * panels [p0, p1); sync: the number of threads that wait for each other after each step
  * (they own other units of the same rows).  xrows: scratch of s->tb * (r1 - r0) pointers;
  * G: the thread's own products buffer, s->tb * (r1 - r0) * (p1 - p0) * 4NU numbers;
- * packed: fl_pk_pack's output (weights, bias, peepholes), at least panels [p0, p1).
+ * packed: fl_pk_pack's output (weights, bias, peepholes) from panel pk0 on (pk0 <= p0),
+ * through at least panel p1 - 1.
  *
  * Steps run in time blocks of s->tb.  A block starts with the input products of all its
  * steps, G = x_t @ W for the thread's rows and units, as one batch of (step, row) pairs:
@@ -1598,7 +1600,7 @@ FL_PK_ROWSTEP(double, d)
 #define FL_PK_RUN(T, SUF, NU, V, ISA, ATTR)                                                \
 ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1, int p0,   \
                                         int p1, int sync, const T **xrows, T *const G,     \
-                                        const T *packed)                                   \
+                                        const T *packed, int pk0)                          \
 {                                                                                          \
     const int N = s->N, r0 = fl_pk_block_row(N, b0), r1 = fl_pk_block_row(N, b1);         \
     const int I = s->In, H = s->H, T_ = s->steps, Z4 = 4 * NU, R = r1 - r0, tb = s->tb;    \
@@ -1640,11 +1642,11 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
                 const T *xa[FL_PK_MR];                                                     \
                 if (fl_pk_xtile##SUF(xa, xrows + m0, mr, s->zero_row))                     \
                     /* all four gates of the panel at once */                              \
-                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, packed + (fl_i64) p * PS, \
+                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, packed + (fl_i64) (p - pk0) * PS, \
                                    K * NU, Gp + (fl_i64) m0 * Z4, Z4, 0);                  \
             }                                                                              \
             for (q = 0; q < 4 && !FL_PK_IS512_##ISA; q++) {                                \
-                const T *Bq = packed + (fl_i64) p * PS + (fl_i64) q * K * NU;          \
+                const T *Bq = packed + (fl_i64) (p - pk0) * PS + (fl_i64) q * K * NU;          \
                 for (m0 = 0; m0 < nk * R; m0 += FL_PK_MR) {                                \
                     const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
                     const T *xa[FL_PK_MR];                                                 \
@@ -1660,7 +1662,7 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         k = kb + kl;                                                                       \
         for (p = p0; p < p1; p++) {                                                        \
             const int u0 = p * NU, nu = H - u0 < NU ? H - u0 : NU;                         \
-            const T *Bp = packed + (fl_i64) p * PS;                                    \
+            const T *Bp = packed + (fl_i64) (p - pk0) * PS;                                    \
             const T *bp = Bp + 4 * K * NU;                                                 \
             T *Gk = G + ((fl_i64) (p - p0) * tb + kl) * R * Z4;                            \
             for (blk = b0; blk < b1; blk++) {                                              \
@@ -1874,10 +1876,10 @@ FL_PK_FOR_AVX512(FL_PK_RUN)
 #define FL_PK_RUN_DISPATCH(T, SUF)                                                         \
 FL_PK_MAYBE_UNUSED static void fl_pk_run##SUF(const fl_pk_cfg##SUF *s, int b0, int b1,     \
                                               int p0, int p1, int sync, const T **xrows,   \
-                                              T *G, const T *packed)                       \
+                                              T *G, const T *packed, int pk0)              \
 {                                                                                          \
-    FL_PK_RUN_AVX2(SUF, s, b0, b1, p0, p1, sync, xrows, G, packed)                         \
-    fl_pk_run##SUF##_base(s, b0, b1, p0, p1, sync, xrows, G, packed);                      \
+    FL_PK_RUN_AVX2(SUF, s, b0, b1, p0, p1, sync, xrows, G, packed, pk0)                    \
+    fl_pk_run##SUF##_base(s, b0, b1, p0, p1, sync, xrows, G, packed, pk0);                 \
 }
 FL_PK_RUN_DISPATCH(float, f)
 FL_PK_RUN_DISPATCH(double, d)
