@@ -78,7 +78,8 @@ _PACKED_BLOCK_ELEMENTS = 1 << 18
 # Threads owning rows each pack a whole copy of the weights for themselves when the packed
 # weights take at most this many bytes (a core's L2 here): no packing barrier, and no line
 # of the copy written by one core and read by another at every call.  Above it, the gain
-# fades (0.98-1.02x at the medium shape) and copies take L3 space from each other.
+# fades (0.98-1.02x at the medium shape) and copies take L3 space from each other
+# (bench/RESULTS.md, round from d558a8c).
 _PACKED_OWN_MAX_BYTES = 1 << 20
 _PACKED = _forward.packed_isa() >= 1
 # Small kernel (src/fl_small.h, one row at a time, nothing allocated): layers without
