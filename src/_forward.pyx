@@ -644,7 +644,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef floating *gown = NULL
     cdef floating *pown = NULL
     cdef size_t psz, ps
-    cdef bint own_pack
+    cdef bint own_pack, shared_pack
     cdef int gfail = 0
     cdef int *pgfail = &gfail
     cdef const floating **xr = NULL
@@ -700,7 +700,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     # to stay in a core's own cache, each thread packs a whole copy of its own instead,
     # with no barrier and no line written by one core and read by another.
     own_pack = by_rows and nteam > 1 and <long long> (psz * fsz) <= own_pack_bytes
-    if nteam == 1 or (by_rows and not own_pack):
+    shared_pack = nteam == 1 or (by_rows and not own_pack)
+    if shared_pack:
         packed = <floating *> fl_pk_alloc(psz * fsz)
     # steps per time block: the input products of a block fill at most block_elements
     tb = <int> max(1, min(<long long> kmax, block_elements // (<long long> N * P * sz_z)))
@@ -714,7 +715,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     if spin != NULL:
         memset(spin, 0, sizeof(fl_pk_spin))
     try:
-        if ((packed == NULL and (nteam == 1 or (by_rows and not own_pack))) or zero_row == NULL or hbuf == NULL or xr == NULL
+        if ((shared_pack and packed == NULL) or zero_row == NULL or hbuf == NULL or xr == NULL
                 or cost == NULL or spin == NULL or (nteam == 1 and gbuf == NULL)):
             raise MemoryError("fastlstm: could not allocate the packed-kernel workspace")
         # cumulative cost of the row blocks (rows x steps while any of its rows is running;
@@ -798,7 +799,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                         r1 = nb
                     pown = NULL
                     # the thread's own products buffer, from its own malloc arena (see
-                    # fl_pk_run); a failure is every thread's to see after the barrier
+                    # fl_pk_run); a failure stops the call (MemoryError below)
                     gown = <floating *> fl_pk_alloc(
                         <size_t> tb * (fl_pk_block_row(N, r1) - fl_pk_block_row(N, r0))
                         * (P if by_rows else p1 - p0) * sz_z * fsz)

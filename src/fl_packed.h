@@ -1637,16 +1637,17 @@ ATTR static void fl_pk_run##SUF##_##ISA(const fl_pk_cfg##SUF *s, int b0, int b1,
         /* the input products of the block: tiles of FL_PK_MR (step, row) pairs */        \
         for (p = p0; p < p1; p++) {                                                        \
             T *Gp = G + (fl_i64) (p - p0) * tb * R * Z4;                                   \
+            const T *Bp = packed + (fl_i64) (p - pk0) * PS;                               \
             for (m0 = 0; FL_PK_IS512_##ISA && m0 < nk * R; m0 += FL_PK_MR) {               \
                 const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;            \
                 const T *xa[FL_PK_MR];                                                     \
                 if (fl_pk_xtile##SUF(xa, xrows + m0, mr, s->zero_row))                     \
                     /* all four gates of the panel at once */                              \
-                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, packed + (fl_i64) (p - pk0) * PS, \
-                                   K * NU, Gp + (fl_i64) m0 * Z4, Z4, 0);                  \
+                    FL_PK_MKZ_CALL(SUF, 4, mr, I, xa, 0, NULL, 0, Bp, K * NU,              \
+                                   Gp + (fl_i64) m0 * Z4, Z4, 0);                          \
             }                                                                              \
             for (q = 0; q < 4 && !FL_PK_IS512_##ISA; q++) {                                \
-                const T *Bq = packed + (fl_i64) (p - pk0) * PS + (fl_i64) q * K * NU;          \
+                const T *Bq = Bp + (fl_i64) q * K * NU;                                    \
                 for (m0 = 0; m0 < nk * R; m0 += FL_PK_MR) {                                \
                     const int mr = nk * R - m0 < FL_PK_MR ? nk * R - m0 : FL_PK_MR;        \
                     const T *xa[FL_PK_MR];                                                 \
