@@ -7,8 +7,11 @@ peer's output is checked against fastlstm's, so every figure compares the same m
 Timing follows what this shared two-core machine taught (see ``bench/RESULTS.md``):
 implementations are interleaved, each sample is preceded by a short idle gap so that the
 previous implementation's spinning thread pool (OpenBLAS, ORT, OpenMP) has gone to sleep,
-and the median of several samples is reported.  Run it with ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_L2_SIZE`` unset (the runner re-executes itself without them).
+and the median of several samples is reported (more samples for the cheap cases, whose
+samples are short).  A float64 case also times fastlstm in float32 on the same shape in
+the same interleaved samples, for the float64 / float32 ratio.  Run it with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (the runner re-executes itself
+without them).
 
 The cases and the per-implementation builders are shared with the pytest-benchmark suite
 in ``bench/bench_inference.py``.
@@ -396,16 +399,52 @@ def _fmt(sec):
     return f"{sec:.2f} s"
 
 
-def run_cases(cases, impls, repeats=7, min_time=0.05, gap=0.2, out=None):
+# cases below this many FLOPs a call take CHEAP_REPEATS samples per implementation: a
+# sample lasts min_time whatever the case, and more of them steady the median
+CHEAP_FLOPS = 1e9
+CHEAP_REPEATS = 15
+# the key under which a float64 case also times fastlstm on the float32 twin of its shape
+TWIN = "fastlstm float32"
+
+
+def case_repeats(case, repeats, cheap_repeats=None):
+    """Samples per implementation for ``case``."""
+    if cheap_repeats is not None and case.flops < CHEAP_FLOPS:
+        return cheap_repeats
+    return repeats
+
+
+def _twin_run(case):
+    """fastlstm on the same shape, weights and input, in float32 (a float64 case's twin)."""
+    twin = replace(case, dtype="float32")
+    model = make_model(twin)
+    X, L = make_data(twin)
+    return _build_fastlstm(twin, model, X, L)[0]
+
+
+def run_cases(cases, impls, repeats=7, min_time=0.05, gap=0.2, out=None, cheap_repeats=None):
+    """Time every case; rows of (case, {impl: median seconds}, {impl: why not run}).
+
+    A float64 case that runs fastlstm also times fastlstm on the float32 twin of its
+    shape, interleaved with the other samples (``TWIN`` in the medians), so that the ratio
+    float64 / float32 compares samples taken side by side."""
     out = out or sys.stdout
     rows = []
     for case in cases:
         runs, notes = build_all(case, impls)
-        samples = measure(runs, repeats, min_time, gap)
+        if case.dtype == "float64" and "fastlstm" in runs:
+            runs[TWIN] = _twin_run(case)
+        samples = measure(runs, case_repeats(case, repeats, cheap_repeats), min_time, gap)
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append((case, med, notes))
         print(_row(case, med, impls), file=out, flush=True)
     return rows
+
+
+def twin_ratios(rows):
+    """[(case, float64 median / float32 median)] for the float64 rows timed with a twin."""
+    return [(case, med["fastlstm"] / med[TWIN]) for case, med, _ in rows
+            if TWIN in med and "fastlstm" in med]
 
 
 def _header(impls):
@@ -417,7 +456,7 @@ def _header(impls):
 def _row(case, med, impls):
     cells = [case.title, case.shape, case.dtype, str(case.n_threads)]
     cells += [_fmt(med.get(k)) for k in impls]
-    peers = {k: v for k, v in med.items() if k != "fastlstm"}
+    peers = {k: v for k, v in med.items() if k in PEERS}
     fast = med.get("fastlstm")
     if peers and fast:
         best = min(peers, key=peers.get)
@@ -541,6 +580,8 @@ def main(argv=None, prog="python -m fastlstm bench"):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             parser.error(f"--plot: cannot write to {ns.plot!r} (no such writable folder)")
     repeats = ns.repeats or (3 if ns.quick else 7)
+    # a full run without --repeats takes more samples of the cheap cases
+    cheap_repeats = None if ns.repeats or ns.quick else CHEAP_REPEATS
     min_time = 0.02 if ns.quick else 0.1
 
     # after the checks above: a refused command line exits here, not in a new process
@@ -560,14 +601,23 @@ def main(argv=None, prog="python -m fastlstm bench"):
 
     v = versions()
     print(" ".join(f"{k} {val}" for k, val in v.items()))
-    print(f"fastlstm threads available: {available}; samples: {repeats}, "
+    counts = f"{repeats}" if cheap_repeats is None else \
+        f"{cheap_repeats} (cases under {CHEAP_FLOPS / 1e9:g} GFLOP a call) or {repeats}"
+    print(f"fastlstm threads available: {available}; samples: {counts}, "
           f"median; {ns.gap:g} s idle gap before each sample")
     if capped:
         print(f"(cases meant for {', '.join(map(str, capped))} threads run on {available} "
               "for every implementation: that is all fastlstm may use here)")
     print()
     print(_header(impls))
-    rows = run_cases(cases, impls, repeats=repeats, min_time=min_time, gap=ns.gap)
+    rows = run_cases(cases, impls, repeats=repeats, min_time=min_time, gap=ns.gap,
+                     cheap_repeats=cheap_repeats)
+    ratios = twin_ratios(rows)
+    if ratios:
+        print()
+        print("float64 against float32 (fastlstm on the same shape, the float32 samples "
+              "interleaved with the float64 case's): " +
+              "; ".join(f"{case.title} {r:.2f}×" for case, r in ratios))
     skipped = {}                  # (implementation, reason) -> the cases it missed
     for case, _, notes in rows:
         for impl, why in notes.items():

@@ -269,3 +269,60 @@ def test_bench_plot_writes_a_png(tmp_path, monkeypatch):
     out = tmp_path / "t.png"
     assert _bench.main(["--quick", "--impls", "fastlstm,numpy", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_times_a_float64_case_beside_its_float32_twin(monkeypatch, capsys):
+    """A float64 case also times fastlstm in float32 on the same shape, weights and input,
+    in the same interleaved samples; that twin is no peer, and the float64 / float32 ratio
+    is printed after the table.  Timings stubbed: the bookkeeping is tested here."""
+    import numpy as np
+
+    from fastlstm import _bench
+
+    case = next(c for c in _bench.CASES if c.name == "small-f64")
+    runs_seen = {}
+
+    def fake_measure(runs, repeats, min_time, gap):
+        runs_seen.update(runs)
+        fake = {"fastlstm": 2.0, _bench.TWIN: 0.8, "numpy": 5.0}
+        return {k: [fake[k]] * repeats for k in runs}
+
+    monkeypatch.setattr(_bench, "measure", fake_measure)
+    rows = _bench.run_cases([case], ["fastlstm", "numpy"], repeats=1, out=io.StringIO())
+    assert set(runs_seen) == {"fastlstm", "numpy", _bench.TWIN}
+    # the twin computes the float64 case's maths in float32
+    y64 = np.asarray(runs_seen["fastlstm"]()[0])
+    y32 = np.asarray(runs_seen[_bench.TWIN]()[0])
+    assert y64.dtype == np.float64 and y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, atol=1e-5)
+    # the best peer is the NumPy reference, not the twin (which is faster here)
+    assert "numpy 5.00 s | 2.50×" in _bench._row(case, rows[0][1], ["fastlstm", "numpy"])
+    assert _bench.twin_ratios(rows) == [(case, 2.0 / 0.8)]
+
+    monkeypatch.setattr(_bench, "run_cases", lambda *a, **k: rows)
+    assert _bench.main(["--cases", "small-f64", "--impls", "fastlstm,numpy"]) == 0
+    assert "float64 against float32 (fastlstm" in capsys.readouterr().out
+
+
+def test_bench_takes_more_samples_of_cheap_cases(monkeypatch):
+    """A full run without --repeats takes CHEAP_REPEATS samples of the cases under
+    CHEAP_FLOPS, 7 of the others; --repeats and --quick set one count for all."""
+    from fastlstm import _bench
+
+    by_name = {c.name: c for c in _bench.CASES}
+    small, medium = by_name["small"], by_name["medium"]
+    assert small.flops < _bench.CHEAP_FLOPS < medium.flops
+    seen = {}
+
+    def fake_run(cases, impls, repeats=7, cheap_repeats=None, **kwargs):
+        seen.update({c.name: _bench.case_repeats(c, repeats, cheap_repeats) for c in cases})
+        return []
+
+    monkeypatch.setattr(_bench, "run_cases", fake_run)
+    for args, want in (([], (_bench.CHEAP_REPEATS, 7)), (["--repeats", "4"], (4, 4)),
+                       (["--quick"], (3, 3))):
+        seen.clear()
+        cases = ["online"] if "--quick" in args else ["small", "medium"]
+        assert _bench.main(["--cases", ",".join(cases), "--impls", "fastlstm"] + args) == 0
+        got = (seen[cases[0]], seen.get("medium", seen[cases[0]]))
+        assert got == want, (args, got)
