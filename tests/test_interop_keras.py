@@ -179,14 +179,21 @@ def test_layer_object_reads_version_from_its_package():
     rng = np.random.default_rng(2)
     w = _weights(rng, scale=1.5)
     X = rng.normal(size=(2, 5, 5))
-    layer = fl.from_keras(fake_lstm(w, module="tf_keras"))  # tf_keras is Keras 2
+    # the name "hard_sigmoid" is read by the layer's package: tf_keras is Keras 2
+    layer = fl.from_keras(fake_lstm(w, module="tf_keras", recurrent="hard_sigmoid"))
     assert layer.recurrent_activation == "hard_sigmoid_keras2"
     np.testing.assert_allclose(layer(X)[0], keras_lstm(X, *w, "tanh", "hard_sigmoid", 2)[0],
                                rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="keras_version"):
-        fl.from_keras(fake_lstm(w, module="somewhere_unknown"))
-    assert fl.from_keras(fake_lstm(w, module="somewhere_unknown"),
+        fl.from_keras(fake_lstm(w, module="somewhere_unknown", recurrent="hard_sigmoid"))
+    assert fl.from_keras(fake_lstm(w, module="somewhere_unknown", recurrent="hard_sigmoid"),
                          keras_version=3).recurrent_activation == "hard_sigmoid"
+    # Keras' own function object is read by the package that defines it (tf_keras here),
+    # whatever the layer's package or keras_version say
+    for module, version in (("somewhere_unknown", None), ("keras", None),
+                            ("somewhere_unknown", 3)):
+        layer = fl.from_keras(fake_lstm(w, module=module), keras_version=version)
+        assert layer.recurrent_activation == "hard_sigmoid_keras2"
     with pytest.raises(ValueError, match="go_backwards"):
         fl.from_keras(fake_lstm(w, go_backwards=True))
     with pytest.raises(ValueError, match="not built"):

@@ -245,3 +245,27 @@ def test_subclasses_of_any_name_import():
                                    **TOL[np.float32])
     with pytest.raises(TypeError, match="expected a Keras LSTM layer, got GRU"):
         fl.from_keras(keras.layers.GRU(H))
+
+
+def test_subclasses_overriding_call_are_refused():
+    """A subclass of keras.layers.LSTM (or of an LSTMCell under RNN) that overrides call
+    may compute anything from the same weights: it was imported silently (0.23 off for a
+    call that scales its input), as torch subclasses overriding forward are refused."""
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+
+    class Scaled(keras.layers.LSTM):
+        def call(self, sequences, initial_state=None, mask=None, training=False):
+            return super().call(2.0 * sequences, initial_state=initial_state, mask=mask,
+                                training=training)
+
+    class HalfCell(keras.layers.LSTMCell):
+        def call(self, inputs, states, training=False):
+            h, (h2, c) = super().call(inputs, states, training=training)
+            return 0.5 * h, [0.5 * h2, c]
+
+    for layer, name in ((Scaled(H, return_sequences=True), "Scaled"),
+                        (keras.layers.RNN(HalfCell(H), return_sequences=True), "HalfCell")):
+        layer(X)
+        with pytest.raises(TypeError, match=f"{name} subclasses Keras' .* overrides call"):
+            fl.from_keras(layer)

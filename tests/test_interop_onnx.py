@@ -300,6 +300,21 @@ def test_from_onnx_hard_sigmoid_defaults_and_keras3():
     assert (m.recurrent_activation, m.activation) == ("hard_sigmoid", "linear")
 
 
+def test_from_onnx_empty_activations_list_means_the_defaults():
+    # an "activations" attribute holding no names: onnxruntime runs the default functions
+    from onnx import AttributeProto, helper
+
+    rng = np.random.default_rng(3)
+    proto = _single_node({}, rng)
+    proto.graph.node[0].attribute.append(
+        helper.make_attribute("activations", [], attr_type=AttributeProto.STRINGS))
+    model = fl.from_onnx(proto)
+    assert (model.activation, model.recurrent_activation) == ("tanh", "sigmoid")
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    got = run_ort(proto, {"X": X})
+    np.testing.assert_allclose(got["Y"][:, 0], model(X, time_major=True)[0], **TOL32)
+
+
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_from_onnx_reverse_node_matches_onnxruntime(with_lengths):
     # a hand-built direction="reverse" node (with peepholes, stored initial state and

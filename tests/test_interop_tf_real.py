@@ -380,3 +380,41 @@ def test_tensorflow_bundled_keras2_layers_read_as_keras2(monkeypatch):
     model = fl.from_keras(cell)
     assert model.recurrent_activation == "hard_sigmoid_keras2"
     np.testing.assert_allclose(model(X)[0], want, **TOL[np.float32])
+
+
+def test_hard_sigmoid_function_of_the_other_keras_is_read_by_its_own_package():
+    """A Keras 2 (tf_keras) layer given Keras 3's hard_sigmoid function, or a Keras 3 layer
+    given tf_keras' one, computes that function's formula: the version was taken from the
+    layer's package and the import was 0.08 off, silently."""
+    keras = pytest.importorskip("keras")
+    import tf_keras
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    grid = np.linspace(-4, 4, 33).astype(np.float32)
+    formulas = {"hard_sigmoid": np.clip(grid / 6 + 0.5, 0, 1),
+                "hard_sigmoid_keras2": np.clip(0.2 * grid + 0.5, 0, 1)}
+    # the layers run here only when Keras 3 computes on TensorFlow (another test module
+    # may have chosen torch, and the two Kerases then cannot call each other's functions)
+    run = keras.backend.backend() == "tensorflow"
+    for make, fn, want_name in (
+            (tf_keras.layers.LSTM, keras.activations.hard_sigmoid, "hard_sigmoid"),
+            (keras.layers.LSTM, tf_keras.activations.hard_sigmoid, "hard_sigmoid_keras2")):
+        # the function computes the formula its package stands for
+        np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(fn(grid))
+                                              if fn is keras.activations.hard_sigmoid
+                                              else fn(tf.constant(grid))),
+                                   formulas[want_name], atol=1e-6)
+        layer = make(4, recurrent_activation=fn, return_sequences=True)
+        layer.build((None, 5, 3))
+        layer.set_weights([rng.uniform(-2, 2, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+        model = fl.from_keras(layer)
+        assert model.recurrent_activation == want_name
+        if run:
+            np.testing.assert_allclose(model(X)[0], keras.ops.convert_to_numpy(layer(X)),
+                                       **TOL[np.float32])
+        # from a weights list the function decides too, whatever keras_version says
+        model = fl.from_keras(layer.get_weights(), recurrent_activation=fn,
+                              keras_version=2 if want_name == "hard_sigmoid" else 3)
+        assert model.recurrent_activation == want_name

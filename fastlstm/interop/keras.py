@@ -6,9 +6,12 @@ What needs care:
 
 - ``hard_sigmoid`` is ``clip(0.2x + 0.5, 0, 1)`` in Keras 2 (and tf.keras before TF 2.16)
   but ``relu6(x + 3) / 6 = clip(x/6 + 0.5, 0, 1)`` in Keras 3.  fastlstm names them
-  ``"hard_sigmoid_keras2"`` and ``"hard_sigmoid"``.  From a layer object the Keras version
-  is read from the package that defined the layer; from a weights list pass
-  ``keras_version``.
+  ``"hard_sigmoid_keras2"`` and ``"hard_sigmoid"``.  Keras' own function object tells
+  which it is by the package that defines it (a Keras 2 layer may be given Keras 3's
+  function, and the other way round); the name alone is read by the Keras version of the
+  package that defined the layer, or, from a weights list, by ``keras_version``.
+- A subclass of a Keras LSTM (or RNN, or LSTMCell) that overrides ``call`` is refused: its
+  outputs may differ from the weights' LSTM maths.
 - Keras orders states ``[h, c]``; fastlstm ``LSTMState(c, h)``.
 - With a mask, Keras repeats the previous output on padded steps where fastlstm writes 0
   (states agree): ``keras_masked_outputs`` converts fastlstm's outputs to Keras' rule.
@@ -20,6 +23,7 @@ What needs care:
 """
 
 import importlib
+import sys
 import warnings
 
 import numpy as np
@@ -71,6 +75,43 @@ def _keras_major(layer):
         return None
 
 
+def _function_keras_major(fn):
+    """2 or 3 for a function object of a Keras package (``keras``: the installed version;
+    ``tf_keras`` and TensorFlow's bundled Keras: 2), else None."""
+    if fn is None or isinstance(fn, str):
+        return None
+    module = getattr(fn, "__module__", None)
+    if not isinstance(module, str):
+        return None
+    top = module.split(".")[0]
+    if top == "tf_keras" or module.startswith("tensorflow.python.keras"):
+        return 2
+    if top == "keras":
+        # the function's own package is imported (the function came from it)
+        version = getattr(sys.modules.get("keras"), "__version__", None)
+        try:
+            return int(str(version).split(".")[0])
+        except ValueError:
+            return None
+    return None
+
+
+def _check_keras_call(obj, what):
+    """TypeError when ``obj``'s class derives from a Keras LSTM / LSTMCell / RNN class but
+    overrides its ``call``: such a layer may compute something else from the same weights
+    (classes outside Keras are not checked)."""
+    for cls in type(obj).__mro__:
+        top = cls.__module__.split(".")[0] if isinstance(cls.__module__, str) else ""
+        if top in ("keras", "tf_keras", "tensorflow") and \
+                ("LSTM" in cls.__name__ or cls.__name__ == "RNN"):
+            if getattr(type(obj), "call", None) is not getattr(cls, "call", None):
+                raise TypeError(f"{what}: {type(obj).__name__} subclasses Keras' "
+                                f"{cls.__name__} but overrides call, so its outputs may "
+                                "differ: convert its get_weights() if the LSTM maths is "
+                                "unchanged")
+            return
+
+
 def _recurrent_name(name, keras_version):
     if name == "hard_sigmoid":
         if keras_version not in (2, 3):
@@ -112,10 +153,12 @@ def _from_weights(weights, activation, recurrent_activation, keras_version, dtyp
         if bias.shape == (8 * H,):  # CuDNN layout: input and recurrent biases, summed
             bias = bias[:4 * H] + bias[4 * H:]
         check_shape(bias, (4 * H,), f"{name}: bias", "(4*units,)")
+    own = _function_keras_major(recurrent_activation)   # Keras' function knows its version
     return build_layer(kernel, rec, bias, dtype=dtype,
                        activation=_activation_name(_fn_name(activation, "activation")),
                        recurrent_activation=_recurrent_name(
-                           _fn_name(recurrent_activation, "recurrent_activation"), keras_version),
+                           _fn_name(recurrent_activation, "recurrent_activation"),
+                           own if own is not None else keras_version),
                        name=name)
 
 
@@ -182,6 +225,10 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
         raise ValueError("go_backwards=True returns outputs in reversed time order, which "
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
                          "the input yourself")
+    what = f"Keras layer {getattr(layer, 'name', kind)!r}"
+    _check_keras_call(layer, what)
+    if getattr(layer, "cell", None) is not None:
+        _check_keras_call(layer.cell, what)
     weights = layer.get_weights()
     if not weights:
         raise ValueError(f"the Keras layer {getattr(layer, 'name', kind)!r} is not built yet "

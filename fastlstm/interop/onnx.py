@@ -208,7 +208,7 @@ def _attr_dict(node):
 def _parse_activations(attrs, D, where):
     """[(activation, recurrent_activation)] per direction, or ValueError."""
     names = attrs.get("activations")
-    if names is None:
+    if not names:   # absent, or an empty list: the defaults (as onnxruntime reads it)
         return [("tanh", "sigmoid")] * D
     names = [str(n) for n in names]
     if len(names) != 3 * D:
