@@ -258,9 +258,10 @@ def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", kera
         its own).  Names or functions: activation in tanh / relu / sigmoid / linear;
         recurrent_activation in sigmoid / hard_sigmoid / hard_sigmoid_keras2 /
         hard_sigmoid_keras3.
-    keras_version : 2 or 3.  Needed to read ``"hard_sigmoid"``, whose formula changed in
-        Keras 3; read from the Keras package of the layer's class (or of its nearest
-        Keras base class) when a layer object is given.
+    keras_version : 2 or 3.  Needed to read the name ``"hard_sigmoid"``, whose formula
+        changed in Keras 3; read from the Keras package of the layer's class (or of its
+        nearest Keras base class) when a layer object is given.  Keras' own function
+        object is read by the package that defines it instead (``tf_keras``: 2).
     dtype : float32 / float64; default float64 for float64 weights, else float32.
 
     Returns ``LSTM`` (or ``Bidirectional``).  Anything fastlstm cannot compute exactly is
