@@ -668,7 +668,9 @@ def _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major, re
     if initial_state is None and dtype is None:
         raise ValueError("If there is no initial_state, you must give a dtype.")
     dtype = _float_dtype(dtype)
-    s0 = cell._split_state(initial_state, "initial_state")
+    # the argument that holds this cell's state: initial_state, initial_state_fw / _bw
+    state_name = "initial_state" + name[len("cell"):]
+    s0 = cell._split_state(initial_state, state_name)
     if initial_state is None and dtype is not None and cell.dtype is not None and \
             _resolve_dtype(dtype) != cell.dtype:
         # TF: the zero state takes dtype, the cell's variables keep theirs: they do not mix
@@ -680,8 +682,16 @@ def _prepare(cell, inputs, sequence_length, initial_state, dtype, time_major, re
         list(s0) if isinstance(cell, MultiRNNCell) else [s0])
     # the layers' own checks of the inputs and states, on no time steps (no kernel runs)
     out = x[:0] if time_major else x[:, :0]
-    for layer, state in zip(layers, states):
-        out = layer(out, state, time_major=time_major)[0]
+    for k, (layer, state) in enumerate(zip(layers, states)):
+        try:
+            out = layer(out, state, time_major=time_major)[0]
+        except (TypeError, ValueError) as exc:
+            # the layer names its state "initial_state": say which argument and cell
+            msg = str(exc)
+            if state is None or not msg.startswith("initial_state"):
+                raise
+            where = f"{state_name}[{k}]" if isinstance(cell, MultiRNNCell) else state_name
+            raise type(exc)(where + msg[len("initial_state"):]) from None
 
     def run():
         out = x

@@ -275,6 +275,28 @@ def test_two_stacks_under_fw_bw_are_refused_but_load_by_scope():
     assert isinstance(fw, fl.MultiLSTM) and len(fw) == 2
 
 
+def test_checkpoint_of_other_tf1_cells_is_refused():
+    """TF1's BasicRNNCell, GRUCell and Dense kernels (their default scopes, as TF names
+    them) were read as LSTM cells of the sizes their shapes suggest."""
+    rng = np.random.default_rng(12)
+    rnn = {"rnn/basic_rnn_cell/kernel": rng.normal(size=(12, 8)),
+           "rnn/basic_rnn_cell/bias": np.zeros(8)}
+    gru = {"rnn/gru_cell/gates/kernel": rng.normal(size=(8, 8)),
+           "rnn/gru_cell/gates/bias": np.zeros(8),
+           "rnn/gru_cell/candidate/kernel": rng.normal(size=(8, 4)),
+           "rnn/gru_cell/candidate/bias": np.zeros(4)}
+    dense = {"dense/kernel": rng.normal(size=(10, 8)), "dense/bias": np.zeros(8)}
+    for variables, scope in ((rnn, None), (gru, None), (gru, "rnn/gru_cell/gates"),
+                             (dense, None)):
+        with pytest.raises(ValueError, match="not an LSTM"):
+            fl.from_tf1_checkpoint(variables, scope=scope)
+    # beside an LSTM cell, even one of a name of its own, they are left out
+    lstm = {f"enc/encoder/{k}": v for k, v in random_vars(rng, 5, 4).items()}
+    model = fl.from_tf1_checkpoint({**lstm, **gru, **dense, "enc/dense_1/kernel":
+                                    rng.normal(size=(9, 8))})
+    assert (model.input_size, model.hidden_size) == (5, 4)
+
+
 def test_checkpoint_errors():
     rng = np.random.default_rng(10)
     a, b = random_vars(rng, 5, 4), random_vars(rng, 3, 2)

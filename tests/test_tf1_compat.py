@@ -420,7 +420,7 @@ def test_refused_calls_leave_the_cells_unbuilt():
 def test_bidirectional_checks_both_directions_before_running_either():
     X = np.ones((2, 3, 6), np.float32)
     fw, bw = tf.nn.rnn_cell.BasicLSTMCell(4), tf.nn.rnn_cell.BasicLSTMCell(4)
-    with pytest.raises(ValueError, match=r"must have shape \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"initial_state_bw\.c must have shape \(2, 4\)"):
         tf.nn.bidirectional_dynamic_rnn(fw, bw, X, dtype=np.float32,
                                         initial_state_bw=(np.zeros((9, 4)), np.zeros((9, 4))))
     assert not fw.built and not bw.built
@@ -507,3 +507,19 @@ def test_stack_state_that_is_not_a_tuple_is_tfs_value_error():
                 stack(x, bad)
     out, _ = stack(x, state)
     assert out.shape == (2, 2)
+
+
+def test_state_errors_name_the_argument_and_the_cell():
+    """A wrong state named "initial_state" whichever argument and cell of a stack held it
+    (initial_state_bw, or the second cell of a MultiRNNCell)."""
+    X = np.zeros((3, 4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^initial_state_fw\.h must have shape \(3, 3\)"):
+        tf.nn.bidirectional_dynamic_rnn(
+            tf.nn.rnn_cell.LSTMCell(3), tf.nn.rnn_cell.LSTMCell(4), X, dtype=np.float32,
+            initial_state_fw=tf.nn.rnn_cell.LSTMStateTuple(np.zeros((3, 3)), np.zeros((3, 4))))
+    stack = tf.nn.rnn_cell.MultiRNNCell([tf.nn.rnn_cell.BasicLSTMCell(4),
+                                         tf.nn.rnn_cell.LSTMCell(5, num_proj=2)])
+    state = (tf.nn.rnn_cell.LSTMStateTuple(np.zeros((3, 4)), np.zeros((3, 4))),
+             tf.nn.rnn_cell.LSTMStateTuple(np.zeros((3, 5)), np.zeros((3, 5))))
+    with pytest.raises(ValueError, match=r"^initial_state\[1\]\.h must have shape \(3, 2\)"):
+        tf.nn.dynamic_rnn(stack, X, initial_state=state)

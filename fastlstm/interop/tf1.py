@@ -96,6 +96,9 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
 # checkpoints
 
 _CELL_RE = re.compile(r"^(?:cell_?|Cell)(\d+)$")
+# the default variable scopes of TF1's non-LSTM cells, and of a Dense layer
+_OTHER_CELL_RE = re.compile(r"^(?:basic_rnn_cell|gru_cell|ugrnn_cell|gru_block_cell)(?:_\d+)?$")
+_DENSE_RE = re.compile(r"^dense(?:_\d+)?$")
 
 
 def _classify(name):
@@ -171,7 +174,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         kernel": ..., ".../bias": ...}``.  Understood: ``kernel``/``bias`` (TF >= 1.2),
         ``weights``/``biases`` (TF <= 1.1), ``Linear/Matrix``/``Linear/Bias`` (TF 0.x),
         ``w_i_diag``/``w_f_diag``/``w_o_diag`` and ``projection/kernel``; a trailing
-        ``:0`` is ignored, as are other variables (optimizer slots, other layers).
+        ``:0`` is ignored, as are other variables (optimizer slots, other layers).  The
+        kernels under TF1's default scopes of other cells and layers (``basic_rnn_cell``,
+        ``gru_cell``, ``dense``) are never read as an LSTM cell: alone, they are refused.
     scope : keep only variables under this name prefix (needed when the mapping holds
         several RNNs).
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
@@ -215,6 +220,18 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                 "cell's (one kernel over [x, h]): load them with fastlstm.from_keras("
                 "[kernel, recurrent_kernel, bias]), or pass scope= to load another RNN")
     cells = {p: v for p, v in cells.items() if "kernel" in v}
+    # TF1's other cells and layers under their default names (BasicRNNCell, GRUCell with
+    # its gates / candidate kernels, a Dense layer) are not LSTM cells, whatever the shape
+    # of their kernels: never read as one
+    others = {p for p in cells if any(_OTHER_CELL_RE.match(q) for q in p.split("/"))
+              or _DENSE_RE.match(p.split("/")[-1])}
+    if others and len(others) == len(cells):
+        raise ValueError("no TF1 LSTM cell variables found" +
+                         (f" under scope {scope!r}" if scope else "") + ": the kernels "
+                         "under " + ", ".join(repr(p) for p in sorted(others)) + " belong "
+                         "to other TF1 cells or layers (BasicRNNCell, GRUCell, Dense), "
+                         "which are not an LSTM")
+    cells = {p: v for p, v in cells.items() if p not in others}
     # other layers (a Dense "dense/kernel", ...) share the kernel/bias names: when some
     # cells carry TF's LSTM cell names or sit in a stack (cell_k) or a direction (fw/bw),
     # keep only those
