@@ -858,6 +858,24 @@ def test_from_onnx_tf2onnx_direction_slices(order):
     np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0], want, **TOL32)
 
 
+@pytest.mark.parametrize("opset", [7, 9, 13])
+def test_export_to_older_opsets_runs_in_onnxruntime(opset):
+    """The exported graph (LSTM nodes, Transpose, Reshape with its shape as an input) means
+    the same from opset 7 on: it was refused below 14."""
+    import onnx
+    rng = np.random.default_rng(opset)
+    model = fl.MultiLSTM([fl.Bidirectional(fl.LSTM(3, 4, peepholes=True, random_state=0),
+                                           fl.LSTM(3, 4, random_state=1)),
+                          fl.LSTM(8, 2, recurrent_activation="hard_sigmoid", random_state=2)])
+    proto = fl.to_onnx(model, opset=opset, lengths=True)
+    assert proto.opset_import[0].version == opset
+    onnx.checker.check_model(proto, full_check=True)
+    X = rng.normal(size=(3, 5, 3)).astype(np.float32)
+    L = np.array([5, 0, 3], np.int32)
+    got = run_ort(proto, {"X": X, "sequence_lens": L})
+    np.testing.assert_allclose(got["Y"], model(X, lengths=L)[0], **TOL32)
+
+
 def test_to_onnx_argument_checks(tmp_path):
     """graph_name, path and opset were not checked (the onnx checker's or os.fspath's
     errors; an opset beyond onnx's newest passed the checker and onnxruntime refused it;
@@ -866,8 +884,8 @@ def test_to_onnx_argument_checks(tmp_path):
     import onnx
     model = fl.LSTM(3, 4, random_state=0)
     newest = onnx.defs.onnx_opset_version()
-    for opset in (13, newest + 1, 14.0, True):
-        with pytest.raises(ValueError, match=f"opset must be an int from 14 .* to {newest}"):
+    for opset in (6, newest + 1, 14.0, True):
+        with pytest.raises(ValueError, match=f"opset must be an int from 7 .* to {newest}"):
             fl.to_onnx(model, opset=opset)
     assert fl.to_onnx(model, opset=np.int64(14)).opset_import[0].version == 14
     for name in ("", None, 5):

@@ -84,8 +84,9 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
     state in ONNX's terms.
 
     dtype : float32 / float64 (default: the model's).  onnxruntime runs float32 only.
-    opset : the ONNX opset imported, from 14 (the first with ``layout``; the default) to
-        the newest the installed onnx knows.
+    opset : the ONNX opset imported, from 7 (LSTM's maths are the same from there on; the
+        graph uses no ``layout`` attribute, new in 14) to the newest the installed onnx
+        knows; default 14.
     graph_name : the graph's name (default ``"fastlstm"``).
     path : if given, the model is also saved there.  Returns the ``onnx.ModelProto``.
 
@@ -103,9 +104,10 @@ def to_onnx(model, path=None, *, opset=DEFAULT_OPSET, time_major=False, lengths=
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or \
-            not 14 <= opset <= newest:
-        raise ValueError(f"opset must be an int from 14 (the layout attribute) to {newest} "
-                         f"(the newest this onnx {onnx.__version__} knows), got {opset!r}")
+            not 7 <= opset <= newest:
+        raise ValueError(f"opset must be an int from 7 (LSTM as ONNX defines it today) to "
+                         f"{newest} (the newest this onnx {onnx.__version__} knows), got "
+                         f"{opset!r}")
     opset = int(opset)
     if not isinstance(graph_name, str) or not graph_name:
         raise TypeError(f"graph_name must be a non-empty str, got {graph_name!r}")
