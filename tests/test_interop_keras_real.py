@@ -269,3 +269,19 @@ def test_subclasses_overriding_call_are_refused():
         layer(X)
         with pytest.raises(TypeError, match=f"{name} subclasses Keras' .* overrides call"):
             fl.from_keras(layer)
+
+
+def test_bfloat16_layer_imports_its_weights_exactly():
+    """A bfloat16 Keras layer's weights (ml_dtypes' bfloat16, exact in float32) were refused
+    as "not real numbers"; now they import, with the mixed-precision warning."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    layer = keras.layers.LSTM(H, dtype="bfloat16", recurrent_initializer="glorot_uniform",
+                              return_sequences=True)
+    layer.build((None, T, I))
+    weights = layer.get_weights()
+    assert weights[0].dtype == ml_dtypes.bfloat16
+    with pytest.warns(UserWarning, match="computes in bfloat16"):
+        model = fl.from_keras(layer)
+    assert model.dtype == np.float32
+    np.testing.assert_array_equal(model.W, weights[0].astype(np.float32))
+    np.testing.assert_array_equal(model.U, weights[1].astype(np.float32))

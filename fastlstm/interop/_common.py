@@ -65,6 +65,10 @@ def as_array(value, name):
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a numeric array: {exc}") from exc
+    if arr.dtype.kind == "V" and (arr.dtype.name == "bfloat16" or
+                                  arr.dtype.name.startswith("float8")):
+        # ml_dtypes' narrow floats (Keras and JAX weights): exact in float32
+        arr = arr.astype(np.float32)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
