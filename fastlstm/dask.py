@@ -16,7 +16,7 @@ bit of floating point).
 import numpy as np
 
 from . import _threads
-from .layers import LSTM, Bidirectional, MultiLSTM, _LengthsDtypeError
+from .layers import LSTM, Bidirectional, MultiLSTM, _LengthsDtypeError, _refuse_masked
 
 __all__ = ["predict_dask"]
 
@@ -147,6 +147,7 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
     Ld = None
     if lengths is not None:
         if not isinstance(lengths, da.Array):
+            _refuse_masked(lengths, "lengths", "give every row's length")
             lengths = np.asarray(lengths)
         if lengths.shape != (n,):       # before rechunking to X's samples, which needs it
             raise ValueError(f"lengths must have shape ({n},), got {lengths.shape}")

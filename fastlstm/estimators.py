@@ -48,8 +48,8 @@ try:
     from sklearn.utils import check_random_state
     from sklearn.utils._param_validation import Interval, StrOptions
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import (_get_feature_names, check_array, check_is_fitted,
-                                          column_or_1d)
+    from sklearn.utils.validation import (_get_feature_names, assert_all_finite,
+                                          check_array, check_is_fitted, column_or_1d)
 except ImportError:
     from ._optional import need
     need("sklearn", "fastlstm's estimators (LSTMRegressor, LSTMClassifier, LSTMEncoder)")
@@ -57,7 +57,8 @@ except ImportError:
 
 from . import _threads
 from .dask import _with_threads
-from .layers import _UNSET, LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError
+from .layers import (_UNSET, LSTM, Bidirectional, LSTMState, MultiLSTM, _LengthsDtypeError,
+                     _refuse_masked)
 from .optim import SGD, Adam, clip_grad_norm
 from .readout import Dense, _log_softmax64, mse_loss, softmax_cross_entropy
 
@@ -99,6 +100,7 @@ def _check_hidden_sizes(hidden_sizes):
 def _check_lengths(lengths, X):
     """Validated explicit ``lengths``: int64 (n,) in [1, T]; None when every row is full."""
     n, T = X.shape[:2]
+    _refuse_masked(lengths, "lengths", "give every row's length")
     L = np.asarray(lengths)
     if L.dtype.kind not in "iu":
         raise _LengthsDtypeError(f"lengths must be integers, got dtype {L.dtype}")
@@ -197,6 +199,13 @@ def _validate_X(est, X, *, reset, lengths=None, check_names=True):
         # long double: to float64 first (check_array would cast it straight to a float32
         # network's dtype, past the range check below)
         X = np.asarray(X, np.float64)
+    elif isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype == object):
+        # nested lists and object arrays likewise: check_array would cast them straight to
+        # the first dtype it accepts (float32), turning values beyond its range into inf
+        try:
+            X = np.asarray(X, np.float64)
+        except (TypeError, ValueError):
+            pass                # check_array's own error, for what is not numbers
     X = check_array(X, accept_sparse=False, dtype=[dtype, other], ensure_all_finite=False,
                     allow_nd=True, ensure_min_samples=1, ensure_min_features=1,
                     estimator=est, input_name="X")
@@ -561,8 +570,12 @@ class _BaseLSTM(BaseEstimator):
         return self._fit_epochs(*setup, incremental)
 
     def _fit_setup(self, X, y, lengths, incremental, classes):
-        self._check_params()
         fitted = hasattr(self, "model_")
+        if incremental and fitted:
+            # scikit-learn's _fit_context checks the constraint table on fit and on a first
+            # partial_fit only; parameters set since (set_params) are checked here
+            self._validate_params()
+        self._check_params()
         first = not fitted or (not incremental and not self.warm_start)
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True (no data is "
@@ -822,6 +835,9 @@ class _ClassificationObjective:
         if y.shape[0] != n:
             raise ValueError(f"Found input variables with inconsistent numbers of samples: "
                              f"X has {n} samples, y has {y.shape[0]}")
+        # a missing label (NaN, also among strings: np.unique could not sort it) is an error
+        # of its own, as in scikit-learn's classifiers
+        assert_all_finite(y, input_name="y", estimator_name=type(self).__name__)
         check_classification_targets(y)
         if first:
             labels = np.unique(y if classes is None else np.asarray(classes))

@@ -166,6 +166,12 @@ def _param_shapes(spec):
     return None
 
 
+# errors of the file system itself, passed on as they are; any other OSError while
+# reading (a damaged archive makes zipfile seek to a negative offset: EINVAL) means the
+# file is not a readable model
+_FS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
 def load(path):
     """Read a model written by ``save`` (a path, with or without the ``.npz`` that ``save``
     appends, or a binary file).  Raises ValueError for files that are not fastlstm models
@@ -179,7 +185,7 @@ def load(path):
     try:
         return _load(path)
     except _READ_ERRORS as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
+        if isinstance(exc, _FS_ERRORS):
             raise                   # the file system's own errors (missing, permissions)
         raise ValueError(f"{path!r} is not a readable fastlstm model file: "
                          f"{type(exc).__name__}: {exc}") from exc

@@ -297,3 +297,12 @@ def test_numpy_input_without_time_steps():
     X = np.zeros((700, 0, 3), np.float32)
     got = predict_dask(model, X).compute()
     assert got.shape == (700, 0, 4) and got.shape == model(X)[0].shape
+
+
+def test_masked_lengths_are_refused():
+    # the layers and estimators refuse them; predict_dask read the value under the mask
+    m = fastlstm.LSTM(2, 3, random_state=0)
+    X = np.ones((2, 4, 2), np.float32)
+    L = np.ma.masked_array([4, 1], mask=[False, True])
+    with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
+        predict_dask(m, X, lengths=L)

@@ -904,6 +904,59 @@ def test_masked_X_is_refused_not_read_under_the_mask():
     np.testing.assert_array_equal(est.predict(np.ma.masked_array(X)), est.predict(X))
 
 
+def test_masked_lengths_are_refused_not_read_under_the_mask():
+    # as the layers refuse them; the estimators read the value under the mask
+    X = _sequences(20, 6, 2, seed=4)
+    y = X[:, -1, 0]
+    est = _fit_quiet(LSTMRegressor(**FAST), X, y)
+    L = np.ma.masked_array(np.full(20, 6), mask=np.arange(20) == 3)
+    with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
+        est.predict(X, lengths=L)
+    with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
+        LSTMRegressor(**FAST).fit(X, y, lengths=L)
+    np.testing.assert_array_equal(est.predict(X, lengths=np.ma.masked_array(np.full(20, 6))),
+                                  est.predict(X))
+
+
+def test_partial_fit_checks_parameters_set_since_the_first_call():
+    """scikit-learn checks the constraint table on fit and on a first partial_fit only: a
+    batch_size of -5 set later ran empty epochs (counted, with a loss of 0), an unknown
+    optimizer silently became SGD."""
+    from sklearn.utils._param_validation import InvalidParameterError
+    X = _sequences(20, 6, 2, seed=5)
+    y = X[:, -1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = LSTMRegressor(**FAST).partial_fit(X, y)
+    for bad in (dict(batch_size=-5), dict(batch_size=0), dict(optimizer="rmsprop"),
+                dict(alpha=-1.0)):
+        est.set_params(**bad)
+        with pytest.raises(InvalidParameterError, match=next(iter(bad))):
+            est.partial_fit(X, y)
+        assert est.n_iter_ == 1
+        est.set_params(**{k: LSTMRegressor().get_params()[k] for k in bad})
+
+
+def test_missing_string_labels_are_a_value_error():
+    # np.unique could not sort a NaN among strings: an unclear TypeError
+    y = np.array(["a", np.nan, "b", "a"], dtype=object)
+    with pytest.raises(ValueError, match="contains NaN"):
+        LSTMClassifier(**FAST).fit(np.ones((4, 3)), y)
+
+
+def test_list_input_beyond_float32_gets_the_range_error():
+    # a nested list was cast straight to float32 (inf: "contains infinity", with an
+    # overflow warning), where an array gets the range error
+    X = _sequences(8, 3, 1, seed=6)[:, :, 0]
+    est = _fit_quiet(LSTMRegressor(**FAST), X, X[:, -1])
+    for lengths in (None, [3]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.raises(ValueError, match="beyond the range of dtype=float32"):
+                est.predict([[0.0, 1e39, 0.0]], lengths=lengths)
+    assert est.predict([[0.0, 1.0, 1e39]], lengths=[2]).shape == (1,)
+
+
 def test_dataframe_column_names_are_checked_as_time_steps():
     pd = pytest.importorskip("pandas")
     import inspect

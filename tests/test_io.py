@@ -274,6 +274,24 @@ def test_load_damaged_zip_and_npy_headers_raise_value_error():
             fl.load(io.BytesIO(data))
 
 
+def test_load_damaged_end_record_is_a_value_error(tmp_path):
+    """A damaged end-of-archive record makes zipfile seek to a negative offset (OSError
+    EINVAL), which load passed on as if the file system had failed; missing files and
+    directories still raise the file system's own errors."""
+    path = tmp_path / "a.npz"
+    fl.save(fl.LSTM(3, 2, random_state=0), path)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x10          # the central directory's offset, in the end record
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="not a readable fastlstm model file"):
+        fl.load(bad)
+    with pytest.raises(FileNotFoundError):
+        fl.load(tmp_path / "missing.npz")
+    with pytest.raises(IsADirectoryError):
+        fl.load(tmp_path)
+
+
 def test_load_never_unpickles(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, meta_json=np.array([{"format": "fastlstm"}], dtype=object))
