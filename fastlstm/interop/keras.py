@@ -45,6 +45,14 @@ def _fn_name(fn, what):
     return function_name(fn, what)
 
 
+def _major(version):
+    """The major number of a version string ("3.15.0" -> 3), or None."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return None
+
+
 def _keras_major(layer):
     """2 or 3 from the Keras package that defined ``layer``'s class or, for a subclass
     defined elsewhere, the nearest Keras class it derives from; None when unknown."""
@@ -64,15 +72,12 @@ def _keras_major(layer):
             version = tf.keras.__version__ if hasattr(tf.keras, "__version__") else "2"
         except Exception:  # pragma: no cover - depends on the installed tensorflow
             return None
-        return int(str(version).split(".")[0])
+        return _major(version)
     try:
         version = importlib.import_module(top).__version__
     except Exception:
         return None
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return None
+    return _major(version)
 
 
 def _function_keras_major(fn):
@@ -88,11 +93,7 @@ def _function_keras_major(fn):
         return 2
     if top == "keras":
         # the function's own package is imported (the function came from it)
-        version = getattr(sys.modules.get("keras"), "__version__", None)
-        try:
-            return int(str(version).split(".")[0])
-        except ValueError:
-            return None
+        return _major(getattr(sys.modules.get("keras"), "__version__", None))
     return None
 
 
@@ -225,10 +226,10 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
         raise ValueError("go_backwards=True returns outputs in reversed time order, which "
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
                          "the input yourself")
-    what = f"Keras layer {getattr(layer, 'name', kind)!r}"
-    _check_keras_call(layer, what)
+    name = f"Keras layer {getattr(layer, 'name', kind)!r}"
+    _check_keras_call(layer, name)
     if getattr(layer, "cell", None) is not None:
-        _check_keras_call(layer.cell, what)
+        _check_keras_call(layer.cell, name)
     weights = layer.get_weights()
     if not weights:
         raise ValueError(f"the Keras layer {getattr(layer, 'name', kind)!r} is not built yet "
@@ -240,7 +241,6 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
     if kind.startswith("CuDNN"):
         act, rec = "tanh", "sigmoid"
     version = keras_version if keras_version is not None else _keras_major(layer)
-    name = f"Keras layer {getattr(layer, 'name', kind)!r}"
     if warn:
         _warn_call_options(layer, name, 4)
     return _from_weights(weights, act, rec, version, dtype, name)
