@@ -234,9 +234,10 @@ def _overflow_threshold(dtype):
 _F32_OVERFLOW = float(_overflow_threshold(np.float32))
 
 
-def _check_fits(arr, dtype, name, fix="build the model with dtype=np.float64"):
+def _check_fits(arr, dtype, name, fix=None):
     """Refuse finite values of a wider float array that the cast to ``dtype`` would make
-    infinite (NumPy only warns).  NaN and infinities pass."""
+    infinite (NumPy only warns).  NaN and infinities pass.  ``fix``: the advice at the end
+    of the message (default: a float64 model for float32, scaling for float64)."""
     if arr.dtype.itemsize <= dtype.itemsize or arr.dtype.kind != "f" or not arr.size:
         return                              # (the common case first: a cheap test)
     found = _forward.reaches(arr, _F32_OVERFLOW) if dtype == np.float32 else None
@@ -250,7 +251,14 @@ def _check_fits(arr, dtype, name, fix="build the model with dtype=np.float64"):
             return
     big = np.max(np.abs(arr[np.isfinite(arr)]), initial=0)
     if big >= limit:
-        raise ValueError(f"{name} holds values up to {float(big):.3g}, beyond the range of "
+        fits64 = big < _overflow_threshold(np.float64)
+        if fix is None:
+            fix = ("build the model with dtype=np.float64" if dtype == np.float32 and fits64
+                   else "scale them")
+        # a long double beyond float64's range prints as itself, not as inf
+        shown = f"{float(big):.3g}" if fits64 else \
+            np.format_float_scientific(big, precision=2, unique=False)
+        raise ValueError(f"{name} holds values up to {shown}, beyond the range of "
                          f"{dtype.name} (largest {float(np.finfo(dtype).max):.8g}): they "
                          f"would become infinite; {fix}")
 
@@ -367,6 +375,15 @@ def _check_time_major(time_major):
 
 # ---------------------------------------------------------------------------------------
 # parameters in one flat buffer
+
+
+def _lstm_layers(module):
+    """The LSTM layers of a module, bottom first (an LSTM: itself)."""
+    if isinstance(module, LSTM):
+        return [module]
+    if isinstance(module, Bidirectional):
+        return [module.forward_layer, module.backward_layer]
+    return [leaf for layer in module.layers for leaf in _lstm_layers(layer)]
 
 
 class _Module:
@@ -1041,6 +1058,23 @@ class Bidirectional(_Module):
         return _training.bidirectional_backward(self, dY, cache, dstate, input_grad)
 
     @property
+    def n_threads(self):
+        """OpenMP threads of every layer's kernels (None: the process default).  Setting it
+        sets each layer's ``n_threads``; reading it gives their common value, and is a
+        ValueError when the layers differ (read each layer's)."""
+        values = {layer.n_threads for layer in _lstm_layers(self)}
+        if len(values) > 1:
+            raise ValueError(f"the layers have different n_threads ({sorted(values, key=str)}):"
+                             " read each layer's n_threads")
+        return values.pop()
+
+    @n_threads.setter
+    def n_threads(self, value):
+        value = _threads.check_n_threads(value)     # checked once, before any layer changes
+        for layer in _lstm_layers(self):
+            layer.n_threads = value
+
+    @property
     def params(self):
         out = {"fw." + k: v for k, v in self.forward_layer.params.items()}
         out.update({"bw." + k: v for k, v in self.backward_layer.params.items()})
@@ -1174,6 +1208,23 @@ class MultiLSTM(_Module):
         overwriting them.
         """
         return _training.multi_backward(self, dY, cache, dstate, input_grad)
+
+    @property
+    def n_threads(self):
+        """OpenMP threads of every layer's kernels (None: the process default).  Setting it
+        sets each layer's ``n_threads``; reading it gives their common value, and is a
+        ValueError when the layers differ (read each layer's)."""
+        values = {layer.n_threads for layer in _lstm_layers(self)}
+        if len(values) > 1:
+            raise ValueError(f"the layers have different n_threads ({sorted(values, key=str)}):"
+                             " read each layer's n_threads")
+        return values.pop()
+
+    @n_threads.setter
+    def n_threads(self, value):
+        value = _threads.check_n_threads(value)     # checked once, before any layer changes
+        for layer in _lstm_layers(self):
+            layer.n_threads = value
 
     @property
     def params(self):

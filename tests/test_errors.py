@@ -469,3 +469,18 @@ def test_masked_lengths_with_masked_entries_are_refused():
     from fastlstm import readout
     with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
         readout.sequence_mask(L, 5)
+
+
+def test_values_beyond_float64_are_shown_as_themselves_with_fitting_advice():
+    """A long double beyond float64's range was shown as inf, and a float64 model (or a
+    float32 one) was told to use dtype=np.float64, where only scaling helps."""
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+        pytest.skip("long double is float64 on this platform")
+    huge = np.full((1, 1, 2), np.longdouble("1e400"))
+    for dtype in (np.float64, np.float32):
+        with pytest.raises(ValueError, match=r"X holds values up to 1\.00e\+400, .*"
+                                             r"infinite; scale them$"):
+            fl.LSTM(2, 3, dtype=dtype)(huge)
+    with pytest.raises(ValueError, match=r"up to 1e\+39, .*; build the model with "
+                                         r"dtype=np\.float64$"):
+        fl.LSTM(2, 3)(np.full((1, 1, 2), 1e39))

@@ -569,3 +569,27 @@ def test_one_row_products_share_columns_exactly_without_blas(monkeypatch):
                                 ref_params(model), **ref_options(model))
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(st.c, c, rtol=1e-4, atol=1e-5)
+
+
+def test_n_threads_of_a_stack_or_bidirectional_sets_every_layer():
+    """Setting n_threads on a MultiLSTM or Bidirectional made an attribute nothing read:
+    calls kept the process default."""
+    fl = pytest.importorskip("fastlstm")
+    bi = fl.Bidirectional(fl.LSTM(4, 5, random_state=1), fl.LSTM(4, 5, random_state=2))
+    stack = fl.MultiLSTM([fl.LSTM(6, 4, random_state=0), bi])
+    leaves = [stack.layers[0], bi.forward_layer, bi.backward_layer]
+    assert stack.n_threads is None and bi.n_threads is None
+    stack.n_threads = 1
+    assert [layer.n_threads for layer in leaves] == [1, 1, 1]
+    assert stack.n_threads == bi.n_threads == 1
+    bi.n_threads = 2
+    assert [layer.n_threads for layer in leaves] == [1, 2, 2]
+    with pytest.raises(ValueError, match="different n_threads"):
+        stack.n_threads
+    with pytest.raises(TypeError, match="n_threads must be None or an int"):
+        stack.n_threads = "2"
+    assert [layer.n_threads for layer in leaves] == [1, 2, 2]     # nothing changed
+    X = np.random.default_rng(0).normal(size=(3, 5, 6)).astype(np.float32)
+    Y1 = stack(X)[0]
+    stack.n_threads = None
+    np.testing.assert_array_equal(stack(X)[0], Y1)
