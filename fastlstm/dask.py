@@ -16,7 +16,8 @@ bit of floating point).
 import numpy as np
 
 from . import _threads
-from .layers import LSTM, Bidirectional, MultiLSTM, _LengthsDtypeError, _refuse_masked
+from .layers import (LSTM, Bidirectional, MultiLSTM, _LengthsDtypeError, _refuse_masked,
+                     _widen_narrow_floats)
 
 __all__ = ["predict_dask"]
 
@@ -106,7 +107,7 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
             raise TypeError("X is a masked array with masked entries, and a mask is not "
                             "read: fill them (np.ma.filled) and pass lengths= for padded "
                             "steps")
-        X = np.asarray(X)
+        X = _widen_narrow_floats(np.asarray(X))
         if X.dtype.kind not in "biuf":      # before dask's chunking, which would fail first
             raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
         # (dask's automatic chunking divides by the size of a sample: none without steps)
@@ -116,6 +117,7 @@ def predict_dask(model_or_estimator, X, *, method=None, lengths=None, n_threads=
                          f"(n_samples, n_timesteps, n_features), got shape {X.shape}")
     if any(np.isnan(c) for c in X.shape):
         raise ValueError("X must have known chunk sizes (call X.compute_chunk_sizes())")
+    X = _widen_narrow_floats(X)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
     is_model = isinstance(model_or_estimator, (LSTM, Bidirectional, MultiLSTM))

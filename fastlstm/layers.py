@@ -208,12 +208,23 @@ def _refuse_masked(value, name, hint):
                         f"read: {hint}")
 
 
+_NARROW_FLOATS = ("bfloat16", "float8", "float6", "float4")
+
+
+def _widen_narrow_floats(arr):
+    """ml_dtypes' narrow floats (bfloat16, float8_*, ...: Keras, JAX), which NumPy does not
+    count as floats, as float32 (exactly); other arrays (NumPy or Dask) unchanged."""
+    if arr.dtype.kind == "V" and arr.dtype.name.startswith(_NARROW_FLOATS):
+        return arr.astype(np.float32)
+    return arr
+
+
 def _numeric_array(value, name):
     """``np.asarray`` that refuses what cannot be an LSTM input (complex, object, text,
     masked arrays with masked entries: their mask would be dropped)."""
     _refuse_masked(value, name, "fill them (np.ma.filled) and pass lengths= for padded steps")
     try:
-        arr = np.asarray(value)
+        arr = _widen_narrow_floats(np.asarray(value))
     except (ValueError, TypeError, RuntimeError) as exc:   # RuntimeError: torch's tensors
         raise TypeError(f"{name} must be a numeric array: {exc}") from exc
     if arr.dtype.kind not in "biuf":

@@ -306,3 +306,12 @@ def test_masked_lengths_are_refused():
     L = np.ma.masked_array([4, 1], mask=[False, True])
     with pytest.raises(TypeError, match="lengths is a masked array with masked entries"):
         predict_dask(m, X, lengths=L)
+
+
+def test_narrow_float_input_is_read_as_float32():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    m = fastlstm.LSTM(2, 3, random_state=0)
+    X = np.random.default_rng(1).normal(size=(4, 5, 2)).astype(ml_dtypes.bfloat16)
+    want = m(X.astype(np.float32))[0]
+    np.testing.assert_array_equal(predict_dask(m, X).compute(), want)
+    np.testing.assert_array_equal(predict_dask(m, da.from_array(X, chunks=2)).compute(), want)

@@ -445,3 +445,24 @@ def test_tutorial_shapes():
     Y, states = stack(X, lengths=[3, 1])
     assert np.all(Y[1, 1:] == 0)
     np.testing.assert_array_equal(states[1].h[1], Y[1, 0])
+
+
+def test_narrow_float_inputs_read_exactly_as_float32():
+    """ml_dtypes' bfloat16 and float8 arrays (Keras and JAX hand them out) are real
+    numbers, exact in float32: they were refused as X, state, step input and parameters."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(7)
+    layer = fl.LSTM(3, 4, random_state=0)
+    for narrow in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn):
+        X = rng.normal(size=(2, 5, 3)).astype(narrow)
+        c = rng.normal(size=(2, 4)).astype(narrow)
+        wide = X.astype(np.float32)
+        Y, s = layer(X, initial_state=(c, c))
+        Yw, sw = layer(wide, initial_state=(c.astype(np.float32),) * 2)
+        np.testing.assert_array_equal(Y, Yw)
+        np.testing.assert_array_equal(s.h, sw.h)
+        out, _ = layer.step(X[:, 0], (c, c))
+        np.testing.assert_array_equal(out, layer.step(wide[:, 0], (c.astype(np.float32),) * 2)[0])
+        W = rng.normal(size=(3, 16)).astype(narrow)
+        layer.W = W
+        np.testing.assert_array_equal(layer.W, W.astype(np.float32))

@@ -8,7 +8,7 @@ equal blocks along ``axis`` and concatenates them in the order ``perm``: index k
 
 import numpy as np
 
-from ..layers import LSTM, Bidirectional, MultiLSTM, _check_fits
+from ..layers import LSTM, Bidirectional, MultiLSTM, _check_fits, _widen_narrow_floats
 
 # fastlstm (i, f, g, o) <-> TF (i, g, f, o): self-inverse
 PERM_TF = (0, 2, 1, 3)
@@ -65,10 +65,7 @@ def as_array(value, name):
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a numeric array: {exc}") from exc
-    if arr.dtype.kind == "V" and (arr.dtype.name == "bfloat16" or
-                                  arr.dtype.name.startswith("float8")):
-        # ml_dtypes' narrow floats (Keras and JAX weights): exact in float32
-        arr = arr.astype(np.float32)
+    arr = _widen_narrow_floats(arr)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
