@@ -1104,3 +1104,12 @@ def test_round_trip_keeps_a_bidirectional_with_peepholes_on_one_side():
     assert again.forward_layer.use_peepholes and not again.backward_layer.use_peepholes
     assert sorted(again.params) == sorted(bi.params)
     np.testing.assert_array_equal(again.flat_params, bi.flat_params)
+
+
+def test_round_trip_keeps_a_bias_of_minus_zero():
+    # from_onnx summed B's two halves, the recurrent one all zeros: -0.0 came back as +0.0
+    m = fl.Bidirectional(fl.LSTM(3, 2, random_state=0), fl.LSTM(3, 2, random_state=1))
+    m.forward_layer.b[...] = -0.0
+    m.backward_layer.b[2] = -0.0
+    back = fl.from_onnx(fl.to_onnx(m))
+    assert back.flat_params.tobytes() == m.flat_params.tobytes()

@@ -528,3 +528,15 @@ def test_narrowing_import_refuses_values_beyond_the_dtype():
     assert from_tf1(big, bias).dtype == np.float64           # float64 holds it
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'junk'"):
         from_tf1(kernel, bias, dtype="junk")
+
+
+def test_zero_forget_bias_keeps_the_bias_bit_exact():
+    # adding forget_bias=0.0 turned a bias of -0.0 into +0.0 (as documented: bit-exact)
+    H = 2
+    bias = np.full(4 * H, -0.0, np.float32)
+    bias[3] = 0.25
+    model = fl.from_tf1_checkpoint({"rnn/lstm_cell/kernel": np.ones((3 + H, 4 * H), np.float32),
+                                    "rnn/lstm_cell/bias": bias}, forget_bias=0.0)
+    back = fl.to_tf1_checkpoint(model, forget_bias=0.0)
+    got = next(v for k, v in back.items() if k.endswith("/bias"))
+    assert got.tobytes() == bias.tobytes()

@@ -566,3 +566,13 @@ def test_from_torch_to_float32_refuses_weights_beyond_its_range():
     assert np.isfinite(fl.from_torch(t).W).all()              # float64 holds it
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got 'junk'"):
         fl.from_torch(torch.nn.LSTM(4, 3), dtype="junk")
+
+
+def test_round_trip_keeps_a_bias_of_minus_zero():
+    # from_torch summed bias_ih with to_torch's all-zero bias_hh: -0.0 came back as +0.0
+    pytest.importorskip("torch")
+    m = fl.LSTM(3, 2, random_state=0)
+    m.b[...] = -0.0
+    m.b[1] = 0.5
+    back = fl.from_torch(fl.to_torch(m))
+    assert back.b.tobytes() == m.b.tobytes()

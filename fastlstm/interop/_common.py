@@ -46,6 +46,12 @@ def blocks(A, perm, axis):
     return np.concatenate([parts[k] for k in perm], axis=axis)
 
 
+def bias_sum(a, b):
+    """a + b, the two biases that torch and ONNX add to the pre-activations: ``a`` itself
+    when ``b`` is all zeros (the sum would turn an entry -0.0 of ``a`` into +0.0)."""
+    return a.copy() if not np.any(b) else a + b
+
+
 def as_array(value, name):
     """A NumPy array from an array-like or a torch tensor (detached, on the CPU), not copied
     more than needed.  Refuses what is not a real floating or integer array."""

@@ -23,8 +23,8 @@ import warnings
 
 import numpy as np
 
-from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, blocks, build_layer, check_range,
-                      directions, layers_of, refuse_unrepresentable)
+from ._common import (PERM_FROM_ONNX, PERM_TO_ONNX, assemble, bias_sum, blocks, build_layer,
+                      check_range, directions, layers_of, refuse_unrepresentable)
 from .._optional import need
 from ..layers import ACTIVATIONS, LSTMState
 
@@ -938,7 +938,8 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
                     c0 = None
     made = []
     for d in range(D):
-        b = None if B is None else blocks(B[d, :4 * H] + B[d, 4 * H:], PERM_FROM_ONNX, 0)
+        b = None if B is None else blocks(bias_sum(B[d, :4 * H], B[d, 4 * H:]),
+                                          PERM_FROM_ONNX, 0)
         peep = None
         if P is not None and not (D == 2 and not np.any(P[d]) and np.any(P[1 - d])):
             # (one direction of a bidirectional node all zero beside the other's: a layer

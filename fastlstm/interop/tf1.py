@@ -84,7 +84,8 @@ def from_tf1(kernel, bias=None, forget_bias=1.0, *, w_i_diag=None, w_f_diag=None
     forget_bias = _check_forget_bias(forget_bias)
     check_range(b, dt, "TF1 cell: bias")
     b = b.astype(dt, copy=True)
-    b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
+    if forget_bias:     # (adding 0.0 would turn a bias of -0.0 into +0.0)
+        b[2 * H:3 * H] += dt.type(forget_bias)  # TF's f block is block 2 of (i, j, f, o)
     return build_layer(blocks(kernel[:I], PERM_TF, 1), blocks(kernel[I:], PERM_TF, 1),
                        blocks(b, PERM_TF, 0), peepholes=peep, P=P, dtype=dt,
                        cell_clip=cell_clip, proj_clip=proj_clip,

@@ -14,8 +14,8 @@ import re
 
 import numpy as np
 
-from ._common import (as_array, assemble, build_layer, check_shape, directions, layers_of,
-                      pick_dtype, refuse_reverse, refuse_unrepresentable)
+from ._common import (as_array, assemble, bias_sum, build_layer, check_shape, directions,
+                      layers_of, pick_dtype, refuse_reverse, refuse_unrepresentable)
 from .._optional import need
 from ..layers import Bidirectional, LSTM
 
@@ -192,7 +192,7 @@ def _bias(sd, suffix, H, bias_flag):
     b_ih = check_shape(sd[f"bias_ih{suffix}"], (4 * H,), f"bias_ih{suffix}")
     b_hh = check_shape(sd[f"bias_hh{suffix}"], (4 * H,), f"bias_hh{suffix}")
     # torch adds the two biases to the pre-activations; their sum is fastlstm's b
-    return b_ih + b_hh
+    return bias_sum(b_ih, b_hh)
 
 
 def _from_lstm(sd, given, dtype):
