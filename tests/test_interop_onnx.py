@@ -1113,3 +1113,22 @@ def test_round_trip_keeps_a_bias_of_minus_zero():
     m.backward_layer.b[2] = -0.0
     back = fl.from_onnx(fl.to_onnx(m))
     assert back.flat_params.tobytes() == m.flat_params.tobytes()
+
+
+def test_graph_whose_outputs_skip_the_last_lstm_node_is_refused():
+    """Outputs taken from layer 0 only: the graph computes one layer, and the import was a
+    two-layer stack (with other outputs) without a word."""
+    m = fl.MultiLSTM([fl.LSTM(3, 4, random_state=0), fl.LSTM(4, 2, random_state=1)])
+    proto = fl.to_onnx(m)
+    keep = [o for o in proto.graph.output if o.name in ("Y_h_0", "Y_c_0")]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    onnx.checker.check_model(proto)
+    with pytest.raises(ValueError, match="no graph output uses the results of the last LSTM"):
+        fl.from_onnx(proto)
+    # the last node's state alone is enough
+    proto = fl.to_onnx(m)
+    keep = [o for o in proto.graph.output if o.name == "Y_h_1"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    assert fl.from_onnx(proto).flat_params.tobytes() == m.flat_params.tobytes()

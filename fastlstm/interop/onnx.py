@@ -420,12 +420,16 @@ _OUTPUT_OPS = _SHAPE_OPS | {"Concat", "Slice", "Split", "Gather", "Cast", "Dropo
 def _check_outputs(graph, lstms, producer):
     """Every graph output must be an LSTM node's result moved by shape operations (torch's
     h_n is the nodes' Y_h concatenated): a graph that computes more after the stack (a
-    head, a residual sum) is refused, since the model imported would compute less."""
+    head, a residual sum) is refused, since the model imported would compute less; so is
+    a graph whose outputs do not use the last LSTM node (it would compute more)."""
+    reached = set()
     for out in graph.output:
         todo, seen = [out.name], set()
         while todo:
             name = todo.pop()
             node = producer.get(name)
+            if node is not None and node.op_type == "LSTM":
+                reached.add(id(node))
             if name in seen or node is not None and node.op_type == "LSTM":
                 continue
             if node is None:
@@ -442,6 +446,13 @@ def _check_outputs(graph, lstms, producer):
                     "imports LSTM stacks only, and the model would compute less than the "
                     "graph (export the LSTM part alone, and apply the rest to its output)")
             todo.extend(node.input if node.op_type == "Concat" else node.input[:1])
+    if lstms and id(lstms[-1]) not in reached:
+        last = lstms[-1]
+        raise ValueError(
+            f"no graph output uses the results of the last LSTM node ({last.name or 'node '}"
+            f"{'' if last.name else len(lstms) - 1}): the model imported would run more "
+            "layers than the graph computes (export the graph with that node's outputs, or "
+            "without the node)")
 
 
 def _check_sequence_lens(lstms, producer):
