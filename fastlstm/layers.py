@@ -400,6 +400,24 @@ def _lstm_layers(module):
 class _Module:
     """Parameters kept as named views into one flat buffer (``flat_params``)."""
 
+    # for MultiLSTM and Bidirectional (LSTM has its own)
+    @property
+    def n_threads(self):
+        """OpenMP threads of every layer's kernels (None: the process default).  Setting it
+        sets each layer's ``n_threads``; reading it gives their common value, and is a
+        ValueError when the layers differ (read each layer's)."""
+        values = {layer.n_threads for layer in _lstm_layers(self)}
+        if len(values) > 1:
+            raise ValueError(f"the layers have different n_threads ({sorted(values, key=str)}):"
+                             " read each layer's n_threads")
+        return values.pop()
+
+    @n_threads.setter
+    def n_threads(self, value):
+        value = _threads.check_n_threads(value)     # checked once, before any layer changes
+        for layer in _lstm_layers(self):
+            layer.n_threads = value
+
     def _param_shapes(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -1069,23 +1087,6 @@ class Bidirectional(_Module):
         return _training.bidirectional_backward(self, dY, cache, dstate, input_grad)
 
     @property
-    def n_threads(self):
-        """OpenMP threads of every layer's kernels (None: the process default).  Setting it
-        sets each layer's ``n_threads``; reading it gives their common value, and is a
-        ValueError when the layers differ (read each layer's)."""
-        values = {layer.n_threads for layer in _lstm_layers(self)}
-        if len(values) > 1:
-            raise ValueError(f"the layers have different n_threads ({sorted(values, key=str)}):"
-                             " read each layer's n_threads")
-        return values.pop()
-
-    @n_threads.setter
-    def n_threads(self, value):
-        value = _threads.check_n_threads(value)     # checked once, before any layer changes
-        for layer in _lstm_layers(self):
-            layer.n_threads = value
-
-    @property
     def params(self):
         out = {"fw." + k: v for k, v in self.forward_layer.params.items()}
         out.update({"bw." + k: v for k, v in self.backward_layer.params.items()})
@@ -1219,23 +1220,6 @@ class MultiLSTM(_Module):
         overwriting them.
         """
         return _training.multi_backward(self, dY, cache, dstate, input_grad)
-
-    @property
-    def n_threads(self):
-        """OpenMP threads of every layer's kernels (None: the process default).  Setting it
-        sets each layer's ``n_threads``; reading it gives their common value, and is a
-        ValueError when the layers differ (read each layer's)."""
-        values = {layer.n_threads for layer in _lstm_layers(self)}
-        if len(values) > 1:
-            raise ValueError(f"the layers have different n_threads ({sorted(values, key=str)}):"
-                             " read each layer's n_threads")
-        return values.pop()
-
-    @n_threads.setter
-    def n_threads(self, value):
-        value = _threads.check_n_threads(value)     # checked once, before any layer changes
-        for layer in _lstm_layers(self):
-            layer.n_threads = value
 
     @property
     def params(self):
