@@ -926,6 +926,60 @@ def test_from_onnx_bytes_of_a_model_with_external_data(tmp_path):
                                   fl.LSTM(3, 40, random_state=0)(X)[0])
 
 
+def _external_model(tmp_path, sub, seed, constants=False):
+    """A one-layer model saved with its weights in ``sub/w.bin``; with ``constants`` the
+    weights are Constant nodes, not initializers.  Returns (path, the layer it holds)."""
+    layer = fl.LSTM(3, 5, random_state=seed)
+    proto = fl.to_onnx(layer)
+    if constants:
+        graph = proto.graph
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.initializer]
+        del graph.initializer[:]
+        old = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + old)
+    (tmp_path / sub).mkdir()
+    path = tmp_path / sub / "m.onnx"
+    onnx.save(proto, str(path), save_as_external_data=True, location="w.bin",
+              size_threshold=0, convert_attribute=constants)
+    return path, layer
+
+
+@pytest.mark.parametrize("constants", [False, True])
+def test_from_onnx_external_data_never_read_from_the_working_directory(tmp_path, monkeypatch,
+                                                                      constants):
+    """A model given as bytes, a file object without a path or a ModelProto whose external
+    data is not loaded: onnx would read the tensors from files of that name in the
+    working directory (another model's weights), or, for a BytesIO, it did: refused."""
+    import io
+    path, layer = _external_model(tmp_path, "model", 0, constants)
+    _external_model(tmp_path, "other", 1, constants)     # a decoy w.bin of the same size
+    monkeypatch.chdir(tmp_path / "other")
+    data = path.read_bytes()
+    with pytest.raises(ValueError, match="file object has no path to find them by"):
+        fl.from_onnx(io.BytesIO(data))
+    with pytest.raises(ValueError, match="external data files, which bytes do not carry"):
+        fl.from_onnx(data)
+    with pytest.raises(ValueError, match="external data files that are not loaded"):
+        fl.from_onnx(onnx.load(str(path), load_external_data=False))
+    X = np.random.default_rng(2).normal(size=(2, 4, 3)).astype(np.float32)
+    want = layer(X)[0]
+    with open(path, "rb") as fh:         # an open file knows its path: its own w.bin
+        np.testing.assert_array_equal(fl.from_onnx(fh)(X)[0], want)
+    np.testing.assert_array_equal(fl.from_onnx(path)(X)[0], want)
+    np.testing.assert_array_equal(fl.from_onnx(onnx.load(str(path)))(X)[0], want)
+
+
+def test_from_onnx_refuses_an_input_stored_in_the_model():
+    """The first node's X an initializer, the graph without inputs: the imported model
+    would ignore the stored X (as a Constant node's X already was refused)."""
+    rng = np.random.default_rng(0)
+    model = _single_node({}, rng, extra_inits={"X": np.ones((5, 2, 2), np.float32)})
+    del model.graph.input[:]
+    with pytest.raises(ValueError, match="X is not a graph input but a value stored"):
+        fl.from_onnx(model)
+
+
 def test_onnx_state_checks_its_arguments():
     s = fl.LSTMState(np.ones((2, 4)), np.ones((2, 4)))
     with pytest.raises(ValueError, match="lengths must be >= 0"):

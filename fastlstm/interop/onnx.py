@@ -263,33 +263,58 @@ def _parse_activations(attrs, D, where):
     return out
 
 
+def _tensors(proto):
+    """Every tensor stored in the model: initializers and node attributes (``Constant``
+    nodes' values), subgraphs included."""
+    def graph_tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from graph_tensors(attr.g)
+                for sub in attr.graphs:
+                    yield from graph_tensors(sub)
+    return graph_tensors(proto.graph)
+
+
 def _load(model):
     onnx = need("onnx", "from_onnx")
 
     from google.protobuf.message import DecodeError
 
     if isinstance(model, onnx.ModelProto):
-        proto = model
-        if any(t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data
-               for t in proto.graph.initializer):
-            raise ValueError("model refers to weights in external data files that are not "
-                             "loaded: pass its path (or onnx.load it with its data)")
-        return proto
-    if not isinstance(model, (str, os.PathLike, bytes, bytearray)) and \
+        proto, unloaded = model, ("model refers to weights in external data files that are "
+                                  "not loaded: pass its path (or onnx.load it with its data)")
+    elif not isinstance(model, (str, os.PathLike, bytes, bytearray)) and \
             not hasattr(model, "read"):
         raise TypeError(f"model must be a path, bytes, a file or an onnx.ModelProto, "
                         f"got {type(model).__name__}")
-    try:
-        if isinstance(model, (bytes, bytearray)):
-            proto = onnx.load_from_string(bytes(model))
-        else:
-            return onnx.load(os.fspath(model) if isinstance(model, (str, os.PathLike))
-                             else model)
-    except DecodeError as exc:   # the file system's own errors pass as they are
-        raise ValueError(f"model is not a valid ONNX model (protobuf: {exc})") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise ValueError("model keeps its weights in external data files, which bytes do not "
-                         "carry: pass its path instead")
+    else:
+        try:
+            if isinstance(model, (bytes, bytearray)):
+                proto = onnx.load_from_string(bytes(model))
+                unloaded = ("model keeps its weights in external data files, which bytes do "
+                            "not carry: pass its path instead")
+            elif isinstance(model, (str, os.PathLike)):
+                # onnx reads external data beside the model's file
+                proto, unloaded = onnx.load(os.fspath(model)), None
+            else:
+                # a file object: onnx finds external data beside the file its `name` gives;
+                # without one (io.BytesIO) nothing is loaded, and reading the tensors would
+                # then open files of those names in the working directory
+                path = getattr(model, "name", None)
+                has_path = isinstance(path, (str, os.PathLike)) and os.path.isfile(path)
+                proto = onnx.load(model, load_external_data=has_path)
+                unloaded = ("model keeps its weights in external data files, and the file "
+                            "object has no path to find them by: pass the model's path")
+        except DecodeError as exc:   # the file system's own errors pass as they are
+            raise ValueError(f"model is not a valid ONNX model (protobuf: {exc})") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto)):
+        raise ValueError(unloaded or "model refers to external data files that onnx did "
+                         "not load")
     return proto
 
 
@@ -487,6 +512,9 @@ def _check_source(node, k, lstms, graph, graph_inputs, where):
         if name not in graph_inputs and name in producer:
             raise ValueError(f"{where}: its input X is computed by a {producer[name].op_type} "
                              "node; only shape operations may precede the first LSTM")
+        if name not in graph_inputs:
+            raise ValueError(f"{where}: its input X is not a graph input but a value stored "
+                             "in the model; a fastlstm model takes its input at each call")
         return
     prev = lstms[k - 1]
     try:
