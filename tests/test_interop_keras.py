@@ -155,8 +155,8 @@ def test_weights_list_shapes_and_variants():
 # layer objects (duck-typed stand-ins for keras.layers.LSTM / Bidirectional)
 
 
-def keras_hard_sigmoid(x):  # a function named like Keras' own
-    return x
+def keras_hard_sigmoid(x):  # a function named like Keras' own, with Keras 2's formula
+    return np.clip(0.2 * np.asarray(x) + 0.5, 0.0, 1.0)
 
 
 keras_hard_sigmoid.__name__ = "hard_sigmoid"
@@ -198,6 +198,53 @@ def test_layer_object_reads_version_from_its_package():
         fl.from_keras(fake_lstm(w, go_backwards=True))
     with pytest.raises(ValueError, match="not built"):
         fl.from_keras(fake_lstm([]))
+
+
+def _named(fn, module, name="hard_sigmoid"):
+    fn.__name__, fn.__module__ = name, module
+    return fn
+
+
+def test_keras_hard_sigmoid_read_by_what_it_computes():
+    """A Keras function named hard_sigmoid is read by its formula: TF 2.16+'s public
+    tf.keras.backend.hard_sigmoid lives in Keras 3's package (keras.src.legacy) but
+    computes Keras 2's 0.2x + 0.5, and was read as Keras 3's x/6 + 0.5 (0.09 off); a
+    function of tf_keras may compute x/6 + 0.5 (relu6(x + 3) / 6)."""
+    rng = np.random.default_rng(4)
+    w = _weights(rng, scale=1.5)
+    keras2 = lambda x: np.clip(0.2 * np.asarray(x) + 0.5, 0, 1)     # noqa: E731
+    keras3 = lambda x: np.clip(np.asarray(x) / 6 + 0.5, 0, 1)       # noqa: E731
+    for fn, module, want in ((keras2, "keras.src.legacy.backend", "hard_sigmoid_keras2"),
+                             (keras2, "keras.src.activations", "hard_sigmoid_keras2"),
+                             (keras3, "tf_keras.src.applications.mobilenet_v3",
+                              "hard_sigmoid")):
+        fn = _named(fn, module)
+        for version in (None, 2, 3):     # the function's formula decides
+            assert fl.from_keras(w, recurrent_activation=fn, keras_version=version) \
+                .recurrent_activation == want
+            assert fl.from_keras(fake_lstm(w, recurrent=fn, module="keras"),
+                                 keras_version=version).recurrent_activation == want
+    with pytest.raises(ValueError, match="computes neither Keras 2's nor Keras 3's"):
+        fl.from_keras(w, recurrent_activation=_named(lambda x: np.asarray(x), "keras.src.x"))
+
+    def symbolic(x):                     # not callable on arrays here (graph mode)
+        raise TypeError("symbolic tensors only")
+    # then the package decides: Keras 3's legacy API is Keras 2's maths
+    assert fl.from_keras(w, recurrent_activation=_named(symbolic, "keras.src.legacy.backend"),
+                         keras_version=3).recurrent_activation == "hard_sigmoid_keras2"
+
+
+def test_wrapped_functions_are_identified_by_what_they_wrap():
+    """np.vectorize reports numpy's module and the wrapped function's name: a function of
+    the user's own called relu (computing 3 * relu) was read as relu."""
+    def relu(x):
+        return 3 * np.maximum(x, 0)
+    w = _weights(np.random.default_rng(5))
+    with pytest.raises(ValueError, match="not a function fastlstm can identify"):
+        fl.from_keras(w, activation=np.vectorize(relu))
+    with pytest.raises(ValueError, match="not a function fastlstm can identify"):
+        fl.from_tf1(np.zeros((9, 16)), activation=np.vectorize(relu))
+    assert fl.from_keras(w, activation=np.vectorize(np.tanh)).activation == "tanh"
 
 
 def test_bidirectional_layer_object():

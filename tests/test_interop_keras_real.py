@@ -271,6 +271,78 @@ def test_subclasses_overriding_call_are_refused():
             fl.from_keras(layer)
 
 
+def test_subclasses_overriding_other_methods_or_a_bidirectional_are_refused():
+    """Overriding LSTM.inner_loop, a cell's gate computation, or Bidirectional.call
+    changes the outputs from the same weights as much as overriding call does: they were
+    imported silently (0.23, 0.18 and 0.41 off).  A subclass adding its own methods or
+    only its own defaults still imports."""
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+
+    class Looped(keras.layers.LSTM):
+        def inner_loop(self, sequences, initial_state, mask, training=False):
+            last, outputs, states = super().inner_loop(sequences, initial_state, mask,
+                                                       training)
+            return 2.0 * last, 2.0 * outputs, states
+
+    class Gates(keras.layers.LSTMCell):
+        def _compute_carry_and_output_fused(self, z, c_tm1):
+            c, o = super()._compute_carry_and_output_fused(z, c_tm1)
+            return 0.5 * c, o
+
+    class Summed(keras.layers.Bidirectional):
+        def call(self, sequences, initial_state=None, mask=None, training=None):
+            return 2.0 * super().call(sequences, initial_state=initial_state, mask=mask,
+                                      training=training)
+
+    class Plain(keras.layers.LSTM):
+        def __init__(self, units, **kwargs):
+            super().__init__(units, return_sequences=True, **kwargs)
+
+        def describe(self):
+            return f"{self.units} units"
+
+        def get_config(self):
+            return super().get_config()
+
+    cases = ((Looped(H, return_sequences=True), "Looped .* overrides inner_loop"),
+             (keras.layers.RNN(Gates(H), return_sequences=True),
+              "Gates .* overrides _compute_carry_and_output_fused"),
+             (Summed(keras.layers.LSTM(H, return_sequences=True)), "Summed .* overrides call"))
+    for layer, match in cases:
+        layer(X)
+        with pytest.raises(TypeError, match=match):
+            fl.from_keras(layer)
+    plain = Plain(H)
+    plain.build((None, T, I))
+    _random_weights(plain, rng, np.float32)
+    np.testing.assert_allclose(fl.from_keras(plain)(X)[0], _np(plain(X)), **TOL[np.float32])
+
+
+def test_mixed_precision_backward_half_warns():
+    """Keras lets a Bidirectional's backward layer compute in float16 beside a float32
+    forward layer: only the forward layer's policy was looked at (no warning, 3e-4 off)."""
+    bi = keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True),
+                                    backward_layer=keras.layers.LSTM(
+                                        H, return_sequences=True, go_backwards=True,
+                                        dtype="mixed_float16"))
+    bi.build((None, T, I))
+    with pytest.warns(UserWarning, match="the backward layer of Keras Bidirectional .* "
+                                         "computes in float16"):
+        fl.from_keras(bi)
+
+
+def test_keras_config_keeps_the_dtype():
+    """A float64 layer's config built a float32 Keras layer (1e-7 off, not 1e-12)."""
+    rng = np.random.default_rng(15)
+    model = fl.LSTM(I, H, dtype=np.float64, random_state=0)
+    layer = keras.layers.LSTM(**keras_config(model))
+    layer.build((None, T, I))
+    layer.set_weights(fl.to_keras_weights(model))
+    X = rng.normal(size=(N, T, I))
+    np.testing.assert_allclose(_np(layer(X)[0]), model(X)[0], **TOL[np.float64])
+
+
 def test_bfloat16_layer_imports_its_weights_exactly():
     """A bfloat16 Keras layer's weights (ml_dtypes' bfloat16, exact in float32) were refused
     as "not real numbers"; now they import, with the mixed-precision warning."""

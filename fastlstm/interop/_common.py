@@ -24,14 +24,25 @@ _LIBRARIES = frozenset(("tensorflow", "keras", "tf_keras", "numpy", "torch", "ja
                         "math", "scipy", "fastlstm"))
 
 
-def function_name(fn, what):
-    """The name of an activation given as a library's function (``__name__``), or
-    ValueError: a function of the user's own, or a callable object, is not identified by
-    its name (a ``def tanh(x)`` may compute a scaled tanh)."""
+def _library_name(fn):
+    """``fn.__name__`` when ``fn`` is a function of one of ``_LIBRARIES`` (and so is any
+    function it wraps: ``np.vectorize``'s, a decorator's ``__wrapped__``), else None."""
+    inner = fn.pyfunc if isinstance(fn, np.vectorize) else getattr(fn, "__wrapped__", None)
+    if inner is not None and inner is not fn and _library_name(inner) is None:
+        return None
     name = getattr(fn, "__name__", None)
     module = "numpy" if isinstance(fn, np.ufunc) else getattr(fn, "__module__", None)
     top = module.split(".")[0] if isinstance(module, str) else None
-    if not isinstance(name, str) or top not in _LIBRARIES:
+    return name if isinstance(name, str) and top in _LIBRARIES else None
+
+
+def function_name(fn, what):
+    """The name of an activation given as a library's function (``__name__``), or
+    ValueError: a function of the user's own, or a callable object, is not identified by
+    its name (a ``def tanh(x)`` may compute a scaled tanh); nor is a library's wrapper
+    around one (``np.vectorize(my_tanh)``)."""
+    name = _library_name(fn)
+    if name is None:
         raise ValueError(
             f"{what}={fn!r} is not a function fastlstm can identify (it recognises the "
             "functions of TensorFlow, Keras, NumPy and torch, such as tf.tanh or "

@@ -80,16 +80,43 @@ def _keras_major(layer):
     return _major(version)
 
 
+def _hard_sigmoid_by_value(fn):
+    """2 or 3 when the function computes Keras 2's (0.2x + 0.5) or Keras 3's (x/6 + 0.5)
+    hard sigmoid on a few points, ValueError when it computes something else, None when
+    it cannot be called on a NumPy array here (a graph-mode TensorFlow function)."""
+    x = np.array([-1.0, 1.0, 2.0], np.float32)
+    try:
+        y = np.asarray(fn(x), dtype=np.float64).reshape(-1)
+    except Exception:           # noqa: BLE001 - symbolic tensors, backend errors
+        return None
+    if y.shape != x.shape:
+        return None
+    for version, want in ((2, 0.2 * x + 0.5), (3, x / 6 + 0.5)):
+        if np.allclose(y, want, rtol=0, atol=1e-6):
+            return version
+    raise ValueError(f"recurrent_activation={fn!r} is called hard_sigmoid but computes "
+                     f"neither Keras 2's nor Keras 3's hard sigmoid ({y.tolist()} at "
+                     f"{x.tolist()})")
+
+
 def _function_keras_major(fn):
-    """2 or 3 for a function object of a Keras package (``keras``: the installed version;
-    ``tf_keras`` and TensorFlow's bundled Keras: 2), else None."""
+    """2 or 3 for a function object of a Keras package: for ``hard_sigmoid`` (whose formula
+    changed in Keras 3) what it computes; otherwise ``tf_keras``, TensorFlow's bundled
+    Keras and Keras 3's legacy API (``tf.keras.backend``): 2, ``keras``: the installed
+    version.  None for other functions."""
     if fn is None or isinstance(fn, str):
         return None
     module = getattr(fn, "__module__", None)
     if not isinstance(module, str):
         return None
     top = module.split(".")[0]
-    if top == "tf_keras" or module.startswith("tensorflow.python.keras"):
+    if top not in ("keras", "tf_keras", "tensorflow"):
+        return None
+    if getattr(fn, "__name__", None) == "hard_sigmoid":
+        version = _hard_sigmoid_by_value(fn)
+        if version is not None:
+            return version
+    if top == "tf_keras" or module.startswith(("tensorflow.python.keras", "keras.src.legacy")):
         return 2
     if top == "keras":
         # the function's own package is imported (the function came from it)
@@ -97,19 +124,34 @@ def _function_keras_major(fn):
     return None
 
 
+# methods a subclass of a Keras layer may define without changing what it computes
+_HARMLESS = frozenset(("build", "get_config", "from_config", "compute_output_shape",
+                       "compute_output_spec", "get_initial_state"))
+
+
 def _check_keras_call(obj, what):
-    """TypeError when ``obj``'s class derives from a Keras LSTM / LSTMCell / RNN class but
-    overrides its ``call``: such a layer may compute something else from the same weights
-    (classes outside Keras are not checked)."""
-    for cls in type(obj).__mro__:
+    """TypeError when ``obj``'s class derives from a Keras LSTM / LSTMCell / RNN /
+    Bidirectional class but overrides one of its methods (``call``, ``inner_loop``, the
+    cell's gate computations, ...) other than construction and configuration: such a
+    layer may compute something else from the same weights (classes outside Keras are not
+    checked)."""
+    mro = type(obj).__mro__
+    for i, cls in enumerate(mro):
         top = cls.__module__.split(".")[0] if isinstance(cls.__module__, str) else ""
         if top in ("keras", "tf_keras", "tensorflow") and \
-                ("LSTM" in cls.__name__ or cls.__name__ == "RNN"):
-            if getattr(type(obj), "call", None) is not getattr(cls, "call", None):
-                raise TypeError(f"{what}: {type(obj).__name__} subclasses Keras' "
-                                f"{cls.__name__} but overrides call, so its outputs may "
-                                "differ: convert its get_weights() if the LSTM maths is "
-                                "unchanged")
+                ("LSTM" in cls.__name__ or cls.__name__ in ("RNN", "Bidirectional")):
+            for sub in mro[:i]:         # the classes defined on top of Keras'
+                for attr, value in vars(sub).items():
+                    if (attr.startswith("__") and attr != "__call__") or attr in _HARMLESS:
+                        continue
+                    if not callable(getattr(cls, attr, None)):
+                        continue        # a method of the subclass's own, not an override
+                    if callable(value) or isinstance(value, (staticmethod, classmethod)):
+                        raise TypeError(
+                            f"{what}: {type(obj).__name__} subclasses Keras' "
+                            f"{cls.__name__} but overrides {attr}, so its outputs may "
+                            "differ: convert its get_weights() if the LSTM maths is "
+                            "unchanged")
             return
 
 
@@ -165,6 +207,7 @@ def _from_weights(weights, activation, recurrent_activation, keras_version, dtyp
 
 def _from_layer(layer, keras_version, dtype):
     if hasattr(layer, "forward_layer") and hasattr(layer, "backward_layer"):
+        _check_keras_call(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}")
         mode = getattr(layer, "merge_mode", "concat")
         if mode != "concat":
             raise ValueError(f"Bidirectional merge_mode={mode!r} cannot be represented: fastlstm "
@@ -177,8 +220,25 @@ def _from_layer(layer, keras_version, dtype):
         bw = _single(bw_layer, keras_version, dtype, allow_backwards=True, warn=False)
         _warn_call_options(layer.forward_layer,                 # once for both halves
                            f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
+        if _compute_dtype(bw_layer) != _compute_dtype(layer.forward_layer):
+            # (Keras lets the halves' dtype policies differ; their other call options not)
+            _warn_policy(bw_layer, f"the backward layer of Keras Bidirectional "
+                                   f"{getattr(layer, 'name', '')!r}", 3)
         return Bidirectional(fw, bw)
     return _single(layer, keras_version, dtype)
+
+
+def _compute_dtype(layer):
+    return getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) or \
+        getattr(layer, "compute_dtype", None)
+
+
+def _warn_policy(layer, name, stacklevel):
+    policy = _compute_dtype(layer)
+    if isinstance(policy, str) and policy in ("float16", "bfloat16"):
+        warnings.warn(f"{name} computes in {policy} (a mixed-precision dtype policy); "
+                      "fastlstm computes in float32 or float64, so outputs differ from "
+                      f"Keras' by {policy} rounding", UserWarning, stacklevel=stacklevel + 1)
 
 
 def _warn_call_options(layer, name, stacklevel):
@@ -188,12 +248,7 @@ def _warn_call_options(layer, name, stacklevel):
         warnings.warn(f"{name} is time-major (time_major=True, inputs (T, N, I)): call the "
                       "fastlstm layer with time_major=True for the same outputs",
                       UserWarning, stacklevel=stacklevel + 1)
-    policy = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) or \
-        getattr(layer, "compute_dtype", None)
-    if isinstance(policy, str) and policy in ("float16", "bfloat16"):
-        warnings.warn(f"{name} computes in {policy} (a mixed-precision dtype policy); "
-                      "fastlstm computes in float32 or float64, so outputs differ from "
-                      f"Keras' by {policy} rounding", UserWarning, stacklevel=stacklevel + 1)
+    _warn_policy(layer, name, stacklevel + 1)
     if getattr(layer, "stateful", False) is True:
         warnings.warn(f"{name} is stateful: the states it carries between calls are not "
                       "weights and are not imported; pass them to the fastlstm layer as "
@@ -309,7 +364,8 @@ def keras_config(layer, keras_version=3):
     """Keyword arguments for ``keras.layers.LSTM`` matching one fastlstm ``LSTM``.
 
     ``recurrent_activation`` is named for ``keras_version`` (2 or 3); a hard sigmoid of the
-    other version has no Keras name there and is refused.
+    other version has no Keras name there and is refused.  ``dtype`` is the layer's
+    (float32 or float64), so that Keras computes in it.
     """
     if not isinstance(layer, LSTM):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
@@ -324,7 +380,7 @@ def keras_config(layer, keras_version=3):
                          f"Keras {keras_version} equivalent")
     return dict(units=layer.hidden_size, activation=_KERAS_ACTIVATIONS[layer.activation],
                 recurrent_activation=rec, use_bias=True, return_sequences=True,
-                return_state=True)
+                return_state=True, dtype=np.dtype(layer.dtype).name)
 
 
 def keras_masked_outputs(Y, lengths):
