@@ -576,3 +576,88 @@ def test_round_trip_keeps_a_bias_of_minus_zero():
     m.b[1] = 0.5
     back = fl.from_torch(fl.to_torch(m))
     assert back.b.tobytes() == m.b.tobytes()
+
+
+def _run_torch(torch, module, X):
+    with torch.no_grad():
+        out = module(torch.from_numpy(X))
+    return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+def test_parametrized_weights_are_read_as_forward_computes_them():
+    """Weights under torch.nn.utils.parametrize (weight_norm, orthogonal, spectral_norm)
+    or the older weight_norm / spectral_norm hooks: their state_dict holds the parts, not
+    the weights, and was refused with a misleading message ("state_dict has no
+    'weight_ih_l0'"); now the weights forward computes with are read (spectral_norm as in
+    eval mode, the module left unchanged)."""
+    torch = _torch()
+    from torch.nn.utils import parametrizations as P
+    X = np.random.default_rng(3).normal(size=(2, 5, 4)).astype(np.float32)
+
+    def lstm(seed):
+        torch.manual_seed(seed)
+        return torch.nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+
+    made = []
+    for seed, wrap in enumerate((
+            lambda m: P.weight_norm(m, "weight_ih_l0"),
+            lambda m: P.orthogonal(m, "weight_hh_l1_reverse"),
+            lambda m: P.spectral_norm(m, "weight_hh_l0"),
+            lambda m: torch.nn.utils.weight_norm(m, "weight_ih_l1"),
+            lambda m: torch.nn.utils.spectral_norm(m, "weight_hh_l0_reverse"))):
+        m = lstm(seed)
+        wrap(m)
+        made.append(m.eval())
+    cell = torch.nn.LSTMCell(4, 3)
+    P.weight_norm(cell, "weight_hh")
+    for m in made:
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        np.testing.assert_allclose(fl.from_torch(m)(X)[0], _run_torch(torch, m, X),
+                                   **TOL[np.float32])
+        after = m.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        with pytest.raises(ValueError, match="holds weights under a parametrization"):
+            fl.from_torch(m.state_dict())
+    x = X[:, 0]
+    with torch.no_grad():
+        h, c = cell(torch.from_numpy(x))
+    out, state = fl.from_torch(cell).step(x)
+    np.testing.assert_allclose(out, h.numpy(), **TOL[np.float32])
+    np.testing.assert_allclose(state.c, c.numpy(), **TOL[np.float32])
+    with pytest.raises(ValueError, match="holds weights under a parametrization"):
+        fl.from_torch(cell.state_dict())
+
+
+def test_forward_hooks_are_refused():
+    """A hook may change the outputs (one doubling them was ignored silently): refused,
+    as subclasses overriding forward are; the weights still convert by state_dict."""
+    torch = _torch()
+    for register in ("register_forward_hook", "register_forward_pre_hook"):
+        m = torch.nn.LSTM(4, 3)
+        handle = getattr(m, register)(lambda *args: None)
+        with pytest.raises(TypeError, match="has forward hooks .* may change its outputs"):
+            fl.from_torch(m)
+        fl.from_torch(m.state_dict())
+        handle.remove()
+        fl.from_torch(m)
+
+
+def test_float16_biases_are_summed_exactly_and_torch_dtypes_accepted():
+    """A float16 module's two biases were summed in float16 (2e-4 off the float32 sum that
+    a float32 run of the same weights uses); dtype=torch.float64 was refused with "dtype
+    must be float32 or float64, got torch.float64"."""
+    torch = _torch()
+    torch.manual_seed(0)
+    m = torch.nn.LSTM(4, 8).half()
+    with torch.no_grad():
+        m.bias_ih_l0.uniform_(-3, 3)
+        m.bias_hh_l0.uniform_(-3, 3)
+    b_ih, b_hh = (b.detach() for b in (m.bias_ih_l0, m.bias_hh_l0))
+    want = b_ih.float().numpy() + b_hh.float().numpy()
+    assert fl.from_torch(m).b.tobytes() == want.tobytes()
+    wide = fl.from_torch(m, dtype=torch.float64)
+    assert wide.dtype == np.float64
+    np.testing.assert_array_equal(wide.b, b_ih.double().numpy() + b_hh.double().numpy())
+    sd = {k: v.numpy() for k, v in m.state_dict().items()}
+    assert fl.from_torch(sd).b.tobytes() == want.tobytes()
+    assert fl.from_torch(torch.nn.LSTMCell(4, 3).half()).dtype == np.float32

@@ -57,10 +57,14 @@ def blocks(A, perm, axis):
     return np.concatenate([parts[k] for k in perm], axis=axis)
 
 
-def bias_sum(a, b):
-    """a + b, the two biases that torch and ONNX add to the pre-activations: ``a`` itself
-    when ``b`` is all zeros (the sum would turn an entry -0.0 of ``a`` into +0.0)."""
-    return a.copy() if not np.any(b) else a + b
+def bias_sum(a, b, dtype=None):
+    """a + b, the two biases that torch and ONNX add to the pre-activations, summed in the
+    wider of their dtype and ``dtype`` (at least float32: two float16 biases summed in
+    float16 would lose bits that torch keeps); ``a`` itself when ``b`` is all zeros (the
+    sum would turn an entry -0.0 of ``a`` into +0.0)."""
+    dt = np.result_type(a.dtype, b.dtype, np.float32,
+                        np.float32 if dtype is None else np.dtype(dtype))
+    return a.astype(dt) if not np.any(b) else a.astype(dt) + b.astype(dt)
 
 
 def as_array(value, name):
@@ -98,6 +102,10 @@ def check_shape(arr, shape, name, meaning=""):
 def pick_dtype(dtype, arrays):
     """``dtype`` if given, else float64 when any of ``arrays`` is float64, else float32."""
     if dtype is not None:
+        if hasattr(dtype, "as_numpy_dtype"):        # tf.float64
+            dtype = dtype.as_numpy_dtype
+        elif type(dtype).__module__ == "torch" and str(dtype).startswith("torch."):
+            dtype = str(dtype)[len("torch."):]      # torch.float64
         try:
             dt = np.dtype(dtype)
         except TypeError:

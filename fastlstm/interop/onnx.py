@@ -977,7 +977,7 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
                     c0 = None
     made = []
     for d in range(D):
-        b = None if B is None else blocks(bias_sum(B[d, :4 * H], B[d, 4 * H:]),
+        b = None if B is None else blocks(bias_sum(B[d, :4 * H], B[d, 4 * H:], dtype),
                                           PERM_FROM_ONNX, 0)
         peep = None
         if P is not None and not (D == 2 and not np.any(P[d]) and np.any(P[1 - d])):

@@ -21,6 +21,10 @@ from ..layers import Bidirectional, LSTM
 
 __all__ = ["from_torch", "to_torch", "to_torch_state_dict"]
 
+_PARAMETRIZED = ("the state_dict holds weights under a parametrization or weight_norm / "
+                 "spectral_norm ({}), whose values it does not store: pass the module "
+                 "itself, and fastlstm reads the weights it computes with")
+
 _SIZE_ARGS = ("input_size", "hidden_size", "num_layers", "bidirectional", "proj_size", "bias")
 
 
@@ -78,6 +82,8 @@ def _strip_prefix(state_dict, prefix):
                         if k.endswith(tail)
                         and (tail == "weight_ih_l0" or not k.endswith("_l0"))})
         if not found:
+            if _parametrized(keys):
+                raise ValueError(_PARAMETRIZED.format(_parametrized(keys)[:4]))
             raise ValueError("state_dict has no 'weight_ih_l0' (nn.LSTM) or 'weight_ih' "
                              f"(nn.LSTMCell) entry; keys: {keys[:12]}")
         if len(found) > 1:
@@ -89,6 +95,49 @@ def _strip_prefix(state_dict, prefix):
     if not sub:
         raise ValueError(f"no state_dict key starts with prefix={prefix!r}")
     return sub
+
+
+_WEIGHT_HOOKS = ("WeightNorm", "SpectralNorm")       # torch.nn.utils' (older) weight hooks
+
+
+def _hooks(module, attr):
+    return list((getattr(module, attr, None) or {}).values())
+
+
+def _effective_weights(module, kind):
+    """The weights the module's forward computes with, by torch's names: its state_dict,
+    or for weights under ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``,
+    ``orthogonal``, ...) or the older ``weight_norm`` / ``spectral_norm`` hooks the values
+    they give (spectral_norm as in eval mode: its stored vectors, no power iteration).
+    Other forward hooks may change the outputs: TypeError."""
+    pre = _hooks(module, "_forward_pre_hooks")
+    norms = [h for h in pre if type(h).__name__ in _WEIGHT_HOOKS
+             and type(h).__module__.startswith("torch.nn.utils")]
+    other = [h for h in pre if not any(h is n for n in norms)] + \
+        _hooks(module, "_forward_hooks")
+    if other:
+        raise TypeError(f"the torch {kind} has forward hooks ({', '.join(map(repr, other))}), "
+                        "which may change its outputs: convert its state_dict() if they do "
+                        "not, or remove them")
+    if not norms and not hasattr(module, "parametrizations"):
+        return module.state_dict()
+    import torch
+
+    names = list(getattr(module, "_flat_weights_names", None) or
+                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    with torch.no_grad():
+        weights = {n: getattr(module, n, None) for n in names}
+        for hook in norms:
+            weights[hook.name] = (hook.compute_weight(module) if type(hook).__name__ ==
+                                  "WeightNorm" else
+                                  hook.compute_weight(module, do_power_iteration=False))
+    return {n: w for n, w in weights.items() if w is not None}
+
+
+def _parametrized(keys):
+    """Keys of a state_dict holding weights under a parametrization or norm hook."""
+    return [k for k in keys if "parametrizations." in k
+            or re.search(r"(weight|bias)_(ih|hh|hr)(_l\d+(_reverse)?)?_(g|v|orig|u)$", k)]
 
 
 def _check_given(given, name, found):
@@ -109,8 +158,11 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
         ``num_layers``, ``bidirectional``, ``proj_size`` and ``bias`` may be passed as
         keywords and are then checked.  A
         state_dict of a larger model works too: the LSTM's key prefix is found (or give
-        ``prefix=``).
-    dtype : float32 / float64, default: float64 when the weights are float64, else float32.
+        ``prefix=``).  A module's weights are those its forward computes with (also under
+        parametrizations or ``weight_norm`` / ``spectral_norm``); other forward hooks
+        are refused (TypeError).
+    dtype : float32 / float64 (NumPy's or torch's), default: float64 when the weights are
+        float64, else float32.
 
     Returns ``LSTM`` (one layer, one direction; also for ``nn.LSTMCell``, whose ``step``
     is the cell call), ``Bidirectional`` (one layer) or ``MultiLSTM`` (``num_layers > 1``).
@@ -149,7 +201,7 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
             given.update(num_layers=1, bidirectional=False, proj_size=0)
         for k, v in sizes.items():
             _check_given(v, k, given.get(k))
-        state_dict = module.state_dict()
+        state_dict = _effective_weights(module, kind)
     elif hasattr(module, "keys") and hasattr(module, "__getitem__"):
         state_dict = dict(module)
         given = sizes
@@ -165,6 +217,8 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
 def _from_cell(sd, given, dtype):
     unknown = set(sd) - {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
     if unknown:
+        if _parametrized(unknown):
+            raise ValueError(_PARAMETRIZED.format(sorted(_parametrized(unknown))[:4]))
         raise ValueError(f"unexpected nn.LSTMCell state_dict entries {sorted(unknown)}")
     w_ih, w_hh = sd["weight_ih"], sd["weight_hh"]
     if w_ih.ndim != 2 or w_ih.shape[0] % 4:
@@ -177,12 +231,12 @@ def _from_cell(sd, given, dtype):
     _check_given(given.get("bidirectional"), "bidirectional", False)
     _check_given(given.get("proj_size"), "proj_size", 0)
     check_shape(w_hh, (4 * H, H), "weight_hh", "(4*hidden_size, hidden_size)")
-    b = _bias(sd, "", H, given.get("bias"))
-    dt = pick_dtype(dtype, [w_ih, w_hh, b])
+    dt = pick_dtype(dtype, list(sd.values()))
+    b = _bias(sd, "", H, given.get("bias"), dt)
     return build_layer(w_ih.T, w_hh.T, b, dtype=dt, name="nn.LSTMCell")
 
 
-def _bias(sd, suffix, H, bias_flag):
+def _bias(sd, suffix, H, bias_flag, dtype):
     has = [f"bias_ih{suffix}" in sd, f"bias_hh{suffix}" in sd]
     if has[0] != has[1]:
         raise ValueError(f"state_dict has only one of bias_ih{suffix} / bias_hh{suffix}")
@@ -192,7 +246,7 @@ def _bias(sd, suffix, H, bias_flag):
     b_ih = check_shape(sd[f"bias_ih{suffix}"], (4 * H,), f"bias_ih{suffix}")
     b_hh = check_shape(sd[f"bias_hh{suffix}"], (4 * H,), f"bias_hh{suffix}")
     # torch adds the two biases to the pre-activations; their sum is fastlstm's b
-    return bias_sum(b_ih, b_hh)
+    return bias_sum(b_ih, b_hh, dtype)
 
 
 def _from_lstm(sd, given, dtype):
@@ -212,6 +266,8 @@ def _from_lstm(sd, given, dtype):
                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
     unknown = names - expected
     if unknown:
+        if _parametrized(unknown):
+            raise ValueError(_PARAMETRIZED.format(sorted(_parametrized(unknown))[:4]))
         raise ValueError(f"unexpected nn.LSTM state_dict entries {sorted(unknown)}")
     for k in range(L):
         for sfx in ([""] if D == 1 else ["", "_reverse"]):
@@ -249,7 +305,7 @@ def _from_lstm(sd, given, dtype):
                     raise ValueError(f"weight_hr_{tag} is missing (weight_hr_l0 is present)")
                 P = check_shape(sd[f"weight_hr_{tag}"], (Ho, H), f"weight_hr_{tag}",
                                 "(proj_size, hidden_size)").T
-            b = _bias(sd, "_" + tag, H, given.get("bias"))
+            b = _bias(sd, "_" + tag, H, given.get("bias"), dt)
             layer_dirs.append(build_layer(w_ih.T, w_hh.T, b, P=P, dtype=dt,
                                           name=f"layer {k}{' reverse' if sfx else ''}"))
         items.append(tuple(layer_dirs) if D == 2 else layer_dirs[0])
