@@ -540,3 +540,18 @@ def test_zero_forget_bias_keeps_the_bias_bit_exact():
     back = fl.to_tf1_checkpoint(model, forget_bias=0.0)
     got = next(v for k, v in back.items() if k.endswith("/bias"))
     assert got.tobytes() == bias.tobytes()
+
+
+def test_checkpoint_of_a_layer_normalised_cell_is_refused():
+    """TF1 contrib's LayerNormBasicLSTMCell keeps a kernel (no bias) and gamma / beta per
+    gate and for c: it loaded as a plain LSTM, its normalisation ignored."""
+    rng = np.random.default_rng(0)
+    path = "rnn/layer_norm_basic_lstm_cell"
+    variables = {f"{path}/kernel": rng.normal(size=(7, 12)).astype(np.float32),
+                 f"{path}/kernel/Adam": np.zeros((7, 12), np.float32)}   # a slot: fine
+    assert fl.from_tf1_checkpoint(variables).hidden_size == 3
+    for part in ("input", "transform", "forget", "output", "state"):
+        variables[f"{path}/{part}/gamma"] = np.ones(3, np.float32)
+        variables[f"{path}/{part}/beta"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="also holds .*input/gamma.* layer-normalised"):
+        fl.from_tf1_checkpoint(variables)

@@ -418,3 +418,59 @@ def test_hard_sigmoid_function_of_the_other_keras_is_read_by_its_own_package():
         model = fl.from_keras(layer.get_weights(), recurrent_activation=fn,
                               keras_version=2 if want_name == "hard_sigmoid" else 3)
         assert model.recurrent_activation == want_name
+
+
+def test_keras3_legacy_backend_hard_sigmoid_is_keras2s_formula():
+    """TF 2.16+'s tf.keras.backend.hard_sigmoid (Keras 3's legacy API) computes Keras 2's
+    0.2x + 0.5 inside Keras 3's package: it was read as Keras 3's x/6 + 0.5 (0.09 off)."""
+    pytest.importorskip("keras")
+    from keras.src.legacy import backend as legacy
+
+    grid = np.linspace(-4, 4, 33).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(legacy.hard_sigmoid(tf.constant(grid))),
+                               np.clip(0.2 * grid + 0.5, 0, 1), atol=1e-6)
+    rng = np.random.default_rng(12)
+    weights = [rng.normal(size=s).astype(np.float32) for s in ((3, 16), (4, 16), (16,))]
+    for version in (None, 3):
+        model = fl.from_keras(weights, recurrent_activation=legacy.hard_sigmoid,
+                              keras_version=version)
+        assert model.recurrent_activation == "hard_sigmoid_keras2"
+
+
+def test_stack_with_a_cell_of_another_kind_is_refused():
+    """MultiRNNCell([BasicLSTMCell(5), GRUCell(3)]): the GRU on top was left out, and the
+    checkpoint loaded as the LSTM layer alone (outputs 5 wide where TF's are 3)."""
+    X = np.random.default_rng(5).normal(size=(2, 3, 4)).astype(np.float32)
+    R = v1.nn.rnn_cell
+    for other, name in ((lambda: R.GRUCell(3), "gru_cell"),
+                        (lambda: R.BasicRNNCell(3), "basic_rnn_cell")):
+        _, _, values = _run_tf(lambda: R.MultiRNNCell([R.BasicLSTMCell(5), other()]),
+                               X, np.float32)
+        with pytest.raises(ValueError, match=f"holds cells of other kinds .*cell_1/{name}"):
+            fl.from_tf1_checkpoint(values)
+        # the LSTM layer alone, asked for by its scope
+        assert fl.from_tf1_checkpoint(values, scope="rnn/multi_rnn_cell/cell_0").hidden_size \
+            == 5
+
+
+def test_two_rnns_one_with_a_cell_of_its_own_name_need_a_scope():
+    """An encoder LSTMCell(name="enc_cell") beside a decoder BasicLSTMCell: the encoder,
+    whose name holds no "lstm", was dropped and the decoder returned without a word."""
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    R = v1.nn.rnn_cell
+    g = tf.Graph()
+    with g.as_default():
+        x = v1.placeholder(tf.float32, X.shape)
+        with v1.variable_scope("encoder"):
+            enc, _ = v1.nn.dynamic_rnn(R.LSTMCell(6, name="enc_cell"), x, dtype=tf.float32)
+        with v1.variable_scope("decoder"):
+            dec, _ = v1.nn.dynamic_rnn(R.BasicLSTMCell(6), enc, dtype=tf.float32)
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            values = {v.name: sess.run(v) for v in v1.global_variables()}
+            want = sess.run(enc, {x: X})
+    with pytest.raises(ValueError, match="several RNNs .*encoder/rnn/enc_cell.*pass scope="):
+        fl.from_tf1_checkpoint(values)
+    model = fl.from_tf1_checkpoint(values, scope="encoder")
+    np.testing.assert_allclose(model(X)[0], want, **TOL[np.float32])

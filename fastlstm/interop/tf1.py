@@ -102,6 +102,28 @@ _OTHER_CELL_RE = re.compile(r"^(?:basic_rnn_cell|gru_cell|ugrnn_cell|gru_block_c
 _DENSE_RE = re.compile(r"^dense(?:_\d+)?$")
 
 
+# the scopes TF1's RNN functions put their cells under (dynamic_rnn's "rnn", ...)
+_RNN_SCOPE_RE = re.compile(r"^(?:bidirectional_|stack_bidirectional_)?rnn(?:_\d+)?$")
+
+
+def _stack_of(path):
+    """The path of the stack (MultiRNNCell, bidirectional RNN) a cell sits in: its parts
+    before the first cell_k / fw / bw, or None for a cell in none."""
+    parts = path.split("/")
+    for j, p in enumerate(parts):
+        if _CELL_RE.match(p) or p in ("fw", "bw"):
+            return tuple(parts[:j])
+    return None
+
+
+def _lstm_shaped(entry):
+    """Whether a kernel (and bias) could be an LSTM cell's: [I + H, 4H], bias [4H]."""
+    kernel = np.shape(entry["kernel"][1])
+    if len(kernel) != 2 or kernel[1] % 4 or kernel[0] <= kernel[1] // 4:
+        return False
+    return "bias" not in entry or np.shape(entry["bias"][1]) == (kernel[1],)
+
+
 def _classify(name):
     """(cell path, variable kind) for a TF variable name, or None if not an LSTM variable."""
     name = name[:-2] if name.endswith(":0") else name
@@ -177,7 +199,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         ``w_i_diag``/``w_f_diag``/``w_o_diag`` and ``projection/kernel``; a trailing
         ``:0`` is ignored, as are other variables (optimizer slots, other layers).  The
         kernels under TF1's default scopes of other cells and layers (``basic_rnn_cell``,
-        ``gru_cell``, ``dense``) are never read as an LSTM cell: alone, they are refused.
+        ``gru_cell``, ``dense``) are never read as an LSTM cell: alone, or in a stack
+        with LSTM cells, they are refused; so is a cell with variables TF1's LSTM cells do
+        not have (a layer-normalised cell's ``gamma`` / ``beta``).
     scope : keep only variables under this name prefix (needed when the mapping holds
         several RNNs).
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
@@ -200,7 +224,7 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     if scope is not None and (not isinstance(scope, str) or not scope.strip("/")):
         raise TypeError(f"scope must be None or a non-empty variable name prefix, got "
                         f"{scope!r}")
-    cells = {}
+    cells, unknown = {}, []
     for name, value in _merge_partitions(variables).items():
         if not isinstance(name, str):
             raise TypeError(f"variable names must be strings, got {name!r}")
@@ -208,6 +232,7 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
             continue
         found = _classify(name)
         if found is None:
+            unknown.append(name[:-2] if name.endswith(":0") else name)
             continue
         path, kind = found
         entry = cells.setdefault(path, {})
@@ -232,6 +257,12 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                          "under " + ", ".join(repr(p) for p in sorted(others)) + " belong "
                          "to other TF1 cells or layers (BasicRNNCell, GRUCell, Dense), "
                          "which are not an LSTM")
+    stacks = {_stack_of(p) for p in cells if p not in others} - {None}
+    mixed = sorted(p for p in others if _stack_of(p) in stacks)
+    if mixed:
+        raise ValueError(f"the stack {'/'.join(_stack_of(mixed[0]))!r} holds cells of other "
+                         f"kinds ({', '.join(map(repr, mixed))}: BasicRNNCell, GRUCell, ...) "
+                         "beside its LSTM cells; fastlstm stacks LSTM cells only")
     cells = {p: v for p, v in cells.items() if p not in others}
     # other layers (a Dense "dense/kernel", ...) share the kernel/bias names: when some
     # cells carry TF's LSTM cell names or sit in a stack (cell_k) or a direction (fw/bw),
@@ -239,10 +270,34 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()
                   or any(_CELL_RE.match(q) or q in ("fw", "bw") for q in p.split("/"))}
     if lstm_named:
+        # ... unless one of the others is a cell too: one with an LSTM cell's own
+        # variables, or one run by an RNN function (under its "rnn" scope) whose kernel
+        # and bias have an LSTM cell's shapes
+        rnns = sorted(p for p, v in cells.items() if p not in lstm_named and (
+            set(v) & {"w_i_diag", "w_f_diag", "w_o_diag", "projection"}
+            or (any(_RNN_SCOPE_RE.match(q.lower()) for q in p.split("/")[:-1])
+                and _lstm_shaped(v))))
+        if rnns:
+            raise ValueError("the variables hold several RNNs (the LSTM cells "
+                             + ", ".join(map(repr, sorted(lstm_named))) + " and "
+                             + ", ".join(map(repr, rnns)) + "); pass scope=")
         cells = lstm_named
     if not cells:
         raise ValueError("no TF1 LSTM cell variables (.../kernel, .../weights) found"
                          + (f" under scope {scope!r}" if scope else ""))
+    for path, entry in cells.items():
+        # variables of the cell's own that TF1's LSTM cells do not have (a layer-normalised
+        # cell's gamma / beta, ...); optimizer slots (".../kernel/Adam") sit under the
+        # variables they belong to
+        names = [entry[k][0] for k in entry]
+        mine = tuple(n + "/" for n in names) + tuple(n[:-2] + "/" for n in names
+                                                     if n.endswith(":0"))
+        extra = [u for u in unknown if u.startswith(path + "/") and not u.startswith(mine)]
+        if extra:
+            raise ValueError(f"cell {path!r} also holds {', '.join(map(repr, extra[:4]))}, "
+                             "which TF1's BasicLSTMCell and LSTMCell do not have (a "
+                             "layer-normalised or other kind of cell?): fastlstm computes "
+                             "those two cells only")
     groups = {}
     for path, entry in cells.items():
         rel = path[len(scope.rstrip("/")) + 1:] if scope and path != scope else path
