@@ -67,10 +67,16 @@ def _prog():
 
 def main(argv=None):
     prog = _prog()
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastlstm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the TF1 walk-through natively and print the results")
-    sub.add_parser("config", help="show how fastlstm was built and what it uses")
+    commands = {}
+    for name, text in (("demo", "run the TF1 walk-through natively and print the results"),
+                       ("config", "show how fastlstm was built and what it uses")):
+        commands[name] = sub.add_parser(name, help=text, description=text[0].upper()
+                                        + text[1:] + ".")
     bench = sub.add_parser("bench", help="side-by-side speed table (fastlstm and installed peers)")
     bench.add_argument("args", nargs=argparse.REMAINDER,
                        help="options for the benchmark runner (see `bench --help`)")
@@ -79,7 +85,9 @@ def main(argv=None):
         from . import _bench
 
         return _bench.main(argv[1:], prog=f"{prog} bench")
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:       # the sub-command's own usage, not the top level's
+        commands[ns.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if ns.command == "demo":
         demo()
     elif ns.command == "config":

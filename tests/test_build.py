@@ -225,6 +225,32 @@ def test_installed_command_exits_quietly_on_a_closed_pipe(monkeypatch, capsys):
         assert capsys.readouterr().out.startswith(f"usage: {prog} ")
 
 
+def test_command_line_errors_and_help_speak_of_the_sub_command(monkeypatch, capsys):
+    """A stray argument after demo / config printed the top-level usage; --version did not
+    exist ("the following arguments are required: command"); demo --help and config
+    --help did not say what the command does."""
+    import fastlstm
+    from fastlstm import __main__ as cli
+
+    monkeypatch.setattr(cli.sys, "argv", ["fastlstm"])
+    for argv, usage in ((["demo", "extra"], "usage: fastlstm demo [-h]"),
+                        (["config", "-x"], "usage: fastlstm config [-h]")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith(usage)
+        assert f"fastlstm {argv[0]}: error: unrecognized arguments: {argv[1]}" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == \
+        f"fastlstm {fastlstm.__version__}\n"
+    for command, words in (("demo", "Run the TF1 walk-through"),
+                           ("config", "Show how fastlstm was built")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert words in capsys.readouterr().out
+
+
 def test_source_distribution_holds_what_the_build_and_tests_read(tmp_path):
     """The sdist lacked build_tools/ (setup.py imports it), the .pyx / .pxd sources and the
     tests' data: it could not be installed."""
