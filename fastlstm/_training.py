@@ -110,29 +110,25 @@ def _hprev(Y, h0, L, time_major, reverse, Hp):
     output in walking order, or h0."""
     Yt = Y if time_major else Y.swapaxes(0, 1)          # (T, N, Ho) views
     Ht = Hp if time_major else Hp.swapaxes(0, 1)
-    T = Yt.shape[0]
     if not reverse:
-        Ht[0] = h0
         Ht[1:] = Yt[:-1]
     else:
         Ht[:-1] = Yt[1:]
-        Ht[-1] = h0
-        if L is not None:
-            rows = np.nonzero((L > 0) & (L < T))[0]
-            Ht[L[rows] - 1, rows] = h0[rows]
+    _hfirst(h0, L, time_major, reverse, Hp)
 
 
 def _hfirst(h0, L, time_major, reverse, Hp):
     """Write h0 where each row's first step (in walking order) reads it, in Hp (an array
-    view shaped like Y); the kernel wrote the other steps' rows."""
+    view shaped like Y), and zeros in the never-run slots it would take otherwise (a row
+    of length 0, the last step of a shorter row walked in reverse): padding must read
+    as finite zeros, or a NaN in h0 would reach the parameter gradients (NaN * 0)."""
     Ht = Hp if time_major else Hp.swapaxes(0, 1)          # (T, N, Ho) views
-    if not reverse:
-        Ht[0] = h0
-    elif L is None:
-        Ht[-1] = h0
-    else:
-        rows = np.nonzero(L > 0)[0]
-        Ht[L[rows] - 1, rows] = h0[rows]
+    if L is None:
+        Ht[-1 if reverse else 0] = h0
+        return
+    Ht[-1 if reverse else 0] = 0
+    rows = np.nonzero(L > 0)[0]
+    Ht[L[rows] - 1 if reverse else 0, rows] = h0[rows]
 
 
 def _lstm_forward(layer, X, X2m, N, T, time_major, c, h, L, reverse, xh=None,

@@ -206,6 +206,15 @@ def _validate_X(est, X, *, reset, lengths=None, check_names=True):
             X = np.asarray(X, np.float64)
         except (TypeError, ValueError):
             pass                # check_array's own error, for what is not numbers
+    elif hasattr(X, "to_numpy") and any(getattr(d, "kind", "") == "O"
+                                        for d in getattr(X, "dtypes", ())):
+        # a DataFrame with object columns: the same (its missing values, pd.NA, as NaN)
+        try:
+            values = X.to_numpy(dtype=object, copy=True)
+            values[np.asarray(X.isna(), bool)] = np.nan
+            X = values.astype(np.float64)
+        except (AttributeError, TypeError, ValueError):
+            pass
     X = check_array(X, accept_sparse=False, dtype=[dtype, other], ensure_all_finite=False,
                     allow_nd=True, ensure_min_samples=1, ensure_min_features=1,
                     estimator=est, input_name="X")

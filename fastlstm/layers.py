@@ -760,8 +760,10 @@ class LSTM(_Module):
     def zero_state(self, batch_size):
         """``LSTMState`` of zeros: c (batch_size, H), h (batch_size, Hout)."""
         batch_size = _scalar(batch_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Integral, np.integer)) \
-                or batch_size < 0:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (numbers.Integral,
+                                                                       np.integer)):
+            raise TypeError(f"batch_size must be a non-negative int, got {batch_size!r}")
+        if batch_size < 0:
             raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
         return LSTMState(np.zeros((int(batch_size), self.hidden_size), self._dtype),
                          np.zeros((int(batch_size), self.output_size), self._dtype))

@@ -104,7 +104,10 @@ class Dense(_layers._Module):
         return H @ self._params["W"] + self._params["b"], H
 
     def backward(self, dout, cache):
-        """dout (..., out_features) -> dH (..., in_features); overwrites ``grads``."""
+        """dout (..., out_features) -> dH (..., in_features); overwrites ``grads``.
+
+        dH is taken with the current ``W``: call it before changing the parameters (an
+        optimiser step), as for the LSTM layers."""
         H = cache
         if not (isinstance(H, np.ndarray) and H.dtype == self._dtype and H.ndim >= 1
                 and H.shape[-1] == self.in_features and H.flags.c_contiguous):

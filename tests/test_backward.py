@@ -231,6 +231,32 @@ def test_padding_is_inert(reverse, time_major, rng):
     np.testing.assert_array_equal(results[0][3][1], ds[1][1])
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 3, 5), (24, 100, 16, 176)],
+                         ids=["small", "kernel_written_cache"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_initial_state_of_an_empty_row_never_reaches_the_gradients(reverse, shape):
+    """A row of length 0 runs no step, so its initial h reads nowhere: a NaN there reached
+    grads['U'] (NaN * 0) through the never-run first-step slot of the cache, on three of
+    the four paths here."""
+    N, T, I, H = shape
+    rng = np.random.default_rng(7)
+    layer = fl.LSTM(I, H, dtype=np.float64, reverse=reverse, random_state=0)
+    X = rng.normal(size=(N, T, I))
+    lengths = np.full(N, T)
+    lengths[1], lengths[2] = 0, T // 2
+    c0, h0 = rng.normal(size=(N, H)), rng.normal(size=(N, H))
+    grads = []
+    for bad in (False, True):
+        h = h0.copy()
+        if bad:
+            h[1] = np.nan
+        Y, _, cache = layer.forward(X, initial_state=(c0, h), lengths=lengths)
+        layer.backward(np.ones(Y.shape), cache)
+        grads.append(layer.flat_grads.copy())
+    assert np.isfinite(grads[1]).all()
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
 def test_all_rows_empty(rng):
     layer, X, s0, _, dY, ds = make_case({}, rng)
     layer.flat_grads[...] = 5

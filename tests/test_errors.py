@@ -484,3 +484,15 @@ def test_values_beyond_float64_are_shown_as_themselves_with_fitting_advice():
     with pytest.raises(ValueError, match=r"up to 1e\+39, .*; build the model with "
                                          r"dtype=np\.float64$"):
         fl.LSTM(2, 3)(np.full((1, 1, 2), 1e39))
+
+
+def test_zero_state_batch_size_type_and_value():
+    """A batch size that is no integer ("2", 2.0, None) was a ValueError: a TypeError now,
+    as for every other argument of a wrong type; a negative one stays a ValueError."""
+    layer = fl.LSTM(3, 4)
+    for bad in ("2", 2.0, None, True, np.array(2.0)):
+        with pytest.raises(TypeError, match="batch_size must be a non-negative int"):
+            layer.zero_state(bad)
+    with pytest.raises(ValueError, match="batch_size must be a non-negative int, got -1"):
+        layer.zero_state(-1)
+    assert layer.zero_state(np.int64(0)).h.shape == (0, 4)

@@ -1083,6 +1083,27 @@ def test_long_double_input_beyond_float32_gets_the_range_message():
         LSTMRegressor(hidden_sizes=(3,), max_iter=1, random_state=0).fit(X, X[:, -1, 0])
 
 
+def test_object_dataframe_beyond_float32_gets_the_range_message():
+    """An object-dtype DataFrame went to check_array, which cast it straight to float32:
+    "X contains infinity" for a finite 1e300, as nested lists and object arrays once did.
+    Its pd.NA padding still reads as NaN."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((10, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = LSTMRegressor(hidden_sizes=(2,), max_iter=1, random_state=0).fit(X, X[:, 0])
+    big = X.astype(object)
+    big[0, 0] = 1e300
+    with pytest.raises(ValueError, match="holds values up to 1e\\+300, beyond the range"):
+        est.predict(pd.DataFrame(big))
+    padded = X.astype(object)
+    padded[1, 2:] = pd.NA
+    want = X.copy()
+    want[1, 2:] = np.nan
+    np.testing.assert_array_equal(est.predict(pd.DataFrame(padded)), est.predict(want))
+
+
 @pytest.mark.parametrize("incremental", [False, True])
 def test_a_diverged_fit_is_an_error(incremental):
     """As scikit-learn's MLP: a fit whose loss becomes non-finite raises (it used to go
