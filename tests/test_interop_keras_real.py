@@ -295,6 +295,10 @@ def test_subclasses_overriding_other_methods_or_a_bidirectional_are_refused():
             return 2.0 * super().call(sequences, initial_state=initial_state, mask=mask,
                                       training=training)
 
+    class Started(keras.layers.LSTM):
+        def get_initial_state(self, batch_size):
+            return [keras.ops.ones((batch_size, H)), keras.ops.ones((batch_size, H))]
+
     class Plain(keras.layers.LSTM):
         def __init__(self, units, **kwargs):
             super().__init__(units, return_sequences=True, **kwargs)
@@ -308,7 +312,8 @@ def test_subclasses_overriding_other_methods_or_a_bidirectional_are_refused():
     cases = ((Looped(H, return_sequences=True), "Looped .* overrides inner_loop"),
              (keras.layers.RNN(Gates(H), return_sequences=True),
               "Gates .* overrides _compute_carry_and_output_fused"),
-             (Summed(keras.layers.LSTM(H, return_sequences=True)), "Summed .* overrides call"))
+             (Summed(keras.layers.LSTM(H, return_sequences=True)), "Summed .* overrides call"),
+             (Started(H, return_sequences=True), "Started .* overrides get_initial_state"))
     for layer, match in cases:
         layer(X)
         with pytest.raises(TypeError, match=match):

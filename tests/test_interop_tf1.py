@@ -555,3 +555,21 @@ def test_checkpoint_of_a_layer_normalised_cell_is_refused():
         variables[f"{path}/{part}/beta"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="also holds .*input/gamma.* layer-normalised"):
         fl.from_tf1_checkpoint(variables)
+
+
+def test_cells_beside_an_lstm_stack_need_a_scope_only_when_they_may_be_lstm_cells():
+    """Under dynamic_rnn's "rnn" scope, a kernel and bias of an LSTM cell's shapes in a
+    cell of its own name is a second RNN (it was dropped and the other RNN returned); an
+    attention layer's kernel (no bias) beside a wrapped LSTM cell is not."""
+    rng = np.random.default_rng(1)
+    lstm = {"rnn/attention_wrapper/basic_lstm_cell/kernel":
+            rng.normal(size=(9, 16)).astype(np.float32),
+            "rnn/attention_wrapper/basic_lstm_cell/bias": np.zeros(16, np.float32)}
+    attention = {"rnn/attention_wrapper/attention_layer/kernel":
+                 rng.normal(size=(12, 8)).astype(np.float32)}
+    assert fl.from_tf1_checkpoint({**lstm, **attention}).hidden_size == 4
+    other = {"encoder/rnn/enc_cell/kernel": rng.normal(size=(10, 24)).astype(np.float32),
+             "encoder/rnn/enc_cell/bias": np.zeros(24, np.float32)}
+    with pytest.raises(ValueError, match="several RNNs .*encoder/rnn/enc_cell"):
+        fl.from_tf1_checkpoint({**lstm, **other})
+    assert fl.from_tf1_checkpoint({**lstm, **other}, scope="encoder").hidden_size == 6

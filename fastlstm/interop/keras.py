@@ -126,7 +126,7 @@ def _function_keras_major(fn):
 
 # methods a subclass of a Keras layer may define without changing what it computes
 _HARMLESS = frozenset(("build", "get_config", "from_config", "compute_output_shape",
-                       "compute_output_spec", "get_initial_state"))
+                       "compute_output_spec"))
 
 
 def _check_keras_call(obj, what):

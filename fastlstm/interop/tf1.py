@@ -117,11 +117,12 @@ def _stack_of(path):
 
 
 def _lstm_shaped(entry):
-    """Whether a kernel (and bias) could be an LSTM cell's: [I + H, 4H], bias [4H]."""
+    """Whether a kernel and bias could be an LSTM cell's: [I + H, 4H] and [4H] (a kernel
+    without a bias, as an attention layer's, is not)."""
     kernel = np.shape(entry["kernel"][1])
     if len(kernel) != 2 or kernel[1] % 4 or kernel[0] <= kernel[1] // 4:
         return False
-    return "bias" not in entry or np.shape(entry["bias"][1]) == (kernel[1],)
+    return "bias" in entry and np.shape(entry["bias"][1]) == (kernel[1],)
 
 
 def _classify(name):
