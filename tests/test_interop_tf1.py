@@ -353,6 +353,16 @@ def test_to_tf1_refuses_hard_sigmoid():
     with pytest.raises(ValueError, match="mixing"):
         fl.to_tf1_checkpoint(fl.MultiLSTM([fl.LSTM(3, 4),
                                            fl.Bidirectional(fl.LSTM(4, 2), fl.LSTM(4, 2))]))
+    # the layer (and direction) is named, as the other exporters name it
+    hard = fl.LSTM(4, 2, recurrent_activation="hard_sigmoid_keras2")
+    stacks = ((fl.MultiLSTM([fl.LSTM(3, 4), fl.LSTM(4, 2, recurrent_activation="hard_sigmoid")]),
+               "layer 1 cannot"),
+              (fl.MultiLSTM([fl.Bidirectional(fl.LSTM(3, 2), fl.LSTM(3, 2)),
+                             fl.Bidirectional(fl.LSTM(4, 2), hard)]), r"layer 1 \(backward\)"))
+    for model, where in stacks:
+        with pytest.raises(ValueError, match=where + ".* in a TF1 LSTMCell: it has "
+                                                     "recurrent_activation="):
+            fl.to_tf1_checkpoint(model)
 
 
 def test_checkpoint_of_cells_of_different_kinds():

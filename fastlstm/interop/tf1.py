@@ -461,6 +461,12 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
         refuse_reverse(item, "a TF1 checkpoint (its variable names are dynamic_rnn's, which "
                        "runs forward; to_tf1 gives the cell's variables, to run over "
                        "tf.reverse_sequence)", f"layer {k}")
+    for k, item in enumerate(items):
+        for d, layer in enumerate(directions(item)):    # (to_tf1 checks again, unnamed)
+            refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
+                                   cell_clip=True, proj_clip=True,
+                                   activations=tuple(ACTIVATIONS),
+                                   where=f"layer {k}" + (" (backward)" if d else ""))
     names = _per_layer(cell_name, len(items), "cell_name")
     for v in names:
         if v is not None and (not isinstance(v, str) or not v.strip("/")):
