@@ -129,7 +129,7 @@ _HARMLESS = frozenset(("build", "get_config", "from_config", "compute_output_sha
                        "compute_output_spec"))
 
 
-def _check_keras_call(obj, what):
+def _check_keras_methods(obj, what):
     """TypeError when ``obj``'s class derives from a Keras LSTM / LSTMCell / RNN /
     Bidirectional class but overrides one of its methods (``call``, ``inner_loop``, the
     cell's gate computations, ...) other than construction and configuration: such a
@@ -207,7 +207,7 @@ def _from_weights(weights, activation, recurrent_activation, keras_version, dtyp
 
 def _from_layer(layer, keras_version, dtype):
     if hasattr(layer, "forward_layer") and hasattr(layer, "backward_layer"):
-        _check_keras_call(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}")
+        _check_keras_methods(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}")
         mode = getattr(layer, "merge_mode", "concat")
         if mode != "concat":
             raise ValueError(f"Bidirectional merge_mode={mode!r} cannot be represented: fastlstm "
@@ -282,9 +282,9 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
                          "the input yourself")
     name = f"Keras layer {getattr(layer, 'name', kind)!r}"
-    _check_keras_call(layer, name)
+    _check_keras_methods(layer, name)
     if getattr(layer, "cell", None) is not None:
-        _check_keras_call(layer.cell, name)
+        _check_keras_methods(layer.cell, name)
     weights = layer.get_weights()
     if not weights:
         raise ValueError(f"the Keras layer {getattr(layer, 'name', kind)!r} is not built yet "

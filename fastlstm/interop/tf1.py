@@ -411,8 +411,14 @@ def to_tf1(layer, forget_bias=1.0):
     """
     if not isinstance(layer, LSTM):
         raise TypeError(f"layer must be a fastlstm LSTM, got {type(layer).__name__}")
+    return _tf1_variables(layer, forget_bias, "layer")
+
+
+def _tf1_variables(layer, forget_bias, where):
+    """``to_tf1``, its refusals naming the layer as ``where``."""
     refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
-                           cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS))
+                           cell_clip=True, proj_clip=True, activations=tuple(ACTIVATIONS),
+                           where=where)
     forget_bias = _check_forget_bias(forget_bias, dtype=layer.dtype)
     H = layer.hidden_size
     b = blocks(layer.b, PERM_TF, 0).copy()
@@ -461,12 +467,6 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
         refuse_reverse(item, "a TF1 checkpoint (its variable names are dynamic_rnn's, which "
                        "runs forward; to_tf1 gives the cell's variables, to run over "
                        "tf.reverse_sequence)", f"layer {k}")
-    for k, item in enumerate(items):
-        for d, layer in enumerate(directions(item)):    # (to_tf1 checks again, unnamed)
-            refuse_unrepresentable(layer, "a TF1 LSTMCell", peepholes=True, projection=True,
-                                   cell_clip=True, proj_clip=True,
-                                   activations=tuple(ACTIVATIONS),
-                                   where=f"layer {k}" + (" (backward)" if d else ""))
     names = _per_layer(cell_name, len(items), "cell_name")
     for v in names:
         if v is not None and (not isinstance(v, str) or not v.strip("/")):
@@ -478,16 +478,17 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
                          "unidirectional and bidirectional layers")
     out = {}
 
-    def put(prefix, layer, k):
+    def put(prefix, layer, k, backward=False):
         name = names[k].strip("/") if names[k] is not None else _cell_name(layer)
-        for key, v in to_tf1(layer, fbs[k]).items():
+        where = f"layer {k}" + (" (backward)" if backward else "")
+        for key, v in _tf1_variables(layer, fbs[k], where).items():
             out[f"{prefix}/{name}/{key}"] = v
 
     if isinstance(model, LSTM):
         put(scope or "rnn", model, 0)
     elif isinstance(model, Bidirectional):
         for tag, layer in zip(("fw", "bw"), directions(model)):
-            put(f"{scope or 'bidirectional_rnn'}/{tag}", layer, 0)
+            put(f"{scope or 'bidirectional_rnn'}/{tag}", layer, 0, tag == "bw")
     elif not any(bidir):
         for k, layer in enumerate(items):
             put(f"{scope or 'rnn'}/multi_rnn_cell/cell_{k}", layer, k)
@@ -495,5 +496,5 @@ def to_tf1_checkpoint(model, *, scope=None, forget_bias=1.0, cell_name=None):
         for k, item in enumerate(items):
             for tag, layer in zip(("fw", "bw"), directions(item)):
                 put(f"{scope or 'stack_bidirectional_rnn'}/cell_{k}/bidirectional_rnn/{tag}",
-                    layer, k)
+                    layer, k, tag == "bw")
     return out
