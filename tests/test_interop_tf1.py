@@ -258,7 +258,7 @@ def test_keras_weights_in_a_checkpoint_are_refused():
     variables = {"lstm/lstm_cell/kernel": rng.normal(size=(10, 16)),
                  "lstm/lstm_cell/recurrent_kernel": rng.normal(size=(4, 16)),
                  "lstm/lstm_cell/bias": np.zeros(16)}
-    with pytest.raises(ValueError, match="'lstm/lstm_cell' holds a Keras LSTM's weights"):
+    with pytest.raises(ValueError, match="'lstm/lstm_cell' holds a Keras recurrent layer's weights"):
         fl.from_tf1_checkpoint(variables)
 
 
@@ -309,7 +309,8 @@ def test_checkpoint_errors():
     with pytest.raises(ValueError, match="no TF1 LSTM cell variables"):
         fl.from_tf1_checkpoint({"dense/kernel2": np.zeros(3)})
     with pytest.raises(ValueError, match="only one direction"):
-        fl.from_tf1_checkpoint({"bidirectional_rnn/fw/lstm_cell/kernel": a["kernel"]})
+        fl.from_tf1_checkpoint({f"bidirectional_rnn/fw/lstm_cell/{k}": v
+                                for k, v in a.items()})
     with pytest.raises(ValueError, match="cell_clip has 3 entries for 1 layers"):
         fl.from_tf1_checkpoint(variables, scope="dec", cell_clip=[1, 2, 3])
     with pytest.raises(ValueError, match="must be given together"):
@@ -558,8 +559,12 @@ def test_checkpoint_of_a_layer_normalised_cell_is_refused():
     rng = np.random.default_rng(0)
     path = "rnn/layer_norm_basic_lstm_cell"
     variables = {f"{path}/kernel": rng.normal(size=(7, 12)).astype(np.float32),
+                 f"{path}/bias": np.zeros(12, np.float32),
                  f"{path}/kernel/Adam": np.zeros((7, 12), np.float32)}   # a slot: fine
     assert fl.from_tf1_checkpoint(variables).hidden_size == 3
+    del variables[f"{path}/bias"]                # the layer-normalised cell has none
+    with pytest.raises(ValueError, match="has a kernel but no bias"):
+        fl.from_tf1_checkpoint(variables)
     for part in ("input", "transform", "forget", "output", "state"):
         variables[f"{path}/{part}/gamma"] = np.ones(3, np.float32)
         variables[f"{path}/{part}/beta"] = np.zeros(3, np.float32)
@@ -583,3 +588,58 @@ def test_cells_beside_an_lstm_stack_need_a_scope_only_when_they_may_be_lstm_cell
     with pytest.raises(ValueError, match="several RNNs .*encoder/rnn/enc_cell"):
         fl.from_tf1_checkpoint({**lstm, **other})
     assert fl.from_tf1_checkpoint({**lstm, **other}, scope="encoder").hidden_size == 6
+
+
+def test_a_second_rnn_under_names_of_its_own_needs_a_scope():
+    """dynamic_rnn(LSTMCell(name="enc"), scope="encoder") beside a decoder's lstm_cell:
+    the encoder (no "lstm" in its names, no "rnn" scope) was dropped, the decoder returned."""
+    rng = np.random.default_rng(3)
+    enc, dec = random_vars(rng, 4, 6), random_vars(rng, 6, 6)
+    variables = {f"encoder/enc/{k}": v for k, v in enc.items()}
+    variables.update({f"decoder/lstm_cell/{k}": v for k, v in dec.items()})
+    variables["decoder/lstm_cell/kernel/Adam"] = np.zeros_like(dec["kernel"])
+    with pytest.raises(ValueError, match="several RNNs .*'encoder/enc'.*pass scope="):
+        fl.from_tf1_checkpoint(variables)
+    assert fl.from_tf1_checkpoint(variables, scope="encoder").input_size == 4
+    assert fl.from_tf1_checkpoint(variables, scope="decoder").input_size == 6
+
+
+def test_a_kernel_without_its_bias_is_refused():
+    """scope= naming the kernel itself (or a mapping without the bias) loaded the cell with
+    a zero bias; TF1's LSTM cells always have one."""
+    v = random_vars(np.random.default_rng(4), 3, 4)
+    variables = {f"rnn/lstm_cell/{k}": a for k, a in v.items()}
+    for bad in (dict(scope="rnn/lstm_cell/kernel"), dict()):
+        given = variables if bad else {"rnn/lstm_cell/kernel": v["kernel"]}
+        with pytest.raises(ValueError, match="'rnn/lstm_cell' has a kernel but no bias"):
+            fl.from_tf1_checkpoint(given, **bad)
+    np.testing.assert_array_equal(fl.from_tf1_checkpoint(variables).W, fl.from_tf1(
+        v["kernel"], v["bias"]).W)
+
+
+def test_scopes_and_cells_called_cell_k_are_no_stack():
+    """A user's variable_scope("cell1") around a plain RNN, or LSTMCell(name="cell_1"),
+    was read as layer 1 of a MultiRNNCell ("cell indices must be 0..L-1, found [1]"); a
+    scope "cell0" made a one-layer MultiLSTM.  A stack's cell_k follows multi_rnn_cell
+    (or precedes a stacked bidirectional RNN's bidirectional_rnn)."""
+    v = random_vars(np.random.default_rng(5), 3, 4)
+    for path in ("cell1/rnn/lstm_cell", "rnn/cell_1", "cell0/rnn/basic_lstm_cell"):
+        model = fl.from_tf1_checkpoint({f"{path}/{k}": a for k, a in v.items()})
+        assert isinstance(model, fl.LSTM), path
+    stack = fl.from_tf1_checkpoint({f"x/multi_rnn_cell/cell_0/cell_7/{k}": a
+                                    for k, a in v.items()})
+    assert isinstance(stack, fl.MultiLSTM) and len(stack) == 1
+
+
+def test_float16_checkpoints_warn():
+    """A float16 TF1 graph computes in float16: loading it as float32 said nothing (5e-4
+    off); from_keras already warned for such layers."""
+    v = random_vars(np.random.default_rng(6), 3, 4)
+    half = {f"rnn/lstm_cell/{k}": a.astype(np.float16) for k, a in v.items()}
+    with pytest.warns(UserWarning, match="'rnn/lstm_cell' hold float16 / bfloat16"):
+        model = fl.from_tf1_checkpoint(half)
+    assert model.dtype == np.float32
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fl.from_tf1_checkpoint({k: a.astype(np.float32) for k, a in half.items()})

@@ -182,7 +182,7 @@ def test_keras_lstm_variables_are_not_read_as_a_tf1_cell():
         tf.keras.layers.LSTM(4)(x)
         names = {v.name: np.zeros(v.shape, np.float32) for v in v1.global_variables()}
     assert any(n.endswith("recurrent_kernel:0") for n in names)
-    with pytest.raises(ValueError, match="Keras LSTM's weights.*from_keras"):
+    with pytest.raises(ValueError, match="Keras recurrent layer's weights.*from_keras"):
         fl.from_tf1_checkpoint(names)
 
 

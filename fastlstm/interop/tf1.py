@@ -13,6 +13,7 @@ arguments in TF, not checkpoint variables: pass them to the importer.
 """
 
 import re
+import warnings
 
 import numpy as np
 
@@ -102,8 +103,18 @@ _OTHER_CELL_RE = re.compile(r"^(?:basic_rnn_cell|gru_cell|ugrnn_cell|gru_block_c
 _DENSE_RE = re.compile(r"^dense(?:_\d+)?$")
 
 
-# the scopes TF1's RNN functions put their cells under (dynamic_rnn's "rnn", ...)
-_RNN_SCOPE_RE = re.compile(r"^(?:bidirectional_|stack_bidirectional_)?rnn(?:_\d+)?$")
+def _stack_index(parts, j):
+    """The layer index when ``parts[j]`` (of a cell's path) is a stack's ``cell_k``: after
+    ``multi_rnn_cell`` (TF 0.x: ``MultiRNNCell/Cell0``) or before a stacked bidirectional
+    RNN's ``bidirectional_rnn``; None otherwise (a scope or a cell of the user's own
+    called ``cell1`` is no stack)."""
+    m = _CELL_RE.match(parts[j])
+    if m is None or j == len(parts) - 1:
+        return None
+    if (j > 0 and parts[j - 1].lower() in ("multi_rnn_cell", "multirnncell")) or \
+            parts[j + 1] == "bidirectional_rnn":
+        return int(m.group(1))
+    return None
 
 
 def _stack_of(path):
@@ -111,9 +122,18 @@ def _stack_of(path):
     before the first cell_k / fw / bw, or None for a cell in none."""
     parts = path.split("/")
     for j, p in enumerate(parts):
-        if _CELL_RE.match(p) or p in ("fw", "bw"):
+        if _stack_index(parts, j) is not None or p in ("fw", "bw"):
             return tuple(parts[:j])
     return None
+
+
+def _narrow_float(value):
+    """Whether a variable is of a float type narrower than float32 (float16, bfloat16)."""
+    try:
+        dt = np.dtype(getattr(value, "dtype", None) or np.asarray(value).dtype)
+    except TypeError:
+        return False
+    return dt.name.startswith(("float16", "bfloat16", "float8"))
 
 
 def _lstm_shaped(entry):
@@ -202,7 +222,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         kernels under TF1's default scopes of other cells and layers (``basic_rnn_cell``,
         ``gru_cell``, ``dense``) are never read as an LSTM cell: alone, or in a stack
         with LSTM cells, they are refused; so is a cell with variables TF1's LSTM cells do
-        not have (a layer-normalised cell's ``gamma`` / ``beta``).
+        not have (a layer-normalised cell's ``gamma`` / ``beta``), or without a bias.
+        Beside LSTM cells, a kernel and bias of an LSTM cell's shapes under a name of its
+        own asks for ``scope=`` (it may be another RNN's cell).
     scope : keep only variables under this name prefix (needed when the mapping holds
         several RNNs).
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
@@ -243,9 +265,10 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     for path, entry in cells.items():
         if "recurrent_kernel" in entry:
             raise ValueError(
-                f"{path!r} holds a Keras LSTM's weights (kernel, recurrent_kernel), not a TF1 "
-                "cell's (one kernel over [x, h]): load them with fastlstm.from_keras("
-                "[kernel, recurrent_kernel, bias]), or pass scope= to load another RNN")
+                f"{path!r} holds a Keras recurrent layer's weights (kernel, "
+                "recurrent_kernel), not a TF1 cell's (one kernel over [x, h]): for a Keras "
+                "LSTM, load them with fastlstm.from_keras([kernel, recurrent_kernel, bias]); "
+                "or pass scope= to load another RNN")
     cells = {p: v for p, v in cells.items() if "kernel" in v}
     # TF1's other cells and layers under their default names (BasicRNNCell, GRUCell with
     # its gates / candidate kernels, a Dense layer) are not LSTM cells, whatever the shape
@@ -269,19 +292,18 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     # cells carry TF's LSTM cell names or sit in a stack (cell_k) or a direction (fw/bw),
     # keep only those
     lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()
-                  or any(_CELL_RE.match(q) or q in ("fw", "bw") for q in p.split("/"))}
+                  or _stack_of(p) is not None}
     if lstm_named:
-        # ... unless one of the others is a cell too: one with an LSTM cell's own
-        # variables, or one run by an RNN function (under its "rnn" scope) whose kernel
-        # and bias have an LSTM cell's shapes
+        # ... unless one of the others may be a cell too: one with an LSTM cell's own
+        # variables, or a kernel and bias of an LSTM cell's shapes (a cell named by the
+        # user, which a layer of the same shapes cannot be told from)
         rnns = sorted(p for p, v in cells.items() if p not in lstm_named and (
-            set(v) & {"w_i_diag", "w_f_diag", "w_o_diag", "projection"}
-            or (any(_RNN_SCOPE_RE.match(q.lower()) for q in p.split("/")[:-1])
-                and _lstm_shaped(v))))
+            set(v) & {"w_i_diag", "w_f_diag", "w_o_diag", "projection"} or _lstm_shaped(v)))
         if rnns:
-            raise ValueError("the variables hold several RNNs (the LSTM cells "
-                             + ", ".join(map(repr, sorted(lstm_named))) + " and "
-                             + ", ".join(map(repr, rnns)) + "); pass scope=")
+            raise ValueError("the variables may hold several RNNs (the LSTM cells "
+                             + ", ".join(map(repr, sorted(lstm_named))) + ", and kernels "
+                             "and biases of an LSTM cell's shapes under "
+                             + ", ".join(map(repr, rnns)) + "); pass scope= to choose")
         cells = lstm_named
     if not cells:
         raise ValueError("no TF1 LSTM cell variables (.../kernel, .../weights) found"
@@ -299,15 +321,27 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                              "which TF1's BasicLSTMCell and LSTMCell do not have (a "
                              "layer-normalised or other kind of cell?): fastlstm computes "
                              "those two cells only")
+        if "bias" not in entry:
+            raise ValueError(f"cell {path!r} has a kernel but no bias, which TF1's LSTM "
+                             "cells always have: pass all of the cell's variables (is "
+                             "scope= the cell's path?)")
+    narrow = sorted(p for p, entry in cells.items()
+                    if any(_narrow_float(v) for _, v in entry.values()))
+    if narrow:
+        warnings.warn(f"the cells {', '.join(map(repr, narrow))} hold float16 / bfloat16 "
+                      "variables: TF computes such a graph in that precision, fastlstm in "
+                      "float32 or float64, so outputs differ from TF's by its rounding",
+                      UserWarning, stacklevel=2)
     groups = {}
     for path, entry in cells.items():
         rel = path[len(scope.rstrip("/")) + 1:] if scope and path != scope else path
         parts = rel.split("/")
+        full = path.split("/")           # (a stack's cell_k is told by its neighbours)
         layer, direction, li, di = 0, None, None, None
         for j, p in enumerate(parts):
-            m = _CELL_RE.match(p)
-            if m:
-                layer, li = int(m.group(1)), j
+            index = _stack_index(full, j + len(full) - len(parts))
+            if index is not None:
+                layer, li = index, j
             elif p in ("fw", "bw"):
                 direction, di = (0 if p == "fw" else 1), j
         # the last part is the cell's own name (lstm_cell, basic_lstm_cell, name=...): the
