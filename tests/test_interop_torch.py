@@ -642,6 +642,7 @@ def test_forward_hooks_are_refused():
         fl.from_torch(m)
 
 
+@pytest.mark.filterwarnings("ignore:the weights are float16:UserWarning")
 def test_float16_biases_are_summed_exactly_and_torch_dtypes_accepted():
     """A float16 module's two biases were summed in float16 (2e-4 off the float32 sum that
     a float32 run of the same weights uses); dtype=torch.float64 was refused with "dtype
@@ -661,3 +662,108 @@ def test_float16_biases_are_summed_exactly_and_torch_dtypes_accepted():
     sd = {k: v.numpy() for k, v in m.state_dict().items()}
     assert fl.from_torch(sd).b.tobytes() == want.tobytes()
     assert fl.from_torch(torch.nn.LSTMCell(4, 3).half()).dtype == np.float32
+
+
+def test_more_ways_to_change_forward_are_refused():
+    """A forward set on the object (as wrappers do), a subclass overriding __call__ or a
+    method forward calls (permute_hidden: the wrong state for unsorted packed input) were
+    imported silently (0.37-0.42 off); only a subclass's forward was refused."""
+    import types
+    torch = _torch()
+    m = torch.nn.LSTM(6, 5)
+    original = m.forward
+    m.forward = types.MethodType(lambda self, x, hx=None: original(2 * x, hx), m)
+    with pytest.raises(TypeError, match=r"this nn.LSTM has forward \(set on the object\)"):
+        fl.from_torch(m)
+    with pytest.raises(TypeError, match="set on the object"):
+        fl.from_torch(torch.nn.Sequential(m))
+
+    class Called(torch.nn.LSTM):
+        def __call__(self, x, hx=None):
+            return super().__call__(2 * x, hx)
+
+    class Permuted(torch.nn.LSTM):
+        def permute_hidden(self, hx, permutation):
+            return hx
+
+    class Described(torch.nn.LSTM):                 # harmless: imported
+        def extra_repr(self):
+            return "described"
+
+        def describe(self):
+            return "an LSTM"
+
+    for cls, what in ((Called, "__call__"), (Permuted, "permute_hidden")):
+        with pytest.raises(TypeError, match=f"{cls.__name__} subclasses torch's nn.LSTM but "
+                                            f"overrides {what}"):
+            fl.from_torch(cls(6, 5))
+    assert isinstance(fl.from_torch(Described(6, 5)), fl.LSTM)
+
+
+def test_weights_forward_reads_besides_the_state_dict():
+    """torch's forward reads its weights by name: a weight replaced by a plain tensor or a
+    non-persistent buffer is not in state_dict() (it was refused: "state_dict has no
+    weight_hh_l0"), and a state_dict hook changing values changed the import; a pruned
+    weight is computed (the module was refused for its pruning hook, its state_dict for
+    holding weight_orig); a spectral norm in training mode is read as in eval mode without
+    a power iteration, which changed the weights and the module's vectors (0.21 off)."""
+    torch = _torch()
+    from torch.nn.utils import parametrizations, prune
+    X = np.random.default_rng(8).normal(size=(3, 4, 6)).astype(np.float32)
+
+    def check(module):
+        module.eval()
+        with torch.no_grad():
+            want = module(torch.from_numpy(X))[0].numpy()
+        np.testing.assert_allclose(fl.from_torch(module)(X, time_major=True)[0], want,
+                                   **TOL[np.float32])
+
+    m = torch.nn.LSTM(6, 5)
+    w = m.weight_hh_l0.detach().clone() * 2
+    del m.weight_hh_l0
+    m.weight_hh_l0 = w
+    check(m)
+    m = torch.nn.LSTM(6, 5)
+    w = m.weight_ih_l0.detach().clone() * 2
+    del m.weight_ih_l0
+    m.register_buffer("weight_ih_l0", w, persistent=False)
+    check(m)
+    m = torch.nn.LSTM(6, 5)
+    m._register_state_dict_hook(lambda mod, sd, prefix, local: {
+        k: v.half().float() for k, v in sd.items()})
+    with torch.no_grad():
+        m.weight_ih_l0.uniform_(-1, 1)
+    np.testing.assert_array_equal(fl.from_torch(m).W, m.weight_ih_l0.detach().numpy().T)
+    m = torch.nn.LSTM(6, 5).eval()
+    prune.l1_unstructured(m, "weight_hh_l0", amount=0.5)
+    with torch.no_grad():       # (an optimiser step: forward's hook recomputes the weight)
+        m.weight_hh_l0_orig.mul_(2)
+    got = fl.from_torch(m)(X, time_major=True)[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, m(torch.from_numpy(X))[0].numpy(), **TOL[np.float32])
+    m = torch.nn.LSTM(6, 5)
+    parametrizations.spectral_norm(m, "weight_hh_l0")
+    with torch.no_grad():
+        m.parametrizations.weight_hh_l0.original.mul_(3)
+    m.eval()
+    with torch.no_grad():
+        want = m(torch.from_numpy(X))[0].numpy()
+    m.train()
+    u = m.parametrizations.weight_hh_l0[0]._u.clone()
+    np.testing.assert_allclose(fl.from_torch(m)(X, time_major=True)[0], want,
+                               **TOL[np.float32])
+    assert torch.equal(u, m.parametrizations.weight_hh_l0[0]._u) and m.training
+
+
+def test_narrow_float_modules_warn_and_quantized_ones_are_refused_clearly():
+    """float16 / bfloat16 modules compute in that precision (2e-4 / 5e-4 off the float32
+    import) without a word, as from_keras and from_tf1_checkpoint say; torch.ao's
+    quantized LSTMs were refused as holding "no" LSTM."""
+    torch = _torch()
+    for dt, name in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
+        with pytest.warns(UserWarning, match=f"the weights are {name}: torch computes"):
+            assert fl.from_torch(torch.nn.LSTM(4, 3).to(dt)).dtype == np.float32
+    quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(
+        torch.nn.LSTM(4, 3)), {torch.nn.LSTM}, dtype=torch.qint8)
+    with pytest.raises(TypeError, match="torch.ao's LSTM \\(a quantized or quantizable"):
+        fl.from_torch(quantized)

@@ -11,6 +11,7 @@ acts only in torch's training mode and has no fastlstm counterpart; inference is
 """
 
 import re
+import warnings
 
 import numpy as np
 
@@ -61,12 +62,37 @@ def _lstm_kind(module):
         return None
     for cls in type(module).__mro__:
         if cls.__name__ in ("LSTM", "LSTMCell") and cls.__module__.startswith("torch.nn"):
-            if type(module).forward is not cls.forward:
-                raise TypeError(f"{type(module).__name__} subclasses torch's nn.{cls.__name__} "
-                                "but overrides forward, so its outputs may differ: convert "
-                                "its state_dict() if the LSTM maths is unchanged")
+            _check_torch_methods(module, cls)
             return cls.__name__
     return None
+
+
+# methods of torch's RNN classes that a subclass may override without changing the maths
+_TORCH_HARMLESS = frozenset(("extra_repr", "reset_parameters", "flatten_parameters",
+                             "_apply", "_replicate_for_data_parallel"))
+
+
+def _check_torch_methods(module, cls):
+    """TypeError when ``module`` (of torch's ``cls`` or a subclass) has a forward of its
+    own (set on the object, as wrappers do) or its class overrides forward, ``__call__``
+    or a method of torch's RNN classes that forward calls (``permute_hidden``, the
+    checks, ...): its outputs may differ from the weights' LSTM maths."""
+    found = ["forward (set on the object)"] if "forward" in vars(module) else []
+    mro = type(module).__mro__
+    for sub in mro[:mro.index(cls)]:            # the classes defined on top of torch's
+        for attr, value in vars(sub).items():
+            if attr in _TORCH_HARMLESS or (attr.startswith("__") and attr != "__call__"):
+                continue
+            torch_method = attr in ("forward", "__call__", "_call_impl") or any(
+                attr in vars(c) for c in cls.__mro__ if c.__module__ == "torch.nn.modules.rnn")
+            if torch_method and (callable(value) or isinstance(value, (staticmethod,
+                                                                       classmethod))):
+                found.append(attr)
+    if found:
+        what = (f"{type(module).__name__} subclasses torch's nn.{cls.__name__} but overrides"
+                if type(module) is not cls else f"this nn.{cls.__name__} has")
+        raise TypeError(f"{what} {', '.join(found)}, so its outputs may differ: convert its "
+                        "state_dict() if the LSTM maths is unchanged")
 
 
 def _strip_prefix(state_dict, prefix):
@@ -104,33 +130,55 @@ def _hooks(module, attr):
     return list((getattr(module, attr, None) or {}).values())
 
 
+def _weight_hook(hook):
+    """The name of the weight a torch.nn.utils hook computes before each forward
+    (weight_norm, spectral_norm, pruning), else None."""
+    if not type(hook).__module__.startswith("torch.nn.utils"):
+        return None
+    if type(hook).__name__ in _WEIGHT_HOOKS:
+        return hook.name
+    return getattr(hook, "_tensor_name", None) if hasattr(hook, "apply_mask") else None
+
+
 def _effective_weights(module, kind):
-    """The weights the module's forward computes with, by torch's names: its state_dict,
-    or for weights under ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``,
-    ``orthogonal``, ...) or the older ``weight_norm`` / ``spectral_norm`` hooks the values
-    they give (spectral_norm as in eval mode: its stored vectors, no power iteration).
-    Other forward hooks may change the outputs: TypeError."""
+    """The weights the module's forward computes with, by torch's names (its
+    ``_flat_weights_names``: attributes, which may be plain tensors or parametrized): for
+    weights under ``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``,
+    ``orthogonal``, ``spectral_norm``, ...) the values the parametrizations give in eval
+    mode, for the older ``weight_norm`` / ``spectral_norm`` hooks and pruning the values
+    they compute (spectral norm from its stored vectors, no power iteration).  The module
+    is not changed.  Other forward hooks may change the outputs: TypeError."""
+    if _torchscript_class(module) is not None:
+        return module.state_dict()      # compiled: no Python hooks or attributes
     pre = _hooks(module, "_forward_pre_hooks")
-    norms = [h for h in pre if type(h).__name__ in _WEIGHT_HOOKS
-             and type(h).__module__.startswith("torch.nn.utils")]
-    other = [h for h in pre if not any(h is n for n in norms)] + \
-        _hooks(module, "_forward_hooks")
+    computed = [h for h in pre if _weight_hook(h) is not None]
+    other = [h for h in pre if _weight_hook(h) is None] + _hooks(module, "_forward_hooks")
     if other:
         raise TypeError(f"the torch {kind} has forward hooks ({', '.join(map(repr, other))}), "
                         "which may change its outputs: convert its state_dict() if they do "
                         "not, or remove them")
-    if not norms and not hasattr(module, "parametrizations"):
-        return module.state_dict()
     import torch
 
     names = list(getattr(module, "_flat_weights_names", None) or
                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-    with torch.no_grad():
-        weights = {n: getattr(module, n, None) for n in names}
-        for hook in norms:
-            weights[hook.name] = (hook.compute_weight(module) if type(hook).__name__ ==
-                                  "WeightNorm" else
-                                  hook.compute_weight(module, do_power_iteration=False))
+    parametrizations = getattr(module, "parametrizations", None)
+    modes = [(m, m.training) for m in parametrizations.modules()] if parametrizations else []
+    try:
+        for m, _ in modes:
+            m.training = False          # spectral norm: no power iteration, buffers kept
+        with torch.no_grad():
+            weights = {n: getattr(module, n, None) for n in names}
+            for hook in computed:
+                name = _weight_hook(hook)
+                if type(hook).__name__ == "WeightNorm":
+                    weights[name] = hook.compute_weight(module)
+                elif type(hook).__name__ == "SpectralNorm":
+                    weights[name] = hook.compute_weight(module, do_power_iteration=False)
+                else:
+                    weights[name] = hook.apply_mask(module)
+    finally:
+        for m, mode in modes:
+            m.training = mode
     return {n: w for n, w in weights.items() if w is not None}
 
 
@@ -177,6 +225,15 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
         inner = [(name, m) for name, m in module.named_modules()
                  if m is not module and _lstm_kind(m) is not None]
         if len(inner) != 1:
+            quantized = [type(m).__name__ for m in module.modules()
+                         if type(m).__module__.startswith("torch.ao.nn")
+                         and "LSTM" in type(m).__name__]
+            if not inner and quantized:
+                raise TypeError(
+                    f"module holds torch.ao's {quantized[0]} (a quantized or quantizable "
+                    "LSTM), which computes with quantized weights and activations that "
+                    "fastlstm does not reproduce: convert the float model before "
+                    "quantization")
             qualified = _torchscript_class(module)
             if not inner and qualified:
                 raise TypeError(
@@ -208,7 +265,14 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
     else:
         raise TypeError("module must be a torch nn.LSTM / nn.LSTMCell or a state_dict mapping, "
                         f"got {type(module).__name__}")
-    sd = {k: as_array(v, k) for k, v in _strip_prefix(state_dict, prefix).items()}
+    raw = _strip_prefix(state_dict, prefix)
+    narrow = sorted({str(getattr(v, "dtype", "")).replace("torch.", "") for v in raw.values()}
+                    & {"float16", "bfloat16"})
+    if narrow:
+        warnings.warn(f"the weights are {' and '.join(narrow)}: torch computes such a module "
+                      f"in {narrow[0]}, fastlstm in float32 or float64, so outputs differ "
+                      f"from torch's by {narrow[0]} rounding", UserWarning, stacklevel=2)
+    sd = {k: as_array(v, k) for k, v in raw.items()}
     if "weight_ih" in sd:
         return _from_cell(sd, given, dtype)
     return _from_lstm(sd, given, dtype)
