@@ -362,3 +362,82 @@ def test_bfloat16_layer_imports_its_weights_exactly():
     assert model.dtype == np.float32
     np.testing.assert_array_equal(model.W, weights[0].astype(np.float32))
     np.testing.assert_array_equal(model.U, weights[1].astype(np.float32))
+
+
+def test_layers_and_cells_of_the_users_own_are_refused_whatever_their_names():
+    """A layer of one's own holding an LSTM (imported with the default tanh where its LSTM
+    ran relu: 0.33 off), a hand-written cell under RNN (another gate order: 0.47 off) and
+    a layer with forward and backward layers that sums them (read as a concatenating
+    Bidirectional: 8 wide where Keras gives 4) were imported by their names."""
+    rng = np.random.default_rng(16)
+    X = rng.normal(size=(N, T, I)).astype(np.float32)
+
+    class LSTMBlock(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.lstm = keras.layers.LSTM(units, activation="relu", return_sequences=True)
+
+        def call(self, x):
+            return self.lstm(x)
+
+    class MyLSTMCell(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.units, self.state_size = units, [units, units]
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 4 * self.units))
+            self.recurrent_kernel = self.add_weight(shape=(self.units, 4 * self.units))
+            self.bias = self.add_weight(shape=(4 * self.units,))
+
+        def call(self, x, states):
+            h, c = states
+            z = keras.ops.matmul(x, self.kernel) + keras.ops.matmul(h, self.recurrent_kernel)
+            i, f, o, g = keras.ops.split(z + self.bias, 4, axis=-1)
+            c = keras.ops.sigmoid(f) * c + keras.ops.sigmoid(i) * keras.ops.tanh(g)
+            h = keras.ops.sigmoid(o) * keras.ops.tanh(c)
+            return h, [h, c]
+
+    class SumBiLSTM(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.forward_layer = keras.layers.LSTM(units, return_sequences=True)
+            self.backward_layer = keras.layers.LSTM(units, return_sequences=True,
+                                                    go_backwards=True)
+            self.merge_mode = "concat"
+
+        def call(self, x):
+            return self.forward_layer(x) + keras.ops.flip(self.backward_layer(x), axis=1)
+
+    block, summed = LSTMBlock(H), SumBiLSTM(H)
+    rnn = keras.layers.RNN(MyLSTMCell(H), return_sequences=True)
+    for layer in (block, rnn, summed):
+        layer(X)
+    with pytest.raises(TypeError, match="got LSTMBlock \\(a class of its own"):
+        fl.from_keras(block)
+    with pytest.raises(TypeError, match="over a MyLSTMCell, not Keras' LSTMCell"):
+        fl.from_keras(rnn)
+    with pytest.raises(TypeError, match="expected a Keras Bidirectional, got SumBiLSTM"):
+        fl.from_keras(summed)
+    # their Keras LSTMs convert one by one
+    np.testing.assert_allclose(fl.from_keras(block.lstm)(X)[0], _np(block(X)),
+                               **TOL[np.float32])
+
+
+def test_float16_bidirectional_wrapper_warns_and_layer_activation_objects_are_explained():
+    """A Bidirectional wrapper computing in float16 casts its input first (2e-4 off) with
+    float32 layers inside: no warning was given.  A layer's activation given as a layer
+    object is refused with advice that works for a layer object (passing activation= is
+    ignored then)."""
+    bi = keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True),
+                                    dtype="mixed_float16")
+    bi.build((None, T, I))
+    assert (bi.compute_dtype, bi.forward_layer.compute_dtype) == ("float16", "float32")
+    with pytest.warns(UserWarning, match="Keras Bidirectional .* computes in float16"):
+        fl.from_keras(bi)
+    layer = keras.layers.LSTM(H, activation=keras.layers.Activation("tanh"))
+    layer.build((None, T, I))
+    with pytest.raises(ValueError, match="convert the layer's get_weights\\(\\) with "
+                                         "activation= that name"):
+        fl.from_keras(layer)
+    assert fl.from_keras(layer.get_weights(), activation="tanh").activation == "tanh"

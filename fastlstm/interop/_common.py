@@ -36,7 +36,7 @@ def _library_name(fn):
     return name if isinstance(name, str) and top in _LIBRARIES else None
 
 
-def function_name(fn, what):
+def function_name(fn, what, advice=None):
     """The name of an activation given as a library's function (``__name__``), or
     ValueError: a function of the user's own, or a callable object, is not identified by
     its name (a ``def tanh(x)`` may compute a scaled tanh); nor is a library's wrapper
@@ -47,7 +47,7 @@ def function_name(fn, what):
             f"{what}={fn!r} is not a function fastlstm can identify (it recognises the "
             "functions of TensorFlow, Keras, NumPy and torch, such as tf.tanh or "
             f"keras.activations.relu): if it computes one of fastlstm's activations exactly, "
-            f"pass that name as a string ({what}='tanh', ...)")
+            + (advice or f"pass that name as a string ({what}='tanh', ...)"))
     return name
 
 

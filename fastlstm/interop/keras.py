@@ -37,12 +37,14 @@ __all__ = ["from_keras", "to_keras_weights", "keras_config", "keras_masked_outpu
 _KERAS_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "linear": "linear"}
 
 
-def _fn_name(fn, what):
+def _fn_name(fn, what, layer=False):
     if fn is None:
         return "linear"
     if isinstance(fn, str):
         return fn
-    return function_name(fn, what)
+    return function_name(fn, what, advice=(
+        f"convert the layer's get_weights() with {what}= that name ('tanh', ...): a layer "
+        "object brings its own") if layer else None)
 
 
 def _major(version):
@@ -178,7 +180,8 @@ def _activation_name(name):
     return name
 
 
-def _from_weights(weights, activation, recurrent_activation, keras_version, dtype, name):
+def _from_weights(weights, activation, recurrent_activation, keras_version, dtype, name,
+                  layer=False):
     weights = list(weights)
     if len(weights) not in (2, 3):
         raise ValueError(f"{name}: expected [kernel, recurrent_kernel, bias] (or without bias), "
@@ -198,15 +201,19 @@ def _from_weights(weights, activation, recurrent_activation, keras_version, dtyp
         check_shape(bias, (4 * H,), f"{name}: bias", "(4*units,)")
     own = _function_keras_major(recurrent_activation)   # Keras' function knows its version
     return build_layer(kernel, rec, bias, dtype=dtype,
-                       activation=_activation_name(_fn_name(activation, "activation")),
+                       activation=_activation_name(_fn_name(activation, "activation", layer)),
                        recurrent_activation=_recurrent_name(
-                           _fn_name(recurrent_activation, "recurrent_activation"),
+                           _fn_name(recurrent_activation, "recurrent_activation", layer),
                            own if own is not None else keras_version),
                        name=name)
 
 
 def _from_layer(layer, keras_version, dtype):
     if hasattr(layer, "forward_layer") and hasattr(layer, "backward_layer"):
+        if _keras_class(type(layer), ("Bidirectional",)) != "Bidirectional":
+            raise TypeError(f"expected a Keras Bidirectional, got {type(layer).__name__}, a "
+                            "class of its own with forward and backward layers: it may "
+                            "combine them otherwise; convert its layers one by one")
         _check_keras_methods(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}")
         mode = getattr(layer, "merge_mode", "concat")
         if mode != "concat":
@@ -220,6 +227,9 @@ def _from_layer(layer, keras_version, dtype):
         bw = _single(bw_layer, keras_version, dtype, allow_backwards=True, warn=False)
         _warn_call_options(layer.forward_layer,                 # once for both halves
                            f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
+        if _compute_dtype(layer) != _compute_dtype(layer.forward_layer):
+            # the wrapper casts the input to its own compute dtype first
+            _warn_policy(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
         if _compute_dtype(bw_layer) != _compute_dtype(layer.forward_layer):
             # (Keras lets the halves' dtype policies differ; their other call options not)
             _warn_policy(bw_layer, f"the backward layer of Keras Bidirectional "
@@ -256,38 +266,52 @@ def _warn_call_options(layer, name, stacklevel):
                       UserWarning, stacklevel=stacklevel + 1)
 
 
-def _lstm_kind(cls):
-    """The name of the first class of ``cls``'s MRO that names an LSTM (a subclass of
-    keras.layers.LSTM may be called anything), else ``cls``'s own name."""
-    return next((c.__name__ for c in cls.__mro__ if "LSTM" in c.__name__), cls.__name__)
+def _keras_class(cls, names=()):
+    """The name of the first class of ``cls``'s MRO that a Keras package defines and that
+    names an LSTM (or is one of ``names``): a subclass of keras.layers.LSTM may be called
+    anything, while a class of another package (a layer of the user's own holding an
+    LSTM, a hand-written cell) gets None, whatever it is called."""
+    for c in getattr(cls, "__mro__", ()):
+        top = c.__module__.split(".")[0] if isinstance(c.__module__, str) else ""
+        if top in ("keras", "tf_keras", "tensorflow") and ("LSTM" in c.__name__
+                                                             or c.__name__ in names):
+            return c.__name__
+    return None
 
 
 def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
-    kind = _lstm_kind(type(layer))
-    cell_kind = _lstm_kind(type(getattr(layer, "cell", None)))
+    kind = _keras_class(type(layer), ("RNN",))
+    cell = getattr(layer, "cell", None)
     # keras.layers.RNN(LSTMCell(units)) (or a subclass of RNN) computes what LSTM(units)
     # does
-    rnn = "LSTM" not in kind and any(c.__name__ == "RNN" for c in type(layer).__mro__)
-    wrapped = rnn and "LSTM" in cell_kind
-    if not (wrapped or "LSTM" in kind) or not hasattr(layer, "get_weights"):
+    rnn = kind == "RNN"
+    wrapped = rnn and _keras_class(type(cell)) is not None
+    if not (wrapped or (kind is not None and "LSTM" in kind)) or \
+            not hasattr(layer, "get_weights"):
         hint = ""
-        if rnn and cell_kind == "StackedRNNCells":
+        if rnn and type(cell).__name__ == "StackedRNNCells":
             hint = (" over several cells: convert each cell (from_keras(cell)) and stack them "
                     "in fastlstm.MultiLSTM")
         elif rnn:
-            hint = f" over a {cell_kind}, not an LSTMCell"
+            hint = (f" over a {type(cell).__name__}, not Keras' LSTMCell (a cell of your own "
+                    "may compute anything)")
+        elif kind is None and "LSTM" in type(layer).__name__:
+            hint = (" (a class of its own, not derived from Keras' LSTM, LSTMCell or RNN: it "
+                    "may compute anything; convert its LSTM, or the weights of one that "
+                    "computes Keras' LSTM)")
         raise TypeError(f"expected a Keras LSTM layer, got {type(layer).__name__}{hint}")
     if getattr(layer, "go_backwards", False) and not allow_backwards:
         raise ValueError("go_backwards=True returns outputs in reversed time order, which "
                          "fastlstm does not produce; wrap the layer in Bidirectional or reverse "
                          "the input yourself")
-    name = f"Keras layer {getattr(layer, 'name', kind)!r}"
+    name = f"Keras layer {getattr(layer, 'name', type(layer).__name__)!r}"
     _check_keras_methods(layer, name)
     if getattr(layer, "cell", None) is not None:
         _check_keras_methods(layer.cell, name)
     weights = layer.get_weights()
     if not weights:
-        raise ValueError(f"the Keras layer {getattr(layer, 'name', kind)!r} is not built yet "
+        raise ValueError(f"the Keras layer {getattr(layer, 'name', type(layer).__name__)!r} "
+                         "is not built yet "
                          "(call it once or build it with an input shape)")
     cell = getattr(layer, "cell", layer)
     act = getattr(cell, "activation", getattr(layer, "activation", "tanh"))
@@ -298,7 +322,7 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
     version = keras_version if keras_version is not None else _keras_major(layer)
     if warn:
         _warn_call_options(layer, name, 4)
-    return _from_weights(weights, act, rec, version, dtype, name)
+    return _from_weights(weights, act, rec, version, dtype, name, layer=True)
 
 
 def from_keras(layer, *, activation="tanh", recurrent_activation="sigmoid", keras_version=None,
