@@ -1186,3 +1186,102 @@ def test_graph_whose_outputs_skip_the_last_lstm_node_is_refused():
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
     assert fl.from_onnx(proto).flat_params.tobytes() == m.flat_params.tobytes()
+
+
+def _with_output_op(rng, op, attrs=None, extra_inits=None, extra_inputs=(),
+                    out_type=TensorProto.FLOAT):
+    """One LSTM node whose Y reaches the graph output through one ``op`` node."""
+    H, I = 3, 2
+    inits = {"W": rng.normal(size=(1, 4 * H, I)).astype(np.float32),
+             "R": rng.normal(size=(1, 4 * H, H)).astype(np.float32)}
+    inits.update(extra_inits or {})
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H),
+             helper.make_node(op, ["Y", *extra_inputs], ["out"], **(attrs or {}))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, I])],
+        [helper.make_tensor_value_info("out", out_type, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_from_onnx_refuses_outputs_whose_values_a_cast_or_dropout_changes():
+    """Cast and Dropout were taken for operations that only move the results: a Cast to
+    int32 / bool / float16 (0.66 off) or a Dropout in training mode (a torch export with
+    TrainingMode.TRAINING zeroes half the outputs) imported silently."""
+    rng = np.random.default_rng(4)
+    refused = [("Cast", dict(to=TensorProto.INT32), None, ()),
+               ("Cast", dict(to=TensorProto.FLOAT16), None, ()),
+               ("Cast", dict(to=TensorProto.BOOL), None, ()),
+               ("Dropout", {}, {"ratio": np.array(0.5, np.float32),
+                                "mode": np.array(True)}, ("ratio", "mode"))]
+    for op, attrs, inits, ins in refused:
+        with pytest.raises(ValueError, match=f"computed by a {op} node"):
+            fl.from_onnx(_with_output_op(rng, op, attrs, inits, ins))
+    kept = [("Cast", dict(to=TensorProto.FLOAT), None, ()),
+            ("Cast", dict(to=TensorProto.DOUBLE), None, ()),
+            ("Dropout", {}, None, ()),
+            ("Dropout", {}, {"ratio": np.array(0.5, np.float32),
+                             "mode": np.array(False)}, ("ratio", "mode"))]
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    for op, attrs, inits, ins in kept:
+        proto = _with_output_op(rng, op, attrs, inits, ins, attrs.get("to", TensorProto.FLOAT))
+        np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0],
+                                   run_ort(proto, {"X": X})["out"][:, 0], **TOL32)
+
+
+def test_from_onnx_sequence_lens_must_be_the_callers():
+    """A sequence_lens computed in the graph (Sub(L, 1), Expand of a stored value) was
+    accepted silently, and one stored behind a Cast was not applied without the warning
+    the docs promise: the caller's lengths= were not the node's (0.3-0.7 off)."""
+    rng = np.random.default_rng(5)
+    H, I = 3, 2
+
+    def graph(pre_nodes, inits, inputs):
+        node = helper.make_node("LSTM", ["X", "W", "R", "", "L"], ["Y"], hidden_size=H)
+        all_inits = {"W": rng.normal(size=(1, 4 * H, I)).astype(np.float32),
+                     "R": rng.normal(size=(1, 4 * H, H)).astype(np.float32), **inits}
+        ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, I])] + [
+            helper.make_tensor_value_info(n, TensorProto.INT32, [2]) for n in inputs]
+        g = helper.make_graph(pre_nodes + [node], "g", ins,
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in all_inits.items()])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+    computed = graph([helper.make_node("Sub", ["Lin", "one"], ["L"])],
+                     {"one": np.array(1, np.int32)}, ["Lin"])
+    with pytest.raises(ValueError, match="sequence_lens is computed in the graph \\(by a "
+                                         "Sub node\\)"):
+        fl.from_onnx(computed)
+    stored = graph([helper.make_node("Cast", ["L64"], ["L"], to=TensorProto.INT32)],
+                   {"L64": np.array([5, 3], np.int64)}, [])
+    with pytest.warns(UserWarning, match=r"stores sequence_lens \[5, 3\].*pass lengths="):
+        fl.from_onnx(stored)
+    given = graph([helper.make_node("Cast", ["Lin"], ["L"], to=TensorProto.INT32)], {},
+                  ["Lin"])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fl.from_onnx(given)
+
+
+def test_from_onnx_reads_constants_of_every_kind_and_names_an_lstm_state_source():
+    """Constant nodes with value_ints / value_float (opset 12+) were not read as stored:
+    Squeeze axes and a zero initial state built from them were refused.  A state taken
+    from another LSTM node's final state was refused as "a learned initial state?"."""
+    rng = np.random.default_rng(6)
+    proto = _two_nodes(rng, [("Squeeze", {}, [[1]])])
+    squeeze = next(n for n in proto.graph.node if n.op_type == "Squeeze")
+    proto.graph.initializer.remove(next(t for t in proto.graph.initializer
+                                        if t.name == squeeze.input[1]))
+    proto.graph.node.insert(0, helper.make_node("Constant", [], [squeeze.input[1]],
+                                                value_ints=[1]))
+    X = rng.normal(size=(5, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0],
+                               run_ort(proto, {"X": X})["Y1"][:, 0], **TOL32)
+    # the second node's initial h: the first node's Y_h
+    second = [n for n in proto.graph.node if n.op_type == "LSTM"][1]
+    first = [n for n in proto.graph.node if n.op_type == "LSTM"][0]
+    first.output.extend(["Y0h"])
+    second.input.extend(["", "Y0h"])
+    with pytest.raises(ValueError, match="initial_h comes from another LSTM node's final"):
+        fl.from_onnx(proto)

@@ -352,9 +352,9 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     producer = {}
     for node in graph.node:
         if node.op_type == "Constant":
-            attrs = _attr_dict(node)
-            if "value" in attrs:
-                consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            value = _constant_value(node)
+            if value is not None:
+                consts[node.output[0]] = value
         for out in node.output:
             producer[out] = node
     graph_inputs = {i.name for i in graph.input}
@@ -362,8 +362,8 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     if not lstms:
         raise ValueError("the ONNX model has no LSTM node")
     _fold_parameters(proto, lstms, consts, producer, graph_inputs)
-    _check_outputs(graph, lstms, producer)
-    _check_sequence_lens(lstms, producer)
+    _check_outputs(graph, lstms, producer, consts)
+    _check_sequence_lens(lstms, producer, consts, graph_inputs)
     graph_ = _Graph(proto, consts, producer)
     items, states = [], []
     for k, node in enumerate(lstms):
@@ -442,7 +442,38 @@ def _evaluate(proto, nodes, values, name):
 _OUTPUT_OPS = _SHAPE_OPS | {"Concat", "Slice", "Split", "Gather", "Cast", "Dropout"}
 
 
-def _check_outputs(graph, lstms, producer):
+def _constant_value(node):
+    """The value of a Constant node (its ``value`` tensor, or ``value_float(s)`` /
+    ``value_int(s)``), None for the others (strings, sparse)."""
+    from onnx import numpy_helper
+
+    attrs = _attr_dict(node)
+    if "value" in attrs:
+        return numpy_helper.to_array(attrs["value"])
+    for key, dt in (("value_float", np.float32), ("value_floats", np.float32),
+                    ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dt)
+    return None
+
+
+def _moves_values(node, consts):
+    """Whether a node on the way to a graph output leaves the LSTM results' values as they
+    are: shape operations; a Cast to float32 or float64 (not to half precision, integers
+    or booleans); a Dropout in inference mode (no training_mode, or a stored false one)."""
+    from onnx import TensorProto
+
+    if node.op_type == "Cast":
+        return _attr_dict(node).get("to") in (TensorProto.FLOAT, TensorProto.DOUBLE)
+    if node.op_type == "Dropout":
+        if _attr_dict(node).get("is_test", 1) == 0:       # opset 6's training flag
+            return False
+        mode = node.input[2] if len(node.input) > 2 else ""
+        return not mode or (mode in consts and not np.any(consts[mode]))
+    return node.op_type in _OUTPUT_OPS
+
+
+def _check_outputs(graph, lstms, producer, consts):
     """Every graph output must be an LSTM node's result moved by shape operations (torch's
     h_n is the nodes' Y_h concatenated): a graph that computes more after the stack (a
     head, a residual sum) is refused, since the model imported would compute less; so is
@@ -463,10 +494,12 @@ def _check_outputs(graph, lstms, producer):
                     f"{name!r}, a graph input or stored value: fastlstm imports LSTM stacks "
                     "only, and the model would compute less than the graph")
             seen.add(name)
-            if node.op_type not in _OUTPUT_OPS or node.domain not in ("", "ai.onnx") \
+            if not _moves_values(node, consts) or node.domain not in ("", "ai.onnx") \
                     or len(seen) > 10000:
+                what = {"Cast": " casting to another type",
+                        "Dropout": " in training mode"}.get(node.op_type, "")
                 raise ValueError(
-                    f"graph output {out.name!r} is computed by a {node.op_type} node "
+                    f"graph output {out.name!r} is computed by a {node.op_type} node{what} "
                     f"({node.name or 'unnamed'}) from the LSTM nodes' results: fastlstm "
                     "imports LSTM stacks only, and the model would compute less than the "
                     "graph (export the LSTM part alone, and apply the rest to its output)")
@@ -480,9 +513,11 @@ def _check_outputs(graph, lstms, producer):
             "without the node)")
 
 
-def _check_sequence_lens(lstms, producer):
+def _check_sequence_lens(lstms, producer, consts, graph_inputs):
     """All LSTM nodes must read the same sequence_lens (or none): a fastlstm stack applies
-    one ``lengths`` to every layer."""
+    one ``lengths`` to every layer.  They must be a graph input (the caller's lengths=)
+    moved by shape operations; stored ones are not applied (a warning), computed ones
+    refused (the caller's lengths would not be the node's)."""
     def source(node):
         name = node.input[4] if len(node.input) > 4 else ""
         while name in producer and producer[name].op_type in _SHAPE_OPS | {"Cast"}:
@@ -495,6 +530,19 @@ def _check_sequence_lens(lstms, producer):
             "the LSTM nodes read different sequence_lens ("
             + ", ".join(f"node {k}: {n or 'none'}" for k, n in enumerate(names))
             + "): a fastlstm stack applies one lengths= to every layer")
+    name = names[0]
+    if not name or name in graph_inputs:
+        return
+    if name in consts:
+        warnings.warn(f"the model stores sequence_lens {np.asarray(consts[name]).tolist()}; "
+                      "a fastlstm model takes lengths per call: pass lengths= to it",
+                      UserWarning, stacklevel=3)
+        return
+    op = producer[name].op_type if name in producer else "no node"
+    raise ValueError(f"the LSTM nodes' sequence_lens is computed in the graph (by a {op} "
+                     "node), not taken from a graph input: the lengths a caller passes to "
+                     "the fastlstm model would not be the ones the graph computes; compute "
+                     "them yourself and pass lengths=")
 
 
 def _flat_state(s):
@@ -899,6 +947,8 @@ def _state_sources_of(name, consts, graph_inputs, producer, memo):
     node = producer.get(name)
     if node is None:
         return {"stored"}
+    if node.op_type == "LSTM":
+        return {"lstm"}
     if node.op_type == "ConstantOfShape":
         value = _attr_dict(node).get("value")
         zero = value is None or not np.any(numpy_helper.to_array(value) != 0)
@@ -951,10 +1001,6 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         if arr is not None and arr.shape != shape:
             raise ValueError(f"{where}: {what} must have shape {shape}, got {arr.shape}")
     acts = _parse_activations(attrs, D, where)
-    if len(node.input) > 4 and node.input[4] in consts:
-        warnings.warn(f"{where}: the model stores sequence_lens "
-                      f"{np.asarray(consts[node.input[4]]).tolist()}; a fastlstm model takes "
-                      "lengths per call: pass lengths= to it", UserWarning, stacklevel=3)
     h0 = _const(node, 5, consts, graph_inputs, where, "initial_h")
     c0 = _const(node, 6, consts, graph_inputs, where, "initial_c")
     for what, idx, v in (("initial_h", 5, h0), ("initial_c", 6, c0)):
@@ -964,6 +1010,11 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
         # model alone can reproduce
         if isinstance(v, str):
             src = _state_sources(node.input[idx], consts, graph_inputs, producer)
+            if "lstm" in src:
+                raise ValueError(
+                    f"{where}: {what} comes from another LSTM node's final state (an "
+                    "encoder's, for a decoder?): fastlstm imports one stack; import each "
+                    "part and pass that state to the model as initial_state")
             if not src or "stored" in src:
                 raise ValueError(
                     f"{where}: {what} is computed from values stored in the model (a learned "
