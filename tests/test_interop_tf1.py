@@ -590,18 +590,21 @@ def test_cells_beside_an_lstm_stack_need_a_scope_only_when_they_may_be_lstm_cell
     assert fl.from_tf1_checkpoint({**lstm, **other}, scope="encoder").hidden_size == 6
 
 
-def test_a_second_rnn_under_names_of_its_own_needs_a_scope():
-    """dynamic_rnn(LSTMCell(name="enc"), scope="encoder") beside a decoder's lstm_cell:
-    the encoder (no "lstm" in its names, no "rnn" scope) was dropped, the decoder returned."""
+def test_dense_heads_beside_an_lstm_load_and_rnn_scoped_cells_need_a_scope():
+    """Dense heads of names of their own ("fc", "logits") of an LSTM cell's shapes sit
+    beside the LSTM in most checkpoints: they are left out, as before.  A cell of a name
+    of its own under an RNN function's scope (dynamic_rnn's "rnn") is a second RNN: scope=
+    is asked for, with the LSTM cells' scope proposed."""
     rng = np.random.default_rng(3)
-    enc, dec = random_vars(rng, 4, 6), random_vars(rng, 6, 6)
-    variables = {f"encoder/enc/{k}": v for k, v in enc.items()}
-    variables.update({f"decoder/lstm_cell/{k}": v for k, v in dec.items()})
-    variables["decoder/lstm_cell/kernel/Adam"] = np.zeros_like(dec["kernel"])
-    with pytest.raises(ValueError, match="several RNNs .*'encoder/enc'.*pass scope="):
-        fl.from_tf1_checkpoint(variables)
-    assert fl.from_tf1_checkpoint(variables, scope="encoder").input_size == 4
-    assert fl.from_tf1_checkpoint(variables, scope="decoder").input_size == 6
+    lstm = {f"model/rnn/lstm_cell/{k}": v for k, v in random_vars(rng, 4, 6).items()}
+    heads = {"model/fc/kernel": rng.normal(size=(6, 8)), "model/fc/bias": np.zeros(8),
+             "logits/kernel": rng.normal(size=(8, 4)), "logits/bias": np.zeros(4)}
+    assert fl.from_tf1_checkpoint({**lstm, **heads}).input_size == 4
+    enc = {f"encoder/rnn/enc/{k}": v for k, v in random_vars(rng, 5, 6).items()}
+    with pytest.raises(ValueError, match="several RNNs .*'encoder/rnn/enc'.*pass scope= "
+                                         "\\(scope='model/rnn' for the first\\)"):
+        fl.from_tf1_checkpoint({**lstm, **heads, **enc})
+    assert fl.from_tf1_checkpoint({**lstm, **heads, **enc}, scope="encoder").input_size == 5
 
 
 def test_a_kernel_without_its_bias_is_refused():
@@ -643,3 +646,13 @@ def test_float16_checkpoints_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fl.from_tf1_checkpoint({k: a.astype(np.float32) for k, a in half.items()})
+
+
+def test_float16_tensors_of_other_libraries_warn_too():
+    """A float16 torch (or TF) tensor's dtype is not a NumPy dtype: such variables loaded
+    as float32 without the warning a float16 NumPy array gets."""
+    torch = pytest.importorskip("torch")
+    v = random_vars(np.random.default_rng(7), 3, 4)
+    half = {f"rnn/lstm_cell/{k}": torch.from_numpy(a).half() for k, a in v.items()}
+    with pytest.warns(UserWarning, match="hold float16 / bfloat16 variables"):
+        assert fl.from_tf1_checkpoint(half).dtype == np.float32

@@ -767,3 +767,27 @@ def test_narrow_float_modules_warn_and_quantized_ones_are_refused_clearly():
         torch.nn.LSTM(4, 3)), {torch.nn.LSTM}, dtype=torch.qint8)
     with pytest.raises(TypeError, match="torch.ao's LSTM \\(a quantized or quantizable"):
         fl.from_torch(quantized)
+
+
+def test_hooks_beside_computed_weights_get_advice_that_works():
+    """A pruned LSTM with a forward hook was told to convert its state_dict(), which then
+    was refused for holding the pruned parts: the advice now is to remove the hook."""
+    torch = _torch()
+    from torch.nn.utils import prune
+    m = torch.nn.LSTM(4, 3)
+    prune.l1_unstructured(m, "weight_ih_l0", amount=0.5)
+    handle = m.register_forward_hook(lambda *args: None)
+    with pytest.raises(TypeError, match="remove them \\(handle.remove\\(\\)\\) and pass the "
+                                        "module again"):
+        fl.from_torch(m)
+    handle.remove()
+    assert isinstance(fl.from_torch(m), fl.LSTM)
+
+
+def test_from_onnx_takes_a_torch_dtype():
+    """from_onnx(dtype=torch.float64) failed inside NumPy ("Cannot interpret
+    'torch.float64' as a data type"); the other importers take it."""
+    torch = _torch()
+    pytest.importorskip("onnx")
+    proto = fl.to_onnx(fl.LSTM(3, 4, random_state=0))
+    assert fl.from_onnx(proto, dtype=torch.float64).dtype == np.float64

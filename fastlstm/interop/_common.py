@@ -63,7 +63,7 @@ def bias_sum(a, b, dtype=None):
     float16 would lose bits that torch keeps); ``a`` itself when ``b`` is all zeros (the
     sum would turn an entry -0.0 of ``a`` into +0.0)."""
     dt = np.result_type(a.dtype, b.dtype, np.float32,
-                        np.float32 if dtype is None else np.dtype(dtype))
+                        np.float32 if dtype is None else pick_dtype(dtype, ()))
     return a.astype(dt) if not np.any(b) else a.astype(dt) + b.astype(dt)
 
 

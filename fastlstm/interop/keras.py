@@ -127,8 +127,10 @@ def _function_keras_major(fn):
 
 
 # methods a subclass of a Keras layer may define without changing what it computes
-_HARMLESS = frozenset(("build", "get_config", "from_config", "compute_output_shape",
-                       "compute_output_spec"))
+_HARMLESS = frozenset(("build", "get_config", "from_config", "get_build_config",
+                       "build_from_config", "compute_output_shape", "compute_output_spec",
+                       "compute_mask", "save_own_variables", "load_own_variables",
+                       "reset_states", "reset_state"))
 
 
 def _check_keras_methods(obj, what):

@@ -12,6 +12,7 @@ both.  ``cell_clip``, ``proj_clip``, ``forget_bias`` and the activation are cons
 arguments in TF, not checkpoint variables: pass them to the importer.
 """
 
+import os
 import re
 import warnings
 
@@ -103,6 +104,10 @@ _OTHER_CELL_RE = re.compile(r"^(?:basic_rnn_cell|gru_cell|ugrnn_cell|gru_block_c
 _DENSE_RE = re.compile(r"^dense(?:_\d+)?$")
 
 
+# the scopes TF1's RNN functions put their cells under (dynamic_rnn's "rnn", ...)
+_RNN_SCOPE_RE = re.compile(r"^(?:bidirectional_|stack_bidirectional_)?rnn(?:_\d+)?$")
+
+
 def _stack_index(parts, j):
     """The layer index when ``parts[j]`` (of a cell's path) is a stack's ``cell_k``: after
     ``multi_rnn_cell`` (TF 0.x: ``MultiRNNCell/Cell0``) or before a stacked bidirectional
@@ -128,12 +133,13 @@ def _stack_of(path):
 
 
 def _narrow_float(value):
-    """Whether a variable is of a float type narrower than float32 (float16, bfloat16)."""
-    try:
-        dt = np.dtype(getattr(value, "dtype", None) or np.asarray(value).dtype)
-    except TypeError:
-        return False
-    return dt.name.startswith(("float16", "bfloat16", "float8"))
+    """Whether a variable (a NumPy array, a TF or torch tensor) is of a float type
+    narrower than float32 (float16, bfloat16)."""
+    dt = getattr(value, "dtype", None)
+    if dt is None:
+        dt = np.asarray(value).dtype
+    name = str(getattr(dt, "name", None) or dt).replace("torch.", "")
+    return name.startswith(("float16", "bfloat16", "float8", "half"))
 
 
 def _lstm_shaped(entry):
@@ -223,8 +229,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         ``gru_cell``, ``dense``) are never read as an LSTM cell: alone, or in a stack
         with LSTM cells, they are refused; so is a cell with variables TF1's LSTM cells do
         not have (a layer-normalised cell's ``gamma`` / ``beta``), or without a bias.
-        Beside LSTM cells, a kernel and bias of an LSTM cell's shapes under a name of its
-        own asks for ``scope=`` (it may be another RNN's cell).
+        Beside LSTM cells, a kernel and bias of an LSTM cell's shapes under an RNN
+        function's scope asks for ``scope=`` (another RNN's cell); elsewhere it is taken
+        for another layer (a Dense "fc") and left out.
     scope : keep only variables under this name prefix (needed when the mapping holds
         several RNNs).
     forget_bias, cell_clip, proj_clip, activation : the cells' constructor arguments (not
@@ -294,16 +301,22 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
     lstm_named = {p: v for p, v in cells.items() if "lstm" in p.split("/")[-1].lower()
                   or _stack_of(p) is not None}
     if lstm_named:
-        # ... unless one of the others may be a cell too: one with an LSTM cell's own
-        # variables, or a kernel and bias of an LSTM cell's shapes (a cell named by the
-        # user, which a layer of the same shapes cannot be told from)
+        # ... unless one of the others is a cell too: one with an LSTM cell's own
+        # variables, or one under an RNN function's scope (dynamic_rnn's "rnn", ...) with
+        # a kernel and bias of an LSTM cell's shapes.  (A cell of a name of its own under a
+        # scope of its own cannot be told from a Dense layer "fc" or "logits" of the same
+        # shapes, which most checkpoints have: those are left out, as documented.)
         rnns = sorted(p for p, v in cells.items() if p not in lstm_named and (
-            set(v) & {"w_i_diag", "w_f_diag", "w_o_diag", "projection"} or _lstm_shaped(v)))
+            set(v) & {"w_i_diag", "w_f_diag", "w_o_diag", "projection"}
+            or (any(_RNN_SCOPE_RE.match(q.lower()) for q in p.split("/")[:-1])
+                and _lstm_shaped(v))))
         if rnns:
-            raise ValueError("the variables may hold several RNNs (the LSTM cells "
-                             + ", ".join(map(repr, sorted(lstm_named))) + ", and kernels "
-                             "and biases of an LSTM cell's shapes under "
-                             + ", ".join(map(repr, rnns)) + "); pass scope= to choose")
+            prefix = os.path.commonprefix([p.split("/")[:-1] for p in lstm_named])
+            raise ValueError("the variables hold several RNNs (the LSTM cells "
+                             + ", ".join(map(repr, sorted(lstm_named))) + " and "
+                             + ", ".join(map(repr, rnns)) + "); pass scope="
+                             + (f" (scope={'/'.join(prefix)!r} for the first)"
+                                if prefix else ""))
         cells = lstm_named
     if not cells:
         raise ValueError("no TF1 LSTM cell variables (.../kernel, .../weights) found"
@@ -357,7 +370,9 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
         group[(layer, direction)] = (path, entry, li, di)
     if len(groups) > 1:
         raise ValueError("the variables hold several RNNs ("
-                         + ", ".join("/".join(k) for k in sorted(groups)) + "); pass scope=")
+                         + ", ".join("/".join(k) for k in sorted(groups)) + "); pass scope= "
+                         "(cells stacked by hand under scopes of their own: load each with "
+                         "scope= and stack them in fastlstm.MultiLSTM)")
     (cells_by_pos,) = groups.values()
     layer_ids = sorted({k[0] for k in cells_by_pos})
     if layer_ids != list(range(len(layer_ids))):

@@ -154,9 +154,13 @@ def _effective_weights(module, kind):
     computed = [h for h in pre if _weight_hook(h) is not None]
     other = [h for h in pre if _weight_hook(h) is None] + _hooks(module, "_forward_hooks")
     if other:
+        computed_weights = computed or hasattr(module, "parametrizations")
         raise TypeError(f"the torch {kind} has forward hooks ({', '.join(map(repr, other))}), "
-                        "which may change its outputs: convert its state_dict() if they do "
-                        "not, or remove them")
+                        "which may change its outputs: "
+                        + ("remove them (handle.remove()) and pass the module again (its "
+                           "weights are computed, so its state_dict() does not hold them)"
+                           if computed_weights else
+                           "convert its state_dict() if they do not, or remove them"))
     import torch
 
     names = list(getattr(module, "_flat_weights_names", None) or
