@@ -1217,6 +1217,14 @@ def test_from_onnx_refuses_outputs_whose_values_a_cast_or_dropout_changes():
     for op, attrs, inits, ins in refused:
         with pytest.raises(ValueError, match=f"computed by a {op} node"):
             fl.from_onnx(_with_output_op(rng, op, attrs, inits, ins))
+    # a Dropout's mask is no LSTM result
+    proto = _with_output_op(rng, "Dropout", out_type=TensorProto.BOOL)
+    dropout = proto.graph.node[1]
+    dropout.output.extend(["mask"])
+    proto.graph.output[0].name = "mask"
+    with pytest.raises(ValueError, match="computed by a Dropout node in training mode, or "
+                                         "its mask"):
+        fl.from_onnx(proto)
     kept = [("Cast", dict(to=TensorProto.FLOAT), None, ()),
             ("Cast", dict(to=TensorProto.DOUBLE), None, ()),
             ("Dropout", {}, None, ()),
@@ -1229,10 +1237,12 @@ def test_from_onnx_refuses_outputs_whose_values_a_cast_or_dropout_changes():
                                    run_ort(proto, {"X": X})["out"][:, 0], **TOL32)
 
 
-def test_from_onnx_sequence_lens_must_be_the_callers():
+def test_from_onnx_says_when_sequence_lens_are_not_the_callers():
     """A sequence_lens computed in the graph (Sub(L, 1), Expand of a stored value) was
-    accepted silently, and one stored behind a Cast was not applied without the warning
-    the docs promise: the caller's lengths= were not the node's (0.3-0.7 off)."""
+    accepted silently, and one stored behind a Cast (or as a graph input's default) was
+    not applied without the warning the docs promise: the caller's lengths= were not the
+    node's (0.3-0.7 off).  A computed one warns (a torch export may compute full lengths
+    from X's shape, which change nothing)."""
     rng = np.random.default_rng(5)
     H, I = 3, 2
 
@@ -1249,9 +1259,13 @@ def test_from_onnx_sequence_lens_must_be_the_callers():
 
     computed = graph([helper.make_node("Sub", ["Lin", "one"], ["L"])],
                      {"one": np.array(1, np.int32)}, ["Lin"])
-    with pytest.raises(ValueError, match="sequence_lens is computed in the graph \\(by a "
-                                         "Sub node\\)"):
+    with pytest.warns(UserWarning, match="sequence_lens is computed in the graph \\(by a "
+                                         "Sub node\\).*pass the lengths the graph computes"):
         fl.from_onnx(computed)
+    defaulted = graph([], {"L": np.array([5, 3], np.int32)}, ["L"])
+    with pytest.warns(UserWarning, match=r"stores sequence_lens \[5, 3\] \(the default of "
+                                         r"a graph input\)"):
+        fl.from_onnx(defaulted)
     stored = graph([helper.make_node("Cast", ["L64"], ["L"], to=TensorProto.INT32)],
                    {"L64": np.array([5, 3], np.int64)}, [])
     with pytest.warns(UserWarning, match=r"stores sequence_lens \[5, 3\].*pass lengths="):
@@ -1285,3 +1299,15 @@ def test_from_onnx_reads_constants_of_every_kind_and_names_an_lstm_state_source(
     second.input.extend(["", "Y0h"])
     with pytest.raises(ValueError, match="initial_h comes from another LSTM node's final"):
         fl.from_onnx(proto)
+
+
+def test_from_onnx_dropout_whose_mode_the_caller_gives():
+    """training_mode as a graph input (no default): the graph runs inference unless the
+    caller asks otherwise; it was refused as "in training mode"."""
+    rng = np.random.default_rng(9)
+    proto = _with_output_op(rng, "Dropout", {}, {"ratio": np.array(0.5, np.float32)},
+                            ("ratio", "tm"))
+    proto.graph.input.extend([helper.make_tensor_value_info("tm", TensorProto.BOOL, [])])
+    X = rng.normal(size=(5, 2, 2)).astype(np.float32)
+    want = run_ort(proto, {"X": X, "tm": np.array(False)})["out"][:, 0]
+    np.testing.assert_allclose(fl.from_onnx(proto)(X, time_major=True)[0], want, **TOL32)

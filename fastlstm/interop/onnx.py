@@ -362,7 +362,9 @@ def from_onnx(model, *, return_initial_state=False, dtype=None):
     if not lstms:
         raise ValueError("the ONNX model has no LSTM node")
     _fold_parameters(proto, lstms, consts, producer, graph_inputs)
-    _check_outputs(graph, lstms, producer, consts)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                 None)
+    _check_outputs(graph, lstms, producer, consts, graph_inputs, opset)
     _check_sequence_lens(lstms, producer, consts, graph_inputs)
     graph_ = _Graph(proto, consts, producer)
     items, states = [], []
@@ -457,23 +459,28 @@ def _constant_value(node):
     return None
 
 
-def _moves_values(node, consts):
-    """Whether a node on the way to a graph output leaves the LSTM results' values as they
-    are: shape operations; a Cast to float32 or float64 (not to half precision, integers
-    or booleans); a Dropout in inference mode (no training_mode, or a stored false one)."""
+def _moves_values(node, name, consts, graph_inputs, opset):
+    """Whether a node on the way to a graph output (``name``, one of its outputs) leaves
+    the LSTM results' values as they are: shape operations; a Cast to float32 or float64
+    (not to half precision, integers or booleans); a Dropout's output (not its mask) in
+    inference mode (no training_mode or a false stored one, or one the caller gives as a
+    graph input; up to opset 6 ``is_test=1``)."""
     from onnx import TensorProto
 
     if node.op_type == "Cast":
         return _attr_dict(node).get("to") in (TensorProto.FLOAT, TensorProto.DOUBLE)
     if node.op_type == "Dropout":
-        if _attr_dict(node).get("is_test", 1) == 0:       # opset 6's training flag
-            return False
+        if name != node.output[0]:
+            return False                                # the mask
+        if opset is not None and opset <= 6:
+            return _attr_dict(node).get("is_test", 0) == 1
         mode = node.input[2] if len(node.input) > 2 else ""
-        return not mode or (mode in consts and not np.any(consts[mode]))
+        return not mode or (mode in graph_inputs and mode not in consts) or (
+            mode in consts and not np.any(consts[mode]))
     return node.op_type in _OUTPUT_OPS
 
 
-def _check_outputs(graph, lstms, producer, consts):
+def _check_outputs(graph, lstms, producer, consts, graph_inputs, opset):
     """Every graph output must be an LSTM node's result moved by shape operations (torch's
     h_n is the nodes' Y_h concatenated): a graph that computes more after the stack (a
     head, a residual sum) is refused, since the model imported would compute less; so is
@@ -494,10 +501,11 @@ def _check_outputs(graph, lstms, producer, consts):
                     f"{name!r}, a graph input or stored value: fastlstm imports LSTM stacks "
                     "only, and the model would compute less than the graph")
             seen.add(name)
-            if not _moves_values(node, consts) or node.domain not in ("", "ai.onnx") \
+            if not _moves_values(node, name, consts, graph_inputs, opset) \
+                    or node.domain not in ("", "ai.onnx") \
                     or len(seen) > 10000:
                 what = {"Cast": " casting to another type",
-                        "Dropout": " in training mode"}.get(node.op_type, "")
+                        "Dropout": " in training mode, or its mask,"}.get(node.op_type, "")
                 raise ValueError(
                     f"graph output {out.name!r} is computed by a {node.op_type} node{what} "
                     f"({node.name or 'unnamed'}) from the LSTM nodes' results: fastlstm "
@@ -531,18 +539,17 @@ def _check_sequence_lens(lstms, producer, consts, graph_inputs):
             + ", ".join(f"node {k}: {n or 'none'}" for k, n in enumerate(names))
             + "): a fastlstm stack applies one lengths= to every layer")
     name = names[0]
-    if not name or name in graph_inputs:
-        return
     if name in consts:
-        warnings.warn(f"the model stores sequence_lens {np.asarray(consts[name]).tolist()}; "
-                      "a fastlstm model takes lengths per call: pass lengths= to it",
-                      UserWarning, stacklevel=3)
-        return
-    op = producer[name].op_type if name in producer else "no node"
-    raise ValueError(f"the LSTM nodes' sequence_lens is computed in the graph (by a {op} "
-                     "node), not taken from a graph input: the lengths a caller passes to "
-                     "the fastlstm model would not be the ones the graph computes; compute "
-                     "them yourself and pass lengths=")
+        default = " (the default of a graph input)" if name in graph_inputs else ""
+        warnings.warn(f"the model stores sequence_lens {np.asarray(consts[name]).tolist()}"
+                      f"{default}; a fastlstm model takes lengths per call: pass lengths= "
+                      "to it", UserWarning, stacklevel=3)
+    elif name and name not in graph_inputs:
+        op = producer[name].op_type if name in producer else "no node"
+        warnings.warn(f"the LSTM nodes' sequence_lens is computed in the graph (by a {op} "
+                      "node), not taken from a graph input as it is: pass the lengths the "
+                      "graph computes as lengths= to the fastlstm model (all steps run "
+                      "without)", UserWarning, stacklevel=3)
 
 
 def _flat_state(s):
@@ -1012,9 +1019,9 @@ def _node_to_item(node, consts, graph_inputs, where, dtype, producer):
             src = _state_sources(node.input[idx], consts, graph_inputs, producer)
             if "lstm" in src:
                 raise ValueError(
-                    f"{where}: {what} comes from another LSTM node's final state (an "
-                    "encoder's, for a decoder?): fastlstm imports one stack; import each "
-                    "part and pass that state to the model as initial_state")
+                    f"{where}: {what} comes from another LSTM node's final state, which a "
+                    "stack imported by fastlstm does not pass on (each layer starts from "
+                    "the initial state its caller gives)")
             if not src or "stored" in src:
                 raise ValueError(
                     f"{where}: {what} is computed from values stored in the model (a learned "
