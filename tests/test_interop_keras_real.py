@@ -421,8 +421,13 @@ def test_layers_and_cells_of_the_users_own_are_refused_whatever_their_names():
         layer(X)
     with pytest.raises(TypeError, match="got LSTMBlock \\(a class of its own"):
         fl.from_keras(block)
-    with pytest.raises(TypeError, match="over a MyLSTMCell, not Keras' LSTMCell"):
+    with pytest.raises(TypeError, match="over a MyLSTMCell, not Keras' LSTMCell \\(a cell "
+                                        "of your own"):
         fl.from_keras(rnn)
+    gru = keras.layers.RNN(keras.layers.GRUCell(H))
+    gru.build((None, T, I))
+    with pytest.raises(TypeError, match="over a GRUCell, not Keras' LSTMCell$"):
+        fl.from_keras(gru)
     with pytest.raises(TypeError, match="expected a Keras Bidirectional, got SumBiLSTM"):
         fl.from_keras(summed)
     # their Keras LSTMs convert one by one

@@ -656,3 +656,24 @@ def test_float16_tensors_of_other_libraries_warn_too():
     half = {f"rnn/lstm_cell/{k}": torch.from_numpy(a).half() for k, a in v.items()}
     with pytest.warns(UserWarning, match="hold float16 / bfloat16 variables"):
         assert fl.from_tf1_checkpoint(half).dtype == np.float32
+
+
+def test_static_stack_bidirectional_names_load_as_a_stack():
+    """TF's static stack_bidirectional_rnn names its layers cell_k/fw and cell_k/bw (no
+    bidirectional_rnn level): those were taken for two RNNs once cell_k had to follow
+    multi_rnn_cell or precede bidirectional_rnn."""
+    rng = np.random.default_rng(8)
+    variables = {}
+    for k, width in enumerate((3, 8)):
+        for d in ("fw", "bw"):
+            v = random_vars(rng, width, 4)
+            variables.update({f"stack_bidirectional_rnn/cell_{k}/{d}/basic_lstm_cell/{n}": a
+                              for n, a in v.items()})
+    model = fl.from_tf1_checkpoint(variables)
+    assert isinstance(model, fl.MultiLSTM) and len(model) == 2
+    assert all(isinstance(layer, fl.Bidirectional) for layer in model.layers)
+    dynamic = fl.from_tf1_checkpoint({k.replace("/fw/", "/bidirectional_rnn/fw/")
+                                      .replace("/bw/", "/bidirectional_rnn/bw/"): v
+                                      for k, v in variables.items()})
+    X = rng.normal(size=(2, 5, 3))
+    np.testing.assert_array_equal(model(X)[0], dynamic(X)[0])

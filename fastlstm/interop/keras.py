@@ -295,8 +295,9 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
             hint = (" over several cells: convert each cell (from_keras(cell)) and stack them "
                     "in fastlstm.MultiLSTM")
         elif rnn:
-            hint = (f" over a {type(cell).__name__}, not Keras' LSTMCell (a cell of your own "
-                    "may compute anything)")
+            own = _keras_class(type(cell), (type(cell).__name__,)) is None
+            hint = (f" over a {type(cell).__name__}, not Keras' LSTMCell"
+                    + (" (a cell of your own may compute anything)" if own else ""))
         elif kind is None and "LSTM" in type(layer).__name__:
             hint = (" (a class of its own, not derived from Keras' LSTM, LSTMCell or RNN: it "
                     "may compute anything; convert its LSTM, or the weights of one that "

@@ -110,14 +110,17 @@ _RNN_SCOPE_RE = re.compile(r"^(?:bidirectional_|stack_bidirectional_)?rnn(?:_\d+
 
 def _stack_index(parts, j):
     """The layer index when ``parts[j]`` (of a cell's path) is a stack's ``cell_k``: after
-    ``multi_rnn_cell`` (TF 0.x: ``MultiRNNCell/Cell0``) or before a stacked bidirectional
-    RNN's ``bidirectional_rnn``; None otherwise (a scope or a cell of the user's own
+    ``multi_rnn_cell`` (TF 0.x: ``MultiRNNCell/Cell0``), before a stacked bidirectional
+    RNN's ``bidirectional_rnn`` (or its ``fw`` / ``bw`` in the static one); None otherwise (a scope or a cell of the user's own
     called ``cell1`` is no stack)."""
     m = _CELL_RE.match(parts[j])
     if m is None or j == len(parts) - 1:
         return None
     if (j > 0 and parts[j - 1].lower() in ("multi_rnn_cell", "multirnncell")) or \
-            parts[j + 1] == "bidirectional_rnn":
+            parts[j + 1] == "bidirectional_rnn" or (
+                j > 0 and parts[j - 1].startswith("stack_bidirectional_rnn")
+                and parts[j + 1] in ("fw", "bw")):
+        # (the static stack_bidirectional_rnn names its layers cell_k/fw, cell_k/bw)
         return int(m.group(1))
     return None
 
