@@ -67,6 +67,21 @@ def bias_sum(a, b, dtype=None):
     return a.astype(dt) if not np.any(b) else a.astype(dt) + b.astype(dt)
 
 
+def dtype_name(value):
+    """The name of an array's or tensor's dtype, whichever library it comes from
+    ("float16" for NumPy's, TF's tf.float16 and torch's torch.float16)."""
+    dt = getattr(value, "dtype", None)
+    if dt is None:
+        dt = np.asarray(value).dtype
+    return str(getattr(dt, "name", None) or dt).replace("torch.", "")
+
+
+def narrow_float(value):
+    """Whether an array or tensor is of a float type narrower than float32 (float16,
+    bfloat16, float8)."""
+    return dtype_name(value).startswith(("float16", "bfloat16", "float8", "half"))
+
+
 def as_array(value, name):
     """A NumPy array from an array-like or a torch tensor (detached, on the CPU), not copied
     more than needed.  Refuses what is not a real floating or integer array."""

@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 
 from ._common import (PERM_TF, as_array, blocks, build_layer, check_range, check_shape,
-                      directions, function_name, layers_of, pick_dtype, refuse_reverse,
-                      refuse_unrepresentable)
+                      directions, function_name, layers_of, narrow_float, pick_dtype,
+                      refuse_reverse, refuse_unrepresentable)
 from ..layers import ACTIVATIONS, Bidirectional, LSTM, MultiLSTM, _check_forget_bias
 
 __all__ = ["from_tf1", "from_tf1_checkpoint", "to_tf1", "to_tf1_checkpoint", "activation_name"]
@@ -133,16 +133,6 @@ def _stack_of(path):
         if _stack_index(parts, j) is not None or p in ("fw", "bw"):
             return tuple(parts[:j])
     return None
-
-
-def _narrow_float(value):
-    """Whether a variable (a NumPy array, a TF or torch tensor) is of a float type
-    narrower than float32 (float16, bfloat16)."""
-    dt = getattr(value, "dtype", None)
-    if dt is None:
-        dt = np.asarray(value).dtype
-    name = str(getattr(dt, "name", None) or dt).replace("torch.", "")
-    return name.startswith(("float16", "bfloat16", "float8", "half"))
 
 
 def _lstm_shaped(entry):
@@ -342,7 +332,7 @@ def from_tf1_checkpoint(variables, *, scope=None, forget_bias=1.0, cell_clip=Non
                              "cells always have: pass all of the cell's variables (is "
                              "scope= the cell's path?)")
     narrow = sorted(p for p, entry in cells.items()
-                    if any(_narrow_float(v) for _, v in entry.values()))
+                    if any(narrow_float(v) for _, v in entry.values()))
     if narrow:
         warnings.warn(f"the cells {', '.join(map(repr, narrow))} hold float16 / bfloat16 "
                       "variables: TF computes such a graph in that precision, fastlstm in "

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 
 from ._common import (as_array, assemble, bias_sum, build_layer, check_shape, directions,
-                      layers_of, pick_dtype, refuse_reverse, refuse_unrepresentable)
+                      dtype_name, layers_of, narrow_float, pick_dtype, refuse_reverse,
+                      refuse_unrepresentable)
 from .._optional import need
 from ..layers import Bidirectional, LSTM
 
@@ -270,8 +271,7 @@ def from_torch(module, *, dtype=None, prefix=None, **sizes):
         raise TypeError("module must be a torch nn.LSTM / nn.LSTMCell or a state_dict mapping, "
                         f"got {type(module).__name__}")
     raw = _strip_prefix(state_dict, prefix)
-    narrow = sorted({str(getattr(v, "dtype", "")).replace("torch.", "") for v in raw.values()}
-                    & {"float16", "bfloat16"})
+    narrow = sorted({dtype_name(v) for v in raw.values() if narrow_float(v)})
     if narrow:
         warnings.warn(f"the weights are {' and '.join(narrow)}: torch computes such a module "
                       f"in {narrow[0]}, fastlstm in float32 or float64, so outputs differ "
