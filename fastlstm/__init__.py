@@ -2,7 +2,7 @@
 
 from ._threads import get_n_threads, set_n_threads, show_config
 from ._version import __version__
-from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM
+from .layers import LSTM, Bidirectional, LSTMState, MultiLSTM, freeze
 from .interop import (from_keras, from_onnx, from_tf1, from_tf1_checkpoint, from_torch,
                       to_keras_weights, to_onnx, to_tf1_checkpoint, to_torch)
 from .io import load, save
@@ -15,6 +15,7 @@ __all__ = [
     "Bidirectional",
     "LSTMState",
     "MultiLSTM",
+    "freeze",
     "get_n_threads",
     "set_n_threads",
     "show_config",

@@ -144,6 +144,14 @@ def _build_fastlstm(case, model, X, L):
     return run, lambda: np.asarray(run()[0], np.float64)
 
 
+def _build_frozen(case, model, X, L):
+    """fastlstm on a frozen copy of the model (``fastlstm.freeze``: weights packed once,
+    as an ONNX Runtime session packs them when it is created)."""
+    from fastlstm import freeze
+
+    return _build_fastlstm(case, freeze(model), X, L)
+
+
 def _build_reference(case, model, X, L):
     from fastlstm import reference as ref
 
@@ -314,6 +322,7 @@ def _build_torch(case, model, X, L):
 
 IMPLEMENTATIONS = {
     "fastlstm": _build_fastlstm,
+    "fastlstm-frozen": _build_frozen,
     "onnxruntime": _build_onnxruntime,
     "torch": _build_torch,
     "numpy": _build_reference,
@@ -447,9 +456,13 @@ def twin_ratios(rows):
             if TWIN in med and "fastlstm" in med]
 
 
+FROZEN = "fastlstm-frozen"
+
+
 def _header(impls):
     cols = ["case", "shape B,T,I,H", "dtype", "thr"] + list(impls) + \
-        ["best peer", "speedup", "fastlstm GFLOP/s"]
+        ["best peer", "speedup"] + (["frozen speedup"] if FROZEN in impls else []) + \
+        ["fastlstm GFLOP/s"]
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
 
 
@@ -463,6 +476,9 @@ def _row(case, med, impls):
         cells += [f"{best} {_fmt(peers[best])}", f"{peers[best] / fast:.2f}×"]
     else:
         cells += ["—", "—"]
+    if FROZEN in impls:
+        frozen = med.get(FROZEN)
+        cells.append(f"{min(peers.values()) / frozen:.2f}×" if peers and frozen else "—")
     cells.append(f"{case.flops / fast / 1e9:.1f}" if fast else "—")
     return "| " + " | ".join(cells) + " |"
 

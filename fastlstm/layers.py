@@ -18,7 +18,7 @@ from . import _forward, _threads, _training
 from ._scalars import unwrap as _scalar
 from .init import check_random_state, glorot_uniform, orthogonal
 
-__all__ = ["LSTMState", "LSTM", "Bidirectional", "MultiLSTM"]
+__all__ = ["LSTMState", "LSTM", "Bidirectional", "MultiLSTM", "freeze"]
 
 ACTIVATIONS = {"tanh": 0, "relu": 1, "sigmoid": 2, "linear": 3}
 RECURRENT_ACTIVATIONS = {"sigmoid": 0, "hard_sigmoid": 1, "hard_sigmoid_keras2": 2}
@@ -454,6 +454,11 @@ class _Module:
         for child, name in zip(children, names):
             owner = child._owner() if child._owner is not None else None
             # (fastlstm.tf1's stacks lend their cells' layers: see MultiRNNCell there)
+            if child._frozen:
+                raise ValueError(
+                    f"{name} is frozen (fastlstm.freeze): a container copies its layers' "
+                    "parameters into its own buffer; build it from trainable layers and "
+                    "freeze the container")
             if owner is not None and owner is not self and not owner._lends_layers:
                 raise ValueError(
                     f"{name} already belongs to a {type(owner).__name__} (its parameters are "
@@ -492,6 +497,29 @@ class _Module:
     def n_params(self):
         return sum(int(np.prod(shape)) for _, shape in self._param_shapes())
 
+    # a frozen model (fastlstm.freeze): read-only parameters, weights packed once
+    _frozen = False
+
+    @property
+    def frozen(self):
+        """True for a model made by ``fastlstm.freeze``: its parameters are read-only."""
+        return self._frozen
+
+    def _lock(self):
+        """Freeze this module and its children: every parameter array read-only."""
+        self._frozen = True
+        self._flat.flags.writeable = False
+        for child in self._children():
+            child._lock()
+        for view in self.__dict__.get("_params", {}).values():
+            view.flags.writeable = False
+
+    def _refuse_frozen(self, what):
+        if self._frozen:
+            raise ValueError(f"this model is frozen (fastlstm.freeze): {what} is refused, its "
+                             "parameters are read-only; change the model it was frozen from "
+                             "and freeze that again")
+
     @property
     def flat_params(self):
         """All parameters as one 1-D array; the named parameters are views into it."""
@@ -504,6 +532,7 @@ class _Module:
         state.pop("_params", None)
         state.pop("_owner", None)             # a copy belongs to no container
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
+        state.pop("_pack", None)              # a frozen layer's packed weights: packed again
         return state
 
     def __copy__(self):
@@ -535,6 +564,8 @@ class _Module:
         if "_gflat" in state:
             self._rebind_grads(self._gflat)
         self._adopt()
+        if self._frozen:
+            self._lock()
 
     # -- training (forward with a cache, backward: fastlstm/_training.py) ----------------
 
@@ -693,6 +724,7 @@ class LSTM(_Module):
 
     def reset_parameters(self, random_state=None):
         """Fresh default initialisation (see ``fastlstm.init``), reproducible from a seed."""
+        self._refuse_frozen("reset_parameters()")
         rng = check_random_state(random_state)
         H, Ho, dt = self.hidden_size, self.output_size, self._dtype
         p = self._params
@@ -718,6 +750,7 @@ class LSTM(_Module):
         def fset(self, value):
             if name not in self._params:
                 raise AttributeError(f"this layer has no {name!r} (it was built without it)")
+            self._refuse_frozen(f"setting {name}")
             target = self._params[name]
             value = _numeric_array(value, name)
             if value.shape != target.shape:
@@ -807,6 +840,17 @@ class LSTM(_Module):
             return (nt, False) if nt > 1 else (1, True)
         return 1, True
 
+    def _prepacked(self):
+        """A frozen layer's weights, packed at its first packed-kernel call; else None."""
+        if not self._frozen:
+            return None
+        pw = self.__dict__.get("_pack")
+        if pw is None:
+            p = self._params
+            pw = self._pack = _forward.pack_weights(p["W"], p["U"], p["b"],
+                                                     p.get("peepholes"))
+        return pw
+
     def _uses_small(self, N, T):
         """Whether a call of N rows and T steps runs on the small kernel."""
         force = _FORCE_PATH
@@ -857,7 +901,8 @@ class LSTM(_Module):
                 lengths, reverse, ACTIVATIONS[self._activation],
                 RECURRENT_ACTIVATIONS[self._recurrent_activation], self._cell_clip, plan[0],
                 plan[1], _PACKED_BLOCK_ELEMENTS, cache.get("gates"), cache.get("c"),
-                cache.get("xo_same"), cache.get("xo_next"), _PACKED_OWN_MAX_BYTES)
+                cache.get("xo_same"), cache.get("xo_next"), _PACKED_OWN_MAX_BYTES,
+                self._prepacked())
             if "xo_same" in cache or "xo_next" in cache:
                 cache["xo_done"] = True     # the training cache's h rows (_training.py)
             if plan[0] > 1 and not plan[1]:
@@ -1356,3 +1401,26 @@ class MultiLSTM(_Module):
                 raise type(exc)(f"layer {k}: {exc}") from exc
             states.append(s)
         return out, tuple(states)
+
+
+def freeze(model):
+    """A frozen copy of ``model`` (an ``LSTM``, ``Bidirectional`` or ``MultiLSTM``), for
+    inference: what an ONNX Runtime session or a scripted module is to the frameworks.
+
+    The copy's parameters are read-only arrays (an in-place write raises NumPy's
+    ``ValueError``; setting ``W``, ``reset_parameters()`` and optimisers refuse it), so its
+    layers pack their weights into the packed kernel's panels once, at their first call,
+    instead of at every call.  Results are those of ``model``, bit for bit.  ``model``
+    itself is neither changed nor frozen: train it, and freeze it again to use the new
+    weights.  Options (``cell_clip``, ``activation``, ``n_threads``, ...) may still be set
+    on the copy; a frozen layer cannot go into a new container (freeze the container).
+    Pickles and deep copies of a frozen model are frozen; ``fastlstm.save`` / ``load``
+    give a trainable model.  The packed weights take about as much memory as the
+    parameters.
+    """
+    if not isinstance(model, (LSTM, Bidirectional, MultiLSTM)):
+        raise TypeError("model must be a fastlstm LSTM, Bidirectional or MultiLSTM, got "
+                        f"{type(model).__name__}")
+    frozen = copy.deepcopy(model)
+    frozen._lock()
+    return frozen

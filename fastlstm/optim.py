@@ -40,6 +40,10 @@ def _pairs(params, models=None):
     out = []
     for k, item in enumerate(items):
         if hasattr(item, "flat_params") and hasattr(item, "flat_grads"):
+            if getattr(item, "frozen", False) is True:
+                raise ValueError(f"params[{k}] is a frozen model (fastlstm.freeze): its "
+                                 "parameters are read-only; train the model it was frozen "
+                                 "from")
             p, g = item.flat_params, item.flat_grads
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             p, g = item

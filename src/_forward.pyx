@@ -594,6 +594,50 @@ cdef inline void _pk_run(const void *cfg, int b0, int b1, int p0, int p1, int sy
         fl_pk_rund(<const fl_pk_cfgd *> cfg, b0, b1, p0, p1, sync, xr, G, packed, pk0)
 
 
+cdef class PackedWeights:
+    """A layer's weights packed once into the packed kernel's panels (fl_pk_pack), for
+    ``forward_packed(prepacked=...)``: what a frozen model (``fastlstm.freeze``) keeps
+    instead of packing at every call.  Built by ``pack_weights``; never written after."""
+    cdef void *data
+    cdef readonly int input_size, hidden_size, itemsize
+    cdef readonly bint has_peepholes
+    cdef readonly size_t nbytes
+
+    def __dealloc__(self):
+        fl_pk_free(self.data)
+
+    def __reduce__(self):
+        raise TypeError("PackedWeights cannot be pickled (a frozen model packs again)")
+
+
+def pack_weights(const floating[:, ::1] W, const floating[:, ::1] U, const floating[::1] b,
+                 const floating[:, ::1] peepholes):
+    """The weights W (I, 4H), U (H, 4H), b (4H,), peepholes (3, H) or None, packed."""
+    cdef PackedWeights pw = PackedWeights.__new__(PackedWeights)
+    cdef int I = W.shape[0], H = b.shape[0] // 4, P
+    cdef size_t psz
+    cdef floating *out
+    if floating is float:
+        P = fl_pk_npanelsf(H)
+        psz = fl_pk_packed_sizef(I, H)
+    else:
+        P = fl_pk_npanelsd(H)
+        psz = fl_pk_packed_sized(I, H)
+    pw.input_size = I
+    pw.hidden_size = H
+    pw.itemsize = sizeof(floating)
+    pw.has_peepholes = peepholes is not None
+    pw.nbytes = psz * sizeof(floating)
+    pw.data = fl_pk_alloc(pw.nbytes)
+    if pw.data == NULL:
+        raise MemoryError("fastlstm: could not allocate the packed weights")
+    out = <floating *> pw.data
+    with nogil:
+        _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                 &peepholes[0, 0] if peepholes is not None else NULL, out, 0, P)
+    return pw
+
+
 cdef bint _rows_ok(floating[:, :] a, Py_ssize_t rows, Py_ssize_t cols):
     """None, or (rows, cols) with contiguous rows."""
     if a is None:
@@ -611,7 +655,7 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                    cell_clip, int n_threads, bint by_rows, long long block_elements,
                    floating[:, ::1] cache_gates=None, floating[:, ::1] cache_c=None,
                    floating[:, :] xo_same=None, floating[:, :] xo_next=None,
-                   long long own_pack_bytes=0):
+                   long long own_pack_bytes=0, PackedWeights prepacked=None):
     """Same contract as ``forward`` for a layer without projection (``U`` is (H, 4H)).
 
     The weights are packed once per call into panels and every step (input product,
@@ -627,6 +671,8 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     xo_same, xo_next: (N*T, H) arrays with contiguous rows (any row stride), or None: each
     h_t is also written at its own row of xo_same and at the row of the row's next step
     (walking order) of xo_next; rows no step writes are left as they are.
+    prepacked: these weights packed by ``pack_weights`` (the same values), or None to pack
+    them in this call; every thread then reads that one read-only copy.
     Returns the number of per-step waits (threads owning units) that found a partner
     thread not running (see fl_pk_spin in fl_packed.h): more busy threads than cores.
     """
@@ -657,9 +703,16 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     cdef int[::1] perm
     cdef floating[:, ::1] h_sorted
     cdef bint stream = False
+    cdef const floating *pre = NULL
 
     if N <= 0 or T <= 0:
         return 0
+    if prepacked is not None:
+        if (prepacked.itemsize != sizeof(floating) or prepacked.input_size != I
+                or prepacked.hidden_size != H
+                or prepacked.has_peepholes != (peepholes is not None)):
+            raise ValueError("forward_packed: prepacked was packed from other weights")
+        pre = <const floating *> prepacked.data
     if not (_rows_ok(xo_same, N * T, H) and _rows_ok(xo_next, N * T, H)):
         raise ValueError("forward_packed: xo_same / xo_next must be (N*T, H) with "
                          "contiguous rows")
@@ -701,6 +754,10 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
     # with no barrier and no line written by one core and read by another.
     own_pack = by_rows and nteam > 1 and <long long> (psz * fsz) <= own_pack_bytes
     shared_pack = nteam == 1 or (by_rows and not own_pack)
+    if pre != NULL:
+        # packed before, never written: every thread reads the one copy, whose lines
+        # stay in each core's cache (no line is written by one core and read by another)
+        own_pack = shared_pack = False
     if shared_pack:
         packed = <floating *> fl_pk_alloc(psz * fsz)
     # steps per time block: the input products of a block fill at most block_elements
@@ -778,9 +835,13 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
             cfg = &sd
         with nogil:
             if nteam == 1:
-                _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
-                         &peepholes[0, 0] if peepholes is not None else NULL, packed, 0, P)
-                _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, packed, 0)
+                if pre != NULL:
+                    _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, pre, 0)
+                else:
+                    _pk_pack(I, H, &W[0, 0], &U[0, 0], &b[0],
+                             &peepholes[0, 0] if peepholes is not None else NULL, packed,
+                             0, P)
+                    _pk_run(cfg, 0, nb, 0, P, 0, xr, gbuf, packed, 0)
             else:
                 with parallel(num_threads=nteam):
                     # the team may be smaller than asked for: partition by its real size
@@ -805,7 +866,18 @@ def forward_packed(const floating[:, ::1] X, int N, int T, bint time_major,
                         * (P if by_rows else p1 - p0) * sz_z * fsz)
                     if gown == NULL:
                         pgfail[0] = 1
-                    if own_pack:
+                    if pre != NULL and by_rows:
+                        if gown != NULL:
+                            _pk_run(cfg, r0, r1, 0, P, 0, xr + <size_t> tid * tb * N, gown,
+                                    pre, 0)
+                    elif pre != NULL:
+                        # units: threads wait for each other at every step, so all stop
+                        # if any could not allocate (seen after the barrier)
+                        fl_pk_barrier()
+                        if pgfail[0] == 0:
+                            _pk_run(cfg, r0, r1, p0, p1, nt, xr + <size_t> tid * tb * N,
+                                    gown, pre, 0)
+                    elif own_pack:
                         # no thread reads another's: no barrier, a failure stops its own
                         pown = <floating *> fl_pk_alloc(psz * fsz)
                         if pown == NULL or gown == NULL:
