@@ -452,3 +452,18 @@ def test_float16_bidirectional_wrapper_warns_and_layer_activation_objects_are_ex
                                          "activation= that name"):
         fl.from_keras(layer)
     assert fl.from_keras(layer.get_weights(), activation="tanh").activation == "tanh"
+
+
+def test_bidirectional_halves_of_two_dtypes_are_a_value_error():
+    """Keras 3 runs a Bidirectional whose halves have different dtypes; a fastlstm
+    Bidirectional has one: from_keras refuses with a ValueError naming both (dtype= imports
+    both in one)."""
+    bi = keras.layers.Bidirectional(
+        keras.layers.LSTM(H, return_sequences=True),
+        backward_layer=keras.layers.LSTM(H, return_sequences=True, go_backwards=True,
+                                         dtype="float64"))
+    bi.build((None, T, I))
+    with pytest.raises(ValueError, match="hold float32 and float64 weights.*dtype="):
+        fl.from_keras(bi)
+    model = fl.from_keras(bi, dtype=np.float64)
+    assert model.dtype == np.float64

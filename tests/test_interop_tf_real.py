@@ -474,3 +474,50 @@ def test_two_rnns_one_with_a_cell_of_its_own_name_need_a_scope():
         fl.from_tf1_checkpoint(values)
     model = fl.from_tf1_checkpoint(values, scope="encoder")
     np.testing.assert_allclose(model(X)[0], want, **TOL[np.float32])
+
+
+def test_keras2_masked_call_options_warn_and_fastlstm_matches_what_they_mean():
+    """tf_keras (Keras 2 on TensorFlow) with a mask: a layer with zero_output_for_mask=True
+    writes 0 on masked steps (fastlstm's raw outputs, not keras_masked_outputs: from_keras
+    says so); an unrolled Bidirectional warns (TF's unrolled masked path zeroes the wrong
+    steps of the backward half) and fastlstm gives the un-unrolled layer's outputs; a
+    float32 wrapper around float64 halves warns about the cast."""
+    import tf_keras
+
+    rng = np.random.default_rng(3)
+    N, T, I, H = 3, 5, 2, 4
+    X = rng.standard_normal((N, T, I)).astype(np.float32)
+    L = np.array([5, 2, 3])
+    mask = tf.constant(np.arange(T)[None, :] < L[:, None])
+
+    layer = tf_keras.layers.LSTM(H, return_sequences=True, zero_output_for_mask=True)
+    layer.build((None, T, I))
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    with pytest.warns(UserWarning, match="zero_output_for_mask=True.*not keras_masked"):
+        model = fl.from_keras(layer)
+    Y, _ = model(X, lengths=L)
+    np.testing.assert_allclose(Y, layer(X, mask=mask).numpy(), **TOL[np.float32])
+
+    def bidirectional(unroll, dtype="float32", wrapper=None):
+        bi = tf_keras.layers.Bidirectional(
+            tf_keras.layers.LSTM(H, return_sequences=True, unroll=unroll, dtype=dtype),
+            dtype=wrapper)
+        bi.build((None, T, I))
+        bi.set_weights([np.random.default_rng(4).normal(scale=0.5, size=w.shape)
+                        .astype(dtype) for w in bi.get_weights()])
+        return bi
+
+    with pytest.warns(UserWarning, match="unrolled.*wrong time order"):
+        model = fl.from_keras(bidirectional(True))
+    Y, _ = model(X, lengths=L)
+    np.testing.assert_allclose(Y, bidirectional(False)(X, mask=mask).numpy(),
+                               **TOL[np.float32])
+
+    with pytest.warns(UserWarning, match="computes in float32 around float64 layers"):
+        model = fl.from_keras(bidirectional(False, "float64"))
+    assert model.dtype == np.float64
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fl.from_keras(bidirectional(False, "float64", "float64"))

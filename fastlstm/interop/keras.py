@@ -227,11 +227,33 @@ def _from_layer(layer, keras_version, dtype):
             raise ValueError("the backward layer of a Keras Bidirectional must have "
                              "go_backwards=True")
         bw = _single(bw_layer, keras_version, dtype, allow_backwards=True, warn=False)
-        _warn_call_options(layer.forward_layer,                 # once for both halves
-                           f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
+        title = f"Keras Bidirectional {getattr(layer, 'name', '')!r}"
+        if fw.dtype != bw.dtype:
+            raise ValueError(f"the halves of {title} hold {np.dtype(fw.dtype).name} and "
+                             f"{np.dtype(bw.dtype).name} weights: a fastlstm Bidirectional "
+                             "has one dtype; pass dtype= to import both in it")
+        _warn_call_options(layer.forward_layer, title, 3)      # once for both halves
         if _compute_dtype(layer) != _compute_dtype(layer.forward_layer):
             # the wrapper casts the input to its own compute dtype first
-            _warn_policy(layer, f"Keras Bidirectional {getattr(layer, 'name', '')!r}", 3)
+            _warn_policy(layer, title, 3)
+            outer = _compute_dtype(layer)
+            if outer in ("float32", "float64") and np.dtype(outer).itemsize < np.dtype(
+                    fw.dtype).itemsize:
+                warnings.warn(f"{title} computes in {outer} around {np.dtype(fw.dtype).name} "
+                              f"layers: Keras casts the input (and Keras 3 the outputs) to "
+                              f"{outer}, so its results differ from the {np.dtype(fw.dtype).name}"
+                              f" import by {outer} rounding; build the wrapper with "
+                              f"dtype={np.dtype(fw.dtype).name!r} too", UserWarning,
+                              stacklevel=3)
+        if getattr(layer.forward_layer, "unroll", False) is True or \
+                getattr(bw_layer, "unroll", False) is True:
+            warnings.warn(f"{title} is unrolled (unroll=True): called with a mask, Keras "
+                          "on TensorFlow (Keras 3.15 and tf_keras 2.21 at least) zeroes its "
+                          "backward half on the valid steps instead of the masked ones (its "
+                          "unrolled path applies the mask in the wrong time order); fastlstm "
+                          "computes what the layer computes with unroll=False. Without a "
+                          "mask both agree",
+                          UserWarning, stacklevel=3)
         if _compute_dtype(bw_layer) != _compute_dtype(layer.forward_layer):
             # (Keras lets the halves' dtype policies differ; their other call options not)
             _warn_policy(bw_layer, f"the backward layer of Keras Bidirectional "
@@ -325,6 +347,12 @@ def _single(layer, keras_version, dtype, allow_backwards=False, warn=True):
     version = keras_version if keras_version is not None else _keras_major(layer)
     if warn:
         _warn_call_options(layer, name, 4)
+        if getattr(layer, "zero_output_for_mask", False) is True and \
+                getattr(layer, "return_sequences", False) is True:
+            warnings.warn(f"{name} has zero_output_for_mask=True: with a mask it writes 0 on "
+                          "masked steps, as fastlstm does with lengths, so use fastlstm's "
+                          "outputs as they are (not keras_masked_outputs)", UserWarning,
+                          stacklevel=4)
     return _from_weights(weights, act, rec, version, dtype, name, layer=True)
 
 
