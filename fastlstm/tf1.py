@@ -166,6 +166,15 @@ def _batch_size(batch_size):
     return int(value)
 
 
+def _given_state(state):
+    """A cell call's state: TF's cells take no None (its cells raise); neither do these, so
+    that code run here runs in TF too."""
+    if state is None:
+        raise TypeError("state must be the cell's state (an LSTMStateTuple(c, h), or a tuple "
+                        "of them for a MultiRNNCell), got None: start from "
+                        "cell.zero_state(batch_size, dtype), as in TF")
+
+
 def _leaves(state):
     if state is None:
         return []
@@ -293,7 +302,8 @@ class _LSTMCellBase(RNNCell):
         depth = inputs_shape if isinstance(inputs_shape, (numbers.Integral, np.integer)) \
             else inputs_shape[-1]
         if depth is None or int(depth) <= 0:
-            raise ValueError(f"the input width must be known and positive, got {depth!r}")
+            raise ValueError(f"inputs must have a known, positive width (features), got "
+                             f"{depth!r}: fastlstm's layers take at least one input feature")
         I, H, Ho = int(depth), self._num_units, self.output_size
         dt = _resolve_dtype(self._dtype, _float_dtype(dtype))
         rng = check_random_state(self._random_state)
@@ -419,6 +429,7 @@ class _LSTMCellBase(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
+        _given_state(state)
         with _building([self]):
             layer = self._ensure_built(x.shape[1], _input_dtype(x, state))
             out, new = layer.step(x, self._split_state(state))
@@ -578,6 +589,7 @@ class MultiRNNCell(RNNCell):
         x = np.asarray(inputs)
         if x.ndim != 2:
             raise ValueError(f"inputs must be 2-D [batch, features], got shape {x.shape}")
+        _given_state(state)
         with _building(self._cells):
             model = self._ensure_built(x.shape[1], _input_dtype(x, state))
             out, states = model.step(x, self._split_state(state))

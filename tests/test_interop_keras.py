@@ -246,6 +246,34 @@ def test_wrapped_functions_are_identified_by_what_they_wrap():
     assert fl.from_keras(w, activation=np.vectorize(np.tanh)).activation == "tanh"
 
 
+def test_matrix_constructors_and_classes_are_not_read_as_activations():
+    """np.identity(n) builds a matrix and torch's functional linear(x, W) is a product: they
+    are not the identity / linear activation their names say (TF and Keras fail on them);
+    a class (torch.nn.Tanh) builds an object when called.  tf.identity, Keras' linear and
+    fastlstm.tf1's identity still read as linear."""
+    import fastlstm.tf1 as ftf
+
+    def _named(name, module):
+        def fn(x):
+            return x
+        fn.__name__, fn.__module__ = name, module
+        return fn
+
+    w = _weights(np.random.default_rng(6))
+    refused = [np.identity, _named("identity", "keras.src.ops.numpy"),
+               _named("identity", "jax.numpy"), _named("linear", "torch._C._nn"),
+               type("Tanh", (), {"__module__": "torch.nn.modules.activation"})]
+    for fn in refused:
+        with pytest.raises(ValueError, match="not a function fastlstm can identify"):
+            fl.from_keras(w, activation=fn)
+        with pytest.raises(ValueError, match="not a function fastlstm can identify"):
+            ftf.BasicLSTMCell(3, activation=fn)
+    for fn in (_named("identity", "tensorflow.python.ops.array_ops"), ftf.identity):
+        assert ftf.BasicLSTMCell(3, activation=fn)._activation == "linear"
+    assert fl.from_keras(w, activation=_named("linear", "keras.src.activations.activations")
+                         ).activation == "linear"
+
+
 def test_bidirectional_layer_object():
     rng = np.random.default_rng(3)
     wf, wb = _weights(rng), _weights(rng)

@@ -523,3 +523,20 @@ def test_state_errors_name_the_argument_and_the_cell():
              tf.nn.rnn_cell.LSTMStateTuple(np.zeros((3, 5)), np.zeros((3, 5))))
     with pytest.raises(ValueError, match=r"^initial_state\[1\]\.h must have shape \(3, 2\)"):
         tf.nn.dynamic_rnn(stack, X, initial_state=state)
+
+
+def test_cell_calls_need_a_state_as_in_tf():
+    """TF's cells fail on state=None (AttributeError; MultiRNNCell a ValueError); these
+    refuse it with a TypeError naming the state and the zero_state remedy, so that code
+    run here runs in TF too.  A width-0 input is refused naming ``inputs``."""
+    x = np.ones((2, 4), np.float32)
+    for cell in (tf.nn.rnn_cell.BasicLSTMCell(3), tf.nn.rnn_cell.LSTMCell(3, num_proj=2),
+                 tf.nn.rnn_cell.MultiRNNCell([tf.nn.rnn_cell.BasicLSTMCell(3),
+                                              tf.nn.rnn_cell.BasicLSTMCell(2)])):
+        with pytest.raises(TypeError, match=r"state must be the cell's state.*zero_state"):
+            cell(x, None)
+        out, _ = cell(x, cell.zero_state(2, tf.float32))
+        assert out.shape[0] == 2
+    with pytest.raises(ValueError, match="inputs must have a known, positive width"):
+        tf.nn.dynamic_rnn(tf.nn.rnn_cell.BasicLSTMCell(3), np.zeros((2, 3, 0), np.float32),
+                          dtype=tf.float32)

@@ -30,10 +30,22 @@ def _library_name(fn):
     inner = fn.pyfunc if isinstance(fn, np.vectorize) else getattr(fn, "__wrapped__", None)
     if inner is not None and inner is not fn and _library_name(inner) is None:
         return None
+    if isinstance(fn, type):
+        return None         # a class (torch.nn.Tanh): calling it builds an object
     name = getattr(fn, "__name__", None)
     module = "numpy" if isinstance(fn, np.ufunc) else getattr(fn, "__module__", None)
     top = module.split(".")[0] if isinstance(module, str) else None
-    return name if isinstance(name, str) and top in _LIBRARIES else None
+    if not isinstance(name, str) or top not in _LIBRARIES:
+        return None
+    if top not in _ELEMENTWISE.get(name.lower(), _LIBRARIES):
+        return None
+    return name
+
+
+# names that only some libraries give to an element-wise function: np.identity(n) and
+# keras.ops.identity(n) build matrices, torch's functional linear(x, W) is a product
+_ELEMENTWISE = {"identity": frozenset(("tensorflow", "fastlstm")),
+                "linear": frozenset(("keras", "tf_keras", "tensorflow", "fastlstm"))}
 
 
 def function_name(fn, what, advice=None):
