@@ -499,6 +499,7 @@ class _Module:
 
     # a frozen model (fastlstm.freeze): read-only parameters, weights packed once
     _frozen = False
+    _pack = None
 
     @property
     def frozen(self):
@@ -511,7 +512,7 @@ class _Module:
         self._flat.flags.writeable = False
         for child in self._children():
             child._lock()
-        for view in self.__dict__.get("_params", {}).values():
+        for view in (getattr(self, "_params", None) or {}).values():
             view.flags.writeable = False
 
     def _refuse_frozen(self, what):
@@ -525,10 +526,19 @@ class _Module:
         """All parameters as one 1-D array; the named parameters are views into it."""
         return self._flat
 
+    # the attributes a copy keeps (besides views, containers and scratch: see
+    # __getstate__), read by name: reading an instance's __dict__ makes CPython 3.11 keep
+    # its attributes in a dict from then on, slower to read at every call (~0.1 us, 10 %
+    # of a tiny step); a subclass of the user's own is read through __dict__
+    _STATE = ("_dtype", "_flat", "_gflat", "_frozen", "_lends_layers")
+
     def __getstate__(self):
         # pickle/deepcopy turn views into copies: keep the flat buffers only and rebuild
         # the views on loading, so that they stay live (spawn, joblib and Dask workers)
-        state = self.__dict__.copy()
+        if type(self).__module__ in (__name__, "fastlstm.readout"):
+            state = {k: getattr(self, k) for k in self._STATE if hasattr(self, k)}
+        else:
+            state = self.__dict__.copy()
         state.pop("_params", None)
         state.pop("_owner", None)             # a copy belongs to no container
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)
@@ -553,13 +563,14 @@ class _Module:
                 state["_" + name] = state.pop(name)
         if isinstance(state.get("_layers"), list):
             state["_layers"] = tuple(state["_layers"])
-        self.__dict__.update(state)
         # buffers handed over read-only (pickle protocol 5 out-of-band, shared memory)
         # are copied: the parameters are written in place by training and set_weights
         for key in ("_flat", "_gflat"):
-            buf = self.__dict__.get(key)
+            buf = state.get(key)
             if isinstance(buf, np.ndarray) and not buf.flags.writeable:
-                self.__dict__[key] = buf.copy()
+                state[key] = buf.copy()
+        for key, value in state.items():        # not through __dict__: see _STATE
+            object.__setattr__(self, key, value)
         self._rebind(self._flat)
         if "_gflat" in state:
             self._rebind_grads(self._gflat)
@@ -673,6 +684,9 @@ class LSTM(_Module):
     del _WHY
     _PROPERTIES = ("input_size", "hidden_size", "proj_size", "use_peepholes", "cell_clip",
               "proj_clip", "forget_bias", "activation", "recurrent_activation")
+    _STATE = _Module._STATE + ("_input_size", "_hidden_size", "_proj_size", "_use_peepholes",
+                               "_cell_clip", "_proj_clip", "_forget_bias", "_activation",
+                               "_recurrent_activation", "_n_threads", "_reverse")
     cell_clip = _checked("cell_clip", lambda self, v: _check_clip(v, "cell_clip"))
     proj_clip = _checked("proj_clip", lambda self, v: _check_clip(v, "proj_clip"))
     forget_bias = _checked("forget_bias", lambda self, v: _check_forget_bias(
@@ -844,7 +858,7 @@ class LSTM(_Module):
         """A frozen layer's weights, packed at its first packed-kernel call; else None."""
         if not self._frozen:
             return None
-        pw = self.__dict__.get("_pack")
+        pw = self._pack
         if pw is None:
             p = self._params
             pw = self._pack = _forward.pack_weights(p["W"], p["U"], p["b"],
@@ -1107,6 +1121,7 @@ class Bidirectional(_Module):
     backward_layer = _fixed("backward_layer", _WHY)
     del _WHY
     _PROPERTIES = ("forward_layer", "backward_layer")
+    _STATE = _Module._STATE + ("_forward_layer", "_backward_layer")
 
     def _param_shapes(self):
         return ([("fw." + k, s) for k, s in self.forward_layer._param_shapes()]
@@ -1241,6 +1256,7 @@ class MultiLSTM(_Module):
 
     layers = _fixed("layers", "its parameter buffer holds theirs")
     _PROPERTIES = ("layers",)
+    _STATE = _Module._STATE + ("_layers", "_peak_width")
 
     def _param_shapes(self):
         return [(f"{k}.{name}", shape) for k, layer in enumerate(self.layers)

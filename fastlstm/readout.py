@@ -39,6 +39,7 @@ class Dense(_layers._Module):
     in_features = _layers._fixed("in_features", "the parameter arrays have its shape")
     out_features = _layers._fixed("out_features", "the parameter arrays have its shape")
     _PROPERTIES = ("in_features", "out_features")
+    _STATE = _layers._Module._STATE + ("_in_features", "_out_features")
 
     def _param_shapes(self):
         return [("W", (self.in_features, self.out_features)), ("b", (self.out_features,))]

@@ -237,3 +237,39 @@ def test_pickles_and_copies_stay_frozen_and_save_load_is_trainable(tmp_path):
     loaded = fl.load(tmp_path / "m.npz")
     assert not loaded.frozen and loaded.flat_params.flags.writeable
     np.testing.assert_array_equal(loaded(X)[0], Y)
+
+
+def test_copies_keep_every_attribute():
+    """Copies read a model's attributes by the names in ``_STATE`` (not through
+    ``__dict__``, which would slow the original's later calls): every attribute a model
+    holds, after calls, training, option changes and freezing, is among them or is one a
+    copy drops on purpose (views, container links, scratch); and a copy has the same
+    attribute values."""
+    import fastlstm.tf1 as ftf
+
+    dropped = {"_params", "_owner", "_train_buffers", "_pack"}
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 5, 3)).astype(np.float32)
+    lstm = fl.LSTM(3, 20, peepholes=True, cell_clip=0.5, n_threads=1, reverse=True)
+    bi = fl.Bidirectional(fl.LSTM(20, 6), fl.LSTM(20, 6, proj_size=4))
+    stack = fl.MultiLSTM([fl.LSTM(3, 20), bi])
+    lstm.activation = "relu"
+    lstm(X)
+    Y, _, cache = stack.forward(X)
+    stack.backward(np.ones_like(Y), cache)
+    dense = fl.Dense(10, 2)
+    frozen = fl.freeze(lstm)
+    frozen(X)
+    cell = ftf.MultiRNNCell([ftf.BasicLSTMCell(4), ftf.BasicLSTMCell(5)])
+    cell(X[:, 0], cell.zero_state(8, np.float32))
+    lent = cell._model
+    for model in (lstm, bi, stack, stack.layers[0], bi.backward_layer, dense, frozen, lent):
+        names = set(vars(model))
+        assert names - dropped <= set(model._STATE), (type(model).__name__, names)
+        twin = copy.deepcopy(model)
+        for name in names - dropped:
+            a, b = getattr(model, name), getattr(twin, name)
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a, b)
+            elif not isinstance(a, (tuple, fl.LSTM)):
+                assert a == b, name
