@@ -86,7 +86,7 @@ def _buffer(layer, key, shape, dtype, zero=False):
     """A training buffer for ``layer``: the one its last finished backward gave back under
     ``key`` when it fits, else a new one.  Reused buffers spare a training step the page
     faults of fresh memory (measured: 8 % of a step at the medium benchmark shape)."""
-    pool = layer.__dict__.get("_train_buffers")
+    pool = getattr(layer, "_train_buffers", None)    # (not __dict__: see layers._STATE)
     arr = pool.pop(key, None) if pool else None
     if arr is None or arr.shape != shape or arr.dtype != dtype:
         return _aligned(shape, dtype, zero)
@@ -98,7 +98,10 @@ def _buffer(layer, key, shape, dtype, zero=False):
 def _give_back(layer, part, keys=("gates", "c", "m", "hp", "xh", "params")):
     """After a backward: the layer keeps the cache's own buffers for its next training
     forward (one set per layer; not pickled), and the spent cache drops them."""
-    pool = layer.__dict__.setdefault("_train_buffers", {})
+    pool = getattr(layer, "_train_buffers", None)
+    if pool is None:
+        pool = {}
+        object.__setattr__(layer, "_train_buffers", pool)
     for key in keys:
         arr = part.pop(key, None)
         if arr is not None:
