@@ -37,7 +37,8 @@ def _with_threads(module, n_threads):
     """A shallow copy of ``module`` whose LSTM layers use ``n_threads``; the parameters
     are shared, the original is not touched (safe with Dask's threaded scheduler)."""
     new = object.__new__(type(module))
-    new.__dict__.update(module.__dict__)
+    for key, value in module._attributes().items():    # (not __dict__: see layers._STATE)
+        object.__setattr__(new, key, value)
     if isinstance(module, MultiLSTM):
         new._layers = tuple(_with_threads(layer, n_threads) for layer in module.layers)
     elif isinstance(module, Bidirectional):

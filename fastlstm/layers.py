@@ -532,13 +532,20 @@ class _Module:
     # of a tiny step); a subclass of the user's own is read through __dict__
     _STATE = ("_dtype", "_flat", "_gflat", "_frozen", "_lends_layers")
 
+    def _attributes(self):
+        """The instance's attributes (a new dict), read by name (see _STATE)."""
+        if type(self).__module__ in (__name__, "fastlstm.readout"):
+            return {k: getattr(self, k) for k in self._STATE + self._TRANSIENT
+                    if hasattr(self, k)}
+        return self.__dict__.copy()
+
+    # what a copy drops: views rebuilt on loading, container links, scratch, packed weights
+    _TRANSIENT = ("_params", "_owner", "_train_buffers", "_pack")
+
     def __getstate__(self):
         # pickle/deepcopy turn views into copies: keep the flat buffers only and rebuild
         # the views on loading, so that they stay live (spawn, joblib and Dask workers)
-        if type(self).__module__ in (__name__, "fastlstm.readout"):
-            state = {k: getattr(self, k) for k in self._STATE if hasattr(self, k)}
-        else:
-            state = self.__dict__.copy()
+        state = self._attributes()
         state.pop("_params", None)
         state.pop("_owner", None)             # a copy belongs to no container
         state.pop("_train_buffers", None)     # training scratch (fastlstm/_training.py)

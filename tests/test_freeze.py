@@ -247,7 +247,7 @@ def test_copies_keep_every_attribute():
     attribute values."""
     import fastlstm.tf1 as ftf
 
-    dropped = {"_params", "_owner", "_train_buffers", "_pack"}
+    dropped = set(fl.LSTM._TRANSIENT)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((8, 5, 3)).astype(np.float32)
     lstm = fl.LSTM(3, 20, peepholes=True, cell_clip=0.5, n_threads=1, reverse=True)
