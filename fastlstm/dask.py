@@ -36,6 +36,8 @@ def _import_dask_array():
 def _with_threads(module, n_threads):
     """A shallow copy of ``module`` whose LSTM layers use ``n_threads``; the parameters
     are shared, the original is not touched (safe with Dask's threaded scheduler)."""
+    if isinstance(module, LSTM) and module.frozen:
+        module._prepacked()         # packed once, on the model: its copies share the pack
     new = object.__new__(type(module))
     for key, value in module._attributes().items():    # (not __dict__: see layers._STATE)
         object.__setattr__(new, key, value)

@@ -507,13 +507,24 @@ class _Module:
         return self._frozen
 
     def _lock(self):
-        """Freeze this module and its children: every parameter array read-only."""
+        """Freeze this module and its children: the parameters move into read-only memory
+        (a bytes object, so that no one can set the arrays' WRITEABLE flag back)."""
+        self._use_buffer(np.frombuffer(self._flat.tobytes(), self._dtype))
+        self._set_frozen()
+
+    def _use_buffer(self, buffer):
+        """Make the parameters views into ``buffer`` as it is (no copy)."""
+        if not self._children():
+            self._params = self._bind(buffer)
+            return
+        self._split(buffer, "_use_buffer")
+        self._flat = buffer
+
+    def _set_frozen(self):
         self._frozen = True
-        self._flat.flags.writeable = False
+        self._pack = None
         for child in self._children():
-            child._lock()
-        for view in (getattr(self, "_params", None) or {}).values():
-            view.flags.writeable = False
+            child._set_frozen()
 
     def _refuse_frozen(self, what):
         if self._frozen:
@@ -530,14 +541,26 @@ class _Module:
     # __getstate__), read by name: reading an instance's __dict__ makes CPython 3.11 keep
     # its attributes in a dict from then on, slower to read at every call (~0.1 us, 10 %
     # of a tiny step); a subclass of the user's own is read through __dict__
-    _STATE = ("_dtype", "_flat", "_gflat", "_frozen", "_lends_layers")
+    _STATE = ("_dtype", "_flat", "_gflat", "_frozen", "_lends_layers", "_extra")
 
     def _attributes(self):
         """The instance's attributes (a new dict), read by name (see _STATE)."""
         if type(self).__module__ in (__name__, "fastlstm.readout"):
-            return {k: getattr(self, k) for k in self._STATE + self._TRANSIENT
+            return {k: getattr(self, k) for k in self._STATE + self._TRANSIENT + self._extra
                     if hasattr(self, k)}
         return self.__dict__.copy()
+
+    # attributes of the user's own set on a model (model.name = ...), kept by copies
+    _extra = ()
+
+    @classmethod
+    def _is_extra(cls, name):
+        return name not in cls._STATE and name not in cls._TRANSIENT and not hasattr(cls, name)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name not in self._extra and self._is_extra(name):
+            object.__setattr__(self, "_extra", self._extra + (name,))
 
     # what a copy drops: views rebuilt on loading, container links, scratch, packed weights
     _TRANSIENT = ("_params", "_owner", "_train_buffers", "_pack")
@@ -578,6 +601,9 @@ class _Module:
                 state[key] = buf.copy()
         for key, value in state.items():        # not through __dict__: see _STATE
             object.__setattr__(self, key, value)
+        extra = tuple(k for k in state if k not in self._extra and self._is_extra(k))
+        if extra:           # a pickle made before _extra, or a subclass's own attributes
+            object.__setattr__(self, "_extra", self._extra + extra)
         self._rebind(self._flat)
         if "_gflat" in state:
             self._rebind_grads(self._gflat)
@@ -1430,8 +1456,9 @@ def freeze(model):
     """A frozen copy of ``model`` (an ``LSTM``, ``Bidirectional`` or ``MultiLSTM``), for
     inference: what an ONNX Runtime session or a scripted module is to the frameworks.
 
-    The copy's parameters are read-only arrays (an in-place write raises NumPy's
-    ``ValueError``; setting ``W``, ``reset_parameters()`` and optimisers refuse it), so its
+    The copy's parameters are read-only arrays over read-only memory (an in-place write,
+    or setting their ``WRITEABLE`` flag back, raises NumPy's ``ValueError``; setting ``W``,
+    ``reset_parameters()`` and optimisers refuse it), so its
     layers pack their weights into the packed kernel's panels once, at their first call,
     instead of at every call.  Results are those of ``model``, bit for bit.  ``model``
     itself is neither changed nor frozen: train it, and freeze it again to use the new

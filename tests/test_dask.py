@@ -315,3 +315,20 @@ def test_narrow_float_input_is_read_as_float32():
     want = m(X.astype(np.float32))[0]
     np.testing.assert_array_equal(predict_dask(m, X).compute(), want)
     np.testing.assert_array_equal(predict_dask(m, da.from_array(X, chunks=2)).compute(), want)
+
+
+def test_frozen_model_packs_once_on_the_model(data, monkeypatch):
+    """A frozen model's per-block copies share its pack, made on the model itself (not
+    one per block and per compute), and give the frozen model's own results."""
+    from fastlstm import _forward
+
+    X = np.nan_to_num(data[0])
+    plain = fastlstm.LSTM(F, 20, random_state=0)
+    frozen = fastlstm.freeze(plain)
+    packs = []
+    real = _forward.pack_weights
+    monkeypatch.setattr(_forward, "pack_weights", lambda *a: packs.append(1) or real(*a))
+    for _ in range(2):
+        out = predict_dask(frozen, da.from_array(X, chunks=(100, T, F)), n_threads=1)
+        np.testing.assert_array_equal(out.compute(scheduler="synchronous"), plain(X)[0])
+    assert len(packs) == 1 and frozen._pack is not None

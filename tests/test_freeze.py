@@ -178,6 +178,10 @@ def test_parameters_are_read_only_and_the_original_is_not():
     assert not frozen.flat_params.flags.writeable
     with pytest.raises(ValueError, match="read-only"):
         frozen.flat_params[0] = 1
+    # the memory itself is read-only: the flag cannot be set back, on any array
+    for arr in (frozen.flat_params, frozen.W, frozen.W.base):
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            arr.flags.writeable = True
     with pytest.raises(ValueError, match=r"frozen.*reset_parameters\(\)"):
         frozen.reset_parameters(0)
     # the original stays trainable; changing it does not change the frozen copy
@@ -273,3 +277,31 @@ def test_copies_keep_every_attribute():
                 np.testing.assert_array_equal(a, b)
             elif not isinstance(a, (tuple, fl.LSTM)):
                 assert a == b, name
+
+
+def test_attributes_of_the_users_own_are_kept_by_copies():
+    """model.name = ... on a plain or frozen model survives pickle, deepcopy and freeze;
+    so do extra keys of a state dict (a pickle made before copies read by name)."""
+    layer = fl.LSTM(3, 5, random_state=0)
+    layer.name = "encoder"
+    stack = fl.MultiLSTM([fl.LSTM(3, 4), fl.LSTM(4, 2)])
+    stack.vocab = ["a", "b"]
+    for model, attr, value in ((layer, "name", "encoder"), (stack, "vocab", ["a", "b"])):
+        for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model),
+                       fl.freeze(model), copy.deepcopy(fl.freeze(model))):
+            assert getattr(copied, attr) == value
+    state = layer.__getstate__()
+    state["tag"] = 7
+    old = fl.LSTM.__new__(fl.LSTM)
+    old.__setstate__(state)
+    assert copy.deepcopy(old).tag == 7
+
+
+def test_setstate_on_a_used_frozen_object_drops_its_pack(force):
+    force("packed-rows")
+    X = np.random.default_rng(0).standard_normal((8, 4, 3)).astype(np.float32)
+    a = fl.freeze(fl.LSTM(3, 20, random_state=0))
+    b = fl.freeze(fl.LSTM(3, 20, random_state=1))
+    a(X)
+    a.__setstate__(b.__getstate__())
+    np.testing.assert_array_equal(a(X)[0], b(X)[0])
