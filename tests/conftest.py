@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
+from fastlstm import _forward, layers
 from fastlstm import reference as ref
 
 TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=2e-6),
@@ -87,3 +88,32 @@ def rng():
 
 
 __all__ = ["EPS", "numeric_grad", "rel_err", "TOL", "tol", "ref_params", "ref_options", "randomize", "reference_stack", "ref"]
+
+
+@pytest.fixture
+def force(monkeypatch):
+    """force(path): run every call on one forward kernel path ("blas", "packed-rows",
+    "packed-units", "small"; ``layers._FORCE_PATH``, a test hook); the packed kernel's
+    instruction set is reset to the best one afterwards."""
+    def set_path(path):
+        monkeypatch.setattr(layers, "_FORCE_PATH", path)
+
+    yield set_path
+    _forward.packed_isa(-1)
+
+
+def isa_params():
+    """The packed kernel's instruction sets this CPU has, as pytest params."""
+    best = _forward.packed_isa(-1)
+    names = ["baseline", "avx2", "avx512"]
+    return [pytest.param(isa, id=names[isa]) for isa in range(best + 1)]
+
+
+def path_layer(I, H, dtype, seed, **kw):
+    """A layer with a random bias (and peepholes) at scale 0.5, for the path tests."""
+    layer = fl.LSTM(I, H, dtype=dtype, random_state=seed, **kw)
+    rng = np.random.default_rng(seed + 100)
+    layer.b[...] = rng.standard_normal(4 * H) * 0.5
+    if layer.peepholes is not None:
+        layer.peepholes[...] = rng.standard_normal((3, H)) * 0.5
+    return layer

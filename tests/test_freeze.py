@@ -16,35 +16,9 @@ import fastlstm as fl
 from fastlstm import _forward, layers
 from fastlstm import reference as ref
 
+from conftest import isa_params, path_layer, ref_options
+
 TOL = {np.float32: 2e-5, np.float64: 1e-11}
-
-
-@pytest.fixture
-def force(monkeypatch):
-    def set_path(path):
-        monkeypatch.setattr(layers, "_FORCE_PATH", path)
-
-    yield set_path
-    _forward.packed_isa(-1)
-
-
-def _layer(I, H, dtype, seed, **kw):
-    layer = fl.LSTM(I, H, dtype=dtype, random_state=seed, **kw)
-    rng = np.random.default_rng(seed + 100)
-    layer.b[...] = rng.standard_normal(4 * H) * 0.5
-    if layer.peepholes is not None:
-        layer.peepholes[...] = rng.standard_normal((3, H)) * 0.5
-    return layer
-
-
-def _options(layer):
-    return dict(cell_clip=layer.cell_clip, activation=layer.activation,
-                recurrent_activation=layer.recurrent_activation)
-
-
-def _isas():
-    best = _forward.packed_isa(-1)
-    return [pytest.param(isa, id=["baseline", "avx2", "avx512"][isa]) for isa in range(best + 1)]
 
 
 # partial last panels (H not a multiple of 16 / 8), row counts around the 6-row tile
@@ -60,7 +34,7 @@ def test_frozen_matches_reference_and_original(force, monkeypatch, path, dtype, 
     for k, (N, T, I, H) in enumerate(SHAPES):
         # own copies per thread and one shared copy on the unfrozen side
         monkeypatch.setattr(layers, "_PACKED_OWN_MAX_BYTES", (1 << 40) if k % 2 else 0)
-        layer = _layer(I, H, dtype, k, peepholes=k % 2 == 0, cell_clip=0.5 if k else None,
+        layer = path_layer(I, H, dtype, k, peepholes=k % 2 == 0, cell_clip=0.5 if k else None,
                        n_threads=n_threads)
         frozen = fl.freeze(layer)
         X = rng.standard_normal((N, T, I)).astype(dtype)
@@ -79,7 +53,7 @@ def test_frozen_matches_reference_and_original(force, monkeypatch, path, dtype, 
                 np.testing.assert_array_equal(st.h, sto.h)
             Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
                                             lengths=lengths, reverse=reverse,
-                                            **_options(layer))
+                                            **ref_options(layer))
             if tm:
                 Y = Y.transpose(1, 0, 2)
             np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
@@ -87,16 +61,16 @@ def test_frozen_matches_reference_and_original(force, monkeypatch, path, dtype, 
             np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
 
 
-@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 def test_frozen_on_each_instruction_set(force, isa, path):
     force(path)
     _forward.packed_isa(isa)
     rng = np.random.default_rng(isa)
-    layer = _layer(9, 37, np.float32, 1, peepholes=True, n_threads=2)
+    layer = path_layer(9, 37, np.float32, 1, peepholes=True, n_threads=2)
     frozen = fl.freeze(layer)
     X = rng.standard_normal((7, 6, 9)).astype(np.float32)
-    Yr, _ = ref.lstm_forward(X, layer.params, **_options(layer))
+    Yr, _ = ref.lstm_forward(X, layer.params, **ref_options(layer))
     for _ in range(2):
         np.testing.assert_allclose(frozen(X)[0], Yr, rtol=0, atol=TOL[np.float32])
         np.testing.assert_array_equal(frozen(X)[0], layer(X)[0])
@@ -104,7 +78,7 @@ def test_frozen_on_each_instruction_set(force, isa, path):
 
 def test_weights_are_packed_once(force):
     force("packed-rows")
-    frozen = fl.freeze(_layer(6, 20, np.float32, 0))
+    frozen = fl.freeze(path_layer(6, 20, np.float32, 0))
     X = np.ones((4, 3, 6), np.float32)
     frozen(X)
     pack = frozen._pack
@@ -151,7 +125,7 @@ def test_stacks_and_bidirectional(dtype):
 def test_training_on_a_frozen_model_gives_the_reference_gradients(force):
     force("packed-rows")
     rng = np.random.default_rng(2)
-    layer = _layer(5, 20, np.float64, 0, peepholes=True)
+    layer = path_layer(5, 20, np.float64, 0, peepholes=True)
     frozen = fl.freeze(layer)
     X = rng.standard_normal((6, 4, 5))
     dY = rng.standard_normal((6, 4, 20))
@@ -159,14 +133,14 @@ def test_training_on_a_frozen_model_gives_the_reference_gradients(force):
     frozen(X)                                     # packed before the training forward
     Y, st, cache = frozen.forward(X, lengths=L)
     dX, _ = frozen.backward(dY, cache)
-    want = ref.lstm_backward(dY, X, layer.params, lengths=L, **_options(layer))
+    want = ref.lstm_backward(dY, X, layer.params, lengths=L, **ref_options(layer))
     np.testing.assert_allclose(dX, want["X"], rtol=1e-9, atol=1e-11)
     for name in ("W", "U", "b", "peepholes"):
         np.testing.assert_allclose(frozen.grads[name], want[name], rtol=1e-9, atol=1e-11)
 
 
 def test_parameters_are_read_only_and_the_original_is_not():
-    layer = _layer(6, 8, np.float32, 0, peepholes=True)
+    layer = path_layer(6, 8, np.float32, 0, peepholes=True)
     frozen = fl.freeze(layer)
     before = {k: v.copy() for k, v in frozen.params.items()}
     for name, value in frozen.params.items():

@@ -24,37 +24,10 @@ import fastlstm as fl
 from fastlstm import _forward, layers
 from fastlstm import reference as ref
 
+from conftest import isa_params, path_layer, ref_options
+
 PATHS = ["blas", "packed-rows", "packed-units"]
 TOL = {np.float32: 2e-5, np.float64: 1e-11}
-
-
-@pytest.fixture
-def force(monkeypatch):
-    def set_path(path):
-        monkeypatch.setattr(layers, "_FORCE_PATH", path)
-
-    yield set_path
-    _forward.packed_isa(-1)
-
-
-def _isa_params():
-    best = _forward.packed_isa(-1)
-    names = ["baseline", "avx2", "avx512"]
-    return [pytest.param(isa, id=names[isa]) for isa in range(best + 1)]
-
-
-def _layer(I, H, dtype, seed, **kw):
-    layer = fl.LSTM(I, H, dtype=dtype, random_state=seed, **kw)
-    rng = np.random.default_rng(seed + 100)
-    layer.b[...] = rng.standard_normal(4 * H) * 0.5
-    if layer.peepholes is not None:
-        layer.peepholes[...] = rng.standard_normal((3, H)) * 0.5
-    return layer
-
-
-def _options(layer):
-    return dict(cell_clip=layer.cell_clip, activation=layer.activation,
-                recurrent_activation=layer.recurrent_activation)
 
 
 # shapes: the edge cases of the packed kernel (one unit, a partial last panel of units,
@@ -80,7 +53,7 @@ def test_path_matches_reference(force, path, dtype, shape, n_threads):
     force(path)
     rng = np.random.default_rng(N * 1000 + T * 100 + H)
     for k, opts in enumerate(OPTIONS):
-        layer = _layer(I, H, dtype, k, n_threads=n_threads, **opts)
+        layer = path_layer(I, H, dtype, k, n_threads=n_threads, **opts)
         X = rng.standard_normal((N, T, I)).astype(dtype)
         c0 = rng.standard_normal((N, H)).astype(dtype) * 0.5
         h0 = rng.standard_normal((N, H)).astype(dtype) * 0.5
@@ -89,7 +62,7 @@ def test_path_matches_reference(force, path, dtype, shape, n_threads):
             for reverse in (False, True):
                 Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=(c0, h0),
                                                 lengths=lengths, reverse=reverse,
-                                                **_options(layer))
+                                                **ref_options(layer))
                 Y, st = layer(X, initial_state=(c0, h0), lengths=lengths, reverse=reverse)
                 np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
                 np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
@@ -100,7 +73,7 @@ def test_path_matches_reference(force, path, dtype, shape, n_threads):
                                            atol=TOL[dtype])
 
 
-@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("path", ["packed-rows", "packed-units"])
 def test_packed_instruction_sets(force, isa, dtype, path):
@@ -108,9 +81,9 @@ def test_packed_instruction_sets(force, isa, dtype, path):
     assert _forward.packed_isa(isa) == isa
     rng = np.random.default_rng(7)
     for k, (N, T, I, H) in enumerate([(3, 4, 5, 21), (14, 3, 8, 35)]):
-        layer = _layer(I, H, dtype, k, peepholes=True, cell_clip=0.6, n_threads=2)
+        layer = path_layer(I, H, dtype, k, peepholes=True, cell_clip=0.6, n_threads=2)
         X = rng.standard_normal((N, T, I)).astype(dtype)
-        Yr, (cr, hr) = ref.lstm_forward(X, layer.params, **_options(layer))
+        Yr, (cr, hr) = ref.lstm_forward(X, layer.params, **ref_options(layer))
         Y, st = layer(X)
         np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
         np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
@@ -135,7 +108,7 @@ def test_avx512_and_avx2_give_the_same_bits(force, path, dtype):
              (32, 4, 64, 128, dict(peepholes=True))]
     try:
         for N, T, I, H, kw in cases:
-            layer = _layer(I, H, dtype, N, n_threads=2, **kw)
+            layer = path_layer(I, H, dtype, N, n_threads=2, **kw)
             X = rng.standard_normal((N, T, I)).astype(dtype)
             L = rng.integers(0, T + 1, N)
             dY = rng.standard_normal((N, T, H)).astype(dtype)
@@ -178,7 +151,7 @@ def test_cell_update_inside_the_next_tile(force, monkeypatch, path, dtype, n_thr
         if short_blocks:     # 2-3 steps a block: see tb in forward_packed
             monkeypatch.setattr(layers, "_PACKED_BLOCK_ELEMENTS", 2 * N * 4 * (-(-H // 16) * 16))
         for kw in ({}, dict(peepholes=True, cell_clip=0.4)):
-            layer = _layer(I, H, dtype, k, n_threads=n_threads, **kw)
+            layer = path_layer(I, H, dtype, k, n_threads=n_threads, **kw)
             X = rng.standard_normal((N, T, I)).astype(dtype)
             s0 = (rng.standard_normal((N, H)).astype(dtype),
                   rng.standard_normal((N, H)).astype(dtype))
@@ -190,7 +163,7 @@ def test_cell_update_inside_the_next_tile(force, monkeypatch, path, dtype, n_thr
                 for reverse in (False, True):
                     Y, st = layer(X, initial_state=s0, reverse=reverse)
                     Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
-                                                    reverse=reverse, **_options(layer))
+                                                    reverse=reverse, **ref_options(layer))
                     np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
                     np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
                     np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
@@ -214,7 +187,7 @@ def test_one_and_two_threads_identical(force, path, dtype):
     L = rng.integers(0, T + 1, N)
     outs = []
     for nt in (1, 2):
-        layer = _layer(I, H, dtype, 0, peepholes=True, n_threads=nt)
+        layer = path_layer(I, H, dtype, 0, peepholes=True, n_threads=nt)
         outs.append([layer(X)[0], layer(X, lengths=L, reverse=True)[0],
                      *layer(X, lengths=L)[1]])
     for a, b in zip(*outs):
@@ -232,7 +205,7 @@ def test_rows_own_copy_of_the_packed_weights(force, monkeypatch, dtype, n_thread
     rng = np.random.default_rng(8)
     for k, (N, T, I, H) in enumerate([(8, 5, 6, 37), (13, 4, 9, 16), (24, 3, 5, 70),
                                       (3, 6, 4, 8)]):
-        layer = _layer(I, H, dtype, k, peepholes=k % 2 == 0, cell_clip=0.5 if k else None,
+        layer = path_layer(I, H, dtype, k, peepholes=k % 2 == 0, cell_clip=0.5 if k else None,
                        n_threads=n_threads)
         X = rng.standard_normal((N, T, I)).astype(dtype)
         L = rng.integers(0, T + 1, N)
@@ -247,7 +220,7 @@ def test_rows_own_copy_of_the_packed_weights(force, monkeypatch, dtype, n_thread
                 Y, st = layer(X, initial_state=s0, lengths=lengths, reverse=reverse)
                 Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
                                                 lengths=lengths, reverse=reverse,
-                                                **_options(layer))
+                                                **ref_options(layer))
                 np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
                 np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
                 np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
@@ -255,7 +228,7 @@ def test_rows_own_copy_of_the_packed_weights(force, monkeypatch, dtype, n_thread
             layer.zero_grad()
             Y, st, cache = layer.forward(X, lengths=L)
             dX, _ = layer.backward(dY, cache)
-            want = ref.lstm_backward(dY, X, layer.params, lengths=L, **_options(layer))
+            want = ref.lstm_backward(dY, X, layer.params, lengths=L, **ref_options(layer))
             tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9,
                                                                                   atol=1e-11)
             np.testing.assert_allclose(dX, want["X"], **tol)
@@ -284,7 +257,7 @@ def test_packed_time_blocks(force, monkeypatch, path, dtype):
     for block in (1, 3 * step_elements, 1 << 30):
         monkeypatch.setattr(layers, "_PACKED_BLOCK_ELEMENTS", block)
         for nt in (1, 2):
-            layer = _layer(I, H, dtype, 0, peepholes=True, n_threads=nt)
+            layer = path_layer(I, H, dtype, 0, peepholes=True, n_threads=nt)
             res = []
             for lengths, reverse in [(None, False), (L, False), (L, True)]:
                 Y, st = layer(X, initial_state=(c0, np.zeros_like(c0)), lengths=lengths,
@@ -308,11 +281,11 @@ def test_small_stack_call(force, dtype):
     the same numbers as the general path, and the reference's."""
     rng = np.random.default_rng(5)
     stacks = [
-        [_layer(6, 4, dtype, 0), _layer(4, 5, dtype, 1)],                     # the tutorial
-        [_layer(3, 7, dtype, 2, peepholes=True, cell_clip=0.3),
-         _layer(7, 2, dtype, 3, activation="relu", recurrent_activation="hard_sigmoid")],
-        [_layer(3, 4, dtype, 4), _layer(4, 6, dtype, 5, proj_size=2)],        # general path
-        [_layer(2, 3, dtype, 6), _layer(3, 1, dtype, 7), _layer(1, 6, dtype, 8)],
+        [path_layer(6, 4, dtype, 0), path_layer(4, 5, dtype, 1)],                     # the tutorial
+        [path_layer(3, 7, dtype, 2, peepholes=True, cell_clip=0.3),
+         path_layer(7, 2, dtype, 3, activation="relu", recurrent_activation="hard_sigmoid")],
+        [path_layer(3, 4, dtype, 4), path_layer(4, 6, dtype, 5, proj_size=2)],        # general path
+        [path_layer(2, 3, dtype, 6), path_layer(3, 1, dtype, 7), path_layer(1, 6, dtype, 8)],
     ]
     for layers_ in stacks:
         model = fl.MultiLSTM(layers_)
@@ -330,9 +303,7 @@ def test_small_stack_call(force, dtype):
             inp = X
             for layer, st, stg in zip(model.layers, states, states_g):
                 assert np.array_equal(st.c, stg.c) and np.array_equal(st.h, stg.h)
-                Yr, (cr, hr) = ref.lstm_forward(inp, layer.params, **_options(layer),
-                                                **({"proj_clip": layer.proj_clip}
-                                                   if layer.proj_size else {}))
+                Yr, (cr, hr) = ref.lstm_forward(inp, layer.params, **ref_options(layer))
                 np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
                 np.testing.assert_allclose(st.h, hr, rtol=0, atol=TOL[dtype])
                 inp = Yr.astype(dtype)
@@ -352,10 +323,10 @@ def test_packed_rows_split_by_cost(force, N):
              np.where(np.arange(N) % 2 == 0, T, rng.integers(1, T // 2, N)), None]
     outs = []
     for nt in (1, 2):
-        layer = _layer(I, H, np.float32, 1, n_threads=nt)
+        layer = path_layer(I, H, np.float32, 1, n_threads=nt)
         res = []
         for L in cases:
-            Yr, (cr, hr) = ref.lstm_forward(X, layer.params, lengths=L, **_options(layer))
+            Yr, (cr, hr) = ref.lstm_forward(X, layer.params, lengths=L, **ref_options(layer))
             Y, st = layer(X, lengths=L)
             np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[np.float32])
             np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[np.float32])
@@ -400,7 +371,7 @@ ROW_OPTIONS = OPTIONS + [{"cell_clip": 0.3}, {"peepholes": True},
                          {"activation": "linear"}]
 
 
-@pytest.mark.parametrize("isa", _isa_params())
+@pytest.mark.parametrize("isa", isa_params())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("opts", ROW_OPTIONS, ids=lambda o: ",".join(o) or "default")
 def test_one_row_step_shared_by_threads(force, isa, dtype, opts):
@@ -413,12 +384,12 @@ def test_one_row_step_shared_by_threads(force, isa, dtype, opts):
     rng = np.random.default_rng(len(opts) * 7 + isa)
     I, H = 300, 203
     assert 4 * H * (I + H) >= layers._VECMAT_MIN_THREADED
-    layer = _layer(I, H, dtype, 3, **opts)
+    layer = path_layer(I, H, dtype, 3, **opts)
     p = layer.params
     x = rng.standard_normal((1, I)).astype(dtype)
     state = (rng.standard_normal((1, H)).astype(dtype),
              rng.standard_normal((1, H)).astype(dtype))
-    Yr, (cr, hr) = ref.lstm_forward(x[:, None], p, initial_state=state, **_options(layer))
+    Yr, (cr, hr) = ref.lstm_forward(x[:, None], p, initial_state=state, **ref_options(layer))
     out, new = layer.step(x, state)
     np.testing.assert_allclose(out, Yr[:, 0], rtol=0, atol=TOL[dtype])
     np.testing.assert_allclose(new.c, cr, rtol=0, atol=TOL[dtype])
@@ -448,15 +419,15 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
         X = rng.standard_normal((1, T, I)).astype(dtype)
         monkeypatch.setattr(layers, "_WORKSPACE_ELEMENTS", block)   # many steps a block, one
         for k, opts in enumerate(ROW_OPTIONS):
-            layer = _layer(I, H, dtype, k, n_threads=2, **opts)
-            serial = _layer(I, H, dtype, k, n_threads=1, **opts)
+            layer = path_layer(I, H, dtype, k, n_threads=2, **opts)
+            serial = path_layer(I, H, dtype, k, n_threads=1, **opts)
             s0 = (rng.standard_normal((1, H)).astype(dtype),
                   rng.standard_normal((1, H)).astype(dtype))
             for lengths in (None, [T - 2], [0]):
                 for reverse in (False, True):
                     Yr, (cr, hr) = ref.lstm_forward(X, layer.params, initial_state=s0,
                                                     lengths=lengths, reverse=reverse,
-                                                    **_options(layer))
+                                                    **ref_options(layer))
                     Y, st = layer(X, initial_state=s0, lengths=lengths, reverse=reverse)
                     np.testing.assert_allclose(Y, Yr, rtol=0, atol=TOL[dtype])
                     np.testing.assert_allclose(st.c, cr, rtol=0, atol=TOL[dtype])
@@ -465,7 +436,7 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
                     assert np.array_equal(Yt.transpose(1, 0, 2), Y)
                     Y1, st1 = serial(X, initial_state=s0, lengths=lengths, reverse=reverse)
                     assert np.array_equal(Y1, Y) and np.array_equal(st1.c, st.c)
-        layer = _layer(I, H, np.float64, 9, peepholes=True, cell_clip=0.5)
+        layer = path_layer(I, H, np.float64, 9, peepholes=True, cell_clip=0.5)
         dY = rng.standard_normal((1, T, H))
         Xd = X.astype(np.float64)
         for lengths in (None, [T - 2]):
@@ -473,7 +444,7 @@ def test_one_row_sequences_on_the_blas_kernel(force, monkeypatch, dtype):
             Y, st, cache = layer.forward(Xd, lengths=lengths)
             dX, _ = layer.backward(dY, cache)
             want = ref.lstm_backward(dY, Xd, layer.params, lengths=lengths,
-                                     **_options(layer))
+                                     **ref_options(layer))
             np.testing.assert_allclose(dX, want["X"], rtol=1e-9, atol=1e-11)
             for name in ("W", "U", "b", "peepholes"):
                 np.testing.assert_allclose(layer.grads[name], want[name], rtol=1e-9,
@@ -526,13 +497,13 @@ def test_packed_training_cache_gives_reference_gradients(force, path):
     force(path)
     rng = np.random.default_rng(11)
     N, T, I, H = 5, 4, 3, 7
-    layer = _layer(I, H, np.float64, 2, peepholes=True, cell_clip=0.8, n_threads=2)
+    layer = path_layer(I, H, np.float64, 2, peepholes=True, cell_clip=0.8, n_threads=2)
     X = rng.standard_normal((N, T, I))
     L = np.array([4, 0, 2, 3, 1])
     dY = rng.standard_normal((N, T, H))
     Y, st, cache = layer.forward(X, lengths=L)
     dX, dstate0 = layer.backward(dY, cache)
-    want = ref.lstm_backward(dY, X, layer.params, lengths=L, **_options(layer))
+    want = ref.lstm_backward(dY, X, layer.params, lengths=L, **ref_options(layer))
     np.testing.assert_allclose(dX, want["X"], rtol=1e-9, atol=1e-11)
     for name in ("W", "U", "b", "peepholes"):
         np.testing.assert_allclose(layer.grads[name], want[name], rtol=1e-9, atol=1e-11)
@@ -608,13 +579,13 @@ def test_unit_split_many_threads_and_oversubscribed(force):
     rng = np.random.default_rng(5)
     I, H, T = 7, 70, 150            # 5 panels of 16 units
     X = rng.standard_normal((2, T, I)).astype(np.float32)
-    base = _layer(I, H, np.float32, 3, n_threads=1)
+    base = path_layer(I, H, np.float32, 3, n_threads=1)
     want = [base(X[:1])[0], base(X)[0]]
     for nt in (2, 3, 5, 8):
-        layer = _layer(I, H, np.float32, 3, n_threads=nt)
+        layer = path_layer(I, H, np.float32, 3, n_threads=nt)
         assert np.array_equal(layer(X[:1])[0], want[0])
         assert np.array_equal(layer(X)[0], want[1])
-    layer = _layer(I, H, np.float32, 3, n_threads=2)
+    layer = path_layer(I, H, np.float32, 3, n_threads=2)
     bad = []
 
     def work(k):
@@ -677,15 +648,15 @@ def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
     import threading
 
     rng = np.random.default_rng(8)
-    base = _layer(256, 512, np.float32, 4, n_threads=1)
+    base = path_layer(256, 512, np.float32, 4, n_threads=1)
     x = rng.standard_normal((1, 256)).astype(np.float32)
     s0 = (rng.standard_normal((1, 512)).astype(np.float32),
           rng.standard_normal((1, 512)).astype(np.float32))
     want = base.step(x, s0)[0]
     for nt in (2, 3, 8):
-        layer = _layer(256, 512, np.float32, 4, n_threads=nt)
+        layer = path_layer(256, 512, np.float32, 4, n_threads=nt)
         assert np.array_equal(layer.step(x, s0)[0], want)
-    layer = _layer(256, 512, np.float32, 4, n_threads=2)
+    layer = path_layer(256, 512, np.float32, 4, n_threads=2)
     bad = []
 
     def work():
@@ -719,7 +690,7 @@ def test_one_row_split_backs_off_and_stays_exact(monkeypatch):
     monkeypatch.setattr(layers, "_unit_split", {"until": 0.0, "delay": 0.0})
     monkeypatch.setattr(layers._threads, "resolve_n_threads", lambda n=None: 8)
     monkeypatch.setattr(layers._threads, "usable_cores", lambda: 2)
-    small = _layer(6, 8, np.float32, 5, proj_size=3)            # BLAS kernel, tiny
+    small = path_layer(6, 8, np.float32, 5, proj_size=3)            # BLAS kernel, tiny
     small(np.ones((1, 1, 6), np.float32))
     layer.step(x, s0)
     assert seen == [1, 2]
@@ -807,7 +778,7 @@ def test_forward_packed_reports_slow_waits():
     """forward_packed returns how many per-step waits found a partner not running: 0 when
     no thread waits (one thread, or threads owning rows)."""
     rng = np.random.default_rng(2)
-    layer = _layer(5, 20, np.float32, 1, n_threads=1)
+    layer = path_layer(5, 20, np.float32, 1, n_threads=1)
     p = layer.params
     X = rng.standard_normal((3 * 9, 5)).astype(np.float32)
     for nt, by_rows in ((1, True), (1, False), (2, True)):
